@@ -1,0 +1,104 @@
+"""Optimizers: optax aliases by name, with float hyperparameters as traced arrays.
+
+A fit names an optax alias (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or passes any
+``optax.GradientTransformation``. For a name, the optimizer is built *inside* the traced
+program from array hyperparameters, so a new learning rate, momentum or beta is new data,
+not a new program: nothing recompiles and a grid of them vmaps. Options that change the
+program (booleans such as ``nesterov``, integers such as ``memory_size``) are static.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, NamedTuple
+
+import optax
+
+# optax aliases that take a learning rate and need nothing but gradients (and, for lbfgs,
+# the objective's value and a way to evaluate it, which the solver passes).
+OPTIMIZERS = (
+    "sgd", "adam", "adamw", "adamax", "adamaxw", "amsgrad", "adabelief", "adadelta",
+    "adafactor", "adagrad", "adan", "fromage", "lamb", "lars", "lbfgs", "lion", "nadam",
+    "nadamw", "novograd", "radam", "rmsprop", "rprop", "sign_sgd", "signum", "sm3", "yogi",
+)
+
+# Line-search optimizers: the learning rate is optional (None lets the line search choose).
+LINE_SEARCH = ("lbfgs",)
+
+
+class OptimizerSpec(NamedTuple):
+    """What the compiled program needs to know about the optimizer (hashable, static).
+
+    ``name`` is an optax alias name, or None when ``transformation`` is a user's
+    ``GradientTransformation``. ``traced`` names the float options passed as arrays;
+    ``static`` holds the rest as ``(name, value)`` pairs.
+    """
+
+    name: str | None
+    transformation: Any
+    traced: tuple[str, ...]
+    static: tuple[tuple[str, Any], ...]
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def resolve(optimizer, options: dict[str, Any] | None, learning_rate) -> tuple[OptimizerSpec, dict[str, float]]:
+    """Check an optimizer choice and split its options into static and traced.
+
+    Returns the spec and the float options to pass as arrays. Raises ``ValueError`` for an
+    unknown name or option, and when a ``GradientTransformation`` is combined with
+    ``learning_rate`` or options (it carries its own).
+    """
+    options = dict(options or {})
+    if isinstance(optimizer, (optax.GradientTransformation, optax.GradientTransformationExtraArgs)):
+        if options or learning_rate is not None:
+            raise ValueError(
+                "optimizer is an optax.GradientTransformation, which carries its own learning "
+                "rate and options: leave learning_rate and optimizer_options unset, or pass the "
+                "optimizer by name (e.g. optimizer='adam', learning_rate=1e-3)"
+            )
+        return OptimizerSpec(None, optimizer, (), ()), {}
+    if not isinstance(optimizer, str):
+        raise ValueError(
+            f"optimizer must be an optax alias name or an optax.GradientTransformation, got {type(optimizer).__name__}"
+        )
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}{_suggest(optimizer, OPTIMIZERS)}: use one of {', '.join(OPTIMIZERS)} "
+            "or pass an optax.GradientTransformation"
+        )
+    if learning_rate is None and optimizer not in LINE_SEARCH:
+        raise ValueError(f"optimizer {optimizer!r} needs a learning_rate (a positive float)")
+    params = inspect.signature(getattr(optax, optimizer)).parameters
+    allowed = [p for p in params if p != "learning_rate"]
+    traced: dict[str, float] = {}
+    static: list[tuple[str, Any]] = []
+    for key, value in sorted(options.items()):
+        if key not in allowed:
+            raise ValueError(
+                f"unknown option {key!r} for optimizer {optimizer!r}{_suggest(key, allowed)}: "
+                f"its options are {', '.join(allowed)}"
+            )
+        if isinstance(value, float) and not isinstance(value, bool):
+            traced[key] = value
+        else:
+            static.append((key, value))
+    return OptimizerSpec(optimizer, None, tuple(sorted(traced)), tuple(static)), traced
+
+
+def build(spec: OptimizerSpec, learning_rate, traced: dict[str, Any]) -> optax.GradientTransformationExtraArgs:
+    """Make the optax transformation inside a traced program (arrays in, no recompiles).
+
+    ``learning_rate`` is an array, or None for a line search's own step.
+    """
+    if spec.transformation is not None:
+        return optax.with_extra_args_support(spec.transformation)
+    kwargs = dict(spec.static)
+    kwargs.update({name: traced[name] for name in spec.traced})
+    if learning_rate is not None:
+        kwargs["learning_rate"] = learning_rate
+    return optax.with_extra_args_support(getattr(optax, spec.name)(**kwargs))

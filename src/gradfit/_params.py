@@ -1,0 +1,37 @@
+"""The parameters of a linear model, as a pytree."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Params(NamedTuple):
+    """Weights and bias of the linear model ``yhat = X @ W + b``.
+
+    Rows of ``X`` are samples. With ``X`` of shape (m, n):
+
+    - one output: ``W`` is (n,), ``b`` is (), ``yhat`` is (m,);
+    - k outputs: ``W`` is (n, k), ``b`` is (k,), ``yhat`` is (m, k).
+
+    The blog seed writes ``y = M x + b`` with ``M`` of shape (k, n) acting on one
+    sample ``x``; gradfit's ``W`` is ``M.T``. The notes seed puts samples in columns
+    (``w.T @ X`` with X of shape (n, m)); pass its ``X.T``.
+    """
+
+    W: jax.Array  # (n,) or (n, k)
+    b: jax.Array  # () or (k,)
+
+
+def predict(params: Params, X: jax.Array) -> jax.Array:
+    """Return ``X @ W + b``: shape (m,) for one output, (m, k) for k outputs."""
+    return X @ params.W + params.b
+
+
+def zeros(n_features: int, n_outputs: int | None, dtype) -> Params:
+    """Zero-initialised :class:`Params` (W (n,) or (n, k); b () or (k,))."""
+    w_shape = (n_features,) if n_outputs is None else (n_features, n_outputs)
+    b_shape = () if n_outputs is None else (n_outputs,)
+    return Params(jnp.zeros(w_shape, dtype), jnp.zeros(b_shape, dtype))

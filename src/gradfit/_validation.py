@@ -1,0 +1,141 @@
+"""Input checks that run before any compute, each error naming the problem and the fix."""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Rows checked at a time for NaN/inf, so that a check of a memory-mapped X never holds more
+# than one block of booleans.
+_CHECK_BLOCK_BYTES = 64 << 20
+
+
+def as_numeric(a, name: str) -> np.ndarray | jax.Array:
+    """Return ``a`` as a real numeric array (numpy, memory map or jax), or raise ValueError."""
+    if isinstance(a, jax.Array):
+        arr = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} could not be read as a numeric array: {e}") from None
+    kind = np.dtype(arr.dtype).kind
+    if kind == "c":
+        raise ValueError(f"{name} is complex ({arr.dtype}): gradfit fits real-valued data; pass the real part or split real and imaginary parts into columns")
+    if kind not in "biuf":
+        raise ValueError(
+            f"{name} has dtype {arr.dtype}, not a real number type: convert it with "
+            f"np.asarray({name}, dtype=np.float32) after encoding any text or categorical columns"
+        )
+    return arr
+
+
+def float_dtype(X) -> np.dtype:
+    """The compute dtype for data X: its own float dtype, or JAX's default float for ints and bools.
+
+    float64 input is kept only when ``jax_enable_x64`` is on (otherwise JAX computes in float32).
+    """
+    dt = np.dtype(X.dtype)
+    if dt.kind != "f" or dt == np.float16:
+        return np.dtype(jnp.result_type(float))
+    if dt == np.float64 and not jax.config.jax_enable_x64:
+        return np.dtype(np.float32)
+    return dt
+
+
+def check_finite(a, name: str) -> None:
+    """Raise ValueError if ``a`` holds NaN or inf, checking in row blocks to bound memory."""
+    if isinstance(a, jax.Array):
+        bad = not bool(jnp.all(jnp.isfinite(a)))
+    elif np.dtype(a.dtype).kind != "f" or a.size == 0:
+        return
+    else:
+        flat_rows = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
+        row_bytes = max(1, flat_rows.shape[1] * a.dtype.itemsize)
+        block = max(1, _CHECK_BLOCK_BYTES // row_bytes)
+        bad = any(
+            not np.isfinite(flat_rows[i : i + block]).all() for i in range(0, flat_rows.shape[0], block)
+        )
+    if bad:
+        raise ValueError(
+            f"{name} contains NaN or inf: drop or impute those rows first "
+            f"(e.g. mask = np.isfinite({name}).all(axis=-1))"
+        )
+
+
+def check_xy(X, y, *, loss: str, batched: bool = False):
+    """Validate the data of a fit and return (X, y) as arrays; raise ValueError before compute.
+
+    X is (m, n) (or (B, m, n) when ``batched``), y is (m,) or (m, k) (with the same leading B).
+    """
+    X = as_numeric(X, "X")
+    y = as_numeric(y, "y")
+    lead = 1 if batched else 0
+    if X.ndim != 2 + lead:
+        if X.ndim == 1 + lead:
+            raise ValueError(
+                f"X has shape {X.shape}: expected a 2-d array (samples, features); "
+                "for a single feature use X.reshape(-1, 1)"
+                + ("; a leading batch axis of problems makes X (B, m, n)" if not batched else "")
+            )
+        raise ValueError(
+            f"X has shape {X.shape}: expected (m, n) rows of samples"
+            + (", or (B, m, n) for a batch of B problems" if X.ndim == 3 else "")
+        )
+    if y.ndim not in (1 + lead, 2 + lead):
+        raise ValueError(f"y has shape {y.shape}: expected (m,) for one output or (m, k) for k outputs")
+    if batched and X.shape[0] != y.shape[0]:
+        raise ValueError(f"X holds {X.shape[0]} problems but y holds {y.shape[0]}: the leading batch axes must match")
+    m, n = X.shape[lead], X.shape[lead + 1]
+    if m == 0:
+        raise ValueError("X has no rows (m = 0): a fit needs at least one sample")
+    if n == 0:
+        raise ValueError("X has no columns (n = 0): a fit needs at least one feature")
+    if y.shape[lead] != m:
+        raise ValueError(f"X has {m} rows but y has {y.shape[lead]}: give one target per row of X")
+    if y.ndim == 2 + lead and y.shape[-1] == 0:
+        raise ValueError("y has zero output columns: give y as (m,) or (m, k) with k >= 1")
+    check_finite(X, "X")
+    check_finite(y, "y")
+    if loss == "bce":
+        if isinstance(y, jax.Array):
+            lo, hi = float(jnp.min(y)), float(jnp.max(y))
+        else:
+            lo, hi = float(np.min(y)), float(np.max(y))
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"bce needs targets in [0, 1] but y spans [{lo:g}, {hi:g}]: encode classes as 0/1 "
+                "(e.g. y = (labels == positive_label).astype(float))"
+            )
+    return X, y
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def hyperparameter(value, name: str, *, positive: bool, allowed_shapes: tuple[tuple[int, ...], ...] = ((),)) -> np.ndarray:
+    """Check a float hyperparameter (scalar or per-output) and return it as a float64 numpy array."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if arr.shape not in allowed_shapes:
+        shapes = " or ".join(str(s) for s in allowed_shapes)
+        raise ValueError(f"{name} has shape {arr.shape}: expected {shapes}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and not (arr > 0).all():
+        raise ValueError(f"{name} must be > 0, got {value!r}: try a small positive value such as 0.01")
+    if not positive and not (arr >= 0).all():
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return arr

@@ -1,0 +1,145 @@
+"""TOML configs: defaults, a file that overrides them, and ``--set section.key=value``.
+
+A config has the sections of :data:`DEFAULTS`. Every key must be known (a typo gets a
+"did you mean"), and every value must have the type of its default (ints are accepted where
+floats are expected; a default of None accepts a number or a string).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {
+        # "synthetic" (regression with known truth), "synthetic_classification",
+        # "diabetes", "breast_cancer" (inside scikit-learn), or a path to .npy/.npz/.csv.
+        "source": "synthetic",
+        "n_samples": 10_000,
+        "n_features": 16,
+        "n_outputs": 0,  # 0: y is (m,); k > 0: y is (m, k)
+        "noise": 0.1,
+        "seed": 0,
+        "standardize": True,
+        "dtype": "float32",
+        "target": None,  # for files: the target column's name or index, or the array name in .npz
+        "features": None,  # for files: a list of column names or indices (None: all but the target)
+    },
+    "fit": {
+        "loss": "mse",
+        "reduction": "mean",
+        "optimizer": "sgd",
+        "learning_rate": None,  # None: 0.01, or the line search's for lbfgs
+        "steps": 1000,
+        "tol": None,
+        "l2": 0.0,
+        "grad": "autodiff",
+        "batch_size": None,
+        "seed": 0,
+        "fit_intercept": True,
+        "init": "zeros",
+        "chunk_size": 256,
+        "optimizer_options": {},
+    },
+    "output": {
+        "dir": "runs/fit",
+    },
+}
+
+# Keys whose default is None, or a dict, accept these types.
+_OPEN_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
+    ("data", "target"): (str, int),
+    ("data", "features"): (list,),
+    ("fit", "learning_rate"): (int, float, list),
+    ("fit", "tol"): (int, float),
+    ("fit", "batch_size"): (int,),
+    ("fit", "optimizer_options"): (dict,),
+    ("fit", "l2"): (int, float, list),
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says why and how to fix it."""
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_value(section: str, key: str, value: Any, where: str) -> Any:
+    default = DEFAULTS[section][key]
+    allowed = _OPEN_TYPES.get((section, key))
+    if allowed is None:
+        allowed = (int, float) if isinstance(default, float) else (type(default),)
+    if value is None and (default is None or (section, key) in _OPEN_TYPES):
+        return None
+    if isinstance(value, bool) and bool not in allowed:
+        ok = False
+    else:
+        ok = isinstance(value, allowed)
+    if not ok:
+        names = " or ".join(t.__name__ for t in allowed)
+        raise ConfigError(f"{where}: {section}.{key} must be {names}, got {type(value).__name__} {value!r}")
+    if isinstance(default, float) and isinstance(value, int):
+        value = float(value)
+    return value
+
+
+def merge(base: dict[str, dict[str, Any]], override: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """Return ``base`` updated by ``override``, checking every section, key and type."""
+    out = copy.deepcopy(base)
+    for section, values in override.items():
+        if section not in DEFAULTS:
+            raise ConfigError(f"{where}: unknown section [{section}]{_did_you_mean(section, DEFAULTS)}; sections are {', '.join(DEFAULTS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table of keys, got {values!r}")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise ConfigError(
+                    f"{where}: unknown key {section}.{key}{_did_you_mean(key, DEFAULTS[section])}; "
+                    f"[{section}] takes {', '.join(DEFAULTS[section])}"
+                )
+            out[section][key] = _check_value(section, key, value, where)
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"fit.learning_rate=0.1"`` -> ``{"fit": {"learning_rate": 0.1}}`` (values in TOML syntax;
+    a bare word is taken as a string)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. fit.learning_rate=0.1")
+    name, raw = text.split("=", 1)
+    parts = name.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {text!r}: the name must be section.key, e.g. fit.steps=500")
+    raw = raw.strip()
+    if raw.lower() in ("none", "null"):
+        value: Any = None
+    else:
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+    return {parts[0]: {parts[1]: value}}
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str, dict[str, Any]]:
+    """The defaults, then the TOML file at ``path``, then each ``section.key=value`` override."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist: check the path (examples are in configs/)")
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        config = merge(config, data, str(path))
+    for text in overrides:
+        config = merge(config, parse_override(text), f"--set {text}")
+    return config

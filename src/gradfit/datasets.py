@@ -1,0 +1,94 @@
+"""Problems with known truth, and small real data sets that ship inside scikit-learn.
+
+Every loader returns a :class:`Dataset` ``(X, y, truth)``: X (m, n), y (m,) or (m, k),
+``truth`` the generating :class:`~gradfit.Params` for synthetic problems (None for real data).
+Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from gradfit._params import Params
+
+
+class Dataset(NamedTuple):
+    X: np.ndarray  # (m, n)
+    y: np.ndarray  # (m,) or (m, k)
+    truth: Params | None  # generating weights of a synthetic problem
+
+
+def make_regression(
+    n_samples: int = 10_000,
+    n_features: int = 16,
+    *,
+    n_outputs: int | None = None,
+    noise: float = 0.1,
+    seed: int = 0,
+    dtype=np.float32,
+) -> Dataset:
+    """``y = X W + b + noise * e`` with X, W, e standard normal and b uniform in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    out = () if not n_outputs else (n_outputs,)
+    X = rng.standard_normal((n_samples, n_features))
+    W = rng.standard_normal((n_features, *out))
+    b = rng.uniform(-1, 1, out)
+    y = X @ W + b + noise * rng.standard_normal((n_samples, *out))
+    return Dataset(X.astype(dtype), y.astype(dtype), Params(W.astype(dtype), np.asarray(b, dtype)))
+
+
+def make_classification(
+    n_samples: int = 10_000,
+    n_features: int = 16,
+    *,
+    seed: int = 0,
+    dtype=np.float32,
+) -> Dataset:
+    """Logistic data: ``y ~ Bernoulli(sigmoid(X W + b))``, X and W standard normal, W scaled by 1/sqrt(n)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, n_features))
+    W = rng.standard_normal(n_features) * (2 / np.sqrt(n_features))
+    b = rng.uniform(-0.5, 0.5)
+    p = 1 / (1 + np.exp(-(X @ W + b)))
+    y = (rng.random(n_samples) < p).astype(dtype)
+    return Dataset(X.astype(dtype), y, Params(W.astype(dtype), np.asarray(b, dtype)))
+
+
+def standardize(X: np.ndarray) -> np.ndarray:
+    """Columns scaled to mean 0 and standard deviation 1 (constant columns left at 0)."""
+    mean = X.mean(axis=0)
+    std = X.std(axis=0)
+    return (X - mean) / np.where(std > 0, std, 1)
+
+
+def _sklearn_datasets():
+    try:
+        from sklearn import datasets
+    except ImportError:
+        raise ValueError(
+            "the real data sets ship inside scikit-learn, which is not installed: "
+            "pip install 'gradfit[data]' (or scikit-learn), or use source = 'synthetic'"
+        ) from None
+    return datasets
+
+
+def load_diabetes(*, dtype=np.float32) -> Dataset:
+    """scikit-learn's diabetes regression data (442 x 10), X standardised, y as given."""
+    d = _sklearn_datasets().load_diabetes()
+    return Dataset(standardize(d.data).astype(dtype), d.target.astype(dtype), None)
+
+
+def load_breast_cancer(*, dtype=np.float32) -> Dataset:
+    """scikit-learn's breast cancer classification data (569 x 30), X standardised, y in {0, 1}."""
+    d = _sklearn_datasets().load_breast_cancer()
+    return Dataset(standardize(d.data).astype(dtype), d.target.astype(dtype), None)
+
+
+BUILTIN = {
+    "synthetic": make_regression,
+    "synthetic_classification": make_classification,
+    "diabetes": load_diabetes,
+    "breast_cancer": load_breast_cancer,
+}

@@ -1,0 +1,147 @@
+"""Pure loss functions of a linear model, and the L2 penalty.
+
+Every loss takes ``(params, X, y)`` with rows as samples and returns a scalar in the dtype
+of its inputs. The reductions reproduce the three seeds exactly:
+
+============  ==============================================  ====================
+reduction     J(W, b)                                          seed
+============  ==============================================  ====================
+``"mean"``    (1/m)  sum_i ||y_i - yhat_i||^2                  the Q&A seed
+``"half_mean"`` (1/(2m)) sum_i ||y_i - yhat_i||^2              the notes seed
+``"sum"``     sum_i ||y_i - yhat_i||^2                         the blog seed
+============  ==============================================  ====================
+
+With k outputs the squared norm sums over outputs; "mean" divides by the number of rows m
+only. With ``sample_weight`` (m,), sums over rows become weighted sums and m becomes
+``sum(sample_weight)`` (scikit-learn's convention).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gradfit._params import Params, predict
+
+MSE_REDUCTIONS = ("mean", "half_mean", "sum")
+BCE_REDUCTIONS = ("mean", "sum")
+
+
+def _check_reduction(reduction: str, allowed: tuple[str, ...], loss: str) -> None:
+    if reduction not in allowed:
+        raise ValueError(
+            f"unknown reduction {reduction!r} for {loss}: use one of {', '.join(map(repr, allowed))}"
+        )
+
+
+def _check_target_shape(yhat: jax.Array, y: jax.Array) -> None:
+    if yhat.shape != y.shape:
+        raise ValueError(
+            f"y has shape {y.shape} but X @ W + b has shape {yhat.shape}: give y as (m,) "
+            "with W (n,) and b (), or as (m, k) with W (n, k) and b (k,)"
+        )
+
+
+def _reduce(per_row: jax.Array, reduction: str, sample_weight: jax.Array | None) -> jax.Array:
+    """Reduce per-row losses (m,) by 'sum', 'mean' (1/m) or 'half_mean' (1/(2m))."""
+    if sample_weight is None:
+        total = jnp.sum(per_row)
+        count = per_row.shape[0]
+    else:
+        total = jnp.sum(sample_weight * per_row)
+        count = jnp.sum(sample_weight)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / count
+    return total / (2 * count)
+
+
+def squared_error(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-row squared error ``||y_i - (x_i W + b)||^2``, shape (m,)."""
+    yhat = predict(params, X)
+    _check_target_shape(yhat, y)
+    residual = y - yhat
+    sq = residual * residual
+    return sq if sq.ndim == 1 else jnp.sum(sq, axis=-1)
+
+
+def mse(
+    params: Params,
+    X: jax.Array,
+    y: jax.Array,
+    *,
+    reduction: str = "mean",
+    sample_weight: jax.Array | None = None,
+) -> jax.Array:
+    """Squared-error loss of ``yhat = X @ W + b``.
+
+    ``J = c * sum_i ||y_i - yhat_i||^2`` with ``c = 1/m`` ("mean", the Q&A seed),
+    ``1/(2m)`` ("half_mean", the notes seed) or ``1`` ("sum", the blog seed).
+
+    Shapes: X (m, n); y (m,) with W (n,), b (); or y (m, k) with W (n, k), b (k,).
+    """
+    _check_reduction(reduction, MSE_REDUCTIONS, "mse")
+    return _reduce(squared_error(params, X, y), reduction, sample_weight)
+
+
+def binary_cross_entropy(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-row binary cross-entropy from logits, summed over outputs, shape (m,).
+
+    With ``z = X @ W + b`` and ``a = sigmoid(z)``, the notes seed's
+    ``-(y log a + (1 - y) log(1 - a))`` is computed as
+    ``y * softplus(-z) + (1 - y) * softplus(z)``, which never forms ``a``: it is finite for
+    any finite z and exact for |z| >= 1000 (e.g. 0 for z = 1000, y = 1 and 1000 for
+    z = -1000, y = 1). Soft targets in [0, 1] are allowed.
+    """
+    z = predict(params, X)
+    _check_target_shape(z, y)
+    per = y * jax.nn.softplus(-z) + (1 - y) * jax.nn.softplus(z)
+    return per if per.ndim == 1 else jnp.sum(per, axis=-1)
+
+
+def bce(
+    params: Params,
+    X: jax.Array,
+    y: jax.Array,
+    *,
+    reduction: str = "mean",
+    sample_weight: jax.Array | None = None,
+) -> jax.Array:
+    """Binary cross-entropy of logistic regression, from logits.
+
+    ``J = c * sum_i sum_j [ y_ij softplus(-z_ij) + (1 - y_ij) softplus(z_ij) ]`` with
+    ``z = X @ W + b``, ``c = 1/m`` ("mean", the notes seed's cost) or ``1`` ("sum").
+    This equals ``-c * sum (y log sigmoid(z) + (1 - y) log(1 - sigmoid(z)))``.
+
+    Shapes as :func:`mse`; targets y in [0, 1].
+    """
+    _check_reduction(reduction, BCE_REDUCTIONS, "bce")
+    return _reduce(binary_cross_entropy(params, X, y), reduction, sample_weight)
+
+
+def l2_penalty(params: Params, l2: jax.Array | float) -> jax.Array:
+    """The ridge penalty ``(l2 / 2) * ||W||^2`` (Frobenius norm); the bias is not penalised.
+
+    Mapping to scikit-learn, for ``reduction="mean"`` over m rows:
+
+    - ``Ridge(alpha)`` minimises ``||y - Xw - b||^2 + alpha ||w||^2``; dividing by m, that is
+      gradfit's mse with ``l2 = 2 * alpha / m``.
+    - ``SGDRegressor(alpha, penalty="l2")`` minimises ``(1/2m) ||y - yhat||^2 + (alpha/2)||w||^2``,
+      i.e. gradfit's ``reduction="half_mean"`` with ``l2 = alpha``.
+    - ``LogisticRegression(C)`` minimises ``C * sum_i bce_i + (1/2)||w||^2``; dividing by C*m,
+      that is gradfit's bce with ``reduction="mean"`` and ``l2 = 1 / (C * m)``.
+    """
+    return 0.5 * l2 * jnp.sum(params.W * params.W)
+
+
+LOSSES = {"mse": mse, "bce": bce}
+REDUCTIONS = {"mse": MSE_REDUCTIONS, "bce": BCE_REDUCTIONS}
+
+
+def get_loss(name: str):
+    """Return the loss function called ``name`` ("mse" or "bce")."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}: use 'mse' or 'bce'") from None

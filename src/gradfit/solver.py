@@ -1,0 +1,600 @@
+"""The gradient step, the compiled training loop, and :func:`fit`.
+
+One step evaluates the objective ``J(p) = loss(p; X, y) + (l2/2) ||W||^2`` and its gradient,
+applies an optax update, and decides from data alone whether to go on:
+
+- **converged** when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)`` (scipy's
+  ``ftol`` test); the params ``p_t`` are kept;
+- **diverged** when ``J_t`` is not finite or exceeds ``1e6 * max(J_0, eps)``; the last
+  params whose objective passed that test, ``p_{t-1}``, are kept.
+
+Steps run inside ``lax.while_loop`` in chunks of ``chunk_size``; the whole chunk is one XLA
+program compiled ahead of time, and Python sees the state only between chunks (progress,
+early exit, checkpoints). Hyperparameters (learning rate, l2, tol, the step budget and the
+optimizer's float options) are array inputs, so new values never recompile, and the same
+chunk program is ``vmap``-ed over output columns, batches of problems, or sweep members:
+a member that stops is frozen by the loop's own masking while the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradfit import _optim, _validation, gradients, losses
+from gradfit._params import Params, predict
+
+DIVERGENCE_FACTOR = 1e6
+DEFAULT_LEARNING_RATE = 0.01
+DEFAULT_CHUNK_SIZE = 256
+GRAD_MODES = ("autodiff", "hand")
+
+
+# --------------------------------------------------------------------------- data types
+class Data(NamedTuple):
+    """The arrays a fit reads. X (m, n); y (m,) or (m, k); sample_weight (m,) or None."""
+
+    X: jax.Array
+    y: jax.Array
+    sample_weight: jax.Array | None = None
+
+
+class Hyper(NamedTuple):
+    """Hyperparameters as arrays (traced: new values never recompile)."""
+
+    learning_rate: jax.Array | None  # () float; None: the line search picks the step
+    l2: jax.Array  # () float, >= 0
+    tol: jax.Array  # () float; < 0 means no tolerance test
+    max_steps: jax.Array  # () int32
+    optimizer: dict[str, jax.Array]  # the optimizer's float options, () each
+
+
+class SolverState(NamedTuple):
+    """The loop's carry; every field has a fixed shape and dtype."""
+
+    params: Params  # p_t, the current iterate
+    prev_params: Params  # p_{t-1}, returned if p_t diverged
+    opt_state: Any  # the optax state
+    step: jax.Array  # () int32, objective evaluations so far
+    loss: jax.Array  # () the last objective value J_t
+    initial_loss: jax.Array  # () J_0, the reference for divergence
+    converged: jax.Array  # () bool
+    diverged: jax.Array  # () bool
+    key: jax.Array  # () PRNG key, advanced once per minibatch epoch
+
+
+class Static(NamedTuple):
+    """Everything that shapes the compiled program (hashable)."""
+
+    loss: str
+    reduction: str
+    grad: str
+    optimizer: _optim.OptimizerSpec
+    has_learning_rate: bool
+    fit_intercept: bool
+    batch_size: int | None
+    chunk_size: int
+
+
+class Level(NamedTuple):
+    """One ``vmap`` level: for each input, 0 (mapped along its leading axis) or None (shared)."""
+
+    data: Data
+    hyper: Hyper
+    params: int | None
+    key: int | None
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns. Status is data; a diverged fit also warns.
+
+    params: the fitted :class:`Params`. loss: the objective at ``params``. losses: the
+    objective evaluated at the start of each step (with ``batch_size``, the mean minibatch
+    objective of each epoch), shape (steps,). steps: objective evaluations (epochs with
+    ``batch_size``). converged: the ``tol`` test passed. diverged: the loss became non-finite
+    or exploded; ``params`` are the last ones before that. stats: timings
+    (``compile_seconds``, ``run_seconds``), ``backend`` and the settings used.
+
+    With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain
+    a leading axis (k or B) and ``losses`` is padded with NaN past each member's ``steps``.
+    """
+
+    params: Params
+    loss: Any
+    losses: np.ndarray
+    steps: Any
+    converged: Any
+    diverged: Any
+    stats: dict
+
+    def predict(self, X) -> jax.Array:
+        """``X @ W + b`` (logits for bce; apply ``jax.nn.sigmoid`` for probabilities)."""
+        return predict(self.params, jnp.asarray(X))
+
+
+# --------------------------------------------------------------------------- the objective
+def objective(params: Params, data: Data, l2, static: Static) -> jax.Array:
+    """``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2``, a scalar."""
+    loss_fn = losses.LOSSES[static.loss]
+    value = loss_fn(params, data.X, data.y, reduction=static.reduction, sample_weight=data.sample_weight)
+    return value + losses.l2_penalty(params, l2)
+
+
+def value_and_grad(params: Params, data: Data, l2, static: Static) -> tuple[jax.Array, Params]:
+    """``(J(p), dJ/dp)``, by ``jax.grad`` (grad="autodiff") or the closed forms (grad="hand")."""
+    if static.grad == "hand":
+        value = objective(params, data, l2, static)
+        g = gradients.GRADIENTS[static.loss](
+            params, data.X, data.y, reduction=static.reduction, sample_weight=data.sample_weight
+        )
+        g = jax.tree.map(jnp.add, g, gradients.l2_penalty(params, l2))
+    else:
+        value, g = jax.value_and_grad(objective)(params, data, l2, static)
+    if not static.fit_intercept:
+        g = g._replace(b=jnp.zeros_like(g.b))
+    return value, g
+
+
+# --------------------------------------------------------------------------- one step
+def _optimizer(static: Static, hyper: Hyper):
+    lr = hyper.learning_rate if static.has_learning_rate else None
+    return _optim.build(static.optimizer, lr, hyper.optimizer)
+
+
+def _full_batch_update(state: SolverState, data: Data, hyper: Hyper, static: Static):
+    """Evaluate J and dJ at p_t and propose p_{t+1}. Returns (J_t, p_{t+1}, opt_state, fallback)."""
+    opt = _optimizer(static, hyper)
+    value, g = value_and_grad(state.params, data, hyper.l2, static)
+    updates, opt_state = opt.update(
+        g, state.opt_state, state.params, value=value, grad=g,
+        value_fn=lambda p: objective(p, data, hyper.l2, static),
+    )
+    return value, optax.apply_updates(state.params, updates), opt_state, state.prev_params, state.key
+
+
+def _minibatch_plan(m: int, batch_size: int) -> tuple[int, int]:
+    n_batches = -(-m // batch_size)
+    return n_batches, n_batches * batch_size - m
+
+
+def _epoch_update(state: SolverState, data: Data, hyper: Hyper, static: Static):
+    """One epoch of minibatch steps over a fresh on-device permutation of the rows.
+
+    Batches have a fixed shape (batch_size rows); the short last batch is padded with
+    zero-weight rows, so every row is used once per epoch and nothing recompiles. Returns the
+    epoch's mean objective (weighted by rows) and the params after the epoch.
+    """
+    opt = _optimizer(static, hyper)
+    m = data.X.shape[0]
+    n_batches, pad = _minibatch_plan(m, static.batch_size)
+    key, sub = jax.random.split(state.key)
+    perm = jax.random.permutation(sub, m)
+    index = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, static.batch_size)
+    dtype = data.X.dtype
+    valid = jnp.concatenate([jnp.ones((m,), dtype), jnp.zeros((pad,), dtype)]).reshape(n_batches, -1)
+
+    def one_batch(carry, batch):
+        params, opt_state = carry
+        rows, mask = batch
+        weight = mask if data.sample_weight is None else mask * data.sample_weight[rows]
+        sub_data = Data(data.X[rows], data.y[rows], weight)
+        value, g = value_and_grad(params, sub_data, hyper.l2, static)
+        updates, opt_state = opt.update(
+            g, opt_state, params, value=value, grad=g,
+            value_fn=lambda p: objective(p, sub_data, hyper.l2, static),
+        )
+        return (optax.apply_updates(params, updates), opt_state), (value, jnp.sum(weight))
+
+    (params, opt_state), (values, counts) = jax.lax.scan(one_batch, (state.params, state.opt_state), (index, valid))
+    if static.reduction == "sum":
+        epoch_value = jnp.sum(values)
+    else:
+        epoch_value = jnp.sum(values * counts) / jnp.sum(counts)
+    return epoch_value, params, opt_state, state.params, key
+
+
+def step(state: SolverState, data: Data, hyper: Hyper, static: Static) -> tuple[SolverState, jax.Array]:
+    """One step (one epoch with minibatches); a finished state is returned unchanged.
+
+    Returns the new state and the objective value recorded for this step.
+    """
+    update = _full_batch_update if static.batch_size is None else _epoch_update
+    value, candidate, opt_state, fallback, key = update(state, data, hyper, static)
+    first = state.step == 0
+    initial = jnp.where(first, value, state.initial_loss)
+    eps = jnp.finfo(value.dtype).eps
+    bad = ~jnp.isfinite(value) | (value > DIVERGENCE_FACTOR * jnp.maximum(initial, eps))
+    scale = jnp.maximum(jnp.maximum(jnp.abs(state.loss), jnp.abs(value)), 1)
+    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= hyper.tol * scale)
+    params = jax.tree.map(
+        lambda fb, cur, new: jnp.where(bad, fb, jnp.where(converged, cur, new)),
+        fallback, state.params, candidate,
+    )
+    new = SolverState(
+        params=params,
+        prev_params=state.params,
+        opt_state=opt_state,
+        step=state.step + 1,
+        loss=value,
+        initial_loss=initial,
+        converged=converged,
+        diverged=bad,
+        key=key,
+    )
+    active = is_active(state, hyper)
+    new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
+    return new, value
+
+
+def is_active(state: SolverState, hyper: Hyper) -> jax.Array:
+    """True while a state still has steps to run: not converged, not diverged, within budget."""
+    return ~state.converged & ~state.diverged & (state.step < hyper.max_steps)
+
+
+def init_state(params: Params, data: Data, hyper: Hyper, key: jax.Array, static: Static) -> SolverState:
+    """The state before step 0 (params as given, optimizer state fresh)."""
+    dtype = data.X.dtype
+    opt_state = _optimizer(static, hyper).init(params)
+    zero = jnp.zeros((), dtype)
+    false = jnp.zeros((), bool)
+    return SolverState(params, params, opt_state, jnp.zeros((), jnp.int32), zero, zero, false, false, key)
+
+
+def run_chunk(state: SolverState, data: Data, hyper: Hyper, static: Static) -> tuple[SolverState, jax.Array]:
+    """Run up to ``static.chunk_size`` steps in one ``lax.while_loop``.
+
+    Returns the state and the chunk's objective history, shape (chunk_size,), NaN past the
+    steps this chunk ran.
+    """
+    history = jnp.full((static.chunk_size,), jnp.nan, data.X.dtype)
+
+    def cond(carry):
+        i, st, _ = carry
+        return (i < static.chunk_size) & is_active(st, hyper)
+
+    def body(carry):
+        i, st, hist = carry
+        st, value = step(st, data, hyper, static)
+        return i + 1, st, hist.at[i].set(value)
+
+    _, state, history = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state, history))
+    return state, history
+
+
+def final_objective(state: SolverState, data: Data, hyper: Hyper, static: Static) -> jax.Array:
+    """The objective at the state's params (one more pass over the data)."""
+    return objective(state.params, data, hyper.l2, static)
+
+
+# --------------------------------------------------------------------------- compiling
+def _vectorize(fn: Callable, levels: tuple[Level, ...], arg_axes: Callable[[Level], tuple]) -> Callable:
+    for level in reversed(levels):
+        fn = jax.vmap(fn, in_axes=arg_axes(level))
+    return fn
+
+
+def _signature(args) -> tuple:
+    leaves, tree = jax.tree.flatten(args, is_leaf=lambda x: x is None or isinstance(x, int))
+    return tree, tuple(
+        x if x is None or isinstance(x, int) else
+        (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)), getattr(x, "sharding", None))
+        for x in leaves
+    )
+
+
+_EXECUTABLES: dict[tuple, Any] = {}
+
+
+def compiled(name: str, static: Static, levels: tuple[Level, ...], args: tuple) -> tuple[Any, float]:
+    """The ahead-of-time compiled program ``name`` for these arguments, and its compile time.
+
+    Programs are cached by (name, static settings, vmap levels, argument shapes and dtypes);
+    a cache hit costs 0 seconds, and values of hyperparameters never enter the key.
+    """
+    key = (name, static, _signature(levels), _signature(args))
+    if key in _EXECUTABLES:
+        return _EXECUTABLES[key], 0.0
+    if name == "init":
+        fn = _vectorize(
+            lambda p, d, h, k: init_state(p, d, h, k, static), levels,
+            lambda lv: (lv.params, lv.data, lv.hyper, lv.key),
+        )
+    else:
+        body = {"chunk": run_chunk, "final": final_objective}[name]
+        fn = _vectorize(
+            lambda s, d, h: body(s, d, h, static), levels,
+            lambda lv: (0, lv.data, lv.hyper),
+        )
+    start = time.perf_counter()
+    exe = jax.jit(fn).lower(*args).compile()
+    seconds = time.perf_counter() - start
+    _EXECUTABLES[key] = exe
+    return exe, seconds
+
+
+# --------------------------------------------------------------------------- the driver
+class RunResult(NamedTuple):
+    """The raw outcome of :func:`run` (arrays carry the vmap levels' leading axes)."""
+
+    state: SolverState
+    final_loss: jax.Array
+    history: np.ndarray  # (*batch, steps_run)
+    compile_seconds: float
+    run_seconds: float
+    chunks: int
+
+
+def run(
+    params: Params,
+    data: Data,
+    hyper: Hyper,
+    key: jax.Array,
+    static: Static,
+    levels: tuple[Level, ...] = (),
+    callback: Callable[[SolverState, np.ndarray], None] | None = None,
+) -> RunResult:
+    """Run the compiled loop to the end: chunk after chunk until every member has stopped.
+
+    ``callback(state, history_so_far)`` is called between chunks, never inside one.
+    """
+    compile_seconds = 0.0
+    init, t = compiled("init", static, levels, (params, data, hyper, key))
+    compile_seconds += t
+    state = init(params, data, hyper, key)
+    chunk, t = compiled("chunk", static, levels, (state, data, hyper))
+    compile_seconds += t
+    final, t = compiled("final", static, levels, (state, data, hyper))
+    compile_seconds += t
+
+    histories = []
+    chunks = 0
+    start = time.perf_counter()
+    while True:
+        state, history = chunk(state, data, hyper)
+        chunks += 1
+        history = np.asarray(history)
+        histories.append(history)
+        active = _active_host(state, hyper)
+        if callback is not None:
+            callback(state, np.concatenate(histories, axis=-1))
+        if not active.any():
+            break
+    final_loss = final(state, data, hyper)
+    jax.block_until_ready(final_loss)
+    run_seconds = time.perf_counter() - start
+    steps_run = int(np.max(np.asarray(state.step)))
+    history = np.concatenate(histories, axis=-1)[..., :steps_run]
+    return RunResult(state, final_loss, history, compile_seconds, run_seconds, chunks)
+
+
+def _active_host(state: SolverState, hyper: Hyper) -> np.ndarray:
+    """:func:`is_active` on the host, for every member at once (max_steps broadcast)."""
+    step = np.asarray(state.step)
+    max_steps = np.asarray(hyper.max_steps)
+    max_steps = max_steps.reshape(max_steps.shape + (1,) * (step.ndim - max_steps.ndim))
+    return ~np.asarray(state.converged) & ~np.asarray(state.diverged) & (step < max_steps)
+
+
+# --------------------------------------------------------------------------- fit
+def _hyper_array(value: np.ndarray, dtype) -> jax.Array:
+    return jnp.asarray(value, dtype)
+
+
+def _check_init(init, n: int, out: tuple[int, ...], dtype, key) -> Params:
+    if init is None or (isinstance(init, str) and init == "zeros"):
+        return Params(jnp.zeros((n, *out), dtype), jnp.zeros(out, dtype))
+    if isinstance(init, str):
+        if init != "normal":
+            raise ValueError(f"unknown init {init!r}: use None or 'zeros', 'normal', or a gradfit.Params")
+        W = jax.random.normal(key, (n, *out), dtype) / math.sqrt(n)
+        return Params(W, jnp.zeros(out, dtype))
+    if not isinstance(init, Params):
+        if isinstance(init, tuple) and len(init) == 2:
+            init = Params(*init)
+        else:
+            raise ValueError(f"init must be None, 'zeros', 'normal' or gradfit.Params(W, b), got {type(init).__name__}")
+    W = _validation.as_numeric(init.W, "init.W")
+    b = _validation.as_numeric(init.b, "init.b")
+    if tuple(W.shape) != (n, *out) or tuple(b.shape) != out:
+        raise ValueError(
+            f"init has W {tuple(W.shape)} and b {tuple(b.shape)} but this problem needs W {(n, *out)} "
+            f"and b {out}: W is (n_features,) or (n_features, k), b is () or (k,)"
+        )
+    _validation.check_finite(W, "init.W")
+    _validation.check_finite(b, "init.b")
+    return Params(jnp.asarray(W, dtype), jnp.asarray(b, dtype))
+
+
+def fit(
+    X,
+    y,
+    *,
+    loss: str = "mse",
+    reduction: str = "mean",
+    optimizer: Any = "sgd",
+    learning_rate: float | Any | None = None,
+    steps: int = 1000,
+    tol: float | None = None,
+    l2: float | Any = 0.0,
+    grad: str = "autodiff",
+    init: Params | str | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    fit_intercept: bool = True,
+    sample_weight=None,
+    optimizer_options: dict[str, Any] | None = None,
+    batched: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    callback: Callable[[SolverState, np.ndarray], None] | None = None,
+) -> FitResult:
+    """Fit ``yhat = X @ W + b`` by gradient descent, the whole loop compiled.
+
+    Args:
+      X: (m, n) features, rows are samples; (B, m, n) with ``batched=True``.
+      y: (m,) or (m, k) targets (in [0, 1] for ``loss="bce"``); (B, m[, k]) when batched.
+      loss: ``"mse"`` or ``"bce"`` (logistic regression, from logits).
+      reduction: ``"mean"`` (1/m), ``"half_mean"`` (1/(2m), mse only) or ``"sum"``.
+      optimizer: an optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or any
+        ``optax.GradientTransformation`` (then leave ``learning_rate`` unset).
+      learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's).
+        A (k,) array gives each output column its own rate (the columns are vmapped).
+      steps: most steps to run (epochs with ``batch_size``).
+      tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
+      l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
+        See :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
+      grad: ``"autodiff"`` (``jax.grad``) or ``"hand"`` (:mod:`gradfit.gradients`).
+      init: None/``"zeros"``, ``"normal"`` (N(0, 1/n) weights from ``seed``) or ``Params``.
+      batch_size: minibatch SGD with a fresh permutation every epoch on device; the short last
+        batch is kept (padded with zero-weight rows), so no row is dropped.
+      seed: seeds the minibatch permutations and ``init="normal"``.
+      fit_intercept: False fixes b at its initial value (0).
+      sample_weight: (m,) non-negative row weights ("mean" divides by their sum).
+      optimizer_options: extra options of the optax alias, e.g. ``{"momentum": 0.9}``;
+        float values are traced (new values do not recompile).
+      batched: X has a leading axis of B independent problems, fitted under ``vmap``.
+      chunk_size: steps per compiled chunk; Python runs only between chunks.
+      callback: ``callback(state, history)`` between chunks.
+
+    Returns:
+      A :class:`FitResult`. Hyperparameters are arrays inside the program: a second fit on
+      the same shapes with new values compiles nothing (``stats["compile_seconds"] == 0``).
+
+    Raises:
+      ValueError: for bad input, before any compute.
+    """
+    if loss not in losses.LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
+    if reduction not in losses.REDUCTIONS[loss]:
+        raise ValueError(
+            f"unknown reduction {reduction!r} for loss {loss!r}: use one of {', '.join(map(repr, losses.REDUCTIONS[loss]))}"
+        )
+    if grad not in GRAD_MODES:
+        raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, GRAD_MODES))}")
+    X, y = _validation.check_xy(X, y, loss=loss, batched=batched)
+    steps = _validation.positive_int(steps, "steps")
+    chunk_size = _validation.positive_int(chunk_size, "chunk_size")
+    lead = 1 if batched else 0
+    m, n = X.shape[lead], X.shape[lead + 1]
+    k = y.shape[-1] if y.ndim == 2 + lead else None
+    out = () if k is None else (k,)
+    if batch_size is not None:
+        batch_size = _validation.positive_int(batch_size, "batch_size")
+        if batch_size > m:
+            raise ValueError(f"batch_size={batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None for full batches")
+    if not isinstance(fit_intercept, bool):
+        raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
+
+    if learning_rate is None and isinstance(optimizer, str) and optimizer not in _optim.LINE_SEARCH:
+        learning_rate = DEFAULT_LEARNING_RATE
+    spec, traced_options = _optim.resolve(optimizer, optimizer_options, learning_rate)
+    if batch_size is not None and spec.name in _optim.LINE_SEARCH:
+        raise ValueError("optimizer 'lbfgs' needs full batches: leave batch_size unset, or use 'sgd'/'adam' for minibatches")
+    per_output_shapes = ((), (k,)) if k is not None else ((),)
+    lr = None if learning_rate is None else _validation.hyperparameter(learning_rate, "learning_rate", positive=True, allowed_shapes=per_output_shapes)
+    l2_arr = _validation.hyperparameter(l2, "l2", positive=False, allowed_shapes=per_output_shapes)
+    tol_arr = np.asarray(-1.0) if tol is None else _validation.hyperparameter(tol, "tol", positive=False)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+
+    dtype = _validation.float_dtype(X)
+    sw = None
+    if sample_weight is not None:
+        sw = _validation.as_numeric(sample_weight, "sample_weight")
+        if tuple(sw.shape) != tuple(y.shape[: lead + 1]):
+            raise ValueError(f"sample_weight has shape {tuple(sw.shape)}: expected {tuple(y.shape[: lead + 1])}, one weight per row")
+        _validation.check_finite(sw, "sample_weight")
+        if (np.asarray(sw) < 0).any() or not (np.asarray(sw).sum(axis=-1) > 0).all():
+            raise ValueError("sample_weight must be >= 0 with a positive sum")
+        sw = jnp.asarray(sw, dtype)
+    key = jax.random.key(seed)
+    init_key, run_key = jax.random.split(key)
+    params = _check_init(init, n, out, dtype, init_key)
+
+    per_output = k is not None and ((lr is not None and lr.ndim == 1) or l2_arr.ndim == 1)
+    data = Data(jnp.asarray(X, dtype), jnp.asarray(y, dtype), sw)
+    hyper = Hyper(
+        learning_rate=None if lr is None else jnp.asarray(lr, dtype),
+        l2=jnp.asarray(l2_arr, dtype),
+        tol=jnp.asarray(tol_arr, dtype),
+        max_steps=jnp.asarray(steps, jnp.int32),
+        optimizer={name: jnp.asarray(v, dtype) for name, v in traced_options.items()},
+    )
+    static = Static(loss, reduction, grad, spec, lr is not None, fit_intercept, batch_size, chunk_size)
+
+    levels: list[Level] = []
+    if batched:
+        B = X.shape[0]
+        params = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), params)
+        levels.append(Level(Data(0, 0, None if sw is None else 0), _hyper_axes(hyper, None), 0, None))
+    if per_output:
+        # Columns become independent problems: y (.., m, k) -> (.., k, m), W (.., n, k) -> (.., k, n).
+        data = data._replace(y=jnp.moveaxis(data.y, -1, -2))
+        params = Params(jnp.moveaxis(params.W, -1, -2), params.b)
+        hyper = hyper._replace(
+            learning_rate=hyper.learning_rate if hyper.learning_rate is None else jnp.broadcast_to(hyper.learning_rate, (k,)),
+            l2=jnp.broadcast_to(hyper.l2, (k,)),
+        )
+        hyper_axes = _hyper_axes(hyper, None)._replace(learning_rate=None if hyper.learning_rate is None else 0, l2=0)
+        # X and the row weights are shared by the columns (inside a batch level, per problem).
+        levels.append(Level(Data(None, 0, None), hyper_axes, 0, None))
+    levels_t = tuple(levels)
+
+    result = run(params, data, hyper, run_key, static, levels_t, callback)
+    state = result.state
+    out_params = state.params
+    if per_output:
+        out_params = Params(jnp.moveaxis(out_params.W, -2, -1), out_params.b)
+    steps_taken = np.asarray(state.step)
+    converged = np.asarray(state.converged)
+    diverged = np.asarray(state.diverged)
+    history = result.history
+    final_loss = result.final_loss
+    if per_output:
+        final_loss = jnp.sum(final_loss, axis=-1)  # the joint objective sums over outputs
+    stats = {
+        "compile_seconds": result.compile_seconds,
+        "run_seconds": result.run_seconds,
+        "chunks": result.chunks,
+        "backend": jax.default_backend(),
+        "dtype": str(dtype),
+        "loss": loss,
+        "reduction": reduction,
+        "optimizer": spec.name or type(optimizer).__name__,
+        "grad": grad,
+        "vmapped": [name for name, on in (("problems", batched), ("outputs", per_output)) if on],
+    }
+    if not levels_t:
+        steps_taken, converged, diverged = int(steps_taken), bool(converged), bool(diverged)
+    if np.any(diverged):
+        _warn_divergence(steps_taken, diverged, learning_rate)
+    return FitResult(out_params, final_loss, history, steps_taken, converged, diverged, stats)
+
+
+def _hyper_axes(hyper: Hyper, axis) -> Hyper:
+    return Hyper(
+        learning_rate=None if hyper.learning_rate is None else axis,
+        l2=axis,
+        tol=axis,
+        max_steps=axis,
+        optimizer={name: axis for name in hyper.optimizer},
+    )
+
+
+def _warn_divergence(steps, diverged, learning_rate) -> None:
+    at = int(np.max(np.where(diverged, steps, 0)))
+    hint = ""
+    if learning_rate is not None:
+        hint = f"; try a smaller learning_rate, e.g. {float(np.min(learning_rate)) / 10:g}, or standardise X"
+    warnings.warn(
+        f"the fit diverged (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}x) at step {at - 1}: "
+        f"returning the last params before it{hint}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
