@@ -7,19 +7,27 @@ Public surface::
     gradfit.losses.mse / bce / l2_penalty               (pure losses)
     gradfit.gradients.mse / bce                         (hand-derived gradients)
     gradfit.check_gradients()                           (hand vs jax.grad table)
+    gradfit.resume(path, X, y)        -> FitResult      (continue a checkpointed fit)
+    gradfit.checkpoint / progress                       (long runs: checkpoints, progress bars)
 
 Importing gradfit changes no JAX setting; enable float64 yourself with
 ``jax.config.update("jax_enable_x64", True)``.
 """
 
+from gradfit import checkpoint as checkpoint
 from gradfit import gradients as gradients
 from gradfit import losses as losses
+from gradfit import progress as progress
 from gradfit._params import Params as Params
 from gradfit._params import predict as predict
+from gradfit.checkpoint import resume as resume
 from gradfit.gradients import check_gradients as check_gradients
 from gradfit.solver import FitResult as FitResult
 from gradfit.solver import fit as fit
 
 __version__ = "0.1.0"
 
-__all__ = ["FitResult", "Params", "check_gradients", "fit", "gradients", "losses", "predict"]
+__all__ = [
+    "FitResult", "Params", "check_gradients", "checkpoint", "fit", "gradients", "losses", "predict",
+    "progress", "resume",
+]

@@ -339,21 +339,28 @@ def run(
     static: Static,
     levels: tuple[Level, ...] = (),
     callback: Callable[[SolverState, np.ndarray], None] | None = None,
+    *,
+    state: SolverState | None = None,
+    history: np.ndarray | None = None,
 ) -> RunResult:
     """Run the compiled loop to the end: chunk after chunk until every member has stopped.
 
     ``callback(state, history_so_far)`` is called between chunks, never inside one.
+    ``state`` and ``history`` continue an earlier run from a chunk boundary (see
+    :mod:`gradfit.checkpoint`): ``state`` replaces the initial state built from ``params`` and
+    ``key``, and ``history`` (*batch, steps_so_far) is prepended to this run's history.
     """
     compile_seconds = 0.0
-    init, t = compiled("init", static, levels, (params, data, hyper, key))
-    compile_seconds += t
-    state = init(params, data, hyper, key)
+    if state is None:
+        init, t = compiled("init", static, levels, (params, data, hyper, key))
+        compile_seconds += t
+        state = init(params, data, hyper, key)
     chunk, t = compiled("chunk", static, levels, (state, data, hyper))
     compile_seconds += t
     final, t = compiled("final", static, levels, (state, data, hyper))
     compile_seconds += t
 
-    histories = []
+    histories = [] if history is None else [np.asarray(history)]
     chunks = 0
     start = time.perf_counter()
     while True:
@@ -433,6 +440,10 @@ def fit(
     batched: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     callback: Callable[[SolverState, np.ndarray], None] | None = None,
+    progress: bool = False,
+    checkpoint: Any = None,
+    checkpoint_every: Any = None,
+    resume: bool = False,
 ) -> FitResult:
     """Fit ``yhat = X @ W + b`` by gradient descent, the whole loop compiled.
 
@@ -461,6 +472,14 @@ def fit(
       batched: X has a leading axis of B independent problems, fitted under ``vmap``.
       chunk_size: steps per compiled chunk; Python runs only between chunks.
       callback: ``callback(state, history)`` between chunks.
+      progress: show a tqdm bar (updated between chunks; needs ``gradfit[progress]``).
+      checkpoint: a file path: save the run there atomically at chunk boundaries and at the
+        end (see :mod:`gradfit.checkpoint`).
+      checkpoint_every: an int (steps), a ``datetime.timedelta``, or
+        ``gradfit.checkpoint.Every(steps, seconds)``; default every 60 seconds.
+      resume: continue from ``checkpoint`` if that file exists (same data and settings, else
+        ValueError); start afresh if it does not. The result has the same bits as a run that
+        never stopped (on the CPU).
 
     Returns:
       A :class:`FitResult`. Hyperparameters are arrays inside the program: a second fit on
@@ -477,6 +496,20 @@ def fit(
         )
     if grad not in GRAD_MODES:
         raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, GRAD_MODES))}")
+    fit_arguments = dict(
+        loss=loss, reduction=reduction, optimizer=optimizer, learning_rate=learning_rate, steps=steps,
+        tol=tol, l2=l2, grad=grad, init=init, batch_size=batch_size, seed=seed, fit_intercept=fit_intercept,
+        optimizer_options=optimizer_options, batched=batched, chunk_size=chunk_size,
+    )
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress must be True or False, got {progress!r}")
+    if checkpoint is not None:
+        from gradfit import checkpoint as _checkpoint
+
+        checkpoint = _checkpoint.check_path(checkpoint, resume=resume)
+        checkpoint_every = _checkpoint.parse_every(checkpoint_every)
+    elif resume is not False or checkpoint_every is not None:
+        raise ValueError("resume and checkpoint_every need checkpoint=PATH, the checkpoint file to write and resume from")
     X, y = _validation.check_xy(X, y, loss=loss, batched=batched)
     steps = _validation.positive_int(steps, "steps")
     chunk_size = _validation.positive_int(chunk_size, "chunk_size")
@@ -546,7 +579,11 @@ def fit(
         levels.append(Level(Data(None, 0, None), hyper_axes, 0, None))
     levels_t = tuple(levels)
 
-    result = run(params, data, hyper, run_key, static, levels_t, callback)
+    members = (X.shape[0] if batched else 1) * (k if per_output else 1)
+    result, resumed = _run_long(
+        params, data, hyper, run_key, static, levels_t, callback, progress=progress, members=members,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, fit_arguments=fit_arguments,
+    )
     state = result.state
     out_params = state.params
     if per_output:
@@ -569,12 +606,39 @@ def fit(
         "optimizer": spec.name or type(optimizer).__name__,
         "grad": grad,
         "vmapped": [name for name, on in (("problems", batched), ("outputs", per_output)) if on],
+        **resumed,
     }
     if not levels_t:
         steps_taken, converged, diverged = int(steps_taken), bool(converged), bool(diverged)
     if np.any(diverged):
         _warn_divergence(steps_taken, diverged, learning_rate)
     return FitResult(out_params, final_loss, history, steps_taken, converged, diverged, stats)
+
+
+def _run_long(params, data, hyper, key, static, levels, callback, *, progress, members, checkpoint,
+              checkpoint_every, resume, fit_arguments) -> tuple[RunResult, dict]:
+    """:func:`run`, with a progress bar and checkpoints when asked; returns the run and stats."""
+    bar = None
+    if progress:
+        from gradfit import progress as _progress
+
+        bar = _progress.Progress(int(hyper.max_steps), members=members, desc="fit")
+        callback = _progress.chain(bar, callback)
+    try:
+        if checkpoint is None:
+            return run(params, data, hyper, key, static, levels, callback), {}
+        from gradfit import checkpoint as _checkpoint
+
+        stored, not_stored = _checkpoint.storable_arguments(fit_arguments)
+        meta = {"fit": stored, "fit_not_stored": not_stored, "every": list(checkpoint_every)}
+        result, info = _checkpoint.run(
+            checkpoint, params, data, hyper, key, static, levels,
+            every=checkpoint_every, resume=resume, callback=callback, meta=meta,
+        )
+        return result, {"checkpoint": str(checkpoint), **info._asdict()}
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _hyper_axes(hyper: Hyper, axis) -> Hyper:
