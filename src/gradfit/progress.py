@@ -18,7 +18,6 @@ says whether it is installed. The bar writes to stderr unless given another ``fi
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
@@ -114,7 +113,3 @@ def chain(*callbacks: Callable | None) -> Callable | None:
 
     return call_all
 
-
-def members_of(shape: tuple[int, ...]) -> int:
-    """The number of vmapped members of a state whose ``step`` has this shape."""
-    return max(1, math.prod(shape))
