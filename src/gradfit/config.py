@@ -25,7 +25,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "standardize": True,
         "dtype": "float32",
-        "target": None,  # for files: the target column's name or index, or the array name in .npz
+        "target": None,  # for files: the target column's name or index (a list for k outputs), or the array name in .npz
         "features": None,  # for files: a list of column names or indices (None: all but the target)
     },
     "fit": {
@@ -51,7 +51,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Keys whose default is None, or a dict, accept these types.
 _OPEN_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
-    ("data", "target"): (str, int),
+    ("data", "target"): (str, int, list),
     ("data", "features"): (list,),
     ("fit", "learning_rate"): (int, float, list),
     ("fit", "tol"): (int, float),
