@@ -317,3 +317,55 @@ def test_sigkill_then_resume_in_a_new_process_gives_the_same_bits(tmp_path):
         np.testing.assert_array_equal(z["W"], z["W_ref"])
         np.testing.assert_array_equal(z["b"], z["b_ref"])
         np.testing.assert_array_equal(z["losses"], z["losses_ref"])
+
+
+# --------------------------------------------------------------------------- the command
+def _cli(out_dir, *extra) -> int:
+    from gradfit import cli
+
+    return cli.main(["fit", "--set", f"output.dir={out_dir}", "--set", "data.n_samples=300",
+                     "--set", "data.n_features=4", "--set", "fit.optimizer=adam", "--set", "fit.learning_rate=0.01",
+                     "--set", "fit.chunk_size=10", "--set", "checkpoint.every_steps=10", "--no-progress", *extra])
+
+
+def test_cli_resume_continues_a_checkpoint_to_the_same_bits(tmp_path, capsys):
+    assert _cli(tmp_path / "straight", "--set", "fit.steps=80") == 0
+    assert _cli(tmp_path / "stopped", "--set", "fit.steps=50") == 0  # as if stopped at step 50
+    assert _cli(tmp_path / "stopped", "--set", "fit.steps=80", "--resume") == 0
+    assert "resumed from step 50" in capsys.readouterr().out
+    for name in ("params.npz", "history.npz"):
+        with np.load(tmp_path / "straight" / name) as a, np.load(tmp_path / "stopped" / name) as b:
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+    report = json.loads((tmp_path / "stopped" / "report.json").read_text())
+    assert report["checkpoint"]["resumed_from_step"] == 50 and report["steps"] == 80
+
+
+def test_cli_resume_refuses_another_config_and_needs_checkpoints(tmp_path, capsys):
+    assert _cli(tmp_path / "run", "--set", "fit.steps=20") == 0
+    capsys.readouterr()
+    assert _cli(tmp_path / "run", "--set", "fit.steps=20", "--set", "fit.learning_rate=0.5", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "different problem or config" in err and "hyperparameters" in err and "Traceback" not in err
+    assert _cli(tmp_path / "run", "--set", "checkpoint.every_steps=0", "--set", "checkpoint.every_seconds=0",
+                "--resume") == 2
+    assert "--resume needs checkpoints" in capsys.readouterr().err
+    assert _cli(tmp_path / "run", "--set", "checkpoint.every_steps=-5") == 2
+    assert "checkpoint.every_steps must be >= 0" in capsys.readouterr().err
+
+
+def test_cli_resume_without_a_checkpoint_starts_afresh(tmp_path, capsys):
+    assert _cli(tmp_path / "new", "--set", "fit.steps=20", "--resume") == 0
+    assert "no checkpoint at" in capsys.readouterr().out
+    assert (tmp_path / "new" / "checkpoint.npz").is_file()
+
+
+def test_cli_progress_flag(tmp_path, capsys):
+    from gradfit import cli
+
+    assert cli.main(["fit", "--set", f"output.dir={tmp_path}", "--set", "data.n_samples=100", "--set",
+                     "fit.steps=20", "--set", "fit.chunk_size=10", "--progress"]) == 0
+    assert "20/20" in capsys.readouterr().err
+    assert cli.main(["fit", "--set", f"output.dir={tmp_path}", "--set", "data.n_samples=100", "--set",
+                     "fit.steps=20"]) == 0
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar by default

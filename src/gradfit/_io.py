@@ -16,6 +16,26 @@ from typing import Any
 import numpy as np
 
 
+def _umask() -> int:
+    """The process umask (read from /proc where possible, so it is never changed even briefly)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give the temporary file the mode an ordinary new file would have, then rename it into place."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     try:
@@ -28,7 +48,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -105,7 +125,7 @@ def write_many(files: dict[str | Path, bytes]) -> list[Path]:
                     "(earlier outputs were left as they were)"
                 ) from None
         for tmp, path in staged:
-            os.replace(tmp, path)
+            _publish(tmp, path)
     except BaseException:
         for tmp, _ in staged:
             if os.path.exists(tmp):

@@ -1,6 +1,6 @@
 """The ``gradfit`` command: thin wrappers that parse flags, call the library and write outputs.
 
-    gradfit fit --config configs/quickstart.toml [--set fit.learning_rate=0.1 ...]
+    gradfit fit --config configs/quickstart.toml [--set fit.learning_rate=0.1 ...] [--resume]
     gradfit check-grads
     gradfit info
 """
@@ -43,25 +43,57 @@ def least_squares_optimum(X, y, *, reduction: str, l2: float, fit_intercept: boo
     return W, b, value
 
 
+def _long_run_options(cfg: dict, args) -> dict:
+    """fit()'s progress and checkpoint arguments from the config and flags (checked before compute)."""
+    from gradfit import checkpoint, config
+    from gradfit import progress as progress_bar
+
+    ck = cfg["checkpoint"]
+    for key in ("every_steps", "every_seconds"):
+        if ck[key] < 0:
+            raise config.ConfigError(f"checkpoint.{key} must be >= 0 (0 turns it off), got {ck[key]}")
+    every = checkpoint.Every(ck["every_steps"] or None, ck["every_seconds"] or None)
+    path = Path(ck["path"]) if ck["path"] else Path(cfg["output"]["dir"]) / "checkpoint.npz"
+    if every == checkpoint.Every():
+        if args.resume:
+            raise config.ConfigError(
+                "--resume needs checkpoints, but checkpoint.every_steps and checkpoint.every_seconds are both 0: "
+                "set one of them"
+            )
+        options = {}
+    else:
+        options = {"checkpoint": path, "checkpoint_every": every, "resume": args.resume}
+        if args.resume and not path.exists():
+            print(f"no checkpoint at {path}: starting afresh")
+    show = args.progress
+    if show is None:  # on by default where someone watches
+        show = sys.stderr.isatty() and progress_bar.available()
+    elif show and not progress_bar.available():
+        raise ValueError("--progress needs tqdm: pip install 'gradfit[progress]', or drop --progress")
+    return {"progress": show, **options}
+
+
 def cmd_fit(args) -> int:
     import jax
 
     from gradfit import _io, config, data, solver
 
     cfg = config.load(args.config, args.overrides)
+    out_dir = Path(cfg["output"]["dir"])
+    _io.check_writable(out_dir)  # fail now, not after the fit
+    long_run = _long_run_options(cfg, args)
     ds = data.load(cfg["data"])
     f = dict(cfg["fit"])
     options = f.pop("optimizer_options")
     lr = f.pop("learning_rate")
     l2 = f.pop("l2")
-    out_dir = Path(cfg["output"]["dir"])
     print(f"data: {cfg['data']['source']}  X {ds.X.shape} {ds.X.dtype}  y {ds.y.shape}")
     print(f"fit: loss={f['loss']} reduction={f['reduction']} optimizer={f['optimizer']} "
           f"learning_rate={lr} steps={f['steps']} tol={f['tol']} l2={l2}")
     wall = time.perf_counter()
     result = solver.fit(
         ds.X, ds.y, learning_rate=None if lr is None else np.asarray(lr), l2=np.asarray(l2),
-        optimizer_options=options, **f,
+        optimizer_options=options, **f, **long_run,
     )
     wall = time.perf_counter() - wall
     st = result.stats
@@ -77,6 +109,10 @@ def cmd_fit(args) -> int:
         "devices": [str(d) for d in jax.devices()],
         "config": cfg,
     }
+    if "checkpoint" in st:
+        report["checkpoint"] = {k: st[k] for k in ("checkpoint", "resumed_from_step", "checkpoints", "checkpoint_seconds")}
+        if st["resumed_from_step"]:
+            print(f"resumed from step {st['resumed_from_step']} of {st['checkpoint']}")
     print(f"loss {report['loss']:.6g} after {result.steps} steps "
           f"(converged={result.converged}, diverged={result.diverged})")
     print(f"time: compile {st['compile_seconds']:.3f} s, run {st['run_seconds']:.3f} s "
@@ -95,9 +131,12 @@ def cmd_fit(args) -> int:
         err = float(np.linalg.norm(np.asarray(result.params.W) - ds.truth.W) / np.linalg.norm(ds.truth.W))
         report["relative_error_to_truth"] = err
         print(f"known truth: ||W - W_true|| / ||W_true|| = {err:.3e}")
-    _io.write_npz(out_dir / "params.npz", W=result.params.W, b=result.params.b)
-    _io.write_npz(out_dir / "history.npz", losses=result.losses)
-    _io.write_json(out_dir / "report.json", report)
+    # All three or none: a failed write leaves the earlier outputs as they were.
+    _io.write_many({
+        out_dir / "params.npz": _io.npz_bytes(W=result.params.W, b=result.params.b),
+        out_dir / "history.npz": _io.npz_bytes(losses=result.losses),
+        out_dir / "report.json": _io.json_bytes(report),
+    })
     print(f"wrote {out_dir}/params.npz, history.npz, report.json")
     return 1 if result.diverged else 0
 
@@ -136,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fit", help="fit one model from a config")
     _add_config_args(p)
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue from the checkpoint ([checkpoint] path, default <output.dir>/checkpoint.npz) if it exists",
+    )
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show a progress bar on stderr (default: when stderr is a terminal and tqdm is installed)",
+    )
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("check-grads", help="compare the hand-derived gradients with jax.grad")
     p.set_defaults(func=cmd_check_grads)

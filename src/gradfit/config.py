@@ -47,6 +47,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "output": {
         "dir": "runs/fit",
     },
+    "checkpoint": {
+        # Saved atomically at chunk boundaries and at the end; `gradfit fit --resume` continues.
+        "path": "",  # "": <output.dir>/checkpoint.npz
+        "every_steps": 0,  # 0: not by steps
+        "every_seconds": 300.0,  # 0: not by time (both 0: no checkpoints)
+    },
 }
 
 # Keys whose default is None, or a dict, accept these types.
