@@ -360,7 +360,7 @@ def run(
     final, t = compiled("final", static, levels, (state, data, hyper))
     compile_seconds += t
 
-    histories = [] if history is None else [np.asarray(history)]
+    histories = _History(history)
     chunks = 0
     start = time.perf_counter()
     while True:
@@ -370,15 +370,41 @@ def run(
         histories.append(history)
         active = _active_host(state, hyper)
         if callback is not None:
-            callback(state, np.concatenate(histories, axis=-1))
+            callback(state, histories.view())
         if not active.any():
             break
     final_loss = final(state, data, hyper)
     jax.block_until_ready(final_loss)
     run_seconds = time.perf_counter() - start
     steps_run = int(np.max(np.asarray(state.step)))
-    history = np.concatenate(histories, axis=-1)[..., :steps_run]
+    history = histories.view()[..., :steps_run].copy()
     return RunResult(state, final_loss, history, compile_seconds, run_seconds, chunks)
+
+
+class _History:
+    """The objective history of a run, grown in place (amortised doubling along the step axis)
+    so that handing the history so far to a callback at every chunk costs no copy."""
+
+    def __init__(self, prefix: np.ndarray | None = None):
+        self.buffer: np.ndarray | None = None
+        self.size = 0
+        if prefix is not None:
+            self.append(np.asarray(prefix))
+
+    def append(self, chunk: np.ndarray) -> None:
+        need = self.size + chunk.shape[-1]
+        if self.buffer is None or need > self.buffer.shape[-1] or self.buffer.shape[:-1] != chunk.shape[:-1]:
+            capacity = max(need, 2 * (0 if self.buffer is None else self.buffer.shape[-1]))
+            grown = np.empty(chunk.shape[:-1] + (capacity,), chunk.dtype)
+            if self.buffer is not None:
+                grown[..., : self.size] = self.buffer[..., : self.size]
+            self.buffer = grown
+        self.buffer[..., self.size : need] = chunk
+        self.size = need
+
+    def view(self) -> np.ndarray:
+        """The history so far, (*batch, steps): a view that later appends never change."""
+        return self.buffer[..., : self.size]
 
 
 def _active_host(state: SolverState, hyper: Hyper) -> np.ndarray:
