@@ -15,6 +15,8 @@ Importing gradfit changes no JAX setting; enable float64 yourself with
 """
 
 from gradfit import checkpoint as checkpoint
+from gradfit import data as data
+from gradfit import datasets as datasets
 from gradfit import gradients as gradients
 from gradfit import losses as losses
 from gradfit import progress as progress
@@ -28,6 +30,6 @@ from gradfit.solver import fit as fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "FitResult", "Params", "check_gradients", "checkpoint", "fit", "gradients", "losses", "predict",
+    "FitResult", "Params", "check_gradients", "checkpoint", "data", "datasets", "fit", "gradients", "losses", "predict",
     "progress", "resume",
 ]
