@@ -88,6 +88,7 @@ def test_crash_at_a_chunk_boundary_then_resume_gives_the_same_bits(tmp_path, nam
     assert header["step"] == 3 * kw["chunk_size"] and not header["complete"]
     resumed = gradfit.fit(X, y, checkpoint=path, checkpoint_every=1, resume=True, **kw)
     assert resumed.stats["resumed_from_step"] == 3 * kw["chunk_size"]
+    assert resumed.stats["compile_seconds"] == 0  # the loaded state has the compiled program's exact types
     _assert_same_bits(resumed, reference)
     assert checkpoint.read_header(path)["complete"]
 

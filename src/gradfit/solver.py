@@ -354,7 +354,7 @@ def run(
     if state is None:
         init, t = compiled("init", static, levels, (params, data, hyper, key))
         compile_seconds += t
-        state = init(params, data, hyper, key)
+        state = _strongly_typed(init(params, data, hyper, key))
     chunk, t = compiled("chunk", static, levels, (state, data, hyper))
     compile_seconds += t
     final, t = compiled("final", static, levels, (state, data, hyper))
@@ -379,6 +379,13 @@ def run(
     steps_run = int(np.max(np.asarray(state.step)))
     history = histories.view()[..., :steps_run].copy()
     return RunResult(state, final_loss, history, compile_seconds, run_seconds, chunks)
+
+
+def _strongly_typed(state: SolverState) -> SolverState:
+    """The state with no weakly typed leaves (some optax states start with them), so the chunk
+    program is compiled for the types every chunk returns, and a state loaded from a
+    checkpoint (always strongly typed) finds the same program."""
+    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype) if getattr(x, "weak_type", False) else x, state)
 
 
 class _History:
