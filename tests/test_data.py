@@ -94,6 +94,17 @@ def test_csv_reads_only_the_chosen_columns_so_text_columns_can_be_skipped(tmp_pa
     np.testing.assert_array_equal(y, [1, 0])
 
 
+def test_csv_with_windows_line_ends_a_byte_order_mark_and_quotes(tmp_path):
+    path = tmp_path / "w.csv"
+    path.write_bytes('\ufeff"x 1",y\r\n1.5,2\r\n\r\n"3",4\r\n'.encode())
+    X, y = data.load_file(path, "y", ["x 1"])
+    np.testing.assert_array_equal(X, [[1.5], [3]])
+    np.testing.assert_array_equal(y, [2, 4])
+    path.write_text('"x",y\n1,2\n"3",4,5\n')
+    with pytest.raises(ValueError, match="line 3 has 3 fields but the header names 2 columns"):
+        data.load_file(path)
+
+
 def test_parquet_integer_bool_and_numeric_string_columns(tmp_path):
     path = _parquet(tmp_path / "d.parquet", {"i": [1, 2, 3], "b": [True, False, True], "s": ["1.5", "2", "-3e1"],
                                              "y": [0.0, 1.0, 0.5]})

@@ -23,7 +23,18 @@ as an uninterrupted one. Raising ``steps`` on a finished checkpoint continues it
 Entry points: ``fit(..., checkpoint=path, checkpoint_every=..., resume=True)``;
 :func:`resume` (a fit from its checkpoint and the data); and, for code that drives
 :func:`gradfit.solver.run` itself (sweeps, one checkpoint per group), :func:`run`, or
-:class:`Checkpointer` with :func:`fingerprint`, :func:`save` and :func:`load`.
+:class:`Checkpointer` with :func:`fingerprint`, :func:`save` and :func:`load`. A sweep that runs
+its members in groups keeps one file per group and one progress bar for all::
+
+    bar = gradfit.progress.Progress(max_steps, members=n_members, desc="sweep")
+    for g, (params, data, hyper, key, static, levels) in enumerate(groups):
+        result, info = checkpoint.run(out / f"group{g}.npz", params, data, hyper, key, static, levels,
+                                      every=checkpoint.Every(seconds=60), resume=True,
+                                      callback=bar.callback())
+    bar.close()
+
+A group whose file says it is complete returns at once, so rerunning the same sweep after a
+kill redoes only the unfinished groups, each from its last chunk boundary.
 """
 
 from __future__ import annotations

@@ -517,6 +517,9 @@ def fit(
     Returns:
       A :class:`FitResult`. Hyperparameters are arrays inside the program: a second fit on
       the same shapes with new values compiles nothing (``stats["compile_seconds"] == 0``).
+      With ``checkpoint``, ``stats`` also holds ``checkpoint`` (the path),
+      ``resumed_from_step`` (0 for a fresh start), ``checkpoints`` (files written) and
+      ``checkpoint_seconds`` (time spent writing them).
 
     Raises:
       ValueError: for bad input, before any compute.
