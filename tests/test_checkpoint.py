@@ -370,3 +370,42 @@ def test_cli_progress_flag(tmp_path, capsys):
     assert cli.main(["fit", "--set", f"output.dir={tmp_path}", "--set", "data.n_samples=100", "--set",
                      "fit.steps=20"]) == 0
     assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar by default
+
+
+# --------------------------------------------------------------------------- a sweep's groups
+def test_a_vmapped_group_run_by_checkpoint_run_resumes_to_the_same_bits(tmp_path, reg):
+    """The hook a sweep uses: solver.run over a vmapped grid of learning rates, one file per group."""
+    import io
+
+    import jax.numpy as jnp
+
+    from gradfit import _optim, progress, solver
+    from gradfit._params import Params
+
+    spec, _ = _optim.resolve("adam", None, 0.01)
+    static = solver.Static("mse", "mean", "autodiff", spec, True, True, None, 8)
+    data = solver.Data(jnp.asarray(reg.X), jnp.asarray(reg.y), None)
+    params = Params(jnp.zeros(5), jnp.zeros(()))
+    key = jax.random.key(0)
+    axes = solver.Level(solver.Data(None, None, None), solver.Hyper(0, None, None, None, {}), None, None)
+
+    def group(rates):
+        hyper = solver.Hyper(jnp.asarray(rates, jnp.float32), jnp.zeros(()), jnp.asarray(-1.0),
+                             jnp.asarray(40, jnp.int32), {})
+        return params, data, hyper, key, static, (axes,)
+
+    groups = [group([0.001, 0.01]), group([0.1, 0.5])]
+    reference = [solver.run(*g) for g in groups]
+    with pytest.raises(Crash):
+        checkpoint.run(tmp_path / "group1.npz", *groups[1], every=1, callback=_crash_after(2))
+    sink = io.StringIO()
+    with progress.Progress(40, members=4, desc="sweep", file=sink) as bar:
+        results = [checkpoint.run(tmp_path / f"group{g}.npz", *args, every=1, resume=True, callback=bar.callback())
+                   for g, args in enumerate(groups)]
+        assert bar.bar.n == 40
+    assert [info.resumed_from_step for _, info in results] == [0, 16]
+    for (result, _), ref in zip(results, reference):
+        for a, b in zip(jax.tree.leaves(result.state), jax.tree.leaves(ref.state)):
+            a, b = (jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x for x in (a, b))
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(result.history, ref.history)

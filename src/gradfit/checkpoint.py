@@ -33,7 +33,7 @@ its members in groups keeps one file per group and one progress bar for all::
                                       callback=bar.callback())
     bar.close()
 
-A group whose file says it is complete returns at once, so rerunning the same sweep after a
+A group whose file says it is complete runs no more steps, so rerunning the same sweep after a
 kill redoes only the unfinished groups, each from its last chunk boundary.
 """
 
