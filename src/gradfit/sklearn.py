@@ -182,13 +182,13 @@ class _GDBase(BaseEstimator):
         """The fitted (W, b) to start from when ``warm_start`` (None for a cold start)."""
         if not self.warm_start or not hasattr(self, "coef_"):
             return None
-        coef = np.asarray(self.coef_)
-        W = coef.T.reshape(n_features, *out) if coef.size == n_features * int(np.prod(out)) else None
-        if W is None or getattr(self, "n_features_in_", n_features) != n_features:
+        coef = np.asarray(self.coef_)  # (n,), (1, n) or (k, n): the last axis is the features
+        if coef.shape[-1] != n_features or coef.size != n_features * int(np.prod(out)):
             raise ValueError(
                 f"warm_start=True but the previous fit had coef_ of shape {coef.shape}, which does not match "
                 f"this data ({n_features} features, {out[0] if out else 1} outputs): set warm_start=False"
             )
+        W = coef.T.reshape(n_features, *out)
         b = np.asarray(self.intercept_, W.dtype).reshape(out)
         return Params(W, b)
 
