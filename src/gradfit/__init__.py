@@ -7,6 +7,10 @@ Public surface::
     gradfit.losses.mse / bce / l2_penalty               (pure losses)
     gradfit.gradients.mse / bce                         (hand-derived gradients)
     gradfit.check_gradients()                           (hand vs jax.grad table)
+    gradfit.solve(params0, X, y, ..., steps=)  -> Solution   (pure; jit/vmap/grad-able)
+    gradfit.datasets                                    (synthetic and small real data)
+    gradfit.data.load_file(path, target, features)      (.npy, .npz, .csv, .parquet)
+    gradfit.sklearn.GDRegressor / GDClassifier          (import gradfit.sklearn; needs scikit-learn)
     gradfit.resume(path, X, y)        -> FitResult      (continue a checkpointed fit)
     gradfit.checkpoint / progress                       (long runs: checkpoints, progress bars)
 
@@ -24,12 +28,14 @@ from gradfit._params import Params as Params
 from gradfit._params import predict as predict
 from gradfit.checkpoint import resume as resume
 from gradfit.gradients import check_gradients as check_gradients
+from gradfit.functional import Solution as Solution
+from gradfit.functional import solve as solve
 from gradfit.solver import FitResult as FitResult
 from gradfit.solver import fit as fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FitResult", "Params", "check_gradients", "checkpoint", "data", "datasets", "fit", "gradients", "losses", "predict",
-    "progress", "resume",
+    "FitResult", "Params", "Solution", "check_gradients", "checkpoint", "data", "datasets", "fit", "gradients",
+    "losses", "predict", "progress", "resume", "solve",
 ]
