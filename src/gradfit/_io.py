@@ -81,15 +81,21 @@ def _to_builtin(obj):
 
 
 def check_writable(folder: str | Path, what: str = "output folder") -> Path:
-    """Make ``folder`` (and its parents) and prove a file can be created there, before any compute.
+    """Prove that files can be written in ``folder``, before any compute, without leaving a trace.
 
-    Raises OSError naming the folder and the fix when it cannot be written (a read-only
-    folder, a path under a regular file, no space), so a long run never fails at its end.
+    A file is created and removed in ``folder``, or, if it does not exist yet, in its nearest
+    existing parent (where it will be made). Raises OSError naming the folder and the fix
+    when it cannot be written (a read-only folder, a path under a regular file), so a long
+    run never fails at its end.
     """
     folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".gradfit-write-check.", dir=folder)
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file, not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".gradfit-write-check.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
