@@ -409,3 +409,17 @@ def test_a_vmapped_group_run_by_checkpoint_run_resumes_to_the_same_bits(tmp_path
             a, b = (jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x for x in (a, b))
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         np.testing.assert_array_equal(result.history, ref.history)
+
+
+def test_float64_state_resumes_to_the_same_bits(tmp_path, x64):
+    d = datasets.make_regression(200, 4, seed=5, dtype=np.float64)
+    kw = dict(optimizer="adam", learning_rate=0.01, batch_size=50, steps=60, chunk_size=10)
+    reference = gradfit.fit(d.X, d.y, **kw)
+    assert reference.params.W.dtype == np.float64
+    path = tmp_path / "c.npz"
+    with pytest.raises(Crash):
+        gradfit.fit(d.X, d.y, checkpoint=path, checkpoint_every=10, callback=_crash_after(2), **kw)
+    _assert_same_bits(gradfit.fit(d.X, d.y, checkpoint=path, resume=True, **kw), reference)
+    with jax.enable_x64(False):  # the same file cannot be resumed in float32
+        with pytest.raises(ValueError, match="different problem or config"):
+            gradfit.fit(d.X, d.y, checkpoint=path, resume=True, **kw)
