@@ -106,13 +106,14 @@ def parse_every(value) -> Every:
 
 # --------------------------------------------------------------------------- fingerprint
 def _sample(a) -> np.ndarray:
-    """Up to 4096 evenly spaced elements of ``a`` (cheap for any size, on any device)."""
-    flat = a.reshape(-1)
-    size = flat.shape[0]
-    if size <= 4096:
-        return np.asarray(flat)
-    index = np.unique(np.linspace(0, size - 1, 4096).astype(np.int64))
-    return np.asarray(flat[index] if isinstance(flat, np.ndarray) else jnp.take(flat, jnp.asarray(index)))
+    """About 4096 elements of ``a`` on an evenly spaced grid (``4096 ** (1/ndim)`` indices per
+    axis, first and last included): cheap for any size, on any device, no flat index overflow."""
+    per_axis = max(2, int(round(4096 ** (1 / max(a.ndim, 1)))))
+    for axis, size in enumerate(a.shape):
+        if size > per_axis:
+            index = np.unique(np.linspace(0, size - 1, per_axis).astype(np.int64))
+            a = np.take(a, index, axis=axis) if isinstance(a, np.ndarray) else jnp.take(a, jnp.asarray(index, jnp.int32), axis=axis)
+    return np.asarray(a)
 
 
 def _digest(*parts) -> str:
