@@ -18,6 +18,8 @@ says whether it is installed. The bar writes to stderr unless given another ``fi
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -58,6 +60,7 @@ class Progress:
         self.max_steps = int(max_steps)
         self.members = int(members)
         self._done = 0  # sum over members of p_j, across every callback
+        self._described = -math.inf  # when the loss text was last set
         tqdm_kwargs.setdefault("unit", "step")
         tqdm_kwargs.setdefault("dynamic_ncols", True)
         self.bar = tqdm(total=self.max_steps, desc=desc, **tqdm_kwargs)
@@ -72,13 +75,17 @@ class Progress:
             done = int(np.sum(np.where(active, np.minimum(step, self.max_steps), self.max_steps)))
             self._done += done - last[0]
             last[0] = done
-            loss = np.asarray(state.loss, np.float64)
-            if loss.size == 1:
-                self.bar.set_postfix_str(f"loss {float(loss.reshape(())):.6g}", refresh=False)
-            else:
-                finite = loss[np.isfinite(loss)]
-                best = f", best loss {finite.min():.6g}" if finite.size else ""
-                self.bar.set_postfix_str(f"{int(active.sum())}/{loss.size} running{best}", refresh=False)
+            now = time.monotonic()
+            if now - self._described >= self.bar.mininterval or not active.any():
+                # the text is redrawn at most every mininterval: fetch and format the loss only then
+                self._described = now
+                loss = np.asarray(state.loss, np.float64)
+                if loss.size == 1:
+                    self.bar.set_postfix_str(f"loss {float(loss.reshape(())):.6g}", refresh=False)
+                else:
+                    finite = loss[np.isfinite(loss)]
+                    best = f", best loss {finite.min():.6g}" if finite.size else ""
+                    self.bar.set_postfix_str(f"{int(active.sum())}/{loss.size} running{best}", refresh=False)
             self.bar.update(min(self._done // self.members, self.max_steps) - self.bar.n)
 
         return update
