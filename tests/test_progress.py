@@ -95,3 +95,16 @@ def test_chain_calls_every_callback_in_order():
     cb(None, None)
     assert calls == [1, 2]
     assert progress.chain(None, None) is None
+
+
+def test_the_bar_reads_states_at_most_once_per_interval_and_catches_up_on_close():
+    out = io.StringIO()
+    bar = progress.Progress(100, members=3, file=out, mininterval=3600)
+    group_a, group_b = bar.callback(), bar.callback()
+    group_a(_state([5]), None)  # the first call draws
+    assert bar.bar.n == 5 // 3
+    group_a(_state([100]), None)  # within the interval: only kept
+    group_b(_state([40, 100], converged=[False, True]), None)
+    assert bar.bar.n == 5 // 3
+    bar.close()  # reads every run's newest state
+    assert bar.bar.n == (100 + 40 + 100) // 3

@@ -42,6 +42,10 @@ class Progress:
     bar as a context manager. Extra keyword arguments go to ``tqdm.tqdm`` (e.g. ``file``,
     ``mininterval``, ``disable``).
 
+    A chunk boundary only keeps a reference to the state (well under a microsecond); the
+    states are read and the bar redrawn at most once per ``mininterval`` (tqdm's, 0.1 s by
+    default) and at :meth:`close`, so the bar's cost does not grow with the number of chunks.
+
     Raises:
       ImportError: tqdm is not installed (the message says how to install it).
       ValueError: ``max_steps`` or ``members`` is not a positive integer.
@@ -59,36 +63,49 @@ class Progress:
             ) from None
         self.max_steps = int(max_steps)
         self.members = int(members)
-        self._done = 0  # sum over members of p_j, across every callback
-        self._described = -math.inf  # when the loss text was last set
+        self._done = 0  # sum over members of p_j, across every run
+        self._last: list[int] = []  # each run's share of _done at its last reading
+        self._pending: dict[int, Any] = {}  # run -> its newest state not read yet
+        self._latest: Any = None  # the newest state of any run (for the text)
+        self._shown = -math.inf  # when the bar was last brought up to date
         tqdm_kwargs.setdefault("unit", "step")
         tqdm_kwargs.setdefault("dynamic_ncols", True)
         self.bar = tqdm(total=self.max_steps, desc=desc, **tqdm_kwargs)
 
     def callback(self) -> Callable[[Any, np.ndarray], None]:
         """A ``callback(state, history)`` for one run; its members' progress adds to the bar."""
-        last = [0]
+        run = len(self._last)
+        self._last.append(0)
 
         def update(state, history) -> None:
+            self._pending[run] = self._latest = state
+            now = time.monotonic()
+            if now - self._shown >= self.bar.mininterval:
+                self._refresh(now)
+
+        return update
+
+    def _refresh(self, now: float) -> None:
+        """Read the pending states, move the bar and set its text."""
+        for run, state in self._pending.items():
             step = np.asarray(state.step)
             active = ~np.asarray(state.converged) & ~np.asarray(state.diverged) & (step < self.max_steps)
             done = int(np.sum(np.where(active, np.minimum(step, self.max_steps), self.max_steps)))
-            self._done += done - last[0]
-            last[0] = done
-            now = time.monotonic()
-            if now - self._described >= self.bar.mininterval or not active.any():
-                # the text is redrawn at most every mininterval: fetch and format the loss only then
-                self._described = now
-                loss = np.asarray(state.loss, np.float64)
-                if loss.size == 1:
-                    self.bar.set_postfix_str(f"loss {float(loss.reshape(())):.6g}", refresh=False)
-                else:
-                    finite = loss[np.isfinite(loss)]
-                    best = f", best loss {finite.min():.6g}" if finite.size else ""
-                    self.bar.set_postfix_str(f"{int(active.sum())}/{loss.size} running{best}", refresh=False)
-            self.bar.update(min(self._done // self.members, self.max_steps) - self.bar.n)
-
-        return update
+            self._done += done - self._last[run]
+            self._last[run] = done
+        self._pending.clear()
+        state = self._latest
+        if state is not None:
+            loss = np.asarray(state.loss, np.float64)
+            if loss.size == 1:
+                self.bar.set_postfix_str(f"loss {float(loss.reshape(())):.6g}", refresh=False)
+            else:
+                active = ~np.asarray(state.converged) & ~np.asarray(state.diverged) & (np.asarray(state.step) < self.max_steps)
+                finite = loss[np.isfinite(loss)]
+                best = f", best loss {finite.min():.6g}" if finite.size else ""
+                self.bar.set_postfix_str(f"{int(active.sum())}/{loss.size} running{best}", refresh=False)
+        self.bar.update(min(self._done // self.members, self.max_steps) - self.bar.n)
+        self._shown = now
 
     def __call__(self, state, history) -> None:
         """The callback of a single run (shorthand for ``progress.callback()`` made once)."""
@@ -97,6 +114,9 @@ class Progress:
         self._single(state, history)
 
     def close(self) -> None:
+        """Bring the bar up to date with the last states and close it."""
+        if self._pending:
+            self._refresh(time.monotonic())
         self.bar.close()
 
     def __enter__(self) -> "Progress":
