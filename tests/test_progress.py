@@ -108,3 +108,10 @@ def test_the_bar_reads_states_at_most_once_per_interval_and_catches_up_on_close(
     assert bar.bar.n == 5 // 3
     bar.close()  # reads every run's newest state
     assert bar.bar.n == (100 + 40 + 100) // 3
+
+
+def test_a_disabled_bar_is_a_silent_no_op():
+    out = io.StringIO()
+    with progress.Progress(10, file=out, disable=True) as bar:
+        bar(_state(3), None)
+    assert out.getvalue() == ""

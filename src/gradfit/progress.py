@@ -70,6 +70,7 @@ class Progress:
         self._shown = -math.inf  # when the bar was last brought up to date
         tqdm_kwargs.setdefault("unit", "step")
         tqdm_kwargs.setdefault("dynamic_ncols", True)
+        self.interval = float(tqdm_kwargs.get("mininterval", 0.1))
         self.bar = tqdm(total=self.max_steps, desc=desc, **tqdm_kwargs)
 
     def callback(self) -> Callable[[Any, np.ndarray], None]:
@@ -80,7 +81,7 @@ class Progress:
         def update(state, history) -> None:
             self._pending[run] = self._latest = state
             now = time.monotonic()
-            if now - self._shown >= self.bar.mininterval:
+            if now - self._shown >= self.interval:
                 self._refresh(now)
 
         return update
