@@ -86,6 +86,7 @@ def cmd_fit(args) -> int:
         "wall_seconds": wall,
         "backend": st["backend"],
         "devices": [str(d) for d in jax.devices()],
+        "fit_devices": st["devices"],  # how many the rows were split over
         "config": cfg,
     }
     print(f"loss {report['loss']:.6g} after {result.steps} steps "
