@@ -15,7 +15,8 @@ row is ever dropped. Minibatch epochs permute only the first m (real) rows, so a
 minibatch fit draws the same batches as the unsharded one.
 
 Devices are chosen by :func:`resolve_devices`: ``None`` uses every device (of every process
-in a multi-process run) once m reaches :data:`AUTO_MIN_ROWS` rows, an int takes the first
+in a multi-process run) once m reaches :data:`AUTO_MIN_ROWS` rows or several processes take
+part, an int takes the first
 that many, a sequence names them (``jax.Device`` objects or ids), and ``1`` forces one.
 """
 
@@ -45,13 +46,14 @@ def resolve_devices(devices: Any, m: int) -> tuple[jax.Device, ...]:
     """The devices a fit of m rows runs on, from the ``devices=`` option; raise ValueError.
 
     ``None``: every device (``jax.devices()``: all processes' in a multi-process run) when
-    there is more than one and ``m >= AUTO_MIN_ROWS``, else the first device. An int d: the
+    there is more than one and ``m >= AUTO_MIN_ROWS`` or several processes take part, else
+    the first device. An int d: the
     first d devices (d = 1 forces one device). A sequence: those devices, given as
     ``jax.Device`` objects or as ids from ``jax.devices()``.
     """
     available = jax.devices()
     if devices is None:
-        if len(available) > 1 and m >= AUTO_MIN_ROWS:
+        if len(available) > 1 and (m >= AUTO_MIN_ROWS or jax.process_count() > 1):
             return tuple(available)
         return (available[0],)
     if isinstance(devices, bool):
