@@ -137,12 +137,26 @@ FOUR_DEVICES = textwrap.dedent(
             rec["W_ref_diff"] = diff(four.params.W, W)
             rec["b_ref_diff"] = diff(four.params.b, b)
         out[name] = rec
+        if name == "mse_minibatch":
+            out["_mb_one_W"] = np.asarray(one.params.W)
 
     # k = 3 outputs with a per-output learning rate (vmapped columns over sharded rows)
     Y = np.stack([y, -y, 2 * y], axis=1)
     one = gradfit.fit(X, Y, learning_rate=np.array([0.1, 0.05, 0.02]), steps=30, devices=1)
     four = gradfit.fit(X, Y, learning_rate=np.array([0.1, 0.05, 0.02]), steps=30, devices=4)
     out["per_output"] = {"W_diff": diff(one.params.W, four.params.W), "devices": four.stats["devices"]}
+
+    # B = 2 problems vmapped over rows sharded on axis 1
+    Xb, yb = np.stack([X, X[::-1]]), np.stack([y, y[::-1]])
+    one = gradfit.fit(Xb, yb, batched=True, learning_rate=0.1, steps=30, devices=1)
+    four = gradfit.fit(Xb, yb, batched=True, learning_rate=0.1, steps=30, devices=4)
+    out["batched"] = {"W_diff": diff(one.params.W, four.params.W), "devices": four.stats["devices"]}
+
+    # Data laid out once by shard_rows (y left on the host), then fitted with the real row count.
+    d = gradfit.shard_rows(Data(X, y), 4)
+    pre = gradfit.fit(d.X, y_padded := np.concatenate([y, np.zeros(3, np.float32)]), sample_weight=d.sample_weight,
+                      n_rows=1001, learning_rate=0.05, steps=5, batch_size=100, seed=3)
+    out["presharded_minibatch_W_diff"] = diff(pre.params.W, out.pop("_mb_one_W"))
 
     # The layout shard_rows makes, and the collectives XLA put in the compiled chunks.
     d = gradfit.shard_rows(Data(X, y), 4)
@@ -211,6 +225,15 @@ def test_minibatch_fit_draws_the_same_batches_on_four_devices(four_devices, name
 def test_per_output_hyperparameters_on_four_devices(four_devices):
     assert four_devices["per_output"]["devices"] == 4
     assert four_devices["per_output"]["W_diff"] < 1e-5
+
+
+def test_batched_problems_on_four_devices(four_devices):
+    assert four_devices["batched"]["devices"] == 4
+    assert four_devices["batched"]["W_diff"] < 1e-5
+
+
+def test_presharded_data_with_n_rows_gives_the_minibatch_fit_of_one_device(four_devices):
+    assert four_devices["presharded_minibatch_W_diff"] < 1e-5
 
 
 def test_shard_rows_pads_with_zero_weight_rows(four_devices):

@@ -115,7 +115,7 @@ def is_sharded(a: Any) -> bool:
     return isinstance(a, jax.Array) and len(a.sharding.device_set) > 1
 
 
-def _place(a, sharding: NamedSharding, row_axis: int, rows: int, dtype) -> jax.Array:
+def place_rows(a, sharding: NamedSharding, row_axis: int, rows: int, dtype=None) -> jax.Array:
     """Put ``a`` on ``sharding`` with its row axis zero-padded to ``rows``.
 
     Each device's block is cut from ``a`` by ``jax.make_array_from_callback``, so a host
@@ -187,9 +187,9 @@ def shard_rows(data: Data, devices: Any = None, *, row_axis: int = 0, dtype=None
         w = np.ones(tuple(y.shape[: row_axis + 1]), dtype)
     sharding = row_sharding(mesh, row_axis)
     return Data(
-        _place(X, sharding, row_axis, rows, dtype),
-        _place(y, sharding, row_axis, rows, dtype),
-        None if w is None else _place(w, sharding, row_axis, rows, dtype),
+        place_rows(X, sharding, row_axis, rows, dtype),
+        place_rows(y, sharding, row_axis, rows, dtype),
+        None if w is None else place_rows(w, sharding, row_axis, rows, dtype),
     )
 
 

@@ -608,7 +608,16 @@ def _layout(X, y, sw, dtype, devices, n_rows, row_axis: int, batch_size):
                 "X is already sharded across devices: leave devices=None to keep its layout, or pass "
                 "host arrays to let devices= choose one"
             )
-        data = Data(jnp.asarray(X, dtype), jnp.asarray(y, dtype), sw)
+        mesh = sharding.mesh_of(Data(X, y, sw))
+        if mesh is None:
+            raise ValueError("X is sharded without a jax.sharding.NamedSharding: lay it out with gradfit.shard_rows")
+        # y and the weights follow X's row layout (a host array is cut into the same blocks).
+        def place(a):
+            if a is None or sharding.is_sharded(a):
+                return a
+            return sharding.place_rows(a, sharding.row_sharding(mesh, row_axis), row_axis, m, dtype)
+
+        data = Data(jnp.asarray(X, dtype), jnp.asarray(place(y), dtype), place(sw))
         if n_rows is not None:
             n_rows = _validation.positive_int(n_rows, "n_rows")
             if n_rows > m or (n_rows < m and sw is None):
@@ -618,7 +627,7 @@ def _layout(X, y, sw, dtype, devices, n_rows, row_axis: int, batch_size):
                 )
             if batch_size is not None and batch_size > n_rows:
                 raise ValueError(f"batch_size={batch_size} is larger than the {n_rows} real rows: use batch_size <= {n_rows}")
-        return data, sharding.mesh_of(data), None if n_rows == m else n_rows
+        return data, mesh, None if n_rows == m else n_rows
     if n_rows is not None:
         raise ValueError("n_rows is only for X already padded and sharded (by gradfit.shard_rows); leave it unset")
     devs = sharding.resolve_devices(devices, m)
