@@ -138,6 +138,8 @@ def test_shard_files_that_do_not_add_up_are_refused(tmp_path):
         distributed.load_rows([tmp_path / "a.npy", tmp_path / "missing.npy"])
     with pytest.raises(ValueError, match="target column 3 is out of range"):
         distributed.load_rows(tmp_path / "a.npy", target=3)
+    with pytest.raises(ValueError, match=r"feature columns \[5\] are out of range"):
+        distributed.load_rows(tmp_path / "a.npy", features=[0, 5])
 
 
 # --------------------------------------------------------------------------- two processes

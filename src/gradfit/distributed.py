@@ -138,14 +138,18 @@ def settings(
     return Settings(address.strip(), host, port, n, pid)
 
 
-def _wait_for_coordinator(s: Settings, timeout: float) -> None:
-    """Poll until process 0's port accepts a TCP connection; TimeoutError after ``timeout`` s."""
+def _wait_for_coordinator(s: Settings, timeout: float) -> float:
+    """Poll until process 0's port accepts a TCP connection; TimeoutError after ``timeout`` s.
+
+    Returns the seconds waited.
+    """
+    start = time.monotonic()
     deadline = time.monotonic() + timeout
     last: OSError | None = None
     while True:
         try:
             with socket.create_connection((s.host, s.port), timeout=min(2.0, max(timeout, 0.1))):
-                return
+                return time.monotonic() - start
         except OSError as e:
             last = e
         if time.monotonic() >= deadline:
@@ -209,14 +213,15 @@ def initialize(
     s = settings(coordinator_address, num_processes, process_id, environ=environ)
     if s is None:
         return None
+    remaining = initialization_timeout
     if s.process_id == 0:
         _check_port_free(s)
-    else:
-        _wait_for_coordinator(s, initialization_timeout)
+    else:  # the whole wait, this and JAX's, stays within initialization_timeout
+        remaining = max(1, round(initialization_timeout - _wait_for_coordinator(s, initialization_timeout)))
     try:
         jax.distributed.initialize(
             s.coordinator_address, s.num_processes, s.process_id,
-            local_device_ids=local_device_ids, initialization_timeout=initialization_timeout,
+            local_device_ids=local_device_ids, initialization_timeout=remaining,
         )
     except RuntimeError as e:
         raise RuntimeError(
@@ -346,7 +351,13 @@ def load_rows(
     if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not -n_cols <= t < n_cols:
         raise ValueError(f"target column {target!r} is out of range: the table has {n_cols} columns (0..{n_cols - 1})")
     t %= n_cols
-    cols = [c for c in range(n_cols) if c != t] if features is None else [int(c) % n_cols for c in features]
+    if features is None:
+        cols = [c for c in range(n_cols) if c != t]
+    else:
+        bad = [c for c in features if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not -n_cols <= c < n_cols]
+        if bad:
+            raise ValueError(f"feature columns {bad} are out of range: the table has {n_cols} columns (0..{n_cols - 1})")
+        cols = [int(c) % n_cols for c in features]
     if not cols:
         raise ValueError("no feature columns: the table needs at least one column besides the target")
     devs = sharding.resolve_devices(len(jax.devices()) if devices is None else devices, m)
