@@ -16,8 +16,8 @@ minibatch fit draws the same batches as the unsharded one.
 
 Devices are chosen by :func:`resolve_devices`: ``None`` uses every device (of every process
 in a multi-process run) once m reaches :data:`AUTO_MIN_ROWS` rows or several processes take
-part, an int takes the first
-that many, a sequence names them (``jax.Device`` objects or ids), and ``1`` forces one.
+part, an int takes the first that many, a sequence names them (``jax.Device`` objects or
+ids), and ``1`` forces one.
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ def shard_rows(data: Data, devices: Any = None, *, row_axis: int = 0, dtype=None
       ``M = ceil(m / d) * d`` rows. When ``M > m`` the rows m..M-1 are zeros with weight 0
       and ``sample_weight`` is present (1 for real rows without weights), so sums over rows
       and the weighted mean ``sum(w l) / sum(w)`` are those of the m real rows. Minibatch
-      fits of padded data need the true m: :func:`gradfit.fit` keeps it when it pads itself.
+      fits of padded data need the true m: ``fit(..., n_rows=m)`` (:func:`gradfit.fit`
+      keeps it by itself when it pads).
     """
     X, y, w = data
     m = X.shape[row_axis]
