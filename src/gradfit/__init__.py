@@ -11,6 +11,8 @@ Public surface::
     gradfit.datasets                                    (synthetic and small real data)
     gradfit.data.load_file(path, target, features)      (.npy, .npz, .csv, .parquet)
     gradfit.sklearn.GDRegressor / GDClassifier          (import gradfit.sklearn; needs scikit-learn)
+    gradfit.shard_rows(data, devices) -> Data           (rows split over devices; sharding)
+    gradfit.distributed.initialize / load_rows          (several processes or hosts)
     gradfit.resume(path, X, y)        -> FitResult      (continue a checkpointed fit)
     gradfit.checkpoint / progress                       (long runs: checkpoints, progress bars)
 
@@ -21,6 +23,7 @@ Importing gradfit changes no JAX setting; enable float64 yourself with
 from gradfit import checkpoint as checkpoint
 from gradfit import data as data
 from gradfit import datasets as datasets
+from gradfit import distributed as distributed
 from gradfit import gradients as gradients
 from gradfit import losses as losses
 from gradfit import progress as progress
@@ -31,11 +34,12 @@ from gradfit.gradients import check_gradients as check_gradients
 from gradfit.functional import Solution as Solution
 from gradfit.functional import solve as solve
 from gradfit.solver import FitResult as FitResult
+from gradfit.sharding import shard_rows as shard_rows
 from gradfit.solver import fit as fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FitResult", "Params", "Solution", "check_gradients", "checkpoint", "data", "datasets", "fit", "gradients",
-    "losses", "predict", "progress", "resume", "solve",
+    "FitResult", "Params", "Solution", "check_gradients", "checkpoint", "data", "datasets", "distributed",
+    "fit", "gradients", "losses", "predict", "progress", "resume", "shard_rows", "solve",
 ]

@@ -43,9 +43,13 @@ def least_squares_optimum(X, y, *, reduction: str, l2: float, fit_intercept: boo
     return W, b, value
 
 
-def _long_run_options(cfg: dict, args) -> dict:
-    """fit()'s progress and checkpoint arguments from the config and flags (checked before compute)."""
-    from gradfit import checkpoint, config
+def _long_run_options(cfg: dict, args, *, multi: bool = False) -> dict:
+    """fit()'s progress and checkpoint arguments from the config and flags (checked before compute).
+
+    With several processes (``multi``) only process 0 draws a bar, and there are no
+    checkpoints yet (each process holds only its own rows).
+    """
+    from gradfit import checkpoint, config, distributed
     from gradfit import progress as progress_bar
 
     ck = cfg["checkpoint"]
@@ -54,6 +58,10 @@ def _long_run_options(cfg: dict, args) -> dict:
             raise config.ConfigError(f"checkpoint.{key} must be >= 0 (0 turns it off), got {ck[key]}")
     every = checkpoint.Every(ck["every_steps"] or None, ck["every_seconds"] or None)
     path = Path(ck["path"]) if ck["path"] else Path(cfg["output"]["dir"]) / "checkpoint.npz"
+    if multi:
+        if args.resume:
+            raise config.ConfigError("--resume is not available with several processes yet: run without --resume")
+        every = checkpoint.Every()
     if every == checkpoint.Every():
         if args.resume:
             raise config.ConfigError(
@@ -70,20 +78,31 @@ def _long_run_options(cfg: dict, args) -> dict:
         show = sys.stderr.isatty() and progress_bar.available()
     elif show and not progress_bar.available():
         raise ValueError("--progress needs tqdm: pip install 'gradfit[progress]', or drop --progress")
-    return {"progress": show, **options}
+    return {"progress": show and (not multi or distributed.is_writer()), **options}
 
 
 def cmd_fit(args) -> int:
     import jax
 
-    from gradfit import _io, config, data, solver
+    from gradfit import _io, config, data, datasets, distributed, solver
 
     cfg = config.load(args.config, args.overrides)
+    multi = distributed.initialize_from_config(cfg["distributed"]) is not None
     out_dir = Path(cfg["output"]["dir"])
     _io.check_writable(out_dir)  # fail now, not after the fit
-    long_run = _long_run_options(cfg, args)
-    ds = data.load(cfg["data"])
+    long_run = _long_run_options(cfg, args, multi=multi)
     f = dict(cfg["fit"])
+    extra = {}
+    if multi and str(cfg["data"]["source"]).endswith(".npy"):  # each process reads its own rows
+        d = cfg["data"]
+        loaded = distributed.load_rows(
+            d["source"], target=d["target"], features=d["features"], dtype=d["dtype"],
+            standardize=d["standardize"], devices=f.pop("devices"),
+        )
+        ds = datasets.Dataset(loaded.data.X, loaded.data.y, None)
+        extra = {"sample_weight": loaded.data.sample_weight, "n_rows": loaded.n_rows}
+    else:
+        ds = data.load(cfg["data"])
     options = f.pop("optimizer_options")
     lr = f.pop("learning_rate")
     l2 = f.pop("l2")
@@ -93,7 +112,7 @@ def cmd_fit(args) -> int:
     wall = time.perf_counter()
     result = solver.fit(
         ds.X, ds.y, learning_rate=None if lr is None else np.asarray(lr), l2=np.asarray(l2),
-        optimizer_options=options, **f, **long_run,
+        optimizer_options=options, **f, **extra, **long_run,
     )
     wall = time.perf_counter() - wall
     st = result.stats
@@ -107,6 +126,7 @@ def cmd_fit(args) -> int:
         "wall_seconds": wall,
         "backend": st["backend"],
         "devices": [str(d) for d in jax.devices()],
+        "fit_devices": st["devices"],  # how many the rows were split over
         "config": cfg,
     }
     if "checkpoint" in st:
@@ -117,7 +137,7 @@ def cmd_fit(args) -> int:
           f"(converged={result.converged}, diverged={result.diverged})")
     print(f"time: compile {st['compile_seconds']:.3f} s, run {st['run_seconds']:.3f} s "
           f"({1e3 * st['run_seconds'] / max(result.steps, 1):.3f} ms/step) on {st['backend']}")
-    if f["loss"] == "mse" and np.ndim(l2) == 0:
+    if f["loss"] == "mse" and np.ndim(l2) == 0 and isinstance(ds.X, np.ndarray):
         W_opt, b_opt, j_opt = least_squares_optimum(
             ds.X, ds.y, reduction=f["reduction"], l2=float(l2), fit_intercept=f["fit_intercept"]
         )
@@ -131,13 +151,14 @@ def cmd_fit(args) -> int:
         err = float(np.linalg.norm(np.asarray(result.params.W) - ds.truth.W) / np.linalg.norm(ds.truth.W))
         report["relative_error_to_truth"] = err
         print(f"known truth: ||W - W_true|| / ||W_true|| = {err:.3e}")
-    # All three or none: a failed write leaves the earlier outputs as they were.
-    _io.write_many({
-        out_dir / "params.npz": _io.npz_bytes(W=result.params.W, b=result.params.b),
-        out_dir / "history.npz": _io.npz_bytes(losses=result.losses),
-        out_dir / "report.json": _io.json_bytes(report),
-    })
-    print(f"wrote {out_dir}/params.npz, history.npz, report.json")
+    if distributed.is_writer():  # results are replicated: process 0 writes them once
+        # All three or none: a failed write leaves the earlier outputs as they were.
+        _io.write_many({
+            out_dir / "params.npz": _io.npz_bytes(W=result.params.W, b=result.params.b),
+            out_dir / "history.npz": _io.npz_bytes(losses=result.losses),
+            out_dir / "report.json": _io.json_bytes(report),
+        })
+        print(f"wrote {out_dir}/params.npz, history.npz, report.json")
     return 1 if result.diverged else 0
 
 
@@ -199,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # user mistakes: one clear line, no traceback
         print(f"gradfit {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
+    except OSError as e:  # includes TimeoutError (a coordinator that never answered)
         print(f"gradfit {args.command}: error: {e}", file=sys.stderr)
         return 2
 
