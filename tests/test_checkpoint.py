@@ -423,3 +423,46 @@ def test_float64_state_resumes_to_the_same_bits(tmp_path, x64):
     with jax.enable_x64(False):  # the same file cannot be resumed in float32
         with pytest.raises(ValueError, match="different problem or config"):
             gradfit.fit(d.X, d.y, checkpoint=path, resume=True, **kw)
+
+
+SHARDED = textwrap.dedent(
+    """
+    import numpy as np
+    import gradfit
+    from gradfit import datasets
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(state, history, seen=[0]):
+        seen[0] += 1
+        if seen[0] == 2:
+            raise Crash
+
+    d = datasets.make_regression(1001, 5, seed=0)  # 1001 rows: padded to split over 4 devices
+    kw = dict(optimizer="adam", learning_rate=0.01, steps=60, chunk_size=10, devices=4, batch_size=100)
+    reference = gradfit.fit(d.X, d.y, **kw)
+    path = __import__("sys").argv[1]
+    try:
+        gradfit.fit(d.X, d.y, checkpoint=path, checkpoint_every=10, callback=crash_after_two, **kw)
+    except Crash:
+        pass
+    resumed = gradfit.fit(d.X, d.y, checkpoint=path, resume=True, **kw)
+    assert resumed.stats["devices"] == 4 and resumed.stats["resumed_from_step"] == 20
+    assert resumed.stats["compile_seconds"] == 0
+    np.testing.assert_array_equal(resumed.params.W, reference.params.W)
+    np.testing.assert_array_equal(resumed.params.b, reference.params.b)
+    np.testing.assert_array_equal(resumed.losses, reference.losses)
+    print("same bits")
+    """
+)
+
+
+def test_rows_sharded_over_devices_resume_to_the_same_bits(tmp_path):
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED)
+    env = {**os.environ, "PYTHONPATH": SRC, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "c.npz")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "same bits" in done.stdout, done.stderr[-3000:]
