@@ -3,6 +3,7 @@
 Public surface::
 
     gradfit.fit(X, y, ...)            -> FitResult      (solver)
+    gradfit.sweep(X, y, grid={...})   -> SweepResult    (the fit, vmapped over a grid)
     gradfit.Params(W, b)                                (the model's pytree)
     gradfit.losses.mse / bce / l2_penalty               (pure losses)
     gradfit.gradients.mse / bce                         (hand-derived gradients)
@@ -19,7 +20,9 @@ from gradfit._params import predict as predict
 from gradfit.gradients import check_gradients as check_gradients
 from gradfit.solver import FitResult as FitResult
 from gradfit.solver import fit as fit
+from gradfit.sweep import SweepResult as SweepResult
+from gradfit.sweep import sweep as sweep  # the function; the module is gradfit.sweep in sys.modules
 
 __version__ = "0.1.0"
 
-__all__ = ["FitResult", "Params", "check_gradients", "fit", "gradients", "losses", "predict"]
+__all__ = ["FitResult", "Params", "check_gradients", "fit", "gradients", "losses", "predict", "sweep", "SweepResult"]
