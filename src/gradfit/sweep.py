@@ -363,20 +363,44 @@ def _bucket(count: int, largest: int) -> int:
     return size if size < largest else largest
 
 
-@jax.jit
-def _take(tree, idx):
+def _take_fn(tree, idx):
     return jax.tree.map(lambda a: a[idx], tree)
 
 
-@jax.jit
-def _put(tree, part, idx):
+def _put_fn(tree, part, idx):
     return jax.tree.map(lambda a, b: a.at[idx].set(b), tree, part)
 
 
-def _take_hyper(hyper: solver.Hyper, axes: solver.Hyper, idx) -> solver.Hyper:
+_MOVERS: dict[tuple, Any] = {}
+
+
+def _mover(name: str, args: tuple) -> tuple[Any, float]:
+    """The compiled gather (``"take"``) or scatter (``"put"``) of member rows for these
+    argument shapes, and its compile time (0 when cached): one per batch size."""
+    key = (name, solver._signature(args))
+    if key in _MOVERS:
+        return _MOVERS[key], 0.0
+    start = time.perf_counter()
+    exe = jax.jit({"take": _take_fn, "put": _put_fn}[name]).lower(*args).compile()
+    _MOVERS[key] = exe
+    return exe, time.perf_counter() - start
+
+
+def _take(tree, idx) -> tuple[Any, float]:
+    exe, seconds = _mover("take", (tree, idx))
+    return exe(tree, idx), seconds
+
+
+def _put(tree, part, idx) -> tuple[Any, float]:
+    exe, seconds = _mover("put", (tree, part, idx))
+    return exe(tree, part, idx), seconds
+
+
+def _take_hyper(hyper: solver.Hyper, axes: solver.Hyper, idx) -> tuple[solver.Hyper, float]:
+    """The member-mapped fields of ``hyper`` at rows ``idx``; shared fields as they are."""
     mapped = jax.tree.map(lambda a, ax: a if ax == 0 else None, hyper, axes, is_leaf=lambda x: x is None)
-    taken = _take(mapped, idx)
-    return jax.tree.map(lambda t, a: a if t is None else t, taken, hyper, is_leaf=lambda x: x is None)
+    taken, seconds = _take(mapped, idx)
+    return jax.tree.map(lambda t, a: a if t is None else t, taken, hyper, is_leaf=lambda x: x is None), seconds
 
 
 class _ChunkRun(NamedTuple):
@@ -428,13 +452,17 @@ def _run_members(
         n_active = int(active.sum())
         size = _bucket(n_active, K) if compact else len(idx)
         if n_active == 0 or size < len(idx):
-            state = cur_state if len(idx) == K else _put(state, cur_state, jnp.asarray(idx))
+            if len(idx) == K:
+                state = cur_state
+            else:
+                state, t = _put(state, cur_state, jnp.asarray(idx))
+                compile_seconds += t
             if n_active == 0:
                 break
-            keep = np.concatenate([idx[active], idx[~active][: size - n_active]])
-            idx = keep
-            cur_state = _take(state, jnp.asarray(idx))
-            cur_hyper = _take_hyper(hyper, axes, jnp.asarray(idx))
+            idx = np.concatenate([idx[active], idx[~active][: size - n_active]])
+            cur_state, t1 = _take(state, jnp.asarray(idx))
+            cur_hyper, t2 = _take_hyper(hyper, axes, jnp.asarray(idx))
+            compile_seconds += t1 + t2
     final_loss = program("final", (state, data, hyper))(state, data, hyper)
     jax.block_until_ready(final_loss)
 
@@ -530,9 +558,11 @@ def sweep(
             width = per_chunk if len(ids) == per_chunk else _bucket(len(ids), per_chunk)
             pad = width - len(ids)
             take = np.concatenate([ids, np.full(pad, ids[0])])
-            params = jax.tree.map(lambda a: a[take], stacked.params)
-            key = stacked.key if stacked.level.key is None else stacked.key[take]
-            hyper = _take_hyper(stacked.hyper, stacked.level.hyper, jnp.asarray(take))
+            rows = jnp.asarray(take)
+            (params, key), t_rows = _take((stacked.params, stacked.key if stacked.level.key == 0 else None), rows)
+            key = stacked.key if stacked.level.key is None else key
+            hyper, t_take = _take_hyper(stacked.hyper, stacked.level.hyper, rows)
+            t_take += t_rows
             levels_c = levels
             if pad:  # padding members never run: their step budget is 0
                 max_steps = jnp.broadcast_to(hyper.max_steps, (width,)).at[len(ids):].set(0)
@@ -541,7 +571,7 @@ def sweep(
             t0 = time.perf_counter()
             run = _run_members(params, problem.data, hyper, key, problem.static, levels_c, compact=compact)
             run_seconds += time.perf_counter() - t0 - run.compile_seconds
-            compile_seconds += run.compile_seconds
+            compile_seconds += run.compile_seconds + t_take
             programs += run.programs
             member_chunks += 1
             lane_steps += run.lane_steps
