@@ -88,12 +88,12 @@ def test_minibatch_seeds_and_optimizer_options_equal_fits(problem):
 
 def test_program_keys_split_into_groups(problem):
     X, y = problem
-    grid = {"optimizer": ["sgd", "adam"], "learning_rate": [0.01, 0.1], "grad": ["autodiff", "hand"]}
-    result = gradfit.sweep(X, y, grid=grid, steps=40)
-    assert result.stats["groups"] == 4
-    assert [c["optimizer"] for c in result.configs] == ["sgd"] * 4 + ["adam"] * 4
+    grid = {"optimizer": ["sgd", "adam"], "learning_rate": [0.01, 0.1]}
+    result = gradfit.sweep(X, y, grid=grid, steps=40, grad="hand")
+    assert result.stats["groups"] == 2
+    assert [c["optimizer"] for c in result.configs] == ["sgd"] * 2 + ["adam"] * 2
     for i, c in enumerate(result.configs):
-        _assert_member_equals_fit(result, i, _fit(X, y, steps=40, **c))
+        _assert_member_equals_fit(result, i, _fit(X, y, steps=40, grad="hand", **c))
 
 
 def test_diverged_member_never_spoils_the_others(problem):

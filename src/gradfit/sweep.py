@@ -164,8 +164,8 @@ def _group_optimizers(grid: dict, fit_options: dict) -> list:
     return list(grid["optimizer"]) if "optimizer" in grid else [fit_options.get("optimizer", "sgd")]
 
 
-def _check_grid(grid, fit_options: dict) -> dict[str, list]:
-    """Check the grid's keys and values; return it as ``{key: list of values}``."""
+def _check_grid(grid, fit_options: dict) -> tuple[dict[str, list], list[str]]:
+    """Check the grid's keys and values; return ``{key: list of values}`` and the traced keys."""
     if not isinstance(grid, dict) or not grid:
         raise ValueError(
             f"grid must be a non-empty dict of key -> list of values, e.g. "
@@ -175,6 +175,7 @@ def _check_grid(grid, fit_options: dict) -> dict[str, list]:
     option_names = sorted({k for o in optimizers for k in _optimizer_options(o)})
     known = [*TRACED_KEYS, *PROGRAM_KEYS, *option_names]
     out: dict[str, list] = {}
+    traced: list[str] = []
     for key, values in grid.items():
         if not isinstance(key, str):
             raise ValueError(f"grid keys must be strings, got {key!r}")
@@ -207,8 +208,9 @@ def _check_grid(grid, fit_options: dict) -> dict[str, list]:
             values = [_check_number(key, i, v) for i, v in enumerate(values)]
             if is_option:
                 values = [float(v) for v in values]
+            traced.append(key)
         out[key] = values
-    return out
+    return out, traced
 
 
 def _check_number(key: str, i: int, v):
@@ -231,10 +233,6 @@ def _check_number(key: str, i: int, v):
     return v
 
 
-def _is_traced(key: str, values: list) -> bool:
-    return key in TRACED_KEYS or (key not in PROGRAM_KEYS and all(isinstance(v, float) for v in values))
-
-
 class Group(NamedTuple):
     """Members that share one compiled program: their indices in the product order."""
 
@@ -248,10 +246,10 @@ def expand(grid: dict, **fit_options) -> tuple[list[dict[str, Any]], list[Group]
     Raises ``ValueError`` for unknown keys (with a suggestion), empty lists, non-numeric or
     non-scalar values of traced keys, and keys also given as fixed options.
     """
-    grid = _check_grid(grid, fit_options)
+    grid, traced = _check_grid(grid, fit_options)
     keys = list(grid)
     configs = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())]
-    program = [k for k in keys if not _is_traced(k, grid[k])]
+    program = [k for k in keys if k not in traced]
     positions = [dict(zip(keys, combo)) for combo in itertools.product(*(range(len(v)) for v in grid.values()))]
     by_key: dict[tuple, Group] = {}
     for i, (config, pos) in enumerate(zip(configs, positions)):
@@ -268,7 +266,7 @@ def split_grid(grid: dict, **fit_options) -> list[dict[str, list]]:
     Running the sub-grids one by one (e.g. to resume an interrupted sweep group by group)
     gives the same members as the whole grid.
     """
-    checked = _check_grid(grid, fit_options)
+    checked, _ = _check_grid(grid, fit_options)
     _, groups = expand(grid, **fit_options)
     return [{k: ([g.fixed[k]] if k in g.fixed else v) for k, v in checked.items()} for g in groups]
 
@@ -287,6 +285,11 @@ def _fit_arguments(config: dict[str, Any], fit_options: dict[str, Any]) -> dict[
     return kwargs
 
 
+_FIT_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(solver.prepare).parameters.items() if p.default is not inspect.Parameter.empty
+}
+
+
 class _Stacked(NamedTuple):
     params: Params
     hyper: solver.Hyper
@@ -300,16 +303,16 @@ def _stack_members(problem: solver.Problem, members: list[dict[str, Any]], fit_o
     values, options = [], []
     out = tuple(problem.params.b.shape)
     for config in members:
-        kw = _fit_arguments(config, fit_options)
-        lr = kw.get("learning_rate", problem.learning_rate)
-        if lr is None and isinstance(kw.get("optimizer", "sgd"), str) and kw.get("optimizer", "sgd") not in _optim.LINE_SEARCH:
-            lr = solver.DEFAULT_LEARNING_RATE
+        kw = {**_FIT_DEFAULTS, **_fit_arguments(config, fit_options)}
+        lr = kw["learning_rate"]
+        if lr is None and isinstance(kw["optimizer"], str) and kw["optimizer"] not in _optim.LINE_SEARCH:
+            lr = solver.DEFAULT_LEARNING_RATE  # as prepare() resolves it
         try:
             values.append(solver.check_hyperparameters(
-                learning_rate=lr, l2=kw.get("l2", 0.0), tol=kw.get("tol"), steps=kw.get("steps", 1000),
-                seed=kw.get("seed", 0), k=out[0] if out else None,
+                learning_rate=lr, l2=kw["l2"], tol=kw["tol"], steps=kw["steps"], seed=kw["seed"],
+                k=out[0] if out else None,
             ))
-            options.append(_optim.resolve(kw.get("optimizer", "sgd"), kw["optimizer_options"], lr)[1])
+            options.append(_optim.resolve(kw["optimizer"], kw["optimizer_options"], lr)[1])
         except ValueError as e:
             raise ValueError(f"grid member {config}: {e}") from None
 
