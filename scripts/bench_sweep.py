@@ -18,7 +18,6 @@ Prints a table and writes ``--out`` (JSON) atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -145,9 +145,11 @@ def test_compaction_and_member_chunks_give_the_same_members(problem):
     assert compact.stats["lane_steps"] < full.stats["lane_steps"]
     assert set(full.stats["batch_sizes"]) == {5}
     # a budget of two members: chunks of 2, 2, 1
+    progress = []
     chunked = gradfit.sweep(X, y, grid=grid, memory_budget=2 * sweep_module._member_bytes(
-        gradfit.solver.prepare(X, y, learning_rate=0.1, **opts)), **opts)
+        gradfit.solver.prepare(X, y, learning_rate=0.1, **opts)), callback=lambda *a: progress.append(a), **opts)
     assert chunked.stats["member_chunks"] == 3
+    assert progress == [(2, 5), (4, 5), (5, 5)]
     for other in (compact, chunked):
         np.testing.assert_array_equal(other.steps, full.steps)
         np.testing.assert_allclose(other.params.W, full.params.W, rtol=1e-5, atol=1e-6)
