@@ -243,3 +243,44 @@ def test_split_grid_covers_the_grid(problem):
     assert len(parts) == 4
     members = [c for p in parts for c in itertools.product(*p.values())]
     assert sorted(map(str, members)) == sorted(map(str, itertools.product(*grid.values())))
+
+
+SHARDED = """
+import json, warnings
+import numpy as np, jax, gradfit
+from gradfit import datasets
+d = datasets.make_regression(1001, 5, seed=0)
+grid = {"learning_rate": [0.01, 0.1, 0.3, 100.0], "seed": [0, 1]}
+opts = dict(steps=300, tol=1e-6, init="normal", chunk_size=32)
+r = gradfit.sweep(d.X, d.y, grid=grid, devices=4, **opts)
+out = {"devices": len(jax.devices()), "batch_sizes": r.stats["batch_sizes"], "sweep_steps": r.steps.tolist(),
+       "fit_steps": [], "max_dW": 0.0}
+for i, c in enumerate(r.configs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = gradfit.fit(d.X, d.y, devices=1, **opts, **c)
+    out["fit_steps"].append(f.steps)
+    W = np.asarray(f.params.W)
+    out["max_dW"] = max(out["max_dW"], float(np.max(np.abs(r.params.W[i] - W) / np.maximum(1, np.abs(W)))))
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_sweep_over_rows_split_across_four_devices():
+    """Data sharded over 4 forced host devices: members equal single-device fits, compaction included."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1][len("RESULT"):])
+    assert out["devices"] == 4
+    assert out["sweep_steps"] == out["fit_steps"]
+    assert out["max_dW"] < 1e-5
+    assert min(out["batch_sizes"]) < 8  # finished members were dropped

@@ -343,6 +343,10 @@ def _stack_members(problem: solver.Problem, members: list[dict[str, Any]], fit_o
     else:
         params = jax.tree.map(lambda a: jnp.broadcast_to(a, (K, *a.shape)), problem.params)
         key, key_axis = problem.key, None
+    if problem.mesh is not None:  # rows split over devices: members' arrays on every device
+        from gradfit import sharding
+
+        params, hyper, key = sharding.replicate((params, hyper, key), problem.mesh)
     level = solver.Level(solver.Data(None, None, None), axes, 0, key_axis)
     return _Stacked(params, hyper, key, level)
 
