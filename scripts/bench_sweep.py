@@ -66,6 +66,10 @@ def bench_vmapped_vs_sequential(X, y, k: int, steps: int, chunk_size: int) -> di
         "sweep_ms_per_member_step": 1e3 * t_sweep / (k * steps),
         "fit_ms_per_step": 1e3 * t_seq / (k * steps),
         "max_abs_W_difference": err,
+        # what bounds each: the sweep's two (m, n) x (n, K) products per step are compute
+        # (4 m n K flops); a single fit's two matrix-vector products read X twice (8 m n bytes)
+        "sweep_gflops": 4 * X.shape[0] * X.shape[1] * k * steps / t_sweep / 1e9,
+        "fit_gbytes_per_second": 2 * X.nbytes * k * steps / t_seq / 1e9,
     }
 
 
@@ -124,6 +128,8 @@ def main(argv=None) -> int:
         print(f"\n1. {args.k} learning rates x {args.steps} steps")
         print(f"   sweep (one program, vmapped): {r['sweep_seconds']:8.2f} s   ({r['sweep_ms_per_member_step']:.3f} ms per member-step)")
         print(f"   {args.k} sequential fits:           {r['sequential_seconds']:8.2f} s   ({r['fit_ms_per_step']:.3f} ms per step)")
+        print(f"   sweep at {r['sweep_gflops']:.0f} GFLOP/s (compute-bound); fits at {r['fit_gbytes_per_second']:.1f} GB/s "
+              "reading X (memory-bound)")
         print(f"   speedup: {r['speedup']:.1f}x   (compile: sweep {r['sweep_compile_seconds']:.2f} s, fit {r['fit_compile_seconds']:.2f} s; "
               f"max |W_sweep - W_fit| = {r['max_abs_W_difference']:.2e})")
     if "early" not in args.skip:

@@ -352,7 +352,13 @@ def _stack_members(problem: solver.Problem, members: list[dict[str, Any]], fit_o
 
 
 def _member_bytes(problem: solver.Problem) -> int:
-    """A rough estimate of one member's working memory inside a chunk (bytes)."""
+    """A rough estimate of one member's working memory inside a chunk, in bytes:
+
+    ``itemsize * (4 rows k + 12 n k + chunk_size k [+ m + batch_size n])``: predictions,
+    residuals and their temporaries over the rows a step reads (``rows`` = m, or
+    ``batch_size``); params, previous params, gradient and optimizer state; the chunk's
+    history; with minibatches, the permutation and the gathered batch. X itself is shared.
+    """
     X = problem.data.X
     m, n = X.shape[-2], X.shape[-1]
     k = int(np.prod(problem.params.b.shape)) or 1
