@@ -96,6 +96,16 @@ def test_program_keys_split_into_groups(problem):
         _assert_member_equals_fit(result, i, _fit(X, y, steps=40, grad="hand", **c))
 
 
+def test_steps_tol_and_l2_are_one_group(problem):
+    X, y = problem
+    grid = {"steps": [3, 40], "tol": [0.0, 1e-3], "l2": [0.0, 0.2]}
+    result = gradfit.sweep(X, y, grid=grid, learning_rate=0.1)
+    assert result.stats["groups"] == 1 and result.losses.shape == (8, result.steps.max())
+    assert set(result.steps[:4].tolist()) == {3}  # steps=3 members stop at their own budget
+    for i, c in enumerate(result.configs):
+        _assert_member_equals_fit(result, i, _fit(X, y, learning_rate=0.1, **c))
+
+
 def test_diverged_member_never_spoils_the_others(problem):
     X, y = problem
     grid = {"learning_rate": [0.05, 1e6, 0.2]}
