@@ -238,6 +238,8 @@ def test_bad_options_raise_before_compute(problem, monkeypatch):
         gradfit.sweep(X, y, grid={"learning_rate": [0.1]}, learning_rate=0.1)
     with pytest.raises(ValueError, match="did you mean 'steps'"):
         gradfit.sweep(X, y, grid={"learning_rate": [0.1]}, step=5)
+    with pytest.raises(ValueError, match="drop batched=True"):
+        gradfit.sweep(X, y, grid={"learning_rate": [0.1]}, batched=True)
     with pytest.raises(ValueError, match="memory_budget"):
         gradfit.sweep(X, y, grid={"learning_rate": [0.1]}, memory_budget=0)
     # the second group is invalid (bce needs y in [0, 1]): nothing of the first group runs

@@ -49,7 +49,18 @@ _NOT_SWEPT = ("sample_weight", "optimizer_options", "batched", "chunk_size", "ca
 _INT_KEYS = ("steps", "seed")
 _HYPER_FIELD = {"learning_rate": "learning_rate", "l2": "l2", "tol": "tol", "steps": "max_steps"}
 
-DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of per-member working memory in one member chunk
+DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes for one member chunk when the device does not say
+
+
+def default_memory_budget() -> int:
+    """Half the free memory of the default device where it reports it (GPUs), else 2 GiB."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # backends without memory statistics
+        stats = {}
+    if "bytes_limit" in stats:
+        return max(1 << 20, (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 2)
+    return DEFAULT_MEMORY_BUDGET
 
 
 class SweepResult(NamedTuple):
@@ -511,9 +522,11 @@ def sweep(
         non-float optimizer options. Values of traced keys are scalars.
       compact: between chunks, run only the still-active members (power-of-two batches);
         False keeps all K members in every chunk (same results, for comparison).
-      memory_budget: bytes for one member chunk's working memory (default 2 GiB); a grid
-        that needs more runs in member chunks, one after another.
-      callback: ``callback(members_done, members_total)`` after each member chunk.
+      memory_budget: bytes for one member chunk's working memory (default: half the free
+        memory of a device that reports it, else 2 GiB); a grid that needs more runs in
+        member chunks, one after another (see :func:`_member_bytes` for the estimate).
+      callback: ``callback(members_done, members_total)`` after each member chunk (not
+        :func:`gradfit.fit`'s per-chunk callback).
       **fit_options: any other :func:`gradfit.fit` keyword (fixed for every member), e.g.
         ``steps``, ``tol``, ``optimizer``, ``chunk_size``, ``optimizer_options``, ``l2``
         (a (k,) per-output array is allowed here).
@@ -521,6 +534,9 @@ def sweep(
     Returns:
       A :class:`SweepResult`; member i equals ``gradfit.fit(X, y, **fit_options,
       **configs[i])`` (to floating-point rounding of the batched matrix products).
+      Programs are cached by shape: a later sweep of the same size and settings compiles
+      nothing, except a compaction batch size (a power of two below K) that no earlier
+      sweep of that size reached; there are at most log2(K) + 1 of them per group.
 
     Raises:
       ValueError: for a bad grid (unknown key, empty list, non-numeric or non-scalar values,
@@ -539,7 +555,7 @@ def sweep(
         )
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Integral) or memory_budget <= 0):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
+    budget = int(memory_budget or default_memory_budget())
     configs, groups = expand(grid, **fit_options)
     swept = list(configs[0])
 

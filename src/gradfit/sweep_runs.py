@@ -84,8 +84,8 @@ def run_config(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -> di
             "the config has no [sweep] grid: add e.g. [sweep] grid = {learning_rate = [0.01, 0.1]} "
             "(examples: configs/sweep_lr.toml)"
         )
-    if cfg["sweep"]["memory_budget_mb"] <= 0:
-        raise ValueError(f"sweep.memory_budget_mb must be > 0, got {cfg['sweep']['memory_budget_mb']}")
+    if cfg["sweep"]["memory_budget_mb"] < 0:
+        raise ValueError(f"sweep.memory_budget_mb must be >= 0 (0: automatic), got {cfg['sweep']['memory_budget_mb']}")
     out_dir = Path(cfg["output"]["dir"])
     options = fit_options(cfg["fit"], grid)
     parts = split_grid(grid, **options)  # checks the grid before loading data
@@ -116,7 +116,7 @@ def run_config(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -> di
         wall = time.perf_counter()
         result = gradfit.sweep(
             ds.X, ds.y, grid=part, compact=cfg["sweep"]["compact"],
-            memory_budget=int(cfg["sweep"]["memory_budget_mb"] * 2**20), **options,
+            memory_budget=int(cfg["sweep"]["memory_budget_mb"] * 2**20) or None, **options,
         )
         wall = time.perf_counter() - wall
         st = result.stats
