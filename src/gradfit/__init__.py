@@ -3,6 +3,7 @@
 Public surface::
 
     gradfit.fit(X, y, ...)            -> FitResult      (solver)
+    gradfit.sweep(X, y, grid={...})   -> SweepResult    (the fit, vmapped over a grid)
     gradfit.Params(W, b)                                (the model's pytree)
     gradfit.losses.mse / bce / l2_penalty               (pure losses)
     gradfit.gradients.mse / bce                         (hand-derived gradients)
@@ -36,10 +37,12 @@ from gradfit.functional import solve as solve
 from gradfit.solver import FitResult as FitResult
 from gradfit.sharding import shard_rows as shard_rows
 from gradfit.solver import fit as fit
+from gradfit.sweep import SweepResult as SweepResult
+from gradfit.sweep import sweep as sweep  # the function; the module is gradfit.sweep in sys.modules
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FitResult", "Params", "Solution", "check_gradients", "checkpoint", "data", "datasets", "distributed",
-    "fit", "gradients", "losses", "predict", "progress", "resume", "shard_rows", "solve",
+    "FitResult", "Params", "Solution", "SweepResult", "check_gradients", "checkpoint", "data", "datasets",
+    "distributed", "fit", "gradients", "losses", "predict", "progress", "resume", "shard_rows", "solve", "sweep",
 ]

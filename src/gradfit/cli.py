@@ -1,6 +1,8 @@
 """The ``gradfit`` command: thin wrappers that parse flags, call the library and write outputs.
 
     gradfit fit --config configs/quickstart.toml [--set fit.learning_rate=0.1 ...] [--resume]
+    gradfit sweep --config configs/sweep_lr.toml
+    gradfit plot RUN_DIR
     gradfit check-grads
     gradfit info
 """
@@ -152,14 +154,50 @@ def cmd_fit(args) -> int:
         report["relative_error_to_truth"] = err
         print(f"known truth: ||W - W_true|| / ||W_true|| = {err:.3e}")
     if distributed.is_writer():  # results are replicated: process 0 writes them once
-        # All three or none: a failed write leaves the earlier outputs as they were.
-        _io.write_many({
+        # All or none: a failed write leaves the earlier outputs as they were.
+        outputs = {
             out_dir / "params.npz": _io.npz_bytes(W=result.params.W, b=result.params.b),
             out_dir / "history.npz": _io.npz_bytes(losses=result.losses),
-            out_dir / "report.json": _io.json_bytes(report),
-        })
-        print(f"wrote {out_dir}/params.npz, history.npz, report.json")
+        }
+        if not multi:  # a sample of rows for gradfit plot (rows of other processes are not here)
+            outputs[out_dir / "predictions.npz"] = _io.npz_bytes(**_prediction_sample(ds.X, ds.y, result, f["loss"]))
+        outputs[out_dir / "report.json"] = _io.json_bytes(report)
+        _io.write_many(outputs)
+        print(f"wrote {out_dir}/params.npz, history.npz, {'' if multi else 'predictions.npz, '}report.json")
     return 1 if result.diverged else 0
+
+
+def _prediction_sample(X, y, result, loss: str, size: int = 1000, seed: int = 0) -> dict:
+    """Up to ``size`` rows (a fixed random sample) with targets and predictions, for plots.
+
+    ``prediction`` is ``X @ W + b``, or ``sigmoid`` of it (a probability) for bce.
+    """
+    rows = np.sort(np.random.default_rng(seed).permutation(len(X))[:size])
+    pred = np.asarray(result.predict(np.asarray(X[rows])), np.float64)
+    if loss == "bce":
+        pred = 1 / (1 + np.exp(-pred))
+    return {"rows": rows, "target": np.asarray(y[rows]), "prediction": pred}
+
+
+def cmd_sweep(args) -> int:
+    from gradfit import config, sweep_runs
+
+    cfg = config.load(args.config, args.overrides)
+    summary = sweep_runs.run_config(cfg)
+    return 0 if len(summary["rows"]) > summary["diverged"] else 1
+
+
+def cmd_plot(args) -> int:
+    from gradfit import plotting
+
+    try:
+        paths = plotting.plot(args.run_dir)
+    except ImportError as e:
+        print(f"gradfit plot: error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_check_grads(args) -> int:
@@ -205,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="show a progress bar on stderr (default: when stderr is a terminal and tqdm is installed)",
     )
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("sweep", help="fit every member of a [sweep] grid (one compile per group); resumable")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("plot", help="draw a fit or sweep output folder as PNG (needs matplotlib)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the output.dir of a gradfit fit or gradfit sweep")
+    p.set_defaults(func=cmd_plot)
     p = sub.add_parser("check-grads", help="compare the hand-derived gradients with jax.grad")
     p.set_defaults(func=cmd_check_grads)
     p = sub.add_parser("info", help="print the JAX backend and devices")

@@ -58,6 +58,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "output": {
         "dir": "runs/fit",
     },
+    # gradfit sweep: the cartesian product of grid (keys as for gradfit.sweep), the other
+    # settings from [fit]; a grid key overrides the [fit] key of the same name.
+    "sweep": {
+        "grid": {},  # e.g. {learning_rate = [0.01, 0.1], l2 = [0.0, 0.1]}
+        "compact": True,  # run only still-active members between chunks
+        "memory_budget_mb": 0,  # per member chunk (0: half a GPU's free memory, or 2048); bigger grids run in member chunks
+        "top": 5,  # members printed, best first
+        "plot": True,  # loss_curves.png (needs matplotlib: pip install 'gradfit[plot]')
+    },
     "checkpoint": {
         # Saved atomically at chunk boundaries and at the end; `gradfit fit --resume` continues.
         "path": "",  # "": <output.dir>/checkpoint.npz

@@ -456,6 +456,173 @@ def _check_init(init, n: int, out: tuple[int, ...], dtype, key) -> Params:
     return Params(jnp.asarray(W, dtype), jnp.asarray(b, dtype))
 
 
+class Problem(NamedTuple):
+    """A checked fit, ready for :func:`run`: what :func:`prepare` returns.
+
+    ``params``, ``data``, ``hyper`` and ``key`` carry the leading axes of ``levels`` (a batch
+    of problems, then output columns when hyperparameters are per-output).
+    """
+
+    params: Params
+    data: Data
+    hyper: Hyper
+    key: jax.Array
+    static: Static
+    levels: tuple[Level, ...]
+    per_output: bool  # output columns are a vmap level: y is (k, m) and W is (k, n) inside
+    batched: bool
+    dtype: np.dtype
+    learning_rate: Any  # the learning rate as resolved (float, (k,) array or None)
+    init: Any  # the ``init`` argument, for :func:`initial_params`
+    mesh: Any  # the device mesh the rows are split over, or None (one device)
+
+
+class HyperValues(NamedTuple):
+    """Checked hyperparameter values on the host (float64 numpy; ``steps`` and ``seed`` ints)."""
+
+    learning_rate: np.ndarray | None
+    l2: np.ndarray
+    tol: np.ndarray  # -1 for tol=None (no tolerance test)
+    steps: int
+    seed: int
+
+
+def check_hyperparameters(*, learning_rate, l2, tol, steps, seed, k: int | None = None) -> HyperValues:
+    """Check the traced hyperparameters of one fit; raise ``ValueError`` naming the bad one.
+
+    ``learning_rate`` (> 0) and ``l2`` (>= 0) are scalars, or (k,) per-output arrays when y
+    has k columns; ``tol`` is None or a scalar >= 0; ``steps`` a positive int; ``seed`` an int.
+    """
+    steps = _validation.positive_int(steps, "steps")
+    per_output_shapes = ((), (k,)) if k is not None else ((),)
+    lr = None if learning_rate is None else _validation.hyperparameter(learning_rate, "learning_rate", positive=True, allowed_shapes=per_output_shapes)
+    l2_arr = _validation.hyperparameter(l2, "l2", positive=False, allowed_shapes=per_output_shapes)
+    tol_arr = np.asarray(-1.0) if tol is None else _validation.hyperparameter(tol, "tol", positive=False)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    return HyperValues(lr, l2_arr, tol_arr, steps, int(seed))
+
+
+def initial_params(init, seed: int, n: int, out: tuple[int, ...], dtype, *, per_output: bool = False) -> tuple[Params, jax.Array]:
+    """The params before step 0 and the loop's PRNG key, both from ``seed``.
+
+    ``jax.random.key(seed)`` is split into an init key (``init="normal"``) and a run key
+    (minibatch permutations). With ``per_output`` the weights are laid out (k, n).
+    """
+    key = jax.random.key(seed)
+    init_key, run_key = jax.random.split(key)
+    params = _check_init(init, n, out, dtype, init_key)
+    if per_output:
+        params = Params(jnp.moveaxis(params.W, -1, -2), params.b)
+    return params, run_key
+
+
+def prepare(
+    X,
+    y,
+    *,
+    loss: str = "mse",
+    reduction: str = "mean",
+    optimizer: Any = "sgd",
+    learning_rate: float | Any | None = None,
+    steps: int = 1000,
+    tol: float | None = None,
+    l2: float | Any = 0.0,
+    grad: str = "autodiff",
+    init: Params | str | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    fit_intercept: bool = True,
+    sample_weight=None,
+    optimizer_options: dict[str, Any] | None = None,
+    batched: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    devices: Any = None,
+    n_rows: int | None = None,
+) -> Problem:
+    """Check the arguments of :func:`fit` and build its :class:`Problem`; no compute runs.
+
+    Takes :func:`fit`'s arguments (less ``callback``) and raises the same ``ValueError`` s.
+    :func:`gradfit.sweep` builds one per group of its grid and stacks members on top.
+    """
+    if loss not in losses.LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
+    if reduction not in losses.REDUCTIONS[loss]:
+        raise ValueError(
+            f"unknown reduction {reduction!r} for loss {loss!r}: use one of {', '.join(map(repr, losses.REDUCTIONS[loss]))}"
+        )
+    if grad not in GRAD_MODES:
+        raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, GRAD_MODES))}")
+    X, y = _validation.check_xy(X, y, loss=loss, batched=batched)
+    steps = _validation.positive_int(steps, "steps")
+    chunk_size = _validation.positive_int(chunk_size, "chunk_size")
+    lead = 1 if batched else 0
+    m, n = X.shape[lead], X.shape[lead + 1]
+    k = y.shape[-1] if y.ndim == 2 + lead else None
+    out = () if k is None else (k,)
+    if batch_size is not None:
+        batch_size = _validation.positive_int(batch_size, "batch_size")
+        if batch_size > m:
+            raise ValueError(f"batch_size={batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None for full batches")
+    if not isinstance(fit_intercept, bool):
+        raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
+
+    if learning_rate is None and isinstance(optimizer, str) and optimizer not in _optim.LINE_SEARCH:
+        learning_rate = DEFAULT_LEARNING_RATE
+    spec, traced_options = _optim.resolve(optimizer, optimizer_options, learning_rate)
+    if batch_size is not None and spec.name in _optim.LINE_SEARCH:
+        raise ValueError("optimizer 'lbfgs' needs full batches: leave batch_size unset, or use 'sgd'/'adam' for minibatches")
+    values = check_hyperparameters(learning_rate=learning_rate, l2=l2, tol=tol, steps=steps, seed=seed, k=k)
+    lr, l2_arr, tol_arr = values.learning_rate, values.l2, values.tol
+
+    dtype = _validation.float_dtype(X)
+    sw = None
+    if sample_weight is not None:
+        sw = _validation.as_numeric(sample_weight, "sample_weight")
+        if tuple(sw.shape) != tuple(y.shape[: lead + 1]):
+            raise ValueError(f"sample_weight has shape {tuple(sw.shape)}: expected {tuple(y.shape[: lead + 1])}, one weight per row")
+        _validation.check_finite(sw, "sample_weight")
+        sw_check = sw if isinstance(sw, jax.Array) else np.asarray(sw)  # a global array stays on device
+        if bool((sw_check < 0).any()) or not bool((sw_check.sum(axis=-1) > 0).all()):
+            raise ValueError("sample_weight must be >= 0 with a positive sum")
+        sw = jnp.asarray(sw, dtype)
+    params, run_key = initial_params(init, values.seed, n, out, dtype)
+
+    per_output = k is not None and ((lr is not None and lr.ndim == 1) or l2_arr.ndim == 1)
+    data, mesh, rows = _layout(X, y, sw, dtype, devices, n_rows, lead, batch_size)
+    hyper = Hyper(
+        learning_rate=None if lr is None else jnp.asarray(lr, dtype),
+        l2=jnp.asarray(l2_arr, dtype),
+        tol=jnp.asarray(tol_arr, dtype),
+        max_steps=jnp.asarray(steps, jnp.int32),
+        optimizer={name: jnp.asarray(v, dtype) for name, v in traced_options.items()},
+    )
+    static = Static(loss, reduction, grad, spec, lr is not None, fit_intercept, batch_size, chunk_size, rows)
+
+    levels: list[Level] = []
+    if batched:
+        B = X.shape[0]
+        params = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), params)
+        levels.append(Level(Data(0, 0, None if sw is None else 0), _hyper_axes(hyper, None), 0, None))
+    if per_output:
+        # Columns become independent problems: y (.., m, k) -> (.., k, m), W (.., n, k) -> (.., k, n).
+        data = data._replace(y=jnp.moveaxis(data.y, -1, -2))
+        params = Params(jnp.moveaxis(params.W, -1, -2), params.b)
+        hyper = hyper._replace(
+            learning_rate=hyper.learning_rate if hyper.learning_rate is None else jnp.broadcast_to(hyper.learning_rate, (k,)),
+            l2=jnp.broadcast_to(hyper.l2, (k,)),
+        )
+        hyper_axes = _hyper_axes(hyper, None)._replace(learning_rate=None if hyper.learning_rate is None else 0, l2=0)
+        # X and the row weights are shared by the columns (inside a batch level, per problem).
+        levels.append(Level(Data(None, 0, None), hyper_axes, 0, None))
+    if mesh is not None:  # parameters, hyperparameters and the PRNG key on every device
+        from gradfit import sharding
+
+        params, hyper, run_key = sharding.replicate((params, hyper, run_key), mesh)
+
+    return Problem(params, data, hyper, run_key, static, tuple(levels), per_output, batched, dtype, learning_rate, init, mesh)
+
+
 def fit(
     X,
     y,
@@ -538,14 +705,6 @@ def fit(
     Raises:
       ValueError: for bad input, before any compute.
     """
-    if loss not in losses.LOSSES:
-        raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
-    if reduction not in losses.REDUCTIONS[loss]:
-        raise ValueError(
-            f"unknown reduction {reduction!r} for loss {loss!r}: use one of {', '.join(map(repr, losses.REDUCTIONS[loss]))}"
-        )
-    if grad not in GRAD_MODES:
-        raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, GRAD_MODES))}")
     fit_arguments = dict(
         loss=loss, reduction=reduction, optimizer=optimizer, learning_rate=learning_rate, steps=steps,
         tol=tol, l2=l2, grad=grad, init=init, batch_size=batch_size, seed=seed, fit_intercept=fit_intercept,
@@ -560,84 +719,19 @@ def fit(
         checkpoint_every = _checkpoint.parse_every(checkpoint_every)
     elif resume is not False or checkpoint_every is not None:
         raise ValueError("resume and checkpoint_every need checkpoint=PATH, the checkpoint file to write and resume from")
-    X, y = _validation.check_xy(X, y, loss=loss, batched=batched)
-    steps = _validation.positive_int(steps, "steps")
-    chunk_size = _validation.positive_int(chunk_size, "chunk_size")
-    lead = 1 if batched else 0
-    m, n = X.shape[lead], X.shape[lead + 1]
-    k = y.shape[-1] if y.ndim == 2 + lead else None
-    out = () if k is None else (k,)
-    if batch_size is not None:
-        batch_size = _validation.positive_int(batch_size, "batch_size")
-        if batch_size > m:
-            raise ValueError(f"batch_size={batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None for full batches")
-    if not isinstance(fit_intercept, bool):
-        raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
-
-    if learning_rate is None and isinstance(optimizer, str) and optimizer not in _optim.LINE_SEARCH:
-        learning_rate = DEFAULT_LEARNING_RATE
-    spec, traced_options = _optim.resolve(optimizer, optimizer_options, learning_rate)
-    if batch_size is not None and spec.name in _optim.LINE_SEARCH:
-        raise ValueError("optimizer 'lbfgs' needs full batches: leave batch_size unset, or use 'sgd'/'adam' for minibatches")
-    per_output_shapes = ((), (k,)) if k is not None else ((),)
-    lr = None if learning_rate is None else _validation.hyperparameter(learning_rate, "learning_rate", positive=True, allowed_shapes=per_output_shapes)
-    l2_arr = _validation.hyperparameter(l2, "l2", positive=False, allowed_shapes=per_output_shapes)
-    tol_arr = np.asarray(-1.0) if tol is None else _validation.hyperparameter(tol, "tol", positive=False)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-
-    dtype = _validation.float_dtype(X)
-    sw = None
-    if sample_weight is not None:
-        sw = _validation.as_numeric(sample_weight, "sample_weight")
-        if tuple(sw.shape) != tuple(y.shape[: lead + 1]):
-            raise ValueError(f"sample_weight has shape {tuple(sw.shape)}: expected {tuple(y.shape[: lead + 1])}, one weight per row")
-        _validation.check_finite(sw, "sample_weight")
-        sw_check = sw if isinstance(sw, jax.Array) else np.asarray(sw)  # a global array stays on device
-        if bool((sw_check < 0).any()) or not bool((sw_check.sum(axis=-1) > 0).all()):
-            raise ValueError("sample_weight must be >= 0 with a positive sum")
-        sw = jnp.asarray(sw, dtype)
-    key = jax.random.key(seed)
-    init_key, run_key = jax.random.split(key)
-    params = _check_init(init, n, out, dtype, init_key)
-
-    per_output = k is not None and ((lr is not None and lr.ndim == 1) or l2_arr.ndim == 1)
-    data, mesh, rows = _layout(X, y, sw, dtype, devices, n_rows, lead, batch_size)
-    hyper = Hyper(
-        learning_rate=None if lr is None else jnp.asarray(lr, dtype),
-        l2=jnp.asarray(l2_arr, dtype),
-        tol=jnp.asarray(tol_arr, dtype),
-        max_steps=jnp.asarray(steps, jnp.int32),
-        optimizer={name: jnp.asarray(v, dtype) for name, v in traced_options.items()},
+    problem = prepare(
+        X, y, loss=loss, reduction=reduction, optimizer=optimizer, learning_rate=learning_rate,
+        steps=steps, tol=tol, l2=l2, grad=grad, init=init, batch_size=batch_size, seed=seed,
+        fit_intercept=fit_intercept, sample_weight=sample_weight, optimizer_options=optimizer_options,
+        batched=batched, chunk_size=chunk_size, devices=devices, n_rows=n_rows,
     )
-    static = Static(loss, reduction, grad, spec, lr is not None, fit_intercept, batch_size, chunk_size, rows)
-
-    levels: list[Level] = []
-    if batched:
-        B = X.shape[0]
-        params = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), params)
-        levels.append(Level(Data(0, 0, None if sw is None else 0), _hyper_axes(hyper, None), 0, None))
-    if per_output:
-        # Columns become independent problems: y (.., m, k) -> (.., k, m), W (.., n, k) -> (.., k, n).
-        data = data._replace(y=jnp.moveaxis(data.y, -1, -2))
-        params = Params(jnp.moveaxis(params.W, -1, -2), params.b)
-        hyper = hyper._replace(
-            learning_rate=hyper.learning_rate if hyper.learning_rate is None else jnp.broadcast_to(hyper.learning_rate, (k,)),
-            l2=jnp.broadcast_to(hyper.l2, (k,)),
-        )
-        hyper_axes = _hyper_axes(hyper, None)._replace(learning_rate=None if hyper.learning_rate is None else 0, l2=0)
-        # X and the row weights are shared by the columns (inside a batch level, per problem).
-        levels.append(Level(Data(None, 0, None), hyper_axes, 0, None))
-    levels_t = tuple(levels)
-    if mesh is not None:  # parameters, hyperparameters and the PRNG key on every device
-        from gradfit import sharding
-
-        params, hyper, run_key = sharding.replicate((params, hyper, run_key), mesh)
-
-    members = (X.shape[0] if batched else 1) * (k if per_output else 1)
+    static, levels_t, per_output, dtype = problem.static, problem.levels, problem.per_output, problem.dtype
+    spec, learning_rate, mesh = static.optimizer, problem.learning_rate, problem.mesh
+    members = (np.shape(X)[0] if problem.batched else 1) * (np.shape(y)[-1] if per_output else 1)
     result, resumed = _run_long(
-        params, data, hyper, run_key, static, levels_t, callback, progress=progress, members=members,
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, fit_arguments=fit_arguments,
+        problem.params, problem.data, problem.hyper, problem.key, static, levels_t, callback, progress=progress,
+        members=members, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+        fit_arguments=fit_arguments,
     )
     state = result.state
     out_params = state.params
@@ -660,7 +754,7 @@ def fit(
         "reduction": reduction,
         "optimizer": spec.name or type(optimizer).__name__,
         "grad": grad,
-        "vmapped": [name for name, on in (("problems", batched), ("outputs", per_output)) if on],
+        "vmapped": [name for name, on in (("problems", problem.batched), ("outputs", per_output)) if on],
         "devices": 1 if mesh is None else mesh.size,
         **resumed,
     }
