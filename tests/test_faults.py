@@ -21,7 +21,7 @@ from gradfit import _io, cli
 SRC = str(Path(gradfit.__file__).resolve().parents[1])
 SMALL = ["--set", "data.n_samples=200", "--set", "data.n_features=3", "--set", "fit.steps=30",
          "--set", "fit.learning_rate=0.1", "--set", "fit.chunk_size=10", "--no-progress"]
-OUTPUTS = ("params.npz", "history.npz", "report.json")
+OUTPUTS = ("params.npz", "history.npz", "predictions.npz", "report.json")
 
 
 def _fit(out_dir, *extra) -> int:
