@@ -384,13 +384,14 @@ def test_a_vmapped_group_run_by_checkpoint_run_resumes_to_the_same_bits(tmp_path
 
     spec, _ = _optim.resolve("adam", None, 0.01)
     static = solver.Static("mse", "mean", "autodiff", spec, True, True, None, 8)
-    data = solver.Data(jnp.asarray(reg.X), jnp.asarray(reg.y), None)
-    params = Params(jnp.zeros(5), jnp.zeros(()))
+    data = solver.Data(jnp.asarray(reg.X, jnp.float32), jnp.asarray(reg.y, jnp.float32), None)
+    f32 = jnp.float32  # explicit dtypes: these are the solver's internals, not fit()'s checked inputs
+    params = Params(jnp.zeros(5, f32), jnp.zeros((), f32))
     key = jax.random.key(0)
     axes = solver.Level(solver.Data(None, None, None), solver.Hyper(0, None, None, None, {}), None, None)
 
     def group(rates):
-        hyper = solver.Hyper(jnp.asarray(rates, jnp.float32), jnp.zeros(()), jnp.asarray(-1.0),
+        hyper = solver.Hyper(jnp.asarray(rates, f32), jnp.zeros((), f32), jnp.asarray(-1.0, f32),
                              jnp.asarray(40, jnp.int32), {})
         return params, data, hyper, key, static, (axes,)
 
