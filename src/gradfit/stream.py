@@ -834,6 +834,8 @@ def fit_streaming(
         "rows": (data.start, data.stop),
         "vmapped": [],
     }
+    if "sufficient_statistics" in info:
+        stats["sufficient_statistics"] = info["sufficient_statistics"]
     if diverged:
         solver._warn_divergence(steps_taken, diverged, learning_rate)
     return solver.FitResult(state.params, final_loss, history, steps_taken, converged, diverged, stats)
@@ -853,10 +855,12 @@ def _run_statistics(state, data: StreamedData, hyper, static, prefetch, shuffle,
         if not solver._active_host(state, hyper).any():
             break
     history = np.concatenate(histories)[: int(state.step)]
-    final_loss = statistics_objective(state.params, stats, hyper.l2, static.reduction)
+    final, seconds = _compiled(statistics_objective, (("reduction", static.reduction),), (state.params, stats, hyper.l2))
+    compile_seconds += seconds
+    final_loss = final(state.params, stats, hyper.l2)
     jax.block_until_ready(final_loss)
     info = dict(compile_seconds=compile_seconds, run_seconds=stream_seconds + time.perf_counter() - start,
-                stream_seconds=stream_seconds, passes=1)
+                stream_seconds=stream_seconds, passes=1, sufficient_statistics=stats)
     return state, history, final_loss, info
 
 
@@ -877,7 +881,10 @@ def _run_passes(state, data: StreamedData, hyper, static, prefetch, shuffle, see
             _epoch_chunk, (*st, ("shuffle", bool(shuffle))),
             ((state.params, state.opt_state, zero, zero), X0, y0, valid0, state.key, hyper),
         )
-        compile_seconds += seconds
+        end_epoch, more = _compiled(_end_epoch, st, (state, (state.params, state.opt_state, zero, zero), hyper))
+        compile_seconds += seconds + more
+    finish, seconds = _compiled(_finish_value, (), (zero, state.params, zero, hyper.l2))
+    compile_seconds += seconds
     weights = _weight_cache(data)
     scale = jnp.asarray(_scale(static.reduction, data.m), dt)
     history: list[float] = []
@@ -914,9 +921,7 @@ def _run_passes(state, data: StreamedData, hyper, static, prefetch, shuffle, see
                     _throttle(pending, carry[2])
             if check:
                 _raise_bad_chunk(data, oks, static.loss)
-            params, opt_state, value_sum, count_sum = carry
-            value = value_sum if static.reduction == "sum" else value_sum / count_sum
-            state = solver.advance(state, hyper, value, params, opt_state, state.params, state.key)
+            state, value = end_epoch(state, carry, hyper)
         passes += 1
         stream_seconds += time.perf_counter() - t
         history.append(float(value))
@@ -932,13 +937,25 @@ def _run_passes(state, data: StreamedData, hyper, static, prefetch, shuffle, see
             for _, Xc, yc, valid in chunks:
                 total = value_pass(total, state.params, Xc, yc, weights(valid))
                 _throttle(pending, total)
-        final_loss = scale * total + losses.l2_penalty(state.params, hyper.l2)
+        final_loss = finish(total, state.params, scale, hyper.l2)
         passes += 1
         stream_seconds += time.perf_counter() - t
     jax.block_until_ready(final_loss)
     info = dict(compile_seconds=compile_seconds, run_seconds=time.perf_counter() - start,
                 stream_seconds=stream_seconds, passes=passes)
     return state, np.asarray(history, dt), final_loss, info
+
+
+def _end_epoch(state: solver.SolverState, carry, hyper: solver.Hyper, static: solver.Static):
+    """The epoch's mean minibatch objective (the sum for ``reduction="sum"``), then the stopping rules."""
+    params, opt_state, value_sum, count_sum = carry
+    value = value_sum if static.reduction == "sum" else value_sum / count_sum
+    return solver.advance(state, hyper, value, params, opt_state, state.params, state.key), value
+
+
+def _finish_value(total, params: Params, scale, l2):
+    """``scale * sum + (l2/2) ||W||^2``: the objective from a pass's sum."""
+    return scale * total + losses.l2_penalty(params, l2)
 
 
 def _weight_cache(data: StreamedData) -> Callable[[int], jax.Array]:
