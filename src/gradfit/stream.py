@@ -351,11 +351,17 @@ class Prefetcher:
 
 
 def _chunks(data: StreamedData, order: Iterable[int], depth: int, device=None) -> Prefetcher:
-    """Prefetched ``(i, X, y, valid)`` device chunks of ``data`` in ``order``."""
+    """Prefetched ``(i, X, y, valid)`` device chunks of ``data`` in ``order``.
+
+    JAX's x64 switch can be set per thread (``with jax.enable_x64(True)``): the reading
+    thread uses the caller's setting, so float64 chunks stay float64.
+    """
+    x64 = bool(jax.config.jax_enable_x64)
 
     def produce(i):
         X, y, valid = data.read(i)
-        X, y = jax.device_put((X, y), device)
+        with jax.enable_x64(x64):
+            X, y = jax.device_put((X, y), device)
         return i, X, y, valid
 
     return Prefetcher(produce, order, depth)
