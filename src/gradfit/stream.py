@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import operator
 import os
 import queue
 import threading
@@ -127,8 +128,6 @@ def open_array(source, name: str) -> np.ndarray:
     elif isinstance(source, np.ndarray):
         array = source
         _check_float_dtype(array.dtype, name, "the array")
-        if array.ndim >= 2 and not array[:1].flags.c_contiguous:
-            raise ValueError(f"{name}'s rows are not contiguous: pass np.ascontiguousarray({name}) or a C-order .npy file")
     else:
         raise ValueError(
             f"{name} must be a path to a .npy file or a numpy array / memory map, got {type(source).__name__}"
@@ -231,11 +230,11 @@ class StreamedData:
             raise ValueError(f"X has {m} rows but y has {y.shape[0]}: give one target per row of X (the files do not match)")
         if m == 0 or n == 0 or (y.ndim == 2 and y.shape[1] == 0):
             raise ValueError(f"X {X.shape} and y {y.shape} are empty: a fit needs at least one row, feature and output")
-        start, stop = (0, m) if rows is None else rows
-        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= m):
-            raise ValueError(f"rows={rows!r} is not a range of rows of X: use (start, stop) with 0 <= start < stop <= {m}")
-        dtype = _validation.float_dtype(X) if dtype is None else np.dtype(dtype)
-        _check_float_dtype(dtype, "dtype", "the dtype option")
+        start, stop = (0, m) if rows is None else _row_bounds(rows, m)
+        if dtype is not None:
+            _check_float_dtype(dtype, "dtype", "the dtype option")
+        # float64 is kept only with jax_enable_x64, as in the in-memory fit.
+        dtype = _validation.float_dtype(X if dtype is None else np.empty(0, dtype))
         chunk_rows = max(1, chunk_bytes // (n * X.dtype.itemsize))
         if batch_size is not None:
             chunk_rows = max(batch_size, chunk_rows - chunk_rows % batch_size)
@@ -287,6 +286,16 @@ def _aligned_empty(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray
     raw = np.empty(nbytes + align, np.uint8)
     offset = (-raw.ctypes.data) % align
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def _row_bounds(rows, m: int) -> tuple[int, int]:
+    try:
+        start, stop = (operator.index(r) for r in rows)
+    except (TypeError, ValueError):
+        start = stop = -1
+    if not 0 <= start < stop <= m:
+        raise ValueError(f"rows={rows!r} is not a range of rows of X: use (start, stop) with 0 <= start < stop <= {m}")
+    return start, stop
 
 
 def _read_rows(array: np.ndarray, a: int, b: int, rows: int, dtype, order: np.ndarray | None = None) -> np.ndarray:
