@@ -7,7 +7,8 @@ memory, ``jax.device_put`` and consumed by one small compiled function per chunk
 background thread reads the next chunk while the device works on the current one (a queue
 of ``prefetch`` chunks), and the pages of the map that a chunk read are dropped from the
 process (``madvise(MADV_DONTNEED)``; the kernel's page cache keeps them, not the process),
-so the host holds at most ``prefetch + 2`` chunks whatever the size of the files.
+so the host holds about ``prefetch + 3`` chunks (being read, queued, being computed, next
+dispatched) whatever the size of the files.
 
 Every chunk has the same shape: the last, short one is padded with zero rows of weight 0,
 so nothing recompiles and padded rows add nothing to any sum.
@@ -803,7 +804,8 @@ def fit_streaming(
     Returns:
       A :class:`~gradfit.FitResult`; ``stats`` adds ``method``, ``passes`` (streamed passes
       over the files), ``bytes_per_pass``, ``chunk_rows``, ``n_chunks`` and
-      ``stream_seconds`` (time in streamed passes). ``loss`` is the objective at ``params``
+      ``stream_seconds`` (time in streamed passes), and with the statistics plan
+      ``sufficient_statistics`` (the :class:`Statistics`, e.g. for :func:`solve_statistics`). ``loss`` is the objective at ``params``
       (one more pass unless the fit converged, when ``params`` is the point last evaluated).
 
     Raises:
