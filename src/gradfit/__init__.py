@@ -7,22 +7,31 @@ Public surface::
     gradfit.losses.mse / bce / l2_penalty               (pure losses)
     gradfit.gradients.mse / bce                         (hand-derived gradients)
     gradfit.check_gradients()                           (hand vs jax.grad table)
+    gradfit.solve(params0, X, y, ..., steps=)  -> Solution   (pure; jit/vmap/grad-able)
+    gradfit.datasets                                    (synthetic and small real data)
+    gradfit.sklearn.GDRegressor / GDClassifier          (import gradfit.sklearn; needs scikit-learn)
     gradfit.fit_streaming("X.npy", "y.npy", ...)        (data bigger than memory, streamed)
 
 Importing gradfit changes no JAX setting; enable float64 yourself with
 ``jax.config.update("jax_enable_x64", True)``.
 """
 
+from gradfit import datasets as datasets
 from gradfit import gradients as gradients
 from gradfit import losses as losses
 from gradfit import stream as stream
 from gradfit._params import Params as Params
 from gradfit._params import predict as predict
 from gradfit.gradients import check_gradients as check_gradients
+from gradfit.functional import Solution as Solution
+from gradfit.functional import solve as solve
 from gradfit.solver import FitResult as FitResult
 from gradfit.solver import fit as fit
 from gradfit.stream import fit_streaming as fit_streaming
 
 __version__ = "0.1.0"
 
-__all__ = ["FitResult", "Params", "check_gradients", "fit", "fit_streaming", "gradients", "losses", "predict", "stream"]
+__all__ = [
+    "FitResult", "Params", "Solution", "check_gradients", "datasets", "fit", "fit_streaming", "gradients", "losses",
+    "predict", "solve", "stream",
+]

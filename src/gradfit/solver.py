@@ -4,7 +4,8 @@ One step evaluates the objective ``J(p) = loss(p; X, y) + (l2/2) ||W||^2`` and i
 applies an optax update, and decides from data alone whether to go on:
 
 - **converged** when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)`` (scipy's
-  ``ftol`` test); the params ``p_t`` are kept;
+  ``ftol`` test; tol is at least 4 eps of the dtype, since smaller changes are rounding);
+  the params ``p_t`` are kept;
 - **diverged** when ``J_t`` is not finite or exceeds ``1e6 * max(J_0, eps)``; the last
   params whose objective passed that test, ``p_{t-1}``, are kept.
 
@@ -225,7 +226,9 @@ def advance(
     eps = jnp.finfo(value.dtype).eps
     bad = ~jnp.isfinite(value) | (value > DIVERGENCE_FACTOR * jnp.maximum(initial, eps))
     scale = jnp.maximum(jnp.maximum(jnp.abs(state.loss), jnp.abs(value)), 1)
-    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= hyper.tol * scale)
+    # A change within a few ulps of the dtype is no change, whatever tol asks for.
+    tol = jnp.where(hyper.tol < 0, hyper.tol, jnp.maximum(hyper.tol, 4 * eps))
+    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= tol * scale)
     params = jax.tree.map(
         lambda fb, cur, new: jnp.where(bad, fb, jnp.where(converged, cur, new)),
         fallback, state.params, candidate,
@@ -605,7 +608,7 @@ def _warn_divergence(steps, diverged, learning_rate) -> None:
     if learning_rate is not None:
         hint = f"; try a smaller learning_rate, e.g. {float(np.min(learning_rate)) / 10:g}, or standardise X"
     warnings.warn(
-        f"the fit diverged (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}x) at step {at - 1}: "
+        f"the fit diverged at step {at - 1} (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}-fold): "
         f"returning the last params before it{hint}",
         RuntimeWarning,
         stacklevel=3,
