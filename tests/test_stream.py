@@ -251,6 +251,8 @@ def test_minibatch_bce_with_momentum_approaches_sklearn(x64, rng, tmp_path):
 def test_file_errors_name_the_problem(tmp_path, rng):
     X, y = _regression(rng, m=20)
     xp, yp = _save(tmp_path, X, y)
+    with pytest.raises(ValueError, match="fit_streaming"):
+        gradfit.fit(str(xp), y)
     with pytest.raises(ValueError, match="does not exist"):
         stream.fit_streaming(tmp_path / "missing.npy", yp)
     np.save(tmp_path / "short.npy", y[:19])
