@@ -356,10 +356,15 @@ class Prefetcher:
         self._put(_DONE)
 
     def __enter__(self) -> "Prefetcher":
-        self._thread.start()
+        self._start()
         return self
 
+    def _start(self) -> None:
+        if self._thread.ident is None:
+            self._thread.start()
+
     def __iter__(self) -> Iterator[Any]:
+        self._start()
         while True:
             item = self._queue.get()
             if item is _DONE:
