@@ -174,6 +174,16 @@ def test_new_hyperparameters_compile_nothing(x64, rng, tmp_path, compile_counter
     again = stream.fit_streaming(xp, yp, loss="bce", learning_rate=0.3, l2=0.1, tol=1e-3, steps=4, chunk_bytes=SMALL)
     assert again.stats["compile_seconds"] == 0.0
     assert compile_counter.count == before
+    y_reg = X @ rng.standard_normal(4)
+    xp, yp = _save(tmp_path, X, y_reg, name="reg")
+    seen = []
+    stream.fit_streaming(xp, yp, learning_rate=0.1, steps=3, chunk_bytes=SMALL, chunk_size=2)
+    before = compile_counter.count
+    again = stream.fit_streaming(xp, yp, learning_rate=0.2, l2=0.5, steps=5, chunk_bytes=SMALL, chunk_size=2,
+                                 callback=lambda state, history: seen.append(len(history)))
+    assert again.stats["compile_seconds"] == 0.0 and again.stats["method"] == "statistics"
+    assert compile_counter.count == before
+    assert seen == [2, 4, 6]  # between compiled chunks of 2 steps (NaN-padded past the last step)
 
 
 # --------------------------------------------------------------------------- minibatch epochs
