@@ -39,17 +39,28 @@ SMALL = 24 * 4 * 8
 
 
 # --------------------------------------------------------------------------- statistics
-@pytest.mark.parametrize("k", [None, 3])
-def test_sufficient_statistics_match_numpy(x64, rng, tmp_path, k):
+@pytest.mark.parametrize("k,offset", [(None, 0.0), (3, 0.0), (None, 5.0), (3, 5.0)])
+def test_sufficient_statistics_match_numpy(x64, rng, tmp_path, k, offset):
     X, y = _regression(rng, k=k)
+    X, y = X - 0.5 + offset, y - np.mean(y, axis=0)  # centred data, or columns far from 0
     xp, yp = _save(tmp_path, X, y)
     s = stream.sufficient_statistics(xp, yp, chunk_bytes=SMALL)
-    np.testing.assert_allclose(s.XtX, X.T @ X, rtol=1e-12)
-    np.testing.assert_allclose(s.Xty, X.T @ y, rtol=1e-12)
-    np.testing.assert_allclose(s.yty, np.sum(y * y), rtol=1e-12)
-    np.testing.assert_allclose(s.x_sum, X.sum(0), rtol=1e-12)
-    np.testing.assert_allclose(s.y_sum, y.sum(0), rtol=1e-12)
+    if offset:  # shifted by the first chunk's means
+        np.testing.assert_allclose(s.x_shift, X[:24].mean(0), rtol=1e-12)
+        np.testing.assert_allclose(s.y_shift, y[:24].mean(0), rtol=1e-12)
+    else:  # no shift needed
+        assert not np.any(s.x_shift) and not np.any(s.y_shift)
+    Xs, ys = X - np.asarray(s.x_shift), y - np.asarray(s.y_shift)
+    np.testing.assert_allclose(s.XtX, Xs.T @ Xs, rtol=1e-12)
+    np.testing.assert_allclose(s.Xty, Xs.T @ ys, rtol=1e-12)
+    np.testing.assert_allclose(s.yty, np.sum(ys * ys), rtol=1e-12)
+    np.testing.assert_allclose(s.x_sum, Xs.sum(0), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(s.y_sum, ys.sum(0), rtol=1e-10, atol=1e-10)
     assert float(s.count) == len(X)
+    raw = stream.unshifted(s)
+    for got, want in ((raw.XtX, X.T @ X), (raw.Xty, X.T @ y), (raw.yty, np.sum(y * y)), (raw.x_sum, X.sum(0)),
+                      (raw.y_sum, y.sum(0))):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
 
 
 def test_statistics_of_row_ranges_add_up(x64, rng, tmp_path):
@@ -57,19 +68,22 @@ def test_statistics_of_row_ranges_add_up(x64, rng, tmp_path):
     xp, yp = _save(tmp_path, X, y)
     parts = [stream.row_range(101, i, 3) for i in range(3)]
     assert parts == [(0, 34), (34, 68), (68, 101)]
-    total = [stream.sufficient_statistics(xp, yp, rows=r, chunk_bytes=SMALL) for r in parts]
-    summed = jax.tree.map(lambda *a: sum(a), *total)
-    np.testing.assert_allclose(summed.XtX, X.T @ X, rtol=1e-12)
-    np.testing.assert_allclose(summed.Xty, X.T @ y, rtol=1e-12)
+    shift = (np.full(4, 0.5), np.asarray(0.3))
+    total = [stream.sufficient_statistics(xp, yp, rows=r, chunk_bytes=SMALL, shift=shift) for r in parts]
+    summed = jax.tree.map(lambda *a: sum(a), *total)._replace(x_shift=shift[0], y_shift=shift[1])
+    raw = stream.unshifted(summed)
+    np.testing.assert_allclose(raw.XtX, X.T @ X, rtol=1e-12)
+    np.testing.assert_allclose(raw.Xty, X.T @ y, rtol=1e-12)
     assert float(summed.count) == 101
     a, b = parts[1]
-    np.testing.assert_allclose(total[1].XtX, X[a:b].T @ X[a:b], rtol=1e-12)
+    np.testing.assert_allclose(total[1].XtX, (X[a:b] - 0.5).T @ (X[a:b] - 0.5), rtol=1e-12)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "half_mean", "sum"])
 def test_statistics_objective_and_gradient_equal_the_losses(x64, rng, reduction):
     X, y = _regression(rng, m=50, k=2)
-    s = stream._chunk_statistics(X, y)._replace(count=np.float64(len(X)))
+    shift = (rng.standard_normal(4), rng.standard_normal(2))
+    s = stream._chunk_statistics(X, y, np.ones(50), *shift)._replace(count=np.float64(50), x_shift=shift[0], y_shift=shift[1])
     p = Params(rng.standard_normal((4, 2)), rng.standard_normal(2))
     direct = gradfit.losses.mse(p, X, y, reduction=reduction) + gradfit.losses.l2_penalty(p, 0.3)
     np.testing.assert_allclose(stream.statistics_objective(p, s, 0.3, reduction), direct, rtol=1e-10)
@@ -77,6 +91,18 @@ def test_statistics_objective_and_gradient_equal_the_losses(x64, rng, reduction)
     hand = stream.statistics_gradient(p, s, 0.3, reduction)
     for a, b in zip(hand, g):
         np.testing.assert_allclose(a, b, rtol=1e-10)
+
+
+def test_statistics_of_uncentred_float32_columns_keep_their_spread(rng, tmp_path):
+    """A column of mean 1000 and spread 1: float32 statistics about a shift still solve to lstsq."""
+    X = (rng.standard_normal((20_000, 3)) + [1000.0, -50.0, 3.0]).astype(np.float32)
+    y = (X @ [1.0, 2.0, -1.0] + 0.1 * rng.standard_normal(20_000)).astype(np.float32)
+    xp, yp = _save(tmp_path, X, y)
+    s = stream.sufficient_statistics(xp, yp, chunk_bytes=4096)
+    params, _ = stream.solve_statistics(s)
+    theta = np.linalg.lstsq(np.hstack([X.astype(np.float64), np.ones((len(X), 1))]), y.astype(np.float64), rcond=None)[0]
+    np.testing.assert_allclose(params.W, theta[:3], rtol=2e-3)
+    np.testing.assert_allclose(params.b, theta[3], rtol=2e-3, atol=1e-3 * abs(theta[3]))
 
 
 @pytest.mark.parametrize("fit_intercept", [True, False])

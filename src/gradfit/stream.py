@@ -448,11 +448,20 @@ def _raise_bad_chunk(data: StreamedData, oks: list[tuple[int, jax.Array]], loss:
 
 # --------------------------------------------------------------------------- sufficient statistics
 class Statistics(NamedTuple):
-    """Sufficient statistics of MSE over m rows (in the compute dtype).
+    """Sufficient statistics of MSE over m rows (in the compute dtype), about a shift.
 
-    XtX: (n, n) ``X^T X``. Xty: (n,) or (n, k) ``X^T y``. yty: () ``sum_i ||y_i||^2``.
-    x_sum: (n,) ``sum_i x_i``. y_sum: () or (k,) ``sum_i y_i``. count: () m.
-    Statistics of disjoint row ranges add up field by field.
+    With the shifted rows ``x'_i = x_i - x_shift`` and ``y'_i = y_i - y_shift``:
+    XtX: (n, n) ``X'^T X'``. Xty: (n,) or (n, k) ``X'^T y'``. yty: () ``sum_i ||y'_i||^2``.
+    x_sum: (n,) ``sum_i x'_i``. y_sum: () or (k,) ``sum_i y'_i``. count: () m.
+    x_shift: (n,), y_shift: () or (k,): by default the means of the first chunk's rows when
+    some column's mean there exceeds twice its standard deviation, else 0 (no shift, no cost).
+
+    The shift keeps float32 statistics exact enough for columns far from zero: a column of
+    mean 1000 and spread 1 loses its spread to rounding in a raw ``X^T X`` (about 5% error in
+    W when solved), not in the shifted one. Shifting costs one more write and read of each
+    chunk, so centred data skip it. Statistics with the same shift (see
+    ``sufficient_statistics(shift=)``) of disjoint row ranges add up field by field, shifts
+    excepted. :func:`unshifted` gives the raw moments in float64.
     """
 
     XtX: jax.Array
@@ -461,28 +470,61 @@ class Statistics(NamedTuple):
     x_sum: jax.Array
     y_sum: jax.Array
     count: jax.Array
+    x_shift: jax.Array
+    y_shift: jax.Array
 
 
-def _chunk_statistics(X: jax.Array, y: jax.Array) -> Statistics:
-    """The statistics of one chunk (zero padding rows add nothing); count left at 0."""
-    zero = jnp.zeros((), X.dtype)
+def unshifted(stats: Statistics) -> Statistics:
+    """The raw moments ``X^T X``, ``X^T y``, ... (shift 0) in float64 numpy, from shifted ones.
+
+    ``X^T X = X'^T X' + x_sum' mu^T + mu x_sum'^T + m mu mu^T`` and likewise for the others
+    (mu = x_shift, nu = y_shift).
+    """
+    s = Statistics(*(np.asarray(a, np.float64) for a in stats))
+    mu, nu, m = s.x_shift, s.y_shift, s.count
+    outer = np.multiply.outer
     return Statistics(
-        XtX=jnp.tensordot(X, X, axes=(0, 0)),
-        Xty=jnp.tensordot(X, y, axes=(0, 0)),
-        yty=jnp.sum(y * y),
-        x_sum=jnp.sum(X, axis=0),
-        y_sum=jnp.sum(y, axis=0),
-        count=zero,
+        XtX=s.XtX + outer(s.x_sum, mu) + outer(mu, s.x_sum) + m * outer(mu, mu),
+        Xty=s.Xty + outer(s.x_sum, nu) + outer(mu, s.y_sum) + m * outer(mu, nu),
+        yty=s.yty + 2 * np.sum(nu * s.y_sum) + m * np.sum(nu * nu),
+        x_sum=s.x_sum + m * mu,
+        y_sum=s.y_sum + m * nu,
+        count=m,
+        x_shift=np.zeros_like(mu),
+        y_shift=np.zeros_like(nu),
     )
 
 
-def _accumulate_statistics(total: Statistics, compensation: Statistics, X: jax.Array, y: jax.Array):
+def _chunk_statistics(X: jax.Array, y: jax.Array, weight: jax.Array, x_shift: jax.Array, y_shift: jax.Array,
+                      shifted: bool = True) -> Statistics:
+    """The statistics of one chunk about the shift; rows of weight 0 (padding) add nothing.
+
+    ``shifted=False`` ignores the shift (zero) and the weights (padding rows are zeros).
+    The shifts are returned as zeros (they are not summed) and count as 0 (counted on the host).
+    """
+    Xs, ys = X, y
+    if shifted:
+        Xs = (X - x_shift[None, :]) * weight[:, None]
+        ys = (y - y_shift) * weight if y.ndim == 1 else (y - y_shift[None, :]) * weight[:, None]
+    return Statistics(
+        XtX=jnp.tensordot(Xs, Xs, axes=(0, 0)),
+        Xty=jnp.tensordot(Xs, ys, axes=(0, 0)),
+        yty=jnp.sum(ys * ys),
+        x_sum=jnp.sum(Xs, axis=0),
+        y_sum=jnp.sum(ys, axis=0),
+        count=jnp.zeros((), X.dtype),
+        x_shift=jnp.zeros_like(x_shift),
+        y_shift=jnp.zeros_like(y_shift),
+    )
+
+
+def _accumulate_statistics(total: Statistics, compensation: Statistics, X, y, weight, x_shift, y_shift, shifted: bool):
     """Add one chunk's statistics to the running total by Kahan (compensated) summation.
 
     Returns (total, compensation, chunk_ok): the sum over chunks keeps the error of a
     handful of roundings, not one per chunk.
     """
-    part = _chunk_statistics(X, y)
+    part = _chunk_statistics(X, y, weight, x_shift, y_shift, shifted)
     adj = jax.tree.map(jnp.subtract, part, compensation)
     new = jax.tree.map(jnp.add, total, adj)
     compensation = jax.tree.map(lambda t, n, a: (n - t) - a, total, new, adj)
@@ -497,40 +539,71 @@ def sufficient_statistics(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     prefetch: int = DEFAULT_PREFETCH,
     dtype=None,
+    shift: tuple[Any, Any] | None = None,
 ) -> Statistics:
     """:class:`Statistics` of X and y (paths to .npy files or arrays) in one streamed pass.
 
     ``rows=(start, stop)`` reads only those rows (one process's part, :func:`row_range`).
+    ``shift=(x_shift (n,), y_shift () or (k,))`` sets the shift (default: see
+    :class:`Statistics`); give every process the same one when their statistics are to be added.
     Raises ValueError for unreadable files, mismatched shapes, and NaN/inf (naming the rows).
     """
     data = StreamedData.open(X, y, rows=rows, chunk_bytes=chunk_bytes, dtype=dtype)
-    stats, _, _ = _statistics_pass(data, _validation.positive_int(prefetch, "prefetch"))
+    stats, _, _ = _statistics_pass(data, _validation.positive_int(prefetch, "prefetch"), shift)
     return stats
 
 
-def _statistics_pass(data: StreamedData, prefetch: int) -> tuple[Statistics, float, float]:
+def _default_shift(data: StreamedData) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first chunk's column means of X and y (compute dtype) if some column's mean exceeds
+    twice its standard deviation there, else None (no shift). Non-finite values count as 0 (the pass
+    names the bad rows)."""
+    X, y, valid = data.read(0)
+    out = []
+    far = False
+    for a in (X[:valid], y[:valid]):
+        a = a.reshape(valid, -1)
+        with np.errstate(all="ignore"):
+            mean = np.mean(a, axis=0, dtype=np.float64)
+            std = np.std(a, axis=0, dtype=np.float64)
+        far |= bool(np.any(np.abs(mean) > 2 * std))
+        out.append(np.where(np.isfinite(mean), mean, 0).astype(data.dtype))
+    if not far:
+        return None
+    return out[0], out[1].reshape(data.y.shape[1:])
+
+
+def _statistics_pass(data: StreamedData, prefetch: int, shift=None) -> tuple[Statistics, float, float]:
     """One pass: (statistics, compile seconds, pass seconds)."""
     n = data.X.shape[1]
-    out = data.y.shape[1:]
+    out = tuple(data.y.shape[1:])
     dt = data.dtype
+    shifted = True
+    if shift is None:
+        shift = _default_shift(data)
+        if shift is None:
+            shifted, shift = False, (np.zeros(n, dt), np.zeros(out, dt))
+    x_shift, y_shift = (jnp.asarray(a, dt) for a in shift)
+    if x_shift.shape != (n,) or y_shift.shape != out:
+        raise ValueError(f"shift must be (x_shift {(n,)}, y_shift {out}), got {x_shift.shape} and {y_shift.shape}")
     total = Statistics(
         jnp.zeros((n, n), dt), jnp.zeros((n, *out), dt), jnp.zeros((), dt),
-        jnp.zeros((n,), dt), jnp.zeros(out, dt), jnp.zeros((), dt),
+        jnp.zeros((n,), dt), jnp.zeros(out, dt), jnp.zeros((), dt), jnp.zeros((n,), dt), jnp.zeros(out, dt),
     )
     compensation = total
     accumulate, compile_seconds = _compiled(
-        _accumulate_statistics, (), (total, compensation, *_chunk_shapes(data)[:2])
+        _accumulate_statistics, (("shifted", shifted),), (total, compensation, *_chunk_shapes(data), x_shift, y_shift)
     )
+    weights = _weight_cache(data)
     oks = []
     pending: list = []
     start = time.perf_counter()
     with _chunks(data, range(data.n_chunks), prefetch) as chunks:
-        for i, Xc, yc, _ in chunks:
-            total, compensation, ok = accumulate(total, compensation, Xc, yc)
+        for i, Xc, yc, valid in chunks:
+            total, compensation, ok = accumulate(total, compensation, Xc, yc, weights(valid), x_shift, y_shift)
             oks.append((i, ok))
             _throttle(pending, total.yty)
     _raise_bad_chunk(data, oks, "mse")
-    total = total._replace(count=jnp.asarray(data.m, dt))
+    total = total._replace(count=jnp.asarray(data.m, dt), x_shift=x_shift, y_shift=y_shift)
     jax.block_until_ready(total)
     return total, compile_seconds, time.perf_counter() - start
 
@@ -577,16 +650,24 @@ def _throttle(pending: list, latest: jax.Array, depth: int = 1) -> None:
 def statistics_objective(params: Params, stats: Statistics, l2, reduction: str) -> jax.Array:
     """The mse objective of :func:`gradfit.solver.objective`, written in the statistics.
 
-    ``sum_i ||y_i - x_i W - b||^2 = yty - 2 <W, X^T y> - 2 <b, y_sum> + <W, X^T X W>
-    + 2 <x_sum W, b> + m ||b||^2``, times ``c = 1/m`` ("mean"), ``1/(2m)`` ("half_mean") or 1
+    In the shifted rows, ``x_i W + b - y_i = x'_i W + b' - y'_i`` with
+    ``b' = b + x_shift W - y_shift``, and
+    ``sum_i ||y'_i - x'_i W - b'||^2 = yty - 2 <W, X'^T y'> - 2 <b', y_sum> + <W, X'^T X' W>
+    + 2 <x_sum W, b'> + m ||b'||^2``, times ``c = 1/m`` ("mean"), ``1/(2m)`` ("half_mean") or 1
     ("sum"), plus ``(l2/2) ||W||^2``. Shapes as :class:`Statistics` and :class:`~gradfit.Params`.
     """
     scale = {"mean": 1 / stats.count, "half_mean": 1 / (2 * stats.count), "sum": 1}[reduction]
-    return scale * _squared_error_sum(params, stats, jnp) + losses.l2_penalty(params, l2)
+    return scale * _squared_error_sum(_shifted_params(params, stats), stats, jnp) + losses.l2_penalty(params, l2)
+
+
+def _shifted_params(params: Params, s: Statistics) -> Params:
+    """``(W, b + x_shift W - y_shift)``: the model in the shifted coordinates."""
+    return Params(params.W, params.b + jnp.tensordot(s.x_shift, params.W, axes=(0, 0)) - s.y_shift)
 
 
 def _squared_error_sum(params: Params, s: Statistics, xp) -> Any:
-    """``sum_i ||y_i - x_i W - b||^2`` from the statistics, with ``xp`` numpy or jax.numpy."""
+    """``sum_i ||y'_i - x'_i W - b'||^2`` from the statistics (params in the shifted
+    coordinates, ``xp`` numpy or jax.numpy)."""
     W, b = params
     return (
         s.yty
@@ -601,25 +682,31 @@ def _squared_error_sum(params: Params, s: Statistics, xp) -> Any:
 def statistics_gradient(params: Params, stats: Statistics, l2, reduction: str) -> Params:
     """The gradient of :func:`statistics_objective`, in closed form.
 
-    ``dW = 2c (X^T X W + x_sum^T b - X^T y) + l2 W`` (x_sum^T b the outer product),
-    ``db = 2c (x_sum W + m b - y_sum)``: the Q&A seed's ``-(2/m) X^T (Y - Yhat)`` expanded.
+    In the shifted coordinates (b' as there): ``dW' = 2c (X'^T X' W + x_sum^T b' - X'^T y')``
+    (x_sum^T b' the outer product), ``db' = 2c (x_sum W + m b' - y_sum)``: the Q&A seed's
+    ``-(2/m) X^T (Y - Yhat)`` expanded. By the chain rule through b',
+    ``dW = dW' + x_shift^T db' + l2 W`` and ``db = db'``.
     """
-    W, b = params
+    W, b = _shifted_params(params, stats)
     s = stats
     scale = {"mean": 1 / s.count, "half_mean": 1 / (2 * s.count), "sum": 1}[reduction]
-    xb = s.x_sum * b if W.ndim == 1 else jnp.outer(s.x_sum, b)
-    dW = 2 * scale * (jnp.tensordot(s.XtX, W, axes=(1, 0)) + xb - s.Xty) + l2 * W
+
+    def outer(u, v):
+        return u * v if v.ndim == 0 else jnp.outer(u, v)
+
     db = 2 * scale * (jnp.tensordot(s.x_sum, W, axes=(0, 0)) + s.count * b - s.y_sum)
-    return Params(dW, db)
+    dW = 2 * scale * (jnp.tensordot(s.XtX, W, axes=(1, 0)) + outer(s.x_sum, b) - s.Xty)
+    return Params(dW + outer(s.x_shift, db) + l2 * W, db)
 
 
 def solve_statistics(stats: Statistics, *, reduction: str = "mean", l2: float = 0.0, fit_intercept: bool = True):
     """The exact minimiser of :func:`statistics_objective` in float64 on the host: (Params, J*).
 
-    With an intercept the normal equations are solved on centred statistics,
-    ``(2c (X^T X - m xbar xbar^T) + l2 I) W = 2c (X^T y - m xbar ybar^T)``, ``b = ybar - xbar W``.
+    From the raw moments (:func:`unshifted`), with an intercept the normal equations are solved
+    on centred statistics, ``(2c (X^T X - m xbar xbar^T) + l2 I) W = 2c (X^T y - m xbar ybar^T)``,
+    ``b = ybar - xbar W`` (without, xbar = ybar = 0 and b = 0).
     """
-    s = Statistics(*(np.asarray(a, np.float64) for a in stats))
+    s = unshifted(stats)
     c = {"mean": 1 / s.count, "half_mean": 1 / (2 * s.count), "sum": 1.0}[reduction]
     m = s.count
     xbar = s.x_sum / m if fit_intercept else np.zeros_like(s.x_sum)
