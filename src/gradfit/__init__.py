@@ -10,6 +10,8 @@ Public surface::
     gradfit.solve(params0, X, y, ..., steps=)  -> Solution   (pure; jit/vmap/grad-able)
     gradfit.datasets                                    (synthetic and small real data)
     gradfit.sklearn.GDRegressor / GDClassifier          (import gradfit.sklearn; needs scikit-learn)
+    gradfit.shard_rows(data, devices) -> Data           (rows split over devices; sharding)
+    gradfit.distributed.initialize / load_rows          (several processes or hosts)
     gradfit.fit_streaming("X.npy", "y.npy", ...)        (data bigger than memory, streamed)
 
 Importing gradfit changes no JAX setting; enable float64 yourself with
@@ -17,6 +19,7 @@ Importing gradfit changes no JAX setting; enable float64 yourself with
 """
 
 from gradfit import datasets as datasets
+from gradfit import distributed as distributed
 from gradfit import gradients as gradients
 from gradfit import losses as losses
 from gradfit import stream as stream
@@ -26,12 +29,13 @@ from gradfit.gradients import check_gradients as check_gradients
 from gradfit.functional import Solution as Solution
 from gradfit.functional import solve as solve
 from gradfit.solver import FitResult as FitResult
+from gradfit.sharding import shard_rows as shard_rows
 from gradfit.solver import fit as fit
 from gradfit.stream import fit_streaming as fit_streaming
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FitResult", "Params", "Solution", "check_gradients", "datasets", "fit", "fit_streaming", "gradients", "losses",
-    "predict", "solve", "stream",
+    "FitResult", "Params", "Solution", "check_gradients", "datasets", "distributed", "fit", "fit_streaming",
+    "gradients", "losses", "predict", "shard_rows", "solve", "stream",
 ]
