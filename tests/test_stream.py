@@ -354,6 +354,8 @@ def test_cli_streams_and_writes_nothing_on_bad_data(tmp_path, rng, capsys):
     assert cli.main([*base, "--set", f"output.dir='{bad_out}'"]) == 2
     assert "first at row 100" in capsys.readouterr().err
     assert not bad_out.exists()
+    assert cli.main([*base, "--set", f"output.dir='{bad_out}'", "--set", "fit.devices=2"]) == 2
+    assert "one process on one device" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- the reader and its thread
