@@ -13,6 +13,7 @@ Public surface::
     gradfit.sklearn.GDRegressor / GDClassifier          (import gradfit.sklearn; needs scikit-learn)
     gradfit.shard_rows(data, devices) -> Data           (rows split over devices; sharding)
     gradfit.distributed.initialize / load_rows          (several processes or hosts)
+    gradfit.fit_streaming("X.npy", "y.npy", ...)        (data bigger than memory, streamed)
 
 Importing gradfit changes no JAX setting; enable float64 yourself with
 ``jax.config.update("jax_enable_x64", True)``.
@@ -22,6 +23,7 @@ from gradfit import datasets as datasets
 from gradfit import distributed as distributed
 from gradfit import gradients as gradients
 from gradfit import losses as losses
+from gradfit import stream as stream
 from gradfit._params import Params as Params
 from gradfit._params import predict as predict
 from gradfit.gradients import check_gradients as check_gradients
@@ -32,10 +34,11 @@ from gradfit.sharding import shard_rows as shard_rows
 from gradfit.solver import fit as fit
 from gradfit.sweep import SweepResult as SweepResult
 from gradfit.sweep import sweep as sweep  # the function; the module is gradfit.sweep in sys.modules
+from gradfit.stream import fit_streaming as fit_streaming
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FitResult", "Params", "Solution", "SweepResult", "check_gradients", "datasets", "distributed", "fit",
-    "gradients", "losses", "predict", "shard_rows", "solve", "sweep",
+    "fit_streaming", "gradients", "losses", "predict", "shard_rows", "solve", "stream", "sweep",
 ]

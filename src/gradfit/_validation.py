@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,11 @@ def as_numeric(a, name: str) -> np.ndarray | jax.Array:
     """Return ``a`` as a real numeric array (numpy, memory map or jax), or raise ValueError."""
     if isinstance(a, jax.Array):
         arr = a
+    elif isinstance(a, (str, os.PathLike)):
+        raise ValueError(
+            f"{name} is a path ({str(a)!r}), not an array: load it with np.load, or stream .npy files "
+            "bigger than memory with gradfit.fit_streaming(X_path, y_path, ...)"
+        )
     else:
         try:
             arr = np.asarray(a)

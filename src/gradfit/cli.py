@@ -51,6 +51,8 @@ def cmd_fit(args) -> int:
     from gradfit import _io, config, data, datasets, distributed, solver
 
     cfg = config.load(args.config, args.overrides)
+    if cfg["data"]["stream"]:
+        return _cmd_fit_stream(cfg)
     multi = distributed.initialize_from_config(cfg["distributed"]) is not None
     f = dict(cfg["fit"])
     extra = {}
@@ -150,6 +152,60 @@ def cmd_plot(args) -> int:
     for path in paths:
         print(f"wrote {path}")
     return 0
+def _cmd_fit_stream(cfg) -> int:
+    """``gradfit fit`` with ``data.stream = true``: X and y streamed from .npy files."""
+    from gradfit import _io, stream
+
+    d = cfg["data"]
+    if d["y_source"] is None:
+        raise ValueError("data.stream = true needs data.y_source, the .npy file of targets (data.source is X)")
+    f = dict(cfg["fit"])
+    if f.pop("init") not in (None, "zeros"):
+        raise ValueError("streamed fits start from zeros: leave fit.init unset")
+    if f.pop("devices", None) is not None or any(v is not None for k, v in cfg.get("distributed", {}).items()
+                                                  if k != "initialization_timeout"):
+        raise ValueError("data.stream = true runs in one process on one device: leave fit.devices and [distributed] unset")
+    options = f.pop("optimizer_options")
+    lr = f.pop("learning_rate")
+    out_dir = Path(cfg["output"]["dir"])
+    if d["standardize"]:
+        print("note: data.standardize is not applied to streamed data (the files are used as stored)")
+    print(f"data: streamed from {d['source']} and {d['y_source']}")
+    wall = time.perf_counter()
+    result = stream.fit_streaming(
+        d["source"], d["y_source"], learning_rate=lr, optimizer_options=options, dtype=d["dtype"],
+        **f, **cfg["stream"],
+    )
+    wall = time.perf_counter() - wall
+    st = result.stats
+    report = {
+        "loss": float(result.loss), "steps": result.steps, "converged": result.converged,
+        "diverged": result.diverged, "wall_seconds": wall,
+        **{k: st[k] for k in ("compile_seconds", "run_seconds", "stream_seconds", "passes", "bytes_per_pass",
+                              "chunk_rows", "n_chunks", "method", "backend", "dtype")},
+        "config": cfg,
+    }
+    print(f"loss {report['loss']:.6g} after {result.steps} steps "
+          f"(converged={result.converged}, diverged={result.diverged}); method {st['method']}, "
+          f"{st['passes']} streamed passes of {st['bytes_per_pass'] / 1e9:.3g} GB")
+    print(f"time: compile {st['compile_seconds']:.3f} s, run {st['run_seconds']:.3f} s "
+          f"(streaming {st['stream_seconds']:.3f} s) on {st['backend']}")
+    stats = st.get("sufficient_statistics")
+    if stats is not None and np.ndim(cfg["fit"]["l2"]) == 0:
+        opt, j_opt = stream.solve_statistics(
+            stats, reduction=f["reduction"], l2=float(cfg["fit"]["l2"]), fit_intercept=f["fit_intercept"]
+        )
+        W = np.asarray(result.params.W, np.float64)
+        dist = float(np.linalg.norm(W - opt.W) / max(np.linalg.norm(opt.W), 1e-300))
+        gap = (report["loss"] - j_opt) / max(abs(j_opt), 1e-300)
+        report.update(optimum_loss=j_opt, relative_loss_gap=gap, relative_distance_to_optimum=dist)
+        print(f"least-squares optimum (from the streamed statistics): loss {j_opt:.6g}; relative gap {gap:.3e}; "
+              f"||W - W*|| / ||W*|| = {dist:.3e}")
+    _io.write_npz(out_dir / "params.npz", W=result.params.W, b=result.params.b)
+    _io.write_npz(out_dir / "history.npz", losses=result.losses)
+    _io.write_json(out_dir / "report.json", report)
+    print(f"wrote {out_dir}/params.npz, history.npz, report.json")
+    return 1 if result.diverged else 0
 
 
 def cmd_check_grads(args) -> int:

@@ -27,6 +27,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dtype": "float32",
         "target": None,  # for files: the target column's name or index, or the array name in .npz
         "features": None,  # for files: a list of column names or indices (None: all but the target)
+        # Data bigger than memory: stream X (data.source, a .npy file) and y (y_source, a .npy
+        # file) from disk in row chunks (gradfit.stream.fit_streaming; options in [stream]).
+        "stream": False,
+        "y_source": None,
     },
     "fit": {
         "loss": "mse",
@@ -67,12 +71,19 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "top": 5,  # members printed, best first
         "plot": True,  # loss_curves.png (needs matplotlib: pip install 'gradfit[plot]')
     },
+    "stream": {
+        "method": "auto",  # "auto", "statistics" (mse) or "passes"
+        "chunk_bytes": 64 << 20,  # bytes of X per chunk
+        "prefetch": 2,  # chunks read ahead
+        "shuffle": True,  # minibatch epochs: shuffle chunk order and rows within chunks
+    },
 }
 
 # Keys whose default is None, or a dict, accept these types.
 _OPEN_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
     ("data", "target"): (str, int),
     ("data", "features"): (list,),
+    ("data", "y_source"): (str,),
     ("fit", "learning_rate"): (int, float, list),
     ("fit", "tol"): (int, float),
     ("fit", "batch_size"): (int,),

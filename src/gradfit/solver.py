@@ -209,6 +209,19 @@ def step(state: SolverState, data: Data, hyper: Hyper, static: Static) -> tuple[
     """
     update = _full_batch_update if static.batch_size is None else _epoch_update
     value, candidate, opt_state, fallback, key = update(state, data, hyper, static)
+    return advance(state, hyper, value, candidate, opt_state, fallback, key), value
+
+
+def advance(
+    state: SolverState, hyper: Hyper, value: jax.Array, candidate: Params, opt_state, fallback: Params, key: jax.Array
+) -> SolverState:
+    """Apply the stopping rules to one evaluated step; the rule every data plan shares.
+
+    ``value`` is J_t, evaluated at ``state.params``; ``candidate`` the proposed p_{t+1};
+    ``fallback`` the params kept if J_t is bad. Used by :func:`step` and by the plans that
+    compute J_t elsewhere (e.g. streamed from disk, :mod:`gradfit.stream`). A finished state
+    is returned unchanged.
+    """
     first = state.step == 0
     initial = jnp.where(first, value, state.initial_loss)
     eps = jnp.finfo(value.dtype).eps
@@ -233,8 +246,7 @@ def step(state: SolverState, data: Data, hyper: Hyper, static: Static) -> tuple[
         key=key,
     )
     active = is_active(state, hyper)
-    new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
-    return new, value
+    return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
 
 
 def is_active(state: SolverState, hyper: Hyper) -> jax.Array:
