@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import _optim, _validation, gradients, losses
+from gradfit import _optim, _validation, gradients, health, losses
 from gradfit._params import Params, predict
 
 DIVERGENCE_FACTOR = 1e6
@@ -100,7 +100,10 @@ class FitResult(NamedTuple):
     objective of each epoch), shape (steps,). steps: objective evaluations (epochs with
     ``batch_size``). converged: the ``tol`` test passed. diverged: the loss became non-finite
     or exploded; ``params`` are the last ones before that. stats: timings
-    (``compile_seconds``, ``run_seconds``), ``backend`` and the settings used.
+    (``compile_seconds``, ``run_seconds``), ``backend``, the settings used, and numerical
+    health: ``condition_number`` (estimated before the fit), ``separable`` (bce with l2 = 0),
+    and for a diverged fit ``diverged_at_step`` (-1 for members that did not) and
+    ``suggested_learning_rate``.
 
     With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain
     a leading axis (k or B) and ``losses`` is padded with NaN past each member's ``steps``.
@@ -445,6 +448,8 @@ def fit(
         ``optax.GradientTransformation`` (then leave ``learning_rate`` unset).
       learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's).
         A (k,) array gives each output column its own rate (the columns are vmapped).
+        ``"auto"`` (with ``optimizer="sgd"``): ``1/L`` from a few power iterations on the data,
+        see :func:`gradfit.health.safe_learning_rate`.
       steps: most steps to run (epochs with ``batch_size``).
       tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
       l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
@@ -467,7 +472,15 @@ def fit(
       the same shapes with new values compiles nothing (``stats["compile_seconds"] == 0``).
 
     Raises:
-      ValueError: for bad input, before any compute.
+      ValueError: for bad input, before any compute (docs/faults.md lists every case).
+
+    Warns:
+      gradfit.health.IllConditionedWarning: the data's condition number is too large for
+        the dtype (estimated from a sample of rows before the fit; see
+        :func:`gradfit.health.check_conditioning`), with the remedy.
+      gradfit.health.SeparableWarning: bce with ``l2=0`` on classes the fit separates; no
+        minimiser exists, so the fit is reported as not converged.
+      RuntimeWarning: the fit diverged; names the step and suggests a learning rate.
     """
     if loss not in losses.LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
@@ -491,6 +504,9 @@ def fit(
     if not isinstance(fit_intercept, bool):
         raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
 
+    auto_step = health.wants_auto_step(learning_rate, optimizer, loss)
+    if auto_step:
+        learning_rate = 1.0  # a placeholder for the checks below; 1/L replaces it once the data pass
     if learning_rate is None and isinstance(optimizer, str) and optimizer not in _optim.LINE_SEARCH:
         learning_rate = DEFAULT_LEARNING_RATE
     spec, traced_options = _optim.resolve(optimizer, optimizer_options, learning_rate)
@@ -500,8 +516,7 @@ def fit(
     lr = None if learning_rate is None else _validation.hyperparameter(learning_rate, "learning_rate", positive=True, allowed_shapes=per_output_shapes)
     l2_arr = _validation.hyperparameter(l2, "l2", positive=False, allowed_shapes=per_output_shapes)
     tol_arr = np.asarray(-1.0) if tol is None else _validation.hyperparameter(tol, "tol", positive=False)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    seed = _validation.seed(seed)
 
     dtype = _validation.float_dtype(X)
     sw = None
@@ -513,6 +528,15 @@ def fit(
         if (np.asarray(sw) < 0).any() or not (np.asarray(sw).sum(axis=-1) > 0).all():
             raise ValueError("sample_weight must be >= 0 with a positive sum")
         sw = jnp.asarray(sw, dtype)
+    if auto_step:
+        lr = np.asarray(health.safe_learning_rate(
+            X, loss=loss, reduction=reduction, l2=l2_arr, sample_weight=sw, fit_intercept=fit_intercept, batched=batched,
+        ))
+        learning_rate = float(lr)
+    condition = health.check_conditioning(
+        X, dtype, batched=batched, fit_intercept=fit_intercept, l2=l2_arr, loss=loss, reduction=reduction,
+        sample_weight=sw, stacklevel=2,
+    )
     key = jax.random.key(seed)
     init_key, run_key = jax.random.split(key)
     params = _check_init(init, n, out, dtype, init_key)
@@ -570,10 +594,30 @@ def fit(
         "grad": grad,
         "vmapped": [name for name, on in (("problems", batched), ("outputs", per_output)) if on],
     }
+    stats["condition_number"] = condition
+    if auto_step:
+        stats["learning_rate"] = learning_rate
+    if loss == "bce" and not np.any(l2_arr):
+        # No minimiser exists on separable classes: never report such a fit as converged.
+        sep = health.separated(out_params, data.X, jnp.asarray(y, dtype), batched=batched, sample_weight=sw)
+        sep = sep if per_output or sep.ndim == converged.ndim else sep.any(axis=-1)
+        if sep.any():
+            converged = converged & ~sep
+            warnings.warn(health.separable_message(float(jnp.linalg.norm(out_params.W))), health.SeparableWarning, stacklevel=2)
+        stats["separable"] = sep.tolist()
     if not levels_t:
         steps_taken, converged, diverged = int(steps_taken), bool(converged), bool(diverged)
     if np.any(diverged):
-        _warn_divergence(steps_taken, diverged, learning_rate)
+        stats["diverged_at_step"] = (np.where(diverged, steps_taken, 0) - 1).tolist()
+        suggestion = None
+        if spec.name == "sgd":  # 1/L, the safe step of gradient descent, costs a few dozen passes
+            suggestion = health.safe_learning_rate(
+                X, loss=loss, reduction=reduction, l2=l2_arr, sample_weight=sw, fit_intercept=fit_intercept, batched=batched,
+            )
+        elif learning_rate is not None:
+            suggestion = float(np.min(learning_rate)) / 10
+        stats["suggested_learning_rate"] = suggestion
+        _warn_divergence(steps_taken, diverged, learning_rate, suggestion)
     return FitResult(out_params, final_loss, history, steps_taken, converged, diverged, stats)
 
 
@@ -587,14 +631,26 @@ def _hyper_axes(hyper: Hyper, axis) -> Hyper:
     )
 
 
-def _warn_divergence(steps, diverged, learning_rate) -> None:
-    at = int(np.max(np.where(diverged, steps, 0)))
-    hint = ""
-    if learning_rate is not None:
-        hint = f"; try a smaller learning_rate, e.g. {float(np.min(learning_rate)) / 10:g}, or standardise X"
+def _warn_divergence(steps, diverged, learning_rate, suggestion=None) -> None:
+    """Warn that a fit diverged, naming the step (the first bad objective evaluation, counted
+    from 0) and a step size to try (``suggestion``: 1/L for sgd, else a tenth of the rate)."""
+    at = int(np.max(np.where(diverged, steps, 0))) - 1
+    if at == 0:
+        hint = (
+            ": the objective is not finite at the initial params, so the data overflow "
+            "the dtype; rescale X and y (standardise) or fit in float64"
+        )
+    else:
+        hint = ": returning the last params before it"
+        if suggestion is not None:
+            hint += f"; try learning_rate={suggestion:.3g}"
+            if learning_rate is not None:
+                hint += f" (was {float(np.min(learning_rate)):g})"
+            hint += ", or standardise X"
+        elif learning_rate is not None:
+            hint += "; try a smaller learning_rate, or standardise X"
     warnings.warn(
-        f"the fit diverged (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}x) at step {at - 1}: "
-        f"returning the last params before it{hint}",
+        f"the fit diverged (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}x) at step {at}{hint}",
         RuntimeWarning,
         stacklevel=3,
     )
