@@ -101,7 +101,8 @@ class FitResult(NamedTuple):
     ``batch_size``). converged: the ``tol`` test passed. diverged: the loss became non-finite
     or exploded; ``params`` are the last ones before that. stats: timings
     (``compile_seconds``, ``run_seconds``), ``backend``, the settings used, and numerical
-    health: ``condition_number`` (estimated before the fit), ``separable`` (bce with l2 = 0),
+    health: ``condition_number`` (estimated before the fit), ``separable`` (bce: the fit
+    separates the classes and l2 = 0, so no minimiser exists),
     and for a diverged fit ``diverged_at_step`` (-1 for members that did not) and
     ``suggested_learning_rate``.
 
@@ -605,6 +606,8 @@ def fit(
             converged = converged & ~sep
             warnings.warn(health.separable_message(float(jnp.linalg.norm(out_params.W))), health.SeparableWarning, stacklevel=2)
         stats["separable"] = sep.tolist()
+    elif loss == "bce":
+        stats["separable"] = False  # with a penalty the minimiser exists
     if not levels_t:
         steps_taken, converged, diverged = int(steps_taken), bool(converged), bool(diverged)
     if np.any(diverged):
