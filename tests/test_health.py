@@ -217,3 +217,19 @@ def test_correlated_columns_warn_with_l2(rng):
     with warnings.catch_warnings():  # a penalty bounds the smallest eigenvalue away from 0
         warnings.simplefilter("error")
         gradfit.fit(X, X[:, 2], steps=2, l2=1.0)
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_divergence_on_the_last_step_is_caught(x64, batch_size):
+    """The loop evaluates J before each update; an update that explodes on the very last step
+    is caught by the final evaluation: the params before it are returned, reported diverged."""
+    X = np.full((5, 1), 2.0)
+    y = np.ones(5)
+    # numpy: one full-batch step from zero with lr = 1000 gives W = 8000, b = 4000: J = 4e8 > 1e6 J_0.
+    W1, b1 = 1000 * (2 / 5) * X.T @ y, 1000 * 2.0
+    assert np.mean((X @ W1 + b1 - y) ** 2) > 1e6
+    with pytest.warns(RuntimeWarning, match="diverged .* at step 1: returning the last params before it"):
+        r = gradfit.fit(X, y, learning_rate=1000.0, steps=1, batch_size=batch_size)
+    assert r.diverged and not r.converged and r.steps == 1 and r.stats["diverged_at_step"] == 1
+    np.testing.assert_array_equal(np.asarray(r.params.W), 0.0)
+    assert float(r.loss) == pytest.approx(1.0)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit import _validation
-from gradfit._params import Params
+from gradfit._params import Params, predict
 
 # Rows read by :func:`conditioning`; the exact eigenvalue estimate needs n + 1 <= this many columns.
 CONDITION_ROWS = 2048
@@ -305,7 +305,7 @@ def separated(params: Params, X, y, *, batched: bool = False, sample_weight=None
     """
 
     def one(p, X, y, w):
-        z = X @ p.W + p.b
+        z = predict(p, X)
         ok = jnp.where(y == 1, z > 0, jnp.where(y == 0, z < 0, False))
         if w is not None:
             ok = ok | ((w == 0) if ok.ndim == 1 else (w == 0)[:, None])

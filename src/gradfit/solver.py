@@ -333,6 +333,7 @@ class RunResult(NamedTuple):
     compile_seconds: float
     run_seconds: float
     chunks: int
+    diverged_at_end: Any = None  # (*batch) bool: the objective after the last step was bad
 
 
 def run(
@@ -371,11 +372,41 @@ def run(
         if not active.any():
             break
     final_loss = final(state, data, hyper)
+    # The loop evaluates J before each update, so the last update is checked here, by the same
+    # rule: a bad final objective falls back to the params before it and reports divergence.
+    end = _diverged_at_end(state, final_loss)
+    if end.any():
+        state = _fall_back(state, jnp.asarray(end))
+        final_loss = final(state, data, hyper)
     jax.block_until_ready(final_loss)
     run_seconds = time.perf_counter() - start
     steps_run = int(np.max(np.asarray(state.step)))
     history = np.concatenate(histories, axis=-1)[..., :steps_run]
-    return RunResult(state, final_loss, history, compile_seconds, run_seconds, chunks)
+    return RunResult(state, final_loss, history, compile_seconds, run_seconds, chunks, end)
+
+
+def _diverged_at_end(state: SolverState, final_loss) -> np.ndarray:
+    """Members not yet stopped by divergence whose final objective is non-finite or exceeds
+    ``DIVERGENCE_FACTOR * J_0`` (the rule of :func:`step`)."""
+    f = np.asarray(final_loss)
+    j0 = np.asarray(state.initial_loss)
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~np.isfinite(f) | (f > DIVERGENCE_FACTOR * np.maximum(j0, np.finfo(f.dtype).eps))
+    return ~np.asarray(state.diverged) & bad
+
+
+def _fall_back(state: SolverState, bad: jax.Array) -> SolverState:
+    """For members where ``bad``: params <- prev_params, diverged, not converged."""
+
+    def pick(fallback, current):
+        mask = bad.reshape(bad.shape + (1,) * (current.ndim - bad.ndim))
+        return jnp.where(mask, fallback, current)
+
+    return state._replace(
+        params=jax.tree.map(pick, state.prev_params, state.params),
+        diverged=state.diverged | bad,
+        converged=state.converged & ~bad,
+    )
 
 
 def _active_host(state: SolverState, hyper: Hyper) -> np.ndarray:
@@ -611,7 +642,9 @@ def fit(
     if not levels_t:
         steps_taken, converged, diverged = int(steps_taken), bool(converged), bool(diverged)
     if np.any(diverged):
-        stats["diverged_at_step"] = (np.where(diverged, steps_taken, 0) - 1).tolist()
+        # The index of the first bad objective evaluation (steps_taken when it came after the last step).
+        bad_at = np.asarray(steps_taken) + np.asarray(result.diverged_at_end, int)
+        stats["diverged_at_step"] = np.where(diverged, bad_at - 1, -1).tolist()
         suggestion = None
         if spec.name == "sgd":  # 1/L, the safe step of gradient descent, costs a few dozen passes
             suggestion = health.safe_learning_rate(
@@ -620,7 +653,7 @@ def fit(
         elif learning_rate is not None:
             suggestion = float(np.min(learning_rate)) / 10
         stats["suggested_learning_rate"] = suggestion
-        _warn_divergence(steps_taken, diverged, learning_rate, suggestion)
+        _warn_divergence(bad_at, diverged, learning_rate, suggestion)
     return FitResult(out_params, final_loss, history, steps_taken, converged, diverged, stats)
 
 
