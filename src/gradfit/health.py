@@ -19,6 +19,8 @@ above it, and ``1/L`` is the textbook safe step.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import warnings
 from typing import NamedTuple
@@ -176,6 +178,23 @@ class Conditioning(NamedTuple):
     rows: int
 
 
+@functools.cache
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+def _single_threaded_blas():
+    """BLAS on one thread for the small host matrices of :func:`conditioning`: on a few busy
+    cores OpenBLAS's threads contend with XLA's, and a 1 ms product can take 100 ms (see
+    scripts/bench_health.py). A no-op where threadpoolctl (a scikit-learn dependency) is absent."""
+    controller = _blas_controller()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
 def _sample_rows(m: int, rows: int) -> np.ndarray:
     """``min(m, rows)`` evenly spaced row indices (deterministic; a memory map reads only these)."""
     if m <= rows:
@@ -194,6 +213,11 @@ def conditioning(X, *, fit_intercept: bool = True, l2=0.0, loss: str = "mse", re
     above (the diagonal bound): independent of m, a few milliseconds, and under one pass over X
     once ``m >= s (n + 1)``.
     """
+    with _single_threaded_blas():
+        return _conditioning(X, fit_intercept, l2, loss, reduction, sample_weight, max_rows)
+
+
+def _conditioning(X, fit_intercept, l2, loss, reduction, sample_weight, max_rows) -> Conditioning:
     X_host = X
     m, n = X.shape
     idx = _sample_rows(m, max_rows)
