@@ -8,6 +8,7 @@ an independent reference (np.linalg.lstsq, scikit-learn, numpy written from the 
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import warnings
@@ -130,6 +131,18 @@ def test_bce_boolean_targets_are_fitted_as_0_1(data):
     labels = y > 0
     a = gradfit.fit(X, labels, loss="bce", steps=20, learning_rate=0.5, l2=0.1)
     b = gradfit.fit(X, labels.astype(np.float32), loss="bce", steps=20, learning_rate=0.5, l2=0.1)
+    np.testing.assert_array_equal(np.asarray(a.params.W), np.asarray(b.params.W))
+
+
+@pytest.mark.parametrize("dtype", ["int32", "float16", "bool"])
+def test_integer_bool_and_half_X_are_fitted_in_float32(data, dtype):
+    """A stated behaviour: such X are fitted in JAX's default float, the same bits as X cast to
+    float32 first."""
+    X, y = data
+    X = (X * 4).astype(dtype) if dtype != "bool" else X > 0
+    a = gradfit.fit(X, y, learning_rate=0.05, steps=20)
+    b = gradfit.fit(np.asarray(X, np.float32), y, learning_rate=0.05, steps=20)
+    assert a.stats["dtype"] == "float32" and a.params.W.dtype == np.float32
     np.testing.assert_array_equal(np.asarray(a.params.W), np.asarray(b.params.W))
 
 
@@ -435,3 +448,14 @@ def test_cli_warning_is_one_line(capsys, restore_x64, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1  # diverged
     assert len(err) == 1 and err[0].startswith("gradfit: warning: the fit diverged"), err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["diverged"] is True and report["diverged_at_step"] >= 1
+    assert 0 < report["suggested_learning_rate"] < 5
+
+
+def test_cli_float64_data_are_fitted_in_float64(capsys, restore_x64, tmp_path):
+    rc = cli.main(["fit", "--set", "data.n_samples=50", "--set", "data.dtype=float64", "--set", "fit.steps=5",
+                   "--set", f"output.dir={tmp_path}"])
+    assert rc == 0
+    with np.load(tmp_path / "params.npz") as z:
+        assert z["W"].dtype == np.float64
