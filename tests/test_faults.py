@@ -303,7 +303,7 @@ def test_overflow_at_the_initial_params(data):
     """Targets whose squares overflow float32: the objective is inf at step 0. Reported as
     diverged at step 0 with the remedy (rescale or float64), params left at init, no NaN."""
     X, y = data
-    with pytest.warns(RuntimeWarning, match="at step 0: the objective is not finite at the initial params.*rescale"):
+    with pytest.warns(RuntimeWarning, match=r"at step 0 \(.*\): the objective is not finite at the initial params.*rescale"):
         r = gradfit.fit(X, y * np.float32(1e19), steps=10)
     assert r.diverged and not r.converged and r.steps == 1
     np.testing.assert_array_equal(np.asarray(r.params.W), 0.0)

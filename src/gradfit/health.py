@@ -278,9 +278,11 @@ def check_conditioning(X, dtype, *, batched: bool = False, stacklevel: int = 2, 
 
     The message names the cause (column scales, offsets, or correlated columns) and the
     remedies: standardise X, float64, an l2 penalty, and a step below 2/L. Returns the
-    largest condition estimate.
+    largest condition estimate (NaN, unchecked, for arrays spread over several processes).
     """
     sw = kwargs.pop("sample_weight", None)
+    if isinstance(X, jax.Array) and not X.is_fully_addressable:
+        return float("nan")  # rows spread over several processes: not sampled from here
     problems = range(min(X.shape[0], 8)) if batched else [None]
     worst = None
     for i in problems:
