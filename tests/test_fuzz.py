@@ -32,7 +32,7 @@ def selected_slow(request):
         pytest.skip("a few thousand examples: run with -m slow")
 
 
-FAST = settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FAST = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 SLOW = settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
 
 

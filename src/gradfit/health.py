@@ -357,7 +357,7 @@ def separable_message(W_norm: float) -> str:
 AUTO = "auto"
 
 
-def wants_auto_step(learning_rate, optimizer, loss: str) -> bool:
+def wants_auto_step(learning_rate, optimizer) -> bool:
     """True for ``learning_rate="auto"``; raise ValueError for another string, or for "auto"
     with an optimizer other than plain gradient descent (``"sgd"``), whose safe step 1/L is."""
     if not isinstance(learning_rate, str):

@@ -550,7 +550,7 @@ def fit(
     if not isinstance(fit_intercept, bool):
         raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
 
-    auto_step = health.wants_auto_step(learning_rate, optimizer, loss)
+    auto_step = health.wants_auto_step(learning_rate, optimizer)
     if auto_step:
         learning_rate = 1.0  # a placeholder for the checks below; 1/L replaces it once the data pass
     if learning_rate is None and isinstance(optimizer, str) and optimizer not in _optim.LINE_SEARCH:
