@@ -233,3 +233,12 @@ def test_divergence_on_the_last_step_is_caught(x64, batch_size):
     assert r.diverged and not r.converged and r.steps == 1 and r.stats["diverged_at_step"] == 1
     np.testing.assert_array_equal(np.asarray(r.params.W), 0.0)
     assert float(r.loss) == pytest.approx(1.0)
+
+
+def test_lipschitz_with_huge_weights(rng):
+    """"mean" divides by sum(w), so scaling every weight by 1e30 changes nothing (and nothing
+    overflows float32 on the way)."""
+    X = rng.standard_normal((40, 3)).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, 40).astype(np.float32)
+    ref = np.linalg.eigvalsh(_hessian(X, w=w))[-1]
+    np.testing.assert_allclose(health.lipschitz(X, sample_weight=w * np.float32(1e30)), ref, rtol=1e-3)

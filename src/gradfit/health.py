@@ -123,16 +123,17 @@ def lipschitz(
     penalty = float(np.max(np.asarray(l2, np.float64)))
     # Power iterations on A / 2^e with 2^e ~ max |A| (exact scaling), so that A^T D A v cannot
     # overflow the dtype; lambda_max(A^T D A) = 4^e lambda_max((A/2^e)^T D (A/2^e)).
-    top = max(float(jnp.max(jnp.abs(X))), 1.0 if fit_intercept else 0.0) * float(jnp.max(w))
-    if top == 0:
+    # The weights are scaled to max 1 the same way: lambda_max scales by max(w).
+    top = max(float(jnp.max(jnp.abs(X))), 1.0 if fit_intercept else 0.0)
+    w_top = float(jnp.max(w))
+    if top == 0 or w_top == 0:
         return penalty
     e = math.frexp(top)[1]
     X = X * jnp.asarray(2.0**-e, dtype)
     intercept = jnp.asarray((1.0 if fit_intercept else 0.0) * 2.0**-e, dtype)
-    w_scaled = w / jnp.max(w)
     keys = jax.random.split(jax.random.key(seed), X.shape[0])
-    lam = jax.vmap(_top_eigenvalue, in_axes=(0, 0, None, 0, None))(X, w_scaled, intercept, keys, power_iterations(n))
-    lam = np.asarray(lam, np.float64) * 4.0**e * float(jnp.max(w))
+    lam = jax.vmap(_top_eigenvalue, in_axes=(0, 0, None, 0, None))(X, w / w_top, intercept, keys, power_iterations(n))
+    lam = np.asarray(lam, np.float64) * 4.0**e * w_top
     total = np.asarray(jnp.sum(w, axis=1), np.float64)
     c = np.array([_curvature_scale(loss, reduction, t) for t in total])
     return float(np.max(c * lam) + penalty)
