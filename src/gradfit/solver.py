@@ -103,7 +103,8 @@ class FitResult(NamedTuple):
     ``batch_size``). converged: the ``tol`` test passed. diverged: the loss became non-finite
     or exploded; ``params`` are the last ones before that. stats: timings
     (``compile_seconds``, ``run_seconds``), ``backend``, the settings used, and numerical
-    health: ``condition_number`` (estimated before the fit), ``separable`` (bce: the fit
+    health: ``condition_number`` (estimated before the fit; None for rows spread over several
+    processes), ``separable`` (bce: the fit
     separates the classes and l2 = 0, so no minimiser exists),
     and for a diverged fit ``diverged_at_step`` (-1 for members that did not) and
     ``suggested_learning_rate``.
@@ -646,7 +647,7 @@ def fit(
         "vmapped": [name for name, on in (("problems", batched), ("outputs", per_output)) if on],
         "devices": 1 if mesh is None else mesh.size,
     }
-    stats["condition_number"] = condition
+    stats["condition_number"] = condition if np.isfinite(condition) else None  # None: not checked
     if auto_step:
         stats["learning_rate"] = learning_rate
     if loss == "bce" and not np.any(l2_arr):
