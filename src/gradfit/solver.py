@@ -103,10 +103,10 @@ class FitResult(NamedTuple):
     ``batch_size``). converged: the ``tol`` test passed. diverged: the loss became non-finite
     or exploded; ``params`` are the last ones before that. stats: timings
     (``compile_seconds``, ``run_seconds``), ``backend``, the settings used, and numerical
-    health: ``condition_number`` (estimated before the fit; None for rows spread over several
-    processes), ``separable`` (bce: the fit
-    separates the classes and l2 = 0, so no minimiser exists),
-    and for a diverged fit ``diverged_at_step`` (-1 for members that did not) and
+    health (:mod:`gradfit.health`, docs/faults.md): ``condition_number`` (estimated before the
+    fit; None for rows spread over several processes), ``separable`` (bce: the fit separates
+    the classes and l2 = 0, so no minimiser exists), ``learning_rate`` (with "auto"), and for
+    a diverged fit ``diverged_at_step`` (-1 for members that did not) and
     ``suggested_learning_rate``.
 
     With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain
