@@ -8,6 +8,7 @@ Public surface::
     gradfit.losses.mse / bce / l2_penalty               (pure losses)
     gradfit.gradients.mse / bce                         (hand-derived gradients)
     gradfit.check_gradients()                           (hand vs jax.grad table)
+    gradfit.health.safe_learning_rate / conditioning    (numerical health: 1/L, condition)
     gradfit.solve(params0, X, y, ..., steps=)  -> Solution   (pure; jit/vmap/grad-able)
     gradfit.datasets                                    (synthetic and small real data)
     gradfit.sklearn.GDRegressor / GDClassifier          (import gradfit.sklearn; needs scikit-learn)
@@ -22,6 +23,7 @@ Importing gradfit changes no JAX setting; enable float64 yourself with
 from gradfit import datasets as datasets
 from gradfit import distributed as distributed
 from gradfit import gradients as gradients
+from gradfit import health as health
 from gradfit import losses as losses
 from gradfit import stream as stream
 from gradfit._params import Params as Params
@@ -40,5 +42,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FitResult", "Params", "Solution", "SweepResult", "check_gradients", "datasets", "distributed", "fit",
-    "fit_streaming", "gradients", "losses", "predict", "shard_rows", "solve", "stream", "sweep",
+    "fit_streaming", "gradients", "health", "losses", "predict", "shard_rows", "solve", "stream", "sweep",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,8 @@ def cmd_fit(args) -> int:
     from gradfit import _io, config, data, datasets, distributed, solver
 
     cfg = config.load(args.config, args.overrides)
+    if cfg["data"]["dtype"] == "float64":
+        jax.config.update("jax_enable_x64", True)  # this command's own process: float64 data, float64 fit
     if cfg["data"]["stream"]:
         return _cmd_fit_stream(cfg)
     multi = distributed.initialize_from_config(cfg["distributed"]) is not None
@@ -75,7 +78,7 @@ def cmd_fit(args) -> int:
           f"learning_rate={lr} steps={f['steps']} tol={f['tol']} l2={l2}")
     wall = time.perf_counter()
     result = solver.fit(
-        ds.X, ds.y, learning_rate=None if lr is None else np.asarray(lr), l2=np.asarray(l2),
+        ds.X, ds.y, learning_rate=lr if lr is None or isinstance(lr, str) else np.asarray(lr), l2=np.asarray(l2),
         optimizer_options=options, **f, **extra,
     )
     wall = time.perf_counter() - wall
@@ -93,6 +96,11 @@ def cmd_fit(args) -> int:
         "fit_devices": st["devices"],  # how many the rows were split over
         "config": cfg,
     }
+    # Numerical health (gradfit.health): condition estimate, separable classes, divergence.
+    report.update({k: st[k] for k in ("learning_rate", "condition_number", "separable",
+                                      "diverged_at_step", "suggested_learning_rate") if k in st})
+    if "learning_rate" in st:
+        print(f"learning_rate='auto': 1/L = {st['learning_rate']:.4g}")
     print(f"loss {report['loss']:.6g} after {result.steps} steps "
           f"(converged={result.converged}, diverged={result.diverged})")
     print(f"time: compile {st['compile_seconds']:.3f} s, run {st['run_seconds']:.3f} s "
@@ -256,11 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"gradfit: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning  # a warning is one line, no source excerpt
+            return args.func(args)
     except ValueError as e:  # user mistakes: one clear line, no traceback
         print(f"gradfit {args.command}: error: {e}", file=sys.stderr)
         return 2

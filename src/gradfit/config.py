@@ -36,7 +36,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "loss": "mse",
         "reduction": "mean",
         "optimizer": "sgd",
-        "learning_rate": None,  # None: 0.01, or the line search's for lbfgs
+        "learning_rate": None,  # None: 0.01, or the line search's for lbfgs; "auto": 1/L (sgd)
         "steps": 1000,
         "tol": None,
         "l2": 0.0,
@@ -84,7 +84,7 @@ _OPEN_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
     ("data", "target"): (str, int),
     ("data", "features"): (list,),
     ("data", "y_source"): (str,),
-    ("fit", "learning_rate"): (int, float, list),
+    ("fit", "learning_rate"): (int, float, list, str),  # str: "auto"
     ("fit", "tol"): (int, float),
     ("fit", "batch_size"): (int,),
     ("fit", "optimizer_options"): (dict,),
@@ -174,6 +174,10 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str,
                 data = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}): save the config as UTF-8 TOML") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
         config = merge(config, data, str(path))
     for text in overrides:
         config = merge(config, parse_override(text), f"--set {text}")
