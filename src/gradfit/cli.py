@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,10 @@ def cmd_fit(args) -> int:
     from gradfit import _io, config, data, datasets, distributed, solver
 
     cfg = config.load(args.config, args.overrides)
+    if cfg["data"]["dtype"] == "float64":
+        jax.config.update("jax_enable_x64", True)  # this command's own process: float64 data, float64 fit
+    if cfg["data"]["stream"]:
+        return _cmd_fit_stream(cfg, args)
     multi = distributed.initialize_from_config(cfg["distributed"]) is not None
     out_dir = Path(cfg["output"]["dir"])
     _io.check_writable(out_dir)  # fail now, not after the fit
@@ -113,7 +118,7 @@ def cmd_fit(args) -> int:
           f"learning_rate={lr} steps={f['steps']} tol={f['tol']} l2={l2}")
     wall = time.perf_counter()
     result = solver.fit(
-        ds.X, ds.y, learning_rate=None if lr is None else np.asarray(lr), l2=np.asarray(l2),
+        ds.X, ds.y, learning_rate=lr if lr is None or isinstance(lr, str) else np.asarray(lr), l2=np.asarray(l2),
         optimizer_options=options, **f, **extra, **long_run,
     )
     wall = time.perf_counter() - wall
@@ -131,6 +136,11 @@ def cmd_fit(args) -> int:
         "fit_devices": st["devices"],  # how many the rows were split over
         "config": cfg,
     }
+    # Numerical health (gradfit.health): condition estimate, separable classes, divergence.
+    report.update({k: st[k] for k in ("learning_rate", "condition_number", "separable",
+                                      "diverged_at_step", "suggested_learning_rate") if k in st})
+    if "learning_rate" in st:
+        print(f"learning_rate='auto': 1/L = {st['learning_rate']:.4g}")
     if "checkpoint" in st:
         report["checkpoint"] = {k: st[k] for k in ("checkpoint", "resumed_from_step", "checkpoints", "checkpoint_seconds")}
         if st["resumed_from_step"]:
@@ -198,6 +208,66 @@ def cmd_plot(args) -> int:
     for path in paths:
         print(f"wrote {path}")
     return 0
+def _cmd_fit_stream(cfg, args) -> int:
+    """``gradfit fit`` with ``data.stream = true``: X and y streamed from .npy files."""
+    from gradfit import _io, config, stream
+
+    if args.resume:
+        raise config.ConfigError("--resume is not available for streamed fits (data.stream = true) yet: run without it")
+
+    d = cfg["data"]
+    if d["y_source"] is None:
+        raise ValueError("data.stream = true needs data.y_source, the .npy file of targets (data.source is X)")
+    f = dict(cfg["fit"])
+    if f.pop("init") not in (None, "zeros"):
+        raise ValueError("streamed fits start from zeros: leave fit.init unset")
+    if f.pop("devices", None) is not None or any(v is not None for k, v in cfg.get("distributed", {}).items()
+                                                  if k != "initialization_timeout"):
+        raise ValueError("data.stream = true runs in one process on one device: leave fit.devices and [distributed] unset")
+    options = f.pop("optimizer_options")
+    lr = f.pop("learning_rate")
+    out_dir = Path(cfg["output"]["dir"])
+    _io.check_writable(out_dir)  # fail now, not after the fit
+    if d["standardize"]:
+        print("note: data.standardize is not applied to streamed data (the files are used as stored)")
+    print(f"data: streamed from {d['source']} and {d['y_source']}")
+    wall = time.perf_counter()
+    result = stream.fit_streaming(
+        d["source"], d["y_source"], learning_rate=lr, optimizer_options=options, dtype=d["dtype"],
+        **f, **cfg["stream"],
+    )
+    wall = time.perf_counter() - wall
+    st = result.stats
+    report = {
+        "loss": float(result.loss), "steps": result.steps, "converged": result.converged,
+        "diverged": result.diverged, "wall_seconds": wall,
+        **{k: st[k] for k in ("compile_seconds", "run_seconds", "stream_seconds", "passes", "bytes_per_pass",
+                              "chunk_rows", "n_chunks", "method", "backend", "dtype")},
+        "config": cfg,
+    }
+    print(f"loss {report['loss']:.6g} after {result.steps} steps "
+          f"(converged={result.converged}, diverged={result.diverged}); method {st['method']}, "
+          f"{st['passes']} streamed passes of {st['bytes_per_pass'] / 1e9:.3g} GB")
+    print(f"time: compile {st['compile_seconds']:.3f} s, run {st['run_seconds']:.3f} s "
+          f"(streaming {st['stream_seconds']:.3f} s) on {st['backend']}")
+    stats = st.get("sufficient_statistics")
+    if stats is not None and np.ndim(cfg["fit"]["l2"]) == 0:
+        opt, j_opt = stream.solve_statistics(
+            stats, reduction=f["reduction"], l2=float(cfg["fit"]["l2"]), fit_intercept=f["fit_intercept"]
+        )
+        W = np.asarray(result.params.W, np.float64)
+        dist = float(np.linalg.norm(W - opt.W) / max(np.linalg.norm(opt.W), 1e-300))
+        gap = (report["loss"] - j_opt) / max(abs(j_opt), 1e-300)
+        report.update(optimum_loss=j_opt, relative_loss_gap=gap, relative_distance_to_optimum=dist)
+        print(f"least-squares optimum (from the streamed statistics): loss {j_opt:.6g}; relative gap {gap:.3e}; "
+              f"||W - W*|| / ||W*|| = {dist:.3e}")
+    _io.write_many({  # all or none: a failed write leaves the earlier outputs as they were
+        out_dir / "params.npz": _io.npz_bytes(W=result.params.W, b=result.params.b),
+        out_dir / "history.npz": _io.npz_bytes(losses=result.losses),
+        out_dir / "report.json": _io.json_bytes(report),
+    })
+    print(f"wrote {out_dir}/params.npz, history.npz, report.json")
+    return 1 if result.diverged else 0
 
 
 def cmd_check_grads(args) -> int:
@@ -256,11 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"gradfit: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning  # a warning is one line, no source excerpt
+            return args.func(args)
     except ValueError as e:  # user mistakes: one clear line, no traceback
         print(f"gradfit {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -27,12 +27,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dtype": "float32",
         "target": None,  # for files: the target column's name or index (a list for k outputs), or the array name in .npz
         "features": None,  # for files: a list of column names or indices (None: all but the target)
+        # Data bigger than memory: stream X (data.source, a .npy file) and y (y_source, a .npy
+        # file) from disk in row chunks (gradfit.stream.fit_streaming; options in [stream]).
+        "stream": False,
+        "y_source": None,
     },
     "fit": {
         "loss": "mse",
         "reduction": "mean",
         "optimizer": "sgd",
-        "learning_rate": None,  # None: 0.01, or the line search's for lbfgs
+        "learning_rate": None,  # None: 0.01, or the line search's for lbfgs; "auto": 1/L (sgd)
         "steps": 1000,
         "tol": None,
         "l2": 0.0,
@@ -67,6 +71,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "top": 5,  # members printed, best first
         "plot": True,  # loss_curves.png (needs matplotlib: pip install 'gradfit[plot]')
     },
+    "stream": {
+        "method": "auto",  # "auto", "statistics" (mse) or "passes"
+        "chunk_bytes": 64 << 20,  # bytes of X per chunk
+        "prefetch": 2,  # chunks read ahead
+        "shuffle": True,  # minibatch epochs: shuffle chunk order and rows within chunks
+    },
     "checkpoint": {
         # Saved atomically at chunk boundaries and at the end; `gradfit fit --resume` continues.
         "path": "",  # "": <output.dir>/checkpoint.npz
@@ -79,7 +89,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 _OPEN_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
     ("data", "target"): (str, int, list),
     ("data", "features"): (list,),
-    ("fit", "learning_rate"): (int, float, list),
+    ("data", "y_source"): (str,),
+    ("fit", "learning_rate"): (int, float, list, str),  # str: "auto"
     ("fit", "tol"): (int, float),
     ("fit", "batch_size"): (int,),
     ("fit", "optimizer_options"): (dict,),
@@ -169,6 +180,10 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str,
                 data = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}): save the config as UTF-8 TOML") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
         config = merge(config, data, str(path))
     for text in overrides:
         config = merge(config, parse_override(text), f"--set {text}")

@@ -26,12 +26,23 @@ import numpy as np
 from gradfit import datasets
 
 FORMATS = (".npy", ".npz", ".csv", ".parquet")
+FLOAT_DTYPES = ("float16", "float32", "float64")
 
 
 def load(section: dict[str, Any]) -> datasets.Dataset:
     """Load X, y (and the truth of synthetic problems) as a ``[data]`` config section says."""
     source = section["source"]
+    if section["dtype"] not in FLOAT_DTYPES:
+        raise ValueError(f"data.dtype {section['dtype']!r} is not supported: use one of {', '.join(FLOAT_DTYPES)}")
     dtype = np.dtype(section["dtype"])
+    if source in ("synthetic", "synthetic_classification"):
+        for key in ("n_samples", "n_features"):
+            if section[key] <= 0:
+                raise ValueError(f"data.{key} must be a positive integer for a synthetic problem, got {section[key]}")
+        if section["n_outputs"] < 0:
+            raise ValueError(f"data.n_outputs must be 0 (y is (m,)) or a positive number of outputs, got {section['n_outputs']}")
+        if section["noise"] < 0:
+            raise ValueError(f"data.noise is a standard deviation, so it must be >= 0, got {section['noise']}")
     if source == "synthetic":
         return datasets.make_regression(
             section["n_samples"], section["n_features"], n_outputs=section["n_outputs"] or None,

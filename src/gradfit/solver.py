@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import _optim, _validation, gradients, losses
+from gradfit import _optim, _validation, gradients, health, losses
 from gradfit._params import Params, predict
 
 DIVERGENCE_FACTOR = 1e6
@@ -102,7 +102,12 @@ class FitResult(NamedTuple):
     objective of each epoch), shape (steps,). steps: objective evaluations (epochs with
     ``batch_size``). converged: the ``tol`` test passed. diverged: the loss became non-finite
     or exploded; ``params`` are the last ones before that. stats: timings
-    (``compile_seconds``, ``run_seconds``), ``backend`` and the settings used.
+    (``compile_seconds``, ``run_seconds``), ``backend``, the settings used, and numerical
+    health (:mod:`gradfit.health`, docs/faults.md): ``condition_number`` (estimated before the
+    fit; None for rows spread over several processes), ``separable`` (bce: the fit separates
+    the classes and l2 = 0, so no minimiser exists), ``learning_rate`` (with "auto"), and for
+    a diverged fit ``diverged_at_step`` (-1 for members that did not) and
+    ``suggested_learning_rate``.
 
     With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain
     a leading axis (k or B) and ``losses`` is padded with NaN past each member's ``steps``.
@@ -209,6 +214,19 @@ def step(state: SolverState, data: Data, hyper: Hyper, static: Static) -> tuple[
     """
     update = _full_batch_update if static.batch_size is None else _epoch_update
     value, candidate, opt_state, fallback, key = update(state, data, hyper, static)
+    return advance(state, hyper, value, candidate, opt_state, fallback, key), value
+
+
+def advance(
+    state: SolverState, hyper: Hyper, value: jax.Array, candidate: Params, opt_state, fallback: Params, key: jax.Array
+) -> SolverState:
+    """Apply the stopping rules to one evaluated step; the rule every data plan shares.
+
+    ``value`` is J_t, evaluated at ``state.params``; ``candidate`` the proposed p_{t+1};
+    ``fallback`` the params kept if J_t is bad. Used by :func:`step` and by the plans that
+    compute J_t elsewhere (e.g. streamed from disk, :mod:`gradfit.stream`). A finished state
+    is returned unchanged.
+    """
     first = state.step == 0
     initial = jnp.where(first, value, state.initial_loss)
     eps = jnp.finfo(value.dtype).eps
@@ -233,8 +251,7 @@ def step(state: SolverState, data: Data, hyper: Hyper, static: Static) -> tuple[
         key=key,
     )
     active = is_active(state, hyper)
-    new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
-    return new, value
+    return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
 
 
 def is_active(state: SolverState, hyper: Hyper) -> jax.Array:
@@ -333,6 +350,7 @@ class RunResult(NamedTuple):
     compile_seconds: float
     run_seconds: float
     chunks: int
+    diverged_at_end: Any = None  # (*batch) bool: the objective after the last step was bad
 
 
 def run(
@@ -378,11 +396,41 @@ def run(
         if not active.any():
             break
     final_loss = final(state, data, hyper)
+    # The loop evaluates J before each update, so the last update is checked here, by the same
+    # rule: a bad final objective falls back to the params before it and reports divergence.
+    end = _diverged_at_end(state, final_loss)
+    if end.any():
+        state = _fall_back(state, jnp.asarray(end))
+        final_loss = final(state, data, hyper)
     jax.block_until_ready(final_loss)
     run_seconds = time.perf_counter() - start
     steps_run = int(np.max(np.asarray(state.step)))
     history = histories.view()[..., :steps_run].copy()
-    return RunResult(state, final_loss, history, compile_seconds, run_seconds, chunks)
+    return RunResult(state, final_loss, history, compile_seconds, run_seconds, chunks, end)
+
+
+def _diverged_at_end(state: SolverState, final_loss) -> np.ndarray:
+    """Members not yet stopped by divergence whose final objective is non-finite or exceeds
+    ``DIVERGENCE_FACTOR * J_0`` (the rule of :func:`step`)."""
+    f = np.asarray(final_loss)
+    j0 = np.asarray(state.initial_loss)
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~np.isfinite(f) | (f > DIVERGENCE_FACTOR * np.maximum(j0, np.finfo(f.dtype).eps))
+    return ~np.asarray(state.diverged) & bad
+
+
+def _fall_back(state: SolverState, bad: jax.Array) -> SolverState:
+    """For members where ``bad``: params <- prev_params, diverged, not converged."""
+
+    def pick(fallback, current):
+        mask = bad.reshape(bad.shape + (1,) * (current.ndim - bad.ndim))
+        return jnp.where(mask, fallback, current)
+
+    return state._replace(
+        params=jax.tree.map(pick, state.prev_params, state.params),
+        diverged=state.diverged | bad,
+        converged=state.converged & ~bad,
+    )
 
 
 def _strongly_typed(state: SolverState) -> SolverState:
@@ -475,6 +523,9 @@ class Problem(NamedTuple):
     learning_rate: Any  # the learning rate as resolved (float, (k,) array or None)
     init: Any  # the ``init`` argument, for :func:`initial_params`
     mesh: Any  # the device mesh the rows are split over, or None (one device)
+    condition: float = float("nan")  # estimated condition number (gradfit.health); NaN: not checked
+    auto_step: bool = False  # learning_rate="auto" was resolved to 1/L
+    curvature: dict | None = None  # arguments of gradfit.health.safe_learning_rate for this problem
 
 
 class HyperValues(NamedTuple):
@@ -498,9 +549,7 @@ def check_hyperparameters(*, learning_rate, l2, tol, steps, seed, k: int | None 
     lr = None if learning_rate is None else _validation.hyperparameter(learning_rate, "learning_rate", positive=True, allowed_shapes=per_output_shapes)
     l2_arr = _validation.hyperparameter(l2, "l2", positive=False, allowed_shapes=per_output_shapes)
     tol_arr = np.asarray(-1.0) if tol is None else _validation.hyperparameter(tol, "tol", positive=False)
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    return HyperValues(lr, l2_arr, tol_arr, steps, int(seed))
+    return HyperValues(lr, l2_arr, tol_arr, steps, _validation.seed(seed))
 
 
 def initial_params(init, seed: int, n: int, out: tuple[int, ...], dtype, *, per_output: bool = False) -> tuple[Params, jax.Array]:
@@ -567,6 +616,9 @@ def prepare(
     if not isinstance(fit_intercept, bool):
         raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
 
+    auto_step = health.wants_auto_step(learning_rate, optimizer)
+    if auto_step:
+        learning_rate = 1.0  # a placeholder for the checks below; 1/L replaces it once the data pass
     if learning_rate is None and isinstance(optimizer, str) and optimizer not in _optim.LINE_SEARCH:
         learning_rate = DEFAULT_LEARNING_RATE
     spec, traced_options = _optim.resolve(optimizer, optimizer_options, learning_rate)
@@ -586,10 +638,19 @@ def prepare(
         if bool((sw_check < 0).any()) or not bool((sw_check.sum(axis=-1) > 0).all()):
             raise ValueError("sample_weight must be >= 0 with a positive sum")
         sw = jnp.asarray(sw, dtype)
+    condition = health.check_conditioning(
+        X, dtype, batched=batched, fit_intercept=fit_intercept, l2=l2_arr, loss=loss, reduction=reduction,
+        sample_weight=sw, stacklevel=3,
+    )
     params, run_key = initial_params(init, values.seed, n, out, dtype)
 
     per_output = k is not None and ((lr is not None and lr.ndim == 1) or l2_arr.ndim == 1)
     data, mesh, rows = _layout(X, y, sw, dtype, devices, n_rows, lead, batch_size)
+    curvature = dict(loss=loss, reduction=reduction, l2=l2_arr, sample_weight=data.sample_weight,
+                     fit_intercept=fit_intercept, batched=batched)
+    if auto_step:  # on the placed (possibly sharded) data; padding rows have weight 0
+        lr = np.asarray(health.safe_learning_rate(data.X, **curvature))
+        learning_rate = float(lr)
     hyper = Hyper(
         learning_rate=None if lr is None else jnp.asarray(lr, dtype),
         l2=jnp.asarray(l2_arr, dtype),
@@ -620,7 +681,10 @@ def prepare(
 
         params, hyper, run_key = sharding.replicate((params, hyper, run_key), mesh)
 
-    return Problem(params, data, hyper, run_key, static, tuple(levels), per_output, batched, dtype, learning_rate, init, mesh)
+    return Problem(
+        params, data, hyper, run_key, static, tuple(levels), per_output, batched, dtype, learning_rate, init, mesh,
+        condition, auto_step, curvature,
+    )
 
 
 def fit(
@@ -662,6 +726,8 @@ def fit(
         ``optax.GradientTransformation`` (then leave ``learning_rate`` unset).
       learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's).
         A (k,) array gives each output column its own rate (the columns are vmapped).
+        ``"auto"`` (with ``optimizer="sgd"``): ``1/L`` from a few power iterations on the data,
+        see :func:`gradfit.health.safe_learning_rate`.
       steps: most steps to run (epochs with ``batch_size``).
       tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
       l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
@@ -703,7 +769,15 @@ def fit(
       ``checkpoint_seconds`` (time spent writing them).
 
     Raises:
-      ValueError: for bad input, before any compute.
+      ValueError: for bad input, before any compute (docs/faults.md lists every case).
+
+    Warns:
+      gradfit.health.IllConditionedWarning: the data's condition number is too large for
+        the dtype (estimated from a sample of rows before the fit; see
+        :func:`gradfit.health.check_conditioning`), with the remedy.
+      gradfit.health.SeparableWarning: bce with ``l2=0`` on classes the fit separates; no
+        minimiser exists, so the fit is reported as not converged.
+      RuntimeWarning: the fit diverged; names the step and suggests a learning rate.
     """
     fit_arguments = dict(
         loss=loss, reduction=reduction, optimizer=optimizer, learning_rate=learning_rate, steps=steps,
@@ -758,10 +832,34 @@ def fit(
         "devices": 1 if mesh is None else mesh.size,
         **resumed,
     }
+    data, condition, curvature = problem.data, problem.condition, problem.curvature
+    stats["condition_number"] = condition if np.isfinite(condition) else None  # None: not checked
+    if problem.auto_step:
+        stats["learning_rate"] = learning_rate
+    if loss == "bce" and not np.any(curvature["l2"]):
+        # No minimiser exists on separable classes: never report such a fit as converged.
+        y_rows = jnp.moveaxis(data.y, -2, -1) if per_output else data.y
+        sep = health.separated(out_params, data.X, y_rows, batched=problem.batched, sample_weight=data.sample_weight)
+        sep = sep if per_output or sep.ndim == converged.ndim else sep.any(axis=-1)
+        if sep.any():
+            converged = converged & ~sep
+            warnings.warn(health.separable_message(float(jnp.linalg.norm(out_params.W))), health.SeparableWarning, stacklevel=2)
+        stats["separable"] = sep.tolist()
+    elif loss == "bce":
+        stats["separable"] = False  # with a penalty the minimiser exists
     if not levels_t:
         steps_taken, converged, diverged = int(steps_taken), bool(converged), bool(diverged)
     if np.any(diverged):
-        _warn_divergence(steps_taken, diverged, learning_rate)
+        # The index of the first bad objective evaluation (steps_taken when it came after the last step).
+        bad_at = np.asarray(steps_taken) + np.asarray(result.diverged_at_end, int)
+        stats["diverged_at_step"] = np.where(diverged, bad_at - 1, -1).tolist()
+        suggestion = None
+        if spec.name == "sgd":  # 1/L, the safe step of gradient descent, costs a few dozen passes
+            suggestion = health.safe_learning_rate(data.X, **curvature)
+        elif learning_rate is not None:
+            suggestion = float(np.min(learning_rate)) / 10
+        stats["suggested_learning_rate"] = suggestion
+        _warn_divergence(bad_at, diverged, learning_rate, suggestion)
     return FitResult(out_params, final_loss, history, steps_taken, converged, diverged, stats)
 
 
@@ -846,14 +944,26 @@ def _hyper_axes(hyper: Hyper, axis) -> Hyper:
     )
 
 
-def _warn_divergence(steps, diverged, learning_rate) -> None:
-    at = int(np.max(np.where(diverged, steps, 0)))
-    hint = ""
-    if learning_rate is not None:
-        hint = f"; try a smaller learning_rate, e.g. {float(np.min(learning_rate)) / 10:g}, or standardise X"
+def _warn_divergence(steps, diverged, learning_rate, suggestion=None) -> None:
+    """Warn that a fit diverged, naming the step (the first bad objective evaluation, counted
+    from 0) and a step size to try (``suggestion``: 1/L for sgd, else a tenth of the rate)."""
+    at = int(np.max(np.where(diverged, steps, 0))) - 1
+    if at == 0:
+        hint = (
+            ": the objective is not finite at the initial params, so the data overflow "
+            "the dtype; rescale X and y (standardise) or fit in float64"
+        )
+    else:
+        hint = ": returning the last params before it"
+        if suggestion is not None:
+            hint += f"; try learning_rate={suggestion:.3g}"
+            if learning_rate is not None:
+                hint += f" (was {float(np.min(learning_rate)):g})"
+            hint += ", or standardise X"
+        elif learning_rate is not None:
+            hint += "; try a smaller learning_rate, or standardise X"
     warnings.warn(
-        f"the fit diverged at step {at - 1} (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}-fold): "
-        f"returning the last params before it{hint}",
+        f"the fit diverged at step {at} (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}-fold){hint}",
         RuntimeWarning,
         stacklevel=3,
     )
