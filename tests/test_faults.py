@@ -366,12 +366,14 @@ def _data_section(source, **kw):
 
 @pytest.mark.parametrize(
     "name, content, match",
-    [("missing.csv", None, "does not exist: check data.source"),
+    [("missing.csv", None, r"does not exist: check the path \(data.source\)"),
      ("bad.npy", b"garbage", "is not a readable .npy file"),
      ("bad.npz", b"garbage", "is not a readable .npz file"),
-     ("text.csv", b"a,b\n1,x\n", "non-numeric value .* encode text columns"),
-     ("ragged.csv", b"a,b\n1,2\n3\n", "non-numeric value"),
-     ("data.parquet", b"", "neither a built-in data set .* nor a .npy, .npz or .csv file")],
+     ("bad.parquet", b"garbage", "is not a readable .parquet file"),
+     ("text.csv", b"a,b\n1,x\n", "column 'b' line 2 holds 'x', not a number: encode text as numbers"),
+     ("ragged.csv", b"a,b\n1,2\n3\n", "line 3 has 1 fields but the header names 2 columns"),
+     ("empty.csv", b"", r"is empty \(0 bytes\)"),
+     ("data.xlsx", b"", "neither a built-in data set .* nor a file of a known format")],
 )
 def test_missing_or_corrupt_data_file(tmp_path, name, content, match):
     from gradfit import data
@@ -387,13 +389,13 @@ def test_data_file_with_wrong_arrays(tmp_path):
     from gradfit import data
 
     np.savez(tmp_path / "a.npz", X=np.ones((3, 2)))
-    with pytest.raises(ValueError, match="must hold arrays named 'X' and 'y'; it holds X"):
+    with pytest.raises(ValueError, match="holds the arrays 'X': name them X and y"):
         data.load(_data_section(tmp_path / "a.npz"))
     np.save(tmp_path / "v.npy", np.ones(5))
-    with pytest.raises(ValueError, match=r"shape \(5,\): expected \(rows, columns\)"):
+    with pytest.raises(ValueError, match=r"shape \(5,\): expected a 2-d table \(rows, columns\)"):
         data.load(_data_section(tmp_path / "v.npy"))
     np.save(tmp_path / "m.npy", np.ones((5, 3)))
-    with pytest.raises(ValueError, match="target column 'zz' is not in the file"):
+    with pytest.raises(ValueError, match=r"has no column names: give target columns by index \(0..2\)"):
         data.load(_data_section(tmp_path / "m.npy", target="zz"))
 
 

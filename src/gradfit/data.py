@@ -103,7 +103,7 @@ def load_file(path: str | Path, target=None, features: Sequence | None = None) -
     try:
         X, y = reader(path, target, features)
     except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cannot read {path} as a {suffix} file ({type(e).__name__}: {e}): check that it is whole") from None
+        raise ValueError(f"{path} is not a readable {suffix} file ({type(e).__name__}: {e}): check that it is whole") from None
     if X.shape[0] == 0:
         raise ValueError(f"{path} has no data rows: a fit needs at least one")
     return X, y
@@ -177,11 +177,18 @@ def _check_finite(path: Path, table: np.ndarray, names: list[str] | None, cols: 
 
 
 # --------------------------------------------------------------------------- formats
+def _magic(path: Path, prefix: bytes) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(prefix)) == prefix
+
+
 def _read_npy(path: Path, target, features):
+    if not _magic(path, b"\x93NUMPY"):
+        raise ValueError(f"{path} is not a readable .npy file (no NumPy header): check that it is whole, or save it with np.save")
     try:
         table = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
-        raise ValueError(f"{path} is not a numeric .npy table ({e}): save a numeric 2-d array with np.save") from None
+        raise ValueError(f"{path} is not a readable .npy file ({e}): save a numeric 2-d array with np.save") from None
     if table.dtype.names is not None or table.dtype.kind not in "biuf":
         raise ValueError(f"{path} holds dtype {table.dtype}: expected a plain numeric 2-d array (rows, columns)")
     if table.ndim != 2:
@@ -191,10 +198,12 @@ def _read_npy(path: Path, target, features):
 
 
 def _read_npz(path: Path, target, features):
+    if not _magic(path, b"PK"):
+        raise ValueError(f"{path} is not a readable .npz file (not a zip archive): check that it is whole, or save it with np.savez")
     try:
         z = np.load(path, allow_pickle=False)
     except ValueError as e:
-        raise ValueError(f"cannot read {path} as a .npz file ({e}): check that it is whole") from None
+        raise ValueError(f"{path} is not a readable .npz file ({e}): check that it is whole") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ValueError(f"{path} holds one array, not an .npz archive: save it with np.savez(path, X=X, y=y)")
     with z:
@@ -324,7 +333,7 @@ def _read_parquet(path: Path, target, features):
     try:
         pf = pq.ParquetFile(path)
     except pa.ArrowException as e:
-        raise ValueError(f"cannot read {path} as a .parquet file ({e}): check that it is whole") from None
+        raise ValueError(f"{path} is not a readable .parquet file ({e}): check that it is whole") from None
     names = list(pf.schema_arrow.names)
     if not names:
         raise ValueError(f"{path} has no columns")
