@@ -90,8 +90,9 @@ def cmd_fit(args) -> int:
     from gradfit import _io, config, data, datasets, distributed, solver
 
     cfg = config.load(args.config, args.overrides)
-    if cfg["data"]["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)  # this command's own process: float64 data, float64 fit
+    if cfg["data"]["dtype"] == "float64" and not jax.config.jax_enable_x64:
+        with jax.enable_x64(True):  # float64 data, float64 fit; the setting is restored afterwards
+            return cmd_fit(args)
     if cfg["data"]["stream"]:
         return _cmd_fit_stream(cfg, args)
     multi = distributed.initialize_from_config(cfg["distributed"]) is not None
@@ -273,10 +274,10 @@ def _cmd_fit_stream(cfg, args) -> int:
 def cmd_check_grads(args) -> int:
     import jax
 
-    jax.config.update("jax_enable_x64", True)  # this command's own process only
     from gradfit import gradients
 
-    rows = gradients.check_gradients()
+    with jax.enable_x64(True):  # float64 rows too; the setting is restored afterwards
+        rows = gradients.check_gradients()
     print(gradients.format_table(rows))
     bad = [r for r in rows if not r.ok]
     print(f"\n{len(rows) - len(bad)} of {len(rows)} cases within tolerance")
