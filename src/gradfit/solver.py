@@ -4,8 +4,8 @@ One step evaluates the objective ``J(p) = loss(p; X, y) + (l2/2) ||W||^2`` and i
 applies an optax update, and decides from data alone whether to go on:
 
 - **converged** when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)`` (scipy's
-  ``ftol`` test; tol is at least 4 eps of the dtype, since smaller changes are rounding);
-  the params ``p_t`` are kept;
+  ``ftol`` test; a tol below the dtype's resolution, about 1e-7 for float32, is met only by
+  a loss that repeats exactly); the params ``p_t`` are kept;
 - **diverged** when ``J_t`` is not finite or exceeds ``1e6 * max(J_0, eps)``; the last
   params whose objective passed that test, ``p_{t-1}``, are kept.
 
@@ -232,9 +232,7 @@ def advance(
     eps = jnp.finfo(value.dtype).eps
     bad = ~jnp.isfinite(value) | (value > DIVERGENCE_FACTOR * jnp.maximum(initial, eps))
     scale = jnp.maximum(jnp.maximum(jnp.abs(state.loss), jnp.abs(value)), 1)
-    # A change within a few ulps of the dtype is no change, whatever tol asks for.
-    tol = jnp.where(hyper.tol < 0, hyper.tol, jnp.maximum(hyper.tol, 4 * eps))
-    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= tol * scale)
+    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= hyper.tol * scale)
     params = jax.tree.map(
         lambda fb, cur, new: jnp.where(bad, fb, jnp.where(converged, cur, new)),
         fallback, state.params, candidate,
