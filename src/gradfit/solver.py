@@ -28,13 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import _optim, _validation, gradients, losses
+from gradfit import _onepass, _optim, _plan, _stats, _validation, gradients, losses
 from gradfit._params import Params, predict
 
 DIVERGENCE_FACTOR = 1e6
 DEFAULT_LEARNING_RATE = 0.01
 DEFAULT_CHUNK_SIZE = 256
-GRAD_MODES = ("autodiff", "hand")
+GRAD_MODES = _plan.GRAD_MODES  # "auto", "autodiff", "hand", "stats", "onepass"
 
 
 # --------------------------------------------------------------------------- data types
@@ -121,15 +121,36 @@ class FitResult(NamedTuple):
 
 # --------------------------------------------------------------------------- the objective
 def objective(params: Params, data: Data, l2, static: Static) -> jax.Array:
-    """``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2``, a scalar."""
+    """``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2``, a scalar.
+
+    With ``grad="stats"`` the data is a :class:`gradfit._stats.Stats` and the MSE comes from it.
+    """
+    if static.grad == "stats":
+        return _stats.loss(params, data, reduction=static.reduction) + losses.l2_penalty(params, l2)
     loss_fn = losses.LOSSES[static.loss]
     value = loss_fn(params, data.X, data.y, reduction=static.reduction, sample_weight=data.sample_weight)
     return value + losses.l2_penalty(params, l2)
 
 
 def value_and_grad(params: Params, data: Data, l2, static: Static) -> tuple[jax.Array, Params]:
-    """``(J(p), dJ/dp)``, by ``jax.grad`` (grad="autodiff") or the closed forms (grad="hand")."""
-    if static.grad == "hand":
+    """``(J(p), dJ/dp)`` by the plan ``static.grad``.
+
+    "autodiff": ``jax.grad``; "hand": the closed forms of :mod:`gradfit.gradients`;
+    "onepass": the same closed forms reading X once in row blocks (:mod:`gradfit._onepass`);
+    "stats": the MSE from sufficient statistics, O(n^2 k) (:mod:`gradfit._stats`; ``data``
+    is then a ``Stats``).
+    """
+    if static.grad in ("stats", "onepass"):
+        if static.grad == "stats":
+            value, g = _stats.value_and_grad(params, data, reduction=static.reduction)
+        else:
+            value, g = _onepass.value_and_grad(
+                params, data.X, data.y, loss=static.loss, reduction=static.reduction,
+                sample_weight=data.sample_weight,
+            )
+        value = value + losses.l2_penalty(params, l2)
+        g = jax.tree.map(jnp.add, g, gradients.l2_penalty(params, l2))
+    elif static.grad == "hand":
         value = objective(params, data, l2, static)
         g = gradients.GRADIENTS[static.loss](
             params, data.X, data.y, reduction=static.reduction, sample_weight=data.sample_weight
@@ -140,6 +161,11 @@ def value_and_grad(params: Params, data: Data, l2, static: Static) -> tuple[jax.
     if not static.fit_intercept:
         g = g._replace(b=jnp.zeros_like(g.b))
     return value, g
+
+
+def _data_dtype(data) -> np.dtype:
+    """The compute dtype of the data a step reads (a :class:`Data` or a ``Stats``)."""
+    return data.X.dtype if isinstance(data, Data) else data.dtype
 
 
 # --------------------------------------------------------------------------- one step
@@ -240,7 +266,7 @@ def is_active(state: SolverState, hyper: Hyper) -> jax.Array:
 
 def init_state(params: Params, data: Data, hyper: Hyper, key: jax.Array, static: Static) -> SolverState:
     """The state before step 0 (params as given, optimizer state fresh)."""
-    dtype = data.X.dtype
+    dtype = _data_dtype(data)
     opt_state = _optimizer(static, hyper).init(params)
     zero = jnp.zeros((), dtype)
     false = jnp.zeros((), bool)
@@ -253,7 +279,7 @@ def run_chunk(state: SolverState, data: Data, hyper: Hyper, static: Static) -> t
     Returns the state and the chunk's objective history, shape (chunk_size,), NaN past the
     steps this chunk ran.
     """
-    history = jnp.full((static.chunk_size,), jnp.nan, data.X.dtype)
+    history = jnp.full((static.chunk_size,), jnp.nan, _data_dtype(data))
 
     def cond(carry):
         i, st, _ = carry
@@ -423,7 +449,7 @@ def fit(
     steps: int = 1000,
     tol: float | None = None,
     l2: float | Any = 0.0,
-    grad: str = "autodiff",
+    grad: str = "auto",
     init: Params | str | None = None,
     batch_size: int | None = None,
     seed: int = 0,
@@ -449,7 +475,12 @@ def fit(
       tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
       l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
         See :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
-      grad: ``"autodiff"`` (``jax.grad``) or ``"hand"`` (:mod:`gradfit.gradients`).
+      grad: the plan (:mod:`gradfit._plan`): ``"auto"`` (default: ``"stats"`` for a
+        full-batch MSE fit when its cost model says it is cheaper, else the fastest direct
+        plan), ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`),
+        ``"onepass"`` (closed forms, X read once per step in row blocks) or ``"stats"``
+        (MSE by sufficient statistics: one pass over X, then O(n^2 k) per step, same
+        iterates). The plan used is ``stats["plan"]``.
       init: None/``"zeros"``, ``"normal"`` (N(0, 1/n) weights from ``seed``) or ``Params``.
       batch_size: minibatch SGD with a fresh permutation every epoch on device; the short last
         batch is kept (padded with zero-weight rows), so no row is dropped.
@@ -526,24 +557,36 @@ def fit(
         max_steps=jnp.asarray(steps, jnp.int32),
         optimizer={name: jnp.asarray(v, dtype) for name, v in traced_options.items()},
     )
-    static = Static(loss, reduction, grad, spec, lr is not None, fit_intercept, batch_size, chunk_size)
+    plan = _plan.choose(
+        grad, loss=loss, m=m, n=n, k=k or 1, steps=steps, batch_size=batch_size,
+        line_search=spec.name in _optim.LINE_SEARCH,
+    )
+    static = Static(loss, reduction, plan, spec, lr is not None, fit_intercept, batch_size, chunk_size)
+    precompute_seconds, precompute_compile = 0.0, 0.0
+    if plan == "stats":
+        data, precompute_compile, precompute_seconds = _sufficient_statistics(data, batched)
 
     levels: list[Level] = []
     if batched:
         B = X.shape[0]
         params = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), params)
-        levels.append(Level(Data(0, 0, None if sw is None else 0), _hyper_axes(hyper, None), 0, None))
+        data_axes = Data(0, 0, None if sw is None else 0) if plan != "stats" else jax.tree.map(lambda _: 0, data)
+        levels.append(Level(data_axes, _hyper_axes(hyper, None), 0, None))
     if per_output:
         # Columns become independent problems: y (.., m, k) -> (.., k, m), W (.., n, k) -> (.., k, n).
-        data = data._replace(y=jnp.moveaxis(data.y, -1, -2))
+        # X and the row weights are shared by the columns (inside a batch level, per problem).
+        if plan == "stats":
+            data, data_axes = _stats.per_output(data)
+        else:
+            data = data._replace(y=jnp.moveaxis(data.y, -1, -2))
+            data_axes = Data(None, 0, None)
         params = Params(jnp.moveaxis(params.W, -1, -2), params.b)
         hyper = hyper._replace(
             learning_rate=hyper.learning_rate if hyper.learning_rate is None else jnp.broadcast_to(hyper.learning_rate, (k,)),
             l2=jnp.broadcast_to(hyper.l2, (k,)),
         )
         hyper_axes = _hyper_axes(hyper, None)._replace(learning_rate=None if hyper.learning_rate is None else 0, l2=0)
-        # X and the row weights are shared by the columns (inside a batch level, per problem).
-        levels.append(Level(Data(None, 0, None), hyper_axes, 0, None))
+        levels.append(Level(data_axes, hyper_axes, 0, None))
     levels_t = tuple(levels)
 
     result = run(params, data, hyper, run_key, static, levels_t, callback)
@@ -559,8 +602,10 @@ def fit(
     if per_output:
         final_loss = jnp.sum(final_loss, axis=-1)  # the joint objective sums over outputs
     stats = {
-        "compile_seconds": result.compile_seconds,
-        "run_seconds": result.run_seconds,
+        "compile_seconds": result.compile_seconds + precompute_compile,
+        "run_seconds": result.run_seconds + precompute_seconds,
+        "precompute_seconds": precompute_seconds,
+        "plan": plan,
         "chunks": result.chunks,
         "backend": jax.default_backend(),
         "dtype": str(dtype),
@@ -575,6 +620,26 @@ def fit(
     if np.any(diverged):
         _warn_divergence(steps_taken, diverged, learning_rate)
     return FitResult(out_params, final_loss, history, steps_taken, converged, diverged, stats)
+
+
+def _sufficient_statistics(data: Data, batched: bool):
+    """Replace ``data`` by its :class:`~gradfit._stats.Stats` (vmapped over problems when batched).
+
+    Returns (stats, compile_seconds, run_seconds); the pass is compiled ahead of time and
+    cached like the loop's programs, and its run time counts as the fit's run time.
+    """
+    fn = lambda X, y, w: _stats.sufficient_statistics(X, y, w)  # noqa: E731
+    if batched:
+        fn = jax.vmap(fn, in_axes=(0, 0, None if data.sample_weight is None else 0))
+    key = ("stats", batched, _signature(tuple(data)))
+    compile_seconds = 0.0
+    if key not in _EXECUTABLES:
+        start = time.perf_counter()
+        _EXECUTABLES[key] = jax.jit(fn).lower(*data).compile()
+        compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    stats = jax.block_until_ready(_EXECUTABLES[key](*data))
+    return stats, compile_seconds, time.perf_counter() - start
 
 
 def _hyper_axes(hyper: Hyper, axis) -> Hyper:
