@@ -72,7 +72,8 @@ def value_and_grad(
         total, gW, gb = carry
         Xb = jax.lax.dynamic_slice_in_dim(X, start, size)
         yb = jax.lax.dynamic_slice_in_dim(y, start, size)
-        z = Xb @ params.W + params.b
+        z = Xb @ params.W
+        z = z + (params.b if z.ndim == 1 else params.b[None, :])
         per, s = _per_row(loss, z, yb)
         if sample_weight is not None:
             wb = jax.lax.dynamic_slice_in_dim(sample_weight, start, size)

@@ -14,8 +14,9 @@ constants measured on the development machine (2-core AMD EPYC, ~40 GB/s, XLA:CP
 one float32 of X from memory costs ``READ = 10`` flops, and the Gram pass runs near gemm speed:
 
     direct = evals * (2 * READ * m * n + 4 * m * n * k)          X read twice per evaluation
-    stats  = READ * m * n + 2 * m * p^2 + 10 * q^3 + evals * 4 * q^2 * k
-             (mean pass + Gram pass + eigendecomposition + steps), p = n + 1 + k, q = n + 1
+    stats  = 2 * READ * m * n + 2 * m * p^2 + 10 * q^3 + evals * 4 * q^2 * k
+             (mean and residual passes + Gram pass + eigendecomposition + steps),
+             p = n + 1 + k, q = n + 1
 
 with ``evals = steps`` (times 2 for a line search, which evaluates the objective again) and
 picks ``"stats"`` for a full-batch MSE fit when ``stats < direct`` -- for n = 64 that is any
@@ -41,7 +42,7 @@ def cost_direct(m: int, n: int, k: int, evals: int) -> float:
 def cost_stats(m: int, n: int, k: int, evals: int) -> float:
     """Estimated cost of the statistics pass plus ``evals`` O(n^2 k) evaluations, in flops."""
     p, q = n + 1 + k, n + 1
-    return READ * m * n + 2.0 * m * p * p + 10.0 * q**3 + evals * 4.0 * q * q * k
+    return 2 * READ * m * n + 2.0 * m * p * p + 10.0 * q**3 + evals * 4.0 * q * q * k
 
 
 def choose(

@@ -37,9 +37,9 @@ Numerics (why this form, in the input dtype, float32 included):
   size ``y^T y`` to get a residual that may be orders of magnitude smaller (relative error
   ~ eps / (1 - R^2)). The form above is a sum of non-negative terms plus the constant rss,
   so the *decrease* of the loss, which drives the ``tol`` test and line searches, is computed
-  to working precision. ``rss`` itself is computed once as ``tr(Yc^T D Yc) - c^T A^+ c``,
-  with an absolute error of about ``eps * y^T y`` (it is clipped at 0): the reported loss
-  value can be off by that constant, never its gradient.
+  to working precision. The constant ``rss`` is not taken from the Gram (``tr(Yc^T D Yc) -
+  c^T A^+ c`` would cancel to an absolute error of ~ eps * y^T y) but from one more read of
+  X, as ``sum_i w_i ||x_i W* + b* - y_i||^2``: as accurate as the direct path's loss.
 - *Rank deficiency.* Eigenvalues below ``p * eps * max(lam)`` are set to 0 (a constant or
   duplicated column): the gradient has no component there, exactly as ``X^T r`` has none.
 
@@ -106,9 +106,9 @@ def sufficient_statistics(
       block: rows per block (default :func:`block_rows`); the last partial block is handled
         separately, so m need not be a multiple of it.
 
-    Returns: a :class:`Stats`. Jittable and ``vmap``-able (shapes are static). Cost: one read
-    of X for the means and one for the Gram blocks, O(m p^2) flops, then O(n^3) for the
-    eigendecomposition.
+    Returns: a :class:`Stats`. Jittable and ``vmap``-able (shapes are static). Cost: three
+    reads of X (the means, the Gram blocks at O(m p^2) flops, the residual at the
+    least-squares solution) and O(n^3) for the eigendecomposition.
     """
     m, n = X.shape
     dtype = X.dtype
@@ -132,7 +132,7 @@ def sufficient_statistics(
     def block_gram(start, size):
         Xb = jax.lax.dynamic_slice_in_dim(X, start, size)
         Yb = jax.lax.dynamic_slice_in_dim(Y, start, size)
-        Z = jnp.concatenate([Xb - x_mean, jnp.ones((size, 1), dtype), Yb - y_mean], axis=1)
+        Z = jnp.concatenate([Xb - x_mean[None, :], jnp.ones((size, 1), dtype), Yb - y_mean[None, :]], axis=1)
         wb = None if sample_weight is None else jax.lax.dynamic_slice_in_dim(sample_weight, start, size)
         return _gram(Z, wb)
 
@@ -150,14 +150,20 @@ def sufficient_statistics(
     gram = carry[0]
     gram = 0.5 * (gram + gram.T)
 
-    eigvals, eigvecs, solution, rss = _factor(gram, n)
+    eigvals, eigvecs, solution, _ = _factor(gram, n)
+    # rss from the Gram (y'y - c'A^+c) cancels to ~eps * y'y; one more read of X gives it
+    # to the precision of the residuals themselves.
+    W_s, bh = solution[:n], solution[n]
+    r = X @ W_s + (bh - x_mean @ W_s + y_mean)[None, :] - Y
+    rr = r * r if sample_weight is None else r * r * sample_weight[:, None]
+    rss = jnp.sum(rr, axis=0)
     if one_output:
         y_mean, solution, rss = y_mean[0], solution[:, 0], rss[0]
     return Stats(x_mean, y_mean, count, gram, eigvals, eigvecs, solution, rss)
 
 
 def _factor(gram: jax.Array, n: int):
-    """Eigen-factor A = gram[:q, :q]; v* = A^+ c and rss = tr(Yc^T D Yc) - c^T A^+ c per output."""
+    """Eigen-factor A = gram[:q, :q]; v* = A^+ c; and the Gram's rss estimate tr(Yc^T D Yc) - c^T A^+ c."""
     q = n + 1
     A = gram[:q, :q]
     c = gram[:q, q:]
