@@ -81,6 +81,7 @@ class Static(NamedTuple):
     fit_intercept: bool
     batch_size: int | None
     chunk_size: int
+    shuffle: str = "blocks"  # minibatch sampling: "blocks" (contiguous batches) or "rows" (permutation)
 
 
 class Level(NamedTuple):
@@ -191,26 +192,50 @@ def _minibatch_plan(m: int, batch_size: int) -> tuple[int, int]:
 
 
 def _epoch_update(state: SolverState, data: Data, hyper: Hyper, static: Static):
-    """One epoch of minibatch steps over a fresh on-device permutation of the rows.
+    """One epoch of minibatch steps; which rows form a batch depends on ``static.shuffle``.
+
+    ``"rows"``: a fresh on-device permutation of all rows each epoch; each batch gathers its
+    rows from anywhere in X (exact uniform sampling without replacement; a random-access read).
+    ``"blocks"``: the rows are cut once into contiguous batches ``[j*B, (j+1)*B)``, visited in
+    a fresh random order each epoch; a batch is a slice of X, read sequentially, so an epoch
+    costs one streaming read of X. The batch *contents* are fixed, so rows should be in
+    random order to begin with (shuffle X once beforehand if it is sorted, e.g. by label).
 
     Batches have a fixed shape (batch_size rows); the short last batch is padded with
-    zero-weight rows, so every row is used once per epoch and nothing recompiles. Returns the
-    epoch's mean objective (weighted by rows) and the params after the epoch.
+    zero-weight rows ("blocks": the last batch is the slice ``[m - B, m)`` with the rows of
+    the previous batch weighted 0), so every row is used once per epoch and nothing
+    recompiles. Returns the epoch's mean objective (weighted by rows) and the params after it.
     """
     opt = _optimizer(static, hyper)
     m = data.X.shape[0]
-    n_batches, pad = _minibatch_plan(m, static.batch_size)
+    bs = static.batch_size
+    n_batches, pad = _minibatch_plan(m, bs)
     key, sub = jax.random.split(state.key)
-    perm = jax.random.permutation(sub, m)
-    index = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, static.batch_size)
     dtype = data.X.dtype
-    valid = jnp.concatenate([jnp.ones((m,), dtype), jnp.zeros((pad,), dtype)]).reshape(n_batches, -1)
+    if static.shuffle == "blocks":
+        batches = jax.random.permutation(sub, n_batches)
+
+        def fetch(j):
+            start = jnp.minimum(j * bs, m - bs)
+            mask = ((start + jnp.arange(bs)) >= j * bs).astype(dtype)
+            rows = lambda a: jax.lax.dynamic_slice_in_dim(a, start, bs)  # noqa: E731
+            weight = mask if data.sample_weight is None else mask * rows(data.sample_weight)
+            return Data(rows(data.X), rows(data.y), weight)
+    else:
+        perm = jax.random.permutation(sub, m)
+        index = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, bs)
+        valid = jnp.concatenate([jnp.ones((m,), dtype), jnp.zeros((pad,), dtype)]).reshape(n_batches, -1)
+        batches = (index, valid)
+
+        def fetch(batch):
+            rows, mask = batch
+            weight = mask if data.sample_weight is None else mask * data.sample_weight[rows]
+            return Data(data.X[rows], data.y[rows], weight)
 
     def one_batch(carry, batch):
         params, opt_state = carry
-        rows, mask = batch
-        weight = mask if data.sample_weight is None else mask * data.sample_weight[rows]
-        sub_data = Data(data.X[rows], data.y[rows], weight)
+        sub_data = fetch(batch)
+        weight = sub_data.sample_weight
         value, g = value_and_grad(params, sub_data, hyper.l2, static)
         updates, opt_state = opt.update(
             g, opt_state, params, value=value, grad=g,
@@ -218,7 +243,7 @@ def _epoch_update(state: SolverState, data: Data, hyper: Hyper, static: Static):
         )
         return (optax.apply_updates(params, updates), opt_state), (value, jnp.sum(weight))
 
-    (params, opt_state), (values, counts) = jax.lax.scan(one_batch, (state.params, state.opt_state), (index, valid))
+    (params, opt_state), (values, counts) = jax.lax.scan(one_batch, (state.params, state.opt_state), batches)
     if static.reduction == "sum":
         epoch_value = jnp.sum(values)
     else:
@@ -452,6 +477,7 @@ def fit(
     grad: str = "auto",
     init: Params | str | None = None,
     batch_size: int | None = None,
+    shuffle: str = "blocks",
     seed: int = 0,
     fit_intercept: bool = True,
     sample_weight=None,
@@ -482,8 +508,14 @@ def fit(
         (MSE by sufficient statistics: one pass over X, then O(n^2 k) per step, same
         iterates). The plan used is ``stats["plan"]``.
       init: None/``"zeros"``, ``"normal"`` (N(0, 1/n) weights from ``seed``) or ``Params``.
-      batch_size: minibatch SGD with a fresh permutation every epoch on device; the short last
+      batch_size: minibatch SGD, batches drawn on device as ``shuffle`` says; the short last
         batch is kept (padded with zero-weight rows), so no row is dropped.
+      shuffle: minibatch sampling. ``"blocks"`` (default): fixed contiguous batches visited
+        in a fresh random order every epoch, so an epoch is one sequential read of X (shuffle
+        the rows of X once beforehand if they are ordered, e.g. sorted by label). ``"rows"``:
+        a fresh permutation of all rows every epoch, each batch gathered from anywhere in X
+        (exact sampling without replacement; on CPU ~30-100x slower per epoch, measured in
+        ``docs/benchmarks.md``).
       seed: seeds the minibatch permutations and ``init="normal"``.
       fit_intercept: False fixes b at its initial value (0).
       sample_weight: (m,) non-negative row weights ("mean" divides by their sum).
@@ -519,6 +551,8 @@ def fit(
         batch_size = _validation.positive_int(batch_size, "batch_size")
         if batch_size > m:
             raise ValueError(f"batch_size={batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None for full batches")
+    if shuffle not in ("rows", "blocks"):
+        raise ValueError(f"unknown shuffle {shuffle!r}: use 'rows' (a permutation per epoch) or 'blocks' (contiguous batches in random order)")
     if not isinstance(fit_intercept, bool):
         raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
 
@@ -561,7 +595,7 @@ def fit(
         grad, loss=loss, m=m, n=n, k=k or 1, steps=steps, batch_size=batch_size,
         line_search=spec.name in _optim.LINE_SEARCH,
     )
-    static = Static(loss, reduction, plan, spec, lr is not None, fit_intercept, batch_size, chunk_size)
+    static = Static(loss, reduction, plan, spec, lr is not None, fit_intercept, batch_size, chunk_size, shuffle)
     precompute_seconds, precompute_compile = 0.0, 0.0
     if plan == "stats":
         data, precompute_compile, precompute_seconds = _sufficient_statistics(data, batched)
@@ -613,6 +647,7 @@ def fit(
         "reduction": reduction,
         "optimizer": spec.name or type(optimizer).__name__,
         "grad": grad,
+        "shuffle": shuffle if batch_size is not None else None,
         "vmapped": [name for name, on in (("problems", batched), ("outputs", per_output)) if on],
     }
     if not levels_t:
