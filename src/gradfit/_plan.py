@@ -31,7 +31,11 @@ from __future__ import annotations
 GRAD_MODES = ("auto", "autodiff", "hand", "stats", "onepass")
 
 READ = 10.0  # cost of reading one element of X from memory, in gemm flops (measured)
-DIRECT_DEFAULT = "autodiff"  # the direct plan picked by "auto" (measured; see docs/benchmarks.md)
+# The direct plan "auto" picks: the closed forms, two whole-array passes that XLA runs on all
+# cores (CPU) or as plain fused kernels (GPU). "onepass" reads X once but its row-block loop
+# runs on one CPU core and launches a kernel per block on a GPU, so it is opt-in; the
+# measurements are in docs/benchmarks.md.
+DIRECT_DEFAULT = "hand"
 
 
 def cost_direct(m: int, n: int, k: int, evals: int) -> float:
