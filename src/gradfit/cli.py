@@ -74,13 +74,14 @@ def cmd_fit(args) -> int:
         "run_seconds": st["run_seconds"],
         "wall_seconds": wall,
         "backend": st["backend"],
+        "plan": st.get("plan"),
         "devices": [str(d) for d in jax.devices()],
         "config": cfg,
     }
     print(f"loss {report['loss']:.6g} after {result.steps} steps "
           f"(converged={result.converged}, diverged={result.diverged})")
     print(f"time: compile {st['compile_seconds']:.3f} s, run {st['run_seconds']:.3f} s "
-          f"({1e3 * st['run_seconds'] / max(result.steps, 1):.3f} ms/step) on {st['backend']}")
+          f"({1e3 * st['run_seconds'] / max(result.steps, 1):.3f} ms/step) on {st['backend']}, plan {st.get('plan')!r}")
     if f["loss"] == "mse" and np.ndim(l2) == 0:
         W_opt, b_opt, j_opt = least_squares_optimum(
             ds.X, ds.y, reduction=f["reduction"], l2=float(l2), fit_intercept=f["fit_intercept"]
