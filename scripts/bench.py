@@ -161,7 +161,7 @@ def torch_steps(X, y, loss: str, lr: float, steps: int, l2: float = 0.0):
         J.backward()
         opt.step()
         times.append(time.perf_counter() - t)
-    return W.detach().numpy(), float(b), times
+    return W.detach().numpy(), float(b.detach()), times
 
 
 # --------------------------------------------------------------------------- gradfit
@@ -234,6 +234,8 @@ def machine_info() -> dict:
 def row(method, *, compile_s=None, step_s=None, steps_to_tol=None, time_to_tol=None, bytes_per_step=None,
         floor=None, rss=None, gap=None, dist=None, note=""):
     gbps = None if not step_s or not bytes_per_step else bytes_per_step / step_s / 1e9
+    print(f"  {method}: step {None if step_s is None else round(1e3 * step_s, 3)} ms, "
+          f"to tol {time_to_tol}, compile {compile_s}", flush=True)
     return {
         "method": method, "compile_s": compile_s, "step_ms": None if step_s is None else 1e3 * step_s,
         "steps_to_tol": steps_to_tol, "time_to_tol_s": time_to_tol, "GBps": gbps,

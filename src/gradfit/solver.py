@@ -101,7 +101,9 @@ class FitResult(NamedTuple):
     objective of each epoch), shape (steps,). steps: objective evaluations (epochs with
     ``batch_size``). converged: the ``tol`` test passed. diverged: the loss became non-finite
     or exploded; ``params`` are the last ones before that. stats: timings
-    (``compile_seconds``, ``run_seconds``), ``backend`` and the settings used.
+    (``compile_seconds``, ``run_seconds``; ``precompute_seconds``, the sufficient-statistics
+    pass of ``plan="stats"``, is part of ``run_seconds``), ``plan`` (how the gradient was
+    computed, see :mod:`gradfit._plan`), ``backend`` and the settings used.
 
     With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain
     a leading axis (k or B) and ``losses`` is padded with NaN past each member's ``steps``.
