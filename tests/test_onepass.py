@@ -89,12 +89,13 @@ def test_auto_plan_choice():
     # Many steps of full-batch MSE: statistics; BCE, minibatches or 1 step: the direct default.
     kw = dict(m=1_000_000, n=64, k=1, batch_size=None, line_search=False)
     assert _plan.choose("auto", loss="mse", steps=1000, **kw) == "stats"
-    assert _plan.choose("auto", loss="mse", steps=1, **kw) == _plan.DIRECT_DEFAULT
-    assert _plan.choose("auto", loss="bce", steps=1000, **kw) == _plan.DIRECT_DEFAULT
-    assert _plan.choose("auto", loss="mse", steps=1000, **{**kw, "batch_size": 128}) == _plan.DIRECT_DEFAULT
+    assert _plan.choose("auto", loss="mse", steps=1, **kw) == _plan.direct_default()
+    assert _plan.choose("auto", loss="bce", steps=1000, **kw) == _plan.direct_default()
+    assert _plan.choose("auto", loss="mse", steps=1000, **{**kw, "batch_size": 128}) == _plan.direct_default()
     # Wide X: the Gram pass costs more than a few steps.
-    assert _plan.choose("auto", loss="mse", steps=3, **{**kw, "n": 4000}) == _plan.DIRECT_DEFAULT
+    assert _plan.choose("auto", loss="mse", steps=3, **{**kw, "n": 4000}) == _plan.direct_default()
     assert _plan.choose("onepass", loss="mse", steps=1000, **kw) == "onepass"
+    assert _plan.direct_default("cpu") == "onepass" and _plan.direct_default("gpu") == "hand"
     X = np.random.default_rng(0).standard_normal((500, 3)).astype(np.float32)
     r = gradfit.fit(X, X @ np.ones(3, np.float32), steps=100)
     assert r.stats["plan"] == "stats"

@@ -18,10 +18,11 @@ or m) multiplies J, dW and db at the end: the closed forms of :mod:`gradfit.grad
 one read of X from memory. The loop is ``lax.fori_loop`` over full blocks plus one static
 tail block, so any m works and nothing is padded or copied.
 
-Measured trade-off (see ``docs/benchmarks.md``): on XLA:CPU a loop body runs on one core,
-while whole-array fusions use all cores; with few cores and high per-core bandwidth the one
-read wins, otherwise the two parallel reads of the direct path can. The solver's ``"auto"``
-plan follows the measurements recorded there.
+Measured trade-off (``docs/benchmarks.md``): on XLA:CPU a loop body runs on one core, while
+whole-array fusions use all cores but need all of them at once. On an idle 2-core machine
+the one read on one core ties with the two parallel reads of ``grad="hand"``; on a loaded
+machine it was 2-4x faster. ``"auto"`` picks this plan on CPU; on a GPU, where the loop
+would launch a kernel per block, it picks ``"hand"``.
 """
 
 from __future__ import annotations
