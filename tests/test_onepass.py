@@ -113,3 +113,17 @@ def test_plans_need_no_rank_promotion():
         _onepass.value_and_grad(p, X, jnp.abs(y) / 4, loss="bce", sample_weight=w, block=8)
         st = _stats.sufficient_statistics(X, y, w, block=8)
         _stats.value_and_grad(p, st)
+
+
+@pytest.mark.parametrize("grad", ["hand", "onepass"])
+def test_compiled_step_reads_X_in_place(grad):
+    """No plan's compiled step holds a transposed (n, m) copy of X."""
+    from gradfit import solver
+
+    m, n = 4096, 8
+    data = solver.Data(jnp.zeros((m, n), jnp.float32), jnp.zeros((m,), jnp.float32))
+    p = Params(jnp.zeros(n, jnp.float32), jnp.zeros((), jnp.float32))
+    static = solver.Static("bce", "mean", grad, None, True, True, None, 1)
+    fn = jax.jit(lambda p, d: solver.value_and_grad(p, d, jnp.float32(0), static))
+    hlo = fn.lower(p, data).compile().as_text()
+    assert f"f32[{n},{m}]" not in hlo
