@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

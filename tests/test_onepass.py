@@ -74,7 +74,6 @@ def test_hlo_has_no_transpose_of_X():
 
 @pytest.mark.parametrize("loss", ["mse", "bce"])
 def test_fit_matches_direct(x64, loss):
-    rng = np.random.default_rng(2)
     data = datasets.make_classification(300, 4, seed=1) if loss == "bce" else datasets.make_regression(300, 4, seed=1)
     X, y = np.asarray(data.X, np.float64), np.asarray(data.y, np.float64)
     a = gradfit.fit(X, y, loss=loss, grad="autodiff", steps=50, learning_rate=0.1)
@@ -82,7 +81,6 @@ def test_fit_matches_direct(x64, loss):
     assert b.stats["plan"] == "onepass"
     np.testing.assert_allclose(b.losses, a.losses, rtol=1e-12)
     chex.assert_trees_all_close(b.params, a.params, rtol=1e-10, atol=1e-12)
-    del rng
 
 
 def test_auto_plan_choice():
