@@ -546,8 +546,30 @@ def render(res: dict) -> str:
     out += ["", "## MSE (linear regression), full batch, SGD lr 0.1", "", table(res["mse"], COLS), "",
             "## BCE (logistic regression), full-batch step", "", table(res["bce_steps"], COLS), "",
             f"## Logistic regression to the tolerance: L-BFGS vs scikit-learn (m = {res['lbfgs_m']}, C = 1)", "",
-            table(res["lbfgs"], COLS), ""]
+            table(res["lbfgs"], COLS), "", NOTES]
     return "\n".join(out)
+
+
+NOTES = """## Reading these numbers
+
+- The development machine is shared: the load average above says how many other processes
+  competed for its 2 cores. Whole-array XLA fusions and OpenBLAS calls split every operation
+  over both cores and wait for the slower one, so they lose most under load; gradfit's
+  one-pass loop runs each step on one core and loses least. The floor is measured in the
+  same conditions (a whole-array column sum), so *x floor* stays comparable within a run.
+- `grad='stats'`: the time to tolerance and the 1000-step workload include the statistics
+  pass (three reads of X and the Gram products), not just the O(n^2) steps.
+- L-BFGS: *time to tol* is the run time of the first iteration budget whose answer is within
+  the tolerance (gradfit: `steps`, a traced input, so no recompile between budgets;
+  scikit-learn: `max_iter` with `tol=0`); gradfit's compile time is in its own column and is
+  paid once per shape.
+- Minibatch epochs: `shuffle='blocks'` reads X once per epoch; `shuffle='rows'` spends its
+  time on the permutation (a sort of m keys) and the row gathers, not on arithmetic.
+- Not measured here: bfloat16 storage of X, which gradfit does not offer because XLA hoists
+  the upcast out of the block loop as a full-size float32 copy (`scripts/bf16_hoist.py`); and
+  one pass over X split over several CPU devices (`scripts/onepass_devices.py`), a lead for a
+  one-read step at the full bandwidth of all cores.
+"""
 
 
 if __name__ == "__main__":
