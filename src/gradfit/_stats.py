@@ -150,7 +150,7 @@ def sufficient_statistics(
     gram = carry[0]
     gram = 0.5 * (gram + gram.T)
 
-    eigvals, eigvecs, solution, _ = _factor(gram, n)
+    eigvals, eigvecs, solution = _factor(gram, n)
     # rss from the Gram (y'y - c'A^+c) cancels to ~eps * y'y; one more read of X gives it
     # to the precision of the residuals themselves.
     W_s, bh = solution[:n], solution[n]
@@ -163,7 +163,8 @@ def sufficient_statistics(
 
 
 def _factor(gram: jax.Array, n: int):
-    """Eigen-factor A = gram[:q, :q]; v* = A^+ c; and the Gram's rss estimate tr(Yc^T D Yc) - c^T A^+ c."""
+    """Eigen-factor ``A = gram[:q, :q] = Q diag(lam) Q^T`` (small eigenvalues set to 0) and
+    return (lam, Q, v* = A^+ c) with ``c = gram[:q, q:]``."""
     q = n + 1
     A = gram[:q, :q]
     c = gram[:q, q:]
@@ -172,10 +173,8 @@ def _factor(gram: jax.Array, n: int):
     keep = lam > cutoff
     lam = jnp.where(keep, lam, 0)
     inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
-    Qc = Q.T @ c  # (q, k)
-    solution = Q @ (inv[:, None] * Qc)
-    rss = jnp.diagonal(gram)[q:] - jnp.sum(inv[:, None] * Qc * Qc, axis=0)
-    return lam, Q, solution, jnp.maximum(rss, 0)
+    solution = Q @ (inv[:, None] * (Q.T @ c))
+    return lam, Q, solution
 
 
 def _scale(reduction: str, count):
