@@ -567,9 +567,8 @@ NOTES = """## Reading these numbers
   time on the permutation (a sort of m keys) and the row gathers, not on arithmetic.
 - Not measured here: bfloat16 storage of X, which gradfit does not offer because XLA hoists
   the upcast out of the block loop as a full-size float32 copy (`scripts/bf16_hoist.py`); and
-  one pass over X split over several CPU devices (`scripts/onepass_devices.py`), a lead for a
-  one-read step at the full bandwidth of all cores.
-"""
+  one pass over X split over several CPU devices (`scripts/onepass_devices.py`), an
+  experiment towards a one-read step at the bandwidth of all cores (inconclusive under load)."""
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A lead for one read of X per step at full CPU bandwidth: rows split over CPU devices.
+"""An experiment towards one read of X per step at full CPU bandwidth: rows over CPU devices.
 
 On XLA:CPU a loop body runs on one core, so ``grad="onepass"`` reads X once but with one
 core's bandwidth, while the two whole-array passes of ``grad="hand"`` use every core. Giving
@@ -10,6 +10,8 @@ choice a library must not make on import) and splitting the rows of X over them 
 
 Prints the median BCE value-and-gradient time of: the sharded one-pass loop, the one-device
 two-pass closed form (what ``grad="hand"`` computes), and one read of X (the floor).
+On the shared 2-core development machine, under load, two runs disagreed (52 vs 292 ms in
+one, 102 vs 89 ms in the other): not yet evidence either way; measure on an idle machine.
 """
 
 from __future__ import annotations
