@@ -203,3 +203,19 @@ def test_plans_vmap_over_hyperparameters(x64, plan):
     for i in range(3):
         ref = gradfit.fit(X, y, grad="autodiff", learning_rate=lrs[i], l2=l2s[i], steps=30)
         np.testing.assert_allclose(out.state.params.W[i], ref.params.W, rtol=1e-9, atol=1e-12)
+
+
+def test_float32_moments_accumulate_accurately():
+    """float32 Gram of 200k rows with |mean| >> std: centring + Kahan keep it at float32 rounding."""
+    rng = np.random.default_rng(9)
+    m, n = 200_000, 6
+    X = (rng.standard_normal((m, n)) * rng.uniform(0.1, 2, n) + 100).astype(np.float32)
+    y = (X @ rng.standard_normal(n) + rng.standard_normal(m)).astype(np.float32)
+    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y))
+    X64, y64 = X.astype(np.float64), y.astype(np.float64)
+    Xc, yc = X64 - X64.mean(0), y64 - y64.mean()
+    blocks = _stats.gram_blocks(st, n)
+    np.testing.assert_allclose(blocks["xtx"], Xc.T @ Xc, rtol=2e-5, atol=2e-5 * m)
+    np.testing.assert_allclose(blocks["xty"][:, 0], Xc.T @ yc, rtol=2e-5, atol=2e-5 * m)
+    coef, *_ = np.linalg.lstsq(np.hstack([X64, np.ones((m, 1))]), y64, rcond=None)
+    np.testing.assert_allclose(st.solution[:n], coef[:n], rtol=1e-3)
