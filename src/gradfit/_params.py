@@ -27,7 +27,8 @@ class Params(NamedTuple):
 
 def predict(params: Params, X: jax.Array) -> jax.Array:
     """Return ``X @ W + b``: shape (m,) for one output, (m, k) for k outputs."""
-    return X @ params.W + params.b
+    b = params.b
+    return X @ params.W + (b if b.ndim == 0 else b[None, :])
 
 
 def zeros(n_features: int, n_outputs: int | None, dtype) -> Params:

@@ -70,10 +70,23 @@ def choose(
     steps: int,
     batch_size: int | None,
     line_search: bool,
+    sharded: bool = False,
 ) -> str:
-    """Resolve ``grad`` ("auto" or a forced plan) to the plan a fit runs; ValueError if invalid."""
+    """Resolve ``grad`` ("auto" or a forced plan) to the plan a fit runs; ValueError if invalid.
+
+    ``sharded``: the rows of X are split over several devices. "stats" and "onepass" walk
+    the rows in blocks on one device, so there "auto" is "hand" (whole-array passes, which
+    XLA splits over the devices with one all-reduce) and forcing either is an error.
+    """
     if grad not in GRAD_MODES:
         raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, GRAD_MODES))}")
+    if sharded:
+        if grad in ("stats", "onepass"):
+            raise ValueError(
+                f"grad={grad!r} walks the rows in blocks on one device, but X is split over several: "
+                "use grad='auto' or 'hand' with devices, or fit on one device (devices=1)"
+            )
+        return DIRECT_FALLBACK if grad == "auto" else grad
     if grad == "stats":
         if loss != "mse":
             raise ValueError(

@@ -46,11 +46,22 @@ def least_squares_optimum(X, y, *, reduction: str, l2: float, fit_intercept: boo
 def cmd_fit(args) -> int:
     import jax
 
-    from gradfit import _io, config, data, solver
+    from gradfit import _io, config, data, datasets, distributed, solver
 
     cfg = config.load(args.config, args.overrides)
-    ds = data.load(cfg["data"])
+    multi = distributed.initialize_from_config(cfg["distributed"]) is not None
     f = dict(cfg["fit"])
+    extra = {}
+    if multi and str(cfg["data"]["source"]).endswith(".npy"):  # each process reads its own rows
+        d = cfg["data"]
+        loaded = distributed.load_rows(
+            d["source"], target=d["target"], features=d["features"], dtype=d["dtype"],
+            standardize=d["standardize"], devices=f.pop("devices"),
+        )
+        ds = datasets.Dataset(loaded.data.X, loaded.data.y, None)
+        extra = {"sample_weight": loaded.data.sample_weight, "n_rows": loaded.n_rows}
+    else:
+        ds = data.load(cfg["data"])
     options = f.pop("optimizer_options")
     lr = f.pop("learning_rate")
     l2 = f.pop("l2")
@@ -61,7 +72,7 @@ def cmd_fit(args) -> int:
     wall = time.perf_counter()
     result = solver.fit(
         ds.X, ds.y, learning_rate=None if lr is None else np.asarray(lr), l2=np.asarray(l2),
-        optimizer_options=options, **f,
+        optimizer_options=options, **f, **extra,
     )
     wall = time.perf_counter() - wall
     st = result.stats
@@ -76,13 +87,14 @@ def cmd_fit(args) -> int:
         "backend": st["backend"],
         "plan": st.get("plan"),
         "devices": [str(d) for d in jax.devices()],
+        "fit_devices": st["devices"],  # how many the rows were split over
         "config": cfg,
     }
     print(f"loss {report['loss']:.6g} after {result.steps} steps "
           f"(converged={result.converged}, diverged={result.diverged})")
     print(f"time: compile {st['compile_seconds']:.3f} s, run {st['run_seconds']:.3f} s "
           f"({1e3 * st['run_seconds'] / max(result.steps, 1):.3f} ms/step) on {st['backend']}, plan {st.get('plan')!r}")
-    if f["loss"] == "mse" and np.ndim(l2) == 0:
+    if f["loss"] == "mse" and np.ndim(l2) == 0 and isinstance(ds.X, np.ndarray):
         W_opt, b_opt, j_opt = least_squares_optimum(
             ds.X, ds.y, reduction=f["reduction"], l2=float(l2), fit_intercept=f["fit_intercept"]
         )
@@ -96,10 +108,11 @@ def cmd_fit(args) -> int:
         err = float(np.linalg.norm(np.asarray(result.params.W) - ds.truth.W) / np.linalg.norm(ds.truth.W))
         report["relative_error_to_truth"] = err
         print(f"known truth: ||W - W_true|| / ||W_true|| = {err:.3e}")
-    _io.write_npz(out_dir / "params.npz", W=result.params.W, b=result.params.b)
-    _io.write_npz(out_dir / "history.npz", losses=result.losses)
-    _io.write_json(out_dir / "report.json", report)
-    print(f"wrote {out_dir}/params.npz, history.npz, report.json")
+    if distributed.is_writer():  # results are replicated: process 0 writes them once
+        _io.write_npz(out_dir / "params.npz", W=result.params.W, b=result.params.b)
+        _io.write_npz(out_dir / "history.npz", losses=result.losses)
+        _io.write_json(out_dir / "report.json", report)
+        print(f"wrote {out_dir}/params.npz, history.npz, report.json")
     return 1 if result.diverged else 0
 
 
@@ -153,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # user mistakes: one clear line, no traceback
         print(f"gradfit {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
+    except OSError as e:  # includes TimeoutError (a coordinator that never answered)
         print(f"gradfit {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -44,6 +44,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "init": "zeros",
         "chunk_size": 256,
         "optimizer_options": {},
+        # None: all devices once n_samples >= gradfit.sharding.AUTO_MIN_ROWS; an int: that many;
+        # a list: those device ids. Rows are split across them (gradfit.sharding).
+        "devices": None,
+    },
+    # Several processes/hosts (gradfit.distributed); unset keys fall back to the environment
+    # variables GRADFIT_COORDINATOR_ADDRESS, GRADFIT_NUM_PROCESSES, GRADFIT_PROCESS_ID.
+    "distributed": {
+        "coordinator_address": None,  # "host:port" of process 0
+        "num_processes": None,
+        "process_id": None,
+        "initialization_timeout": 60,  # seconds for all processes to join, then a clear error
     },
     "output": {
         "dir": "runs/fit",
@@ -59,6 +70,10 @@ _OPEN_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
     ("fit", "batch_size"): (int,),
     ("fit", "optimizer_options"): (dict,),
     ("fit", "l2"): (int, float, list),
+    ("fit", "devices"): (int, list),
+    ("distributed", "coordinator_address"): (str,),
+    ("distributed", "num_processes"): (int,),
+    ("distributed", "process_id"): (int,),
 }
 
 

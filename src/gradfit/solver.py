@@ -4,7 +4,8 @@ One step evaluates the objective ``J(p) = loss(p; X, y) + (l2/2) ||W||^2`` and i
 applies an optax update, and decides from data alone whether to go on:
 
 - **converged** when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)`` (scipy's
-  ``ftol`` test); the params ``p_t`` are kept;
+  ``ftol`` test; tol is at least 4 eps of the dtype, since smaller changes are rounding);
+  the params ``p_t`` are kept;
 - **diverged** when ``J_t`` is not finite or exceeds ``1e6 * max(J_0, eps)``; the last
   params whose objective passed that test, ``p_{t-1}``, are kept.
 
@@ -81,7 +82,8 @@ class Static(NamedTuple):
     fit_intercept: bool
     batch_size: int | None
     chunk_size: int
-    shuffle: str = "blocks"  # minibatch sampling: "blocks" (contiguous batches) or "rows" (permutation)
+    rows: int | None = None  # real rows when X was padded for sharding (the rest have weight 0)
+    shuffle: str = "rows"  # minibatch sampling: "rows" (permutation) or "blocks" (contiguous; fit's default)
 
 
 class Level(NamedTuple):
@@ -209,7 +211,7 @@ def _epoch_update(state: SolverState, data: Data, hyper: Hyper, static: Static):
     recompiles. Returns the epoch's mean objective (weighted by rows) and the params after it.
     """
     opt = _optimizer(static, hyper)
-    m = data.X.shape[0]
+    m = data.X.shape[0] if static.rows is None else static.rows  # padding rows are never drawn
     bs = static.batch_size
     n_batches, pad = _minibatch_plan(m, bs)
     key, sub = jax.random.split(state.key)
@@ -265,7 +267,9 @@ def step(state: SolverState, data: Data, hyper: Hyper, static: Static) -> tuple[
     eps = jnp.finfo(value.dtype).eps
     bad = ~jnp.isfinite(value) | (value > DIVERGENCE_FACTOR * jnp.maximum(initial, eps))
     scale = jnp.maximum(jnp.maximum(jnp.abs(state.loss), jnp.abs(value)), 1)
-    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= hyper.tol * scale)
+    # A change within a few ulps of the dtype is no change, whatever tol asks for.
+    tol = jnp.where(hyper.tol < 0, hyper.tol, jnp.maximum(hyper.tol, 4 * eps))
+    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= tol * scale)
     params = jax.tree.map(
         lambda fb, cur, new: jnp.where(bad, fb, jnp.where(converged, cur, new)),
         fallback, state.params, candidate,
@@ -487,6 +491,8 @@ def fit(
     batched: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     callback: Callable[[SolverState, np.ndarray], None] | None = None,
+    devices: Any = None,
+    n_rows: int | None = None,
 ) -> FitResult:
     """Fit ``yhat = X @ W + b`` by gradient descent, the whole loop compiled.
 
@@ -526,6 +532,14 @@ def fit(
       batched: X has a leading axis of B independent problems, fitted under ``vmap``.
       chunk_size: steps per compiled chunk; Python runs only between chunks.
       callback: ``callback(state, history)`` between chunks.
+      devices: split the rows across devices (:mod:`gradfit.sharding`): None uses every
+        device once m >= ``gradfit.sharding.AUTO_MIN_ROWS`` (one device below that, or when
+        there is only one), an int d the first d devices (1 forces one), or a list of jax
+        devices or ids. Rows that do not divide evenly are padded with weight-0 rows.
+        Leave None when X, y are already sharded jax arrays (kept as they are).
+      n_rows: for X, y already padded and sharded (e.g. by :func:`gradfit.shard_rows` or
+        :func:`gradfit.distributed.load_rows`), the number of real rows, which come first;
+        minibatches are drawn from them only. Not needed for full batches.
 
     Returns:
       A :class:`FitResult`. Hyperparameters are arrays inside the program: a second fit on
@@ -577,7 +591,8 @@ def fit(
         if tuple(sw.shape) != tuple(y.shape[: lead + 1]):
             raise ValueError(f"sample_weight has shape {tuple(sw.shape)}: expected {tuple(y.shape[: lead + 1])}, one weight per row")
         _validation.check_finite(sw, "sample_weight")
-        if (np.asarray(sw) < 0).any() or not (np.asarray(sw).sum(axis=-1) > 0).all():
+        sw_check = sw if isinstance(sw, jax.Array) else np.asarray(sw)  # a global array stays on device
+        if bool((sw_check < 0).any()) or not bool((sw_check.sum(axis=-1) > 0).all()):
             raise ValueError("sample_weight must be >= 0 with a positive sum")
         sw = jnp.asarray(sw, dtype)
     key = jax.random.key(seed)
@@ -585,7 +600,7 @@ def fit(
     params = _check_init(init, n, out, dtype, init_key)
 
     per_output = k is not None and ((lr is not None and lr.ndim == 1) or l2_arr.ndim == 1)
-    data = Data(jnp.asarray(X, dtype), jnp.asarray(y, dtype), sw)
+    data, mesh, rows = _layout(X, y, sw, dtype, devices, n_rows, lead, batch_size)
     hyper = Hyper(
         learning_rate=None if lr is None else jnp.asarray(lr, dtype),
         l2=jnp.asarray(l2_arr, dtype),
@@ -595,9 +610,9 @@ def fit(
     )
     plan = _plan.choose(
         grad, loss=loss, m=m, n=n, k=k or 1, steps=steps, batch_size=batch_size,
-        line_search=spec.name in _optim.LINE_SEARCH,
+        line_search=spec.name in _optim.LINE_SEARCH, sharded=mesh is not None,
     )
-    static = Static(loss, reduction, plan, spec, lr is not None, fit_intercept, batch_size, chunk_size, shuffle)
+    static = Static(loss, reduction, plan, spec, lr is not None, fit_intercept, batch_size, chunk_size, rows, shuffle)
     precompute_seconds, precompute_compile = 0.0, 0.0
     if plan == "stats":
         data, precompute_compile, precompute_seconds = _sufficient_statistics(data, batched)
@@ -606,7 +621,8 @@ def fit(
     if batched:
         B = X.shape[0]
         params = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), params)
-        data_axes = Data(0, 0, None if sw is None else 0) if plan != "stats" else jax.tree.map(lambda _: 0, data)
+        # (the layout may have added weight-0 padding rows: map the weights that are there)
+        data_axes = Data(0, 0, None if data.sample_weight is None else 0) if plan != "stats" else jax.tree.map(lambda _: 0, data)
         levels.append(Level(data_axes, _hyper_axes(hyper, None), 0, None))
     if per_output:
         # Columns become independent problems: y (.., m, k) -> (.., k, m), W (.., n, k) -> (.., k, n).
@@ -624,6 +640,10 @@ def fit(
         hyper_axes = _hyper_axes(hyper, None)._replace(learning_rate=None if hyper.learning_rate is None else 0, l2=0)
         levels.append(Level(data_axes, hyper_axes, 0, None))
     levels_t = tuple(levels)
+    if mesh is not None:  # parameters, hyperparameters and the PRNG key on every device
+        from gradfit import sharding
+
+        params, hyper, run_key = sharding.replicate((params, hyper, run_key), mesh)
 
     result = run(params, data, hyper, run_key, static, levels_t, callback)
     state = result.state
@@ -651,6 +671,7 @@ def fit(
         "grad": grad,
         "shuffle": shuffle if batch_size is not None else None,
         "vmapped": [name for name, on in (("problems", batched), ("outputs", per_output)) if on],
+        "devices": 1 if mesh is None else mesh.size,
     }
     if not levels_t:
         steps_taken, converged, diverged = int(steps_taken), bool(converged), bool(diverged)
@@ -679,6 +700,53 @@ def _sufficient_statistics(data: Data, batched: bool):
     return stats, compile_seconds, time.perf_counter() - start
 
 
+def _layout(X, y, sw, dtype, devices, n_rows, row_axis: int, batch_size):
+    """Place the data: on one device, or rows split over a mesh (:mod:`gradfit.sharding`).
+
+    Returns ``(Data, mesh or None, real rows if padded else None)``.
+    """
+    from gradfit import sharding  # imports Data from this module
+
+    m = X.shape[row_axis]
+    if sharding.is_sharded(X):
+        if devices is not None:
+            raise ValueError(
+                "X is already sharded across devices: leave devices=None to keep its layout, or pass "
+                "host arrays to let devices= choose one"
+            )
+        mesh = sharding.mesh_of(Data(X, y, sw))
+        if mesh is None:
+            raise ValueError("X is sharded without a jax.sharding.NamedSharding: lay it out with gradfit.shard_rows")
+        # y and the weights follow X's row layout (a host array is cut into the same blocks).
+        def place(a):
+            if a is None or sharding.is_sharded(a):
+                return a
+            return sharding.place_rows(a, sharding.row_sharding(mesh, row_axis), row_axis, m, dtype)
+
+        data = Data(jnp.asarray(X, dtype), jnp.asarray(place(y), dtype), place(sw))
+        if n_rows is not None:
+            n_rows = _validation.positive_int(n_rows, "n_rows")
+            if n_rows > m or (n_rows < m and sw is None):
+                raise ValueError(
+                    f"n_rows={n_rows} does not fit X's {m} rows: give the real rows (<= {m}); padding rows "
+                    "after them need sample_weight 0, as gradfit.shard_rows makes"
+                )
+            if batch_size is not None and batch_size > n_rows:
+                raise ValueError(f"batch_size={batch_size} is larger than the {n_rows} real rows: use batch_size <= {n_rows}")
+        return data, mesh, None if n_rows == m else n_rows
+    if n_rows is not None:
+        raise ValueError("n_rows is only for X already padded and sharded (by gradfit.shard_rows); leave it unset")
+    devs = sharding.resolve_devices(devices, m)
+    if len(devs) == 1:
+        data = Data(jnp.asarray(X, dtype), jnp.asarray(y, dtype), sw)
+        if devices is not None:
+            data = jax.device_put(data, devs[0])
+        return data, None, None
+    data = sharding.shard_rows(Data(X, y, sw), devs, row_axis=row_axis, dtype=dtype)
+    padded = data.X.shape[row_axis]
+    return data, sharding.mesh_of(data), None if padded == m else m
+
+
 def _hyper_axes(hyper: Hyper, axis) -> Hyper:
     return Hyper(
         learning_rate=None if hyper.learning_rate is None else axis,
@@ -695,7 +763,7 @@ def _warn_divergence(steps, diverged, learning_rate) -> None:
     if learning_rate is not None:
         hint = f"; try a smaller learning_rate, e.g. {float(np.min(learning_rate)) / 10:g}, or standardise X"
     warnings.warn(
-        f"the fit diverged (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}x) at step {at - 1}: "
+        f"the fit diverged at step {at - 1} (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}-fold): "
         f"returning the last params before it{hint}",
         RuntimeWarning,
         stacklevel=3,

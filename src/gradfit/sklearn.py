@@ -1,0 +1,469 @@
+"""scikit-learn estimators: :class:`GDRegressor` and :class:`GDClassifier`.
+
+Both fit a linear model by :func:`gradfit.fit` (the whole loop one compiled program) and
+follow scikit-learn's conventions: parameters stored untouched in ``__init__`` and checked
+in ``fit``; ``coef_``, ``intercept_``, ``n_iter_``, ``n_features_in_`` set by ``fit``;
+``ConvergenceWarning`` when ``max_iter`` runs out before ``tol`` is met. They pass
+``sklearn.utils.estimator_checks.parametrize_with_checks`` and work in ``Pipeline`` and
+``GridSearchCV``.
+
+The penalty ``alpha`` has the meaning of :class:`sklearn.linear_model.SGDRegressor`'s and
+:class:`~sklearn.linear_model.SGDClassifier`'s ``alpha``: it multiplies ``(1/2) ||W||^2``
+next to a per-sample mean loss, so it *is* gradfit's ``l2``. The docstrings give the mapping
+to ``Ridge(alpha)`` and ``LogisticRegression(C)``.
+
+Prediction is ``X @ coef_.T + intercept_`` in numpy: a new number of rows never compiles
+anything, and X is not copied to an accelerator only to be multiplied once.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+import optax
+
+try:
+    from scipy.special import expit
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target
+    from sklearn.utils.validation import check_is_fitted, validate_data
+except ImportError as e:  # absent, or older than 1.6 (no validate_data)
+    raise ImportError(
+        f"gradfit.sklearn needs scikit-learn >= 1.6 ({e}): pip install 'gradfit[sklearn]'"
+    ) from e
+
+from gradfit import _optim, losses, solver
+from gradfit._params import Params
+
+__all__ = ["GDClassifier", "GDRegressor"]
+
+
+# --------------------------------------------------------------------------- parameters
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_params(est, allowed_reductions: tuple[str, ...]) -> None:
+    """Check the estimator's parameters, naming the parameter and the fix (before any compute)."""
+    name = type(est).__name__
+    lr = est.learning_rate
+    if lr is None:
+        if not (isinstance(est.optimizer, str) and est.optimizer in _optim.LINE_SEARCH):
+            raise ValueError(
+                f"{name}(learning_rate=None) is only meaningful with optimizer='lbfgs' (its line search "
+                "picks the step): give a positive float such as learning_rate=0.1"
+            )
+    elif not _is_real(lr) or lr <= 0:
+        raise ValueError(f"{name}: learning_rate must be a positive float (the step size), got {lr!r}; e.g. 0.1")
+    if isinstance(est.max_iter, bool) or not isinstance(est.max_iter, numbers.Integral) or est.max_iter < 1:
+        raise ValueError(f"{name}: max_iter must be a positive integer (the most steps), got {est.max_iter!r}")
+    if est.tol is not None and (not _is_real(est.tol) or est.tol < 0):
+        raise ValueError(f"{name}: tol must be a float >= 0, or None to always run max_iter steps; got {est.tol!r}")
+    if not _is_real(est.alpha) or est.alpha < 0:
+        raise ValueError(f"{name}: alpha must be a float >= 0 (the L2 penalty; 0 for none), got {est.alpha!r}")
+    if est.reduction not in allowed_reductions:
+        raise ValueError(
+            f"{name}: unknown reduction {est.reduction!r}: use one of {', '.join(map(repr, allowed_reductions))}"
+        )
+    if not isinstance(est.optimizer, (str, optax.GradientTransformation, optax.GradientTransformationExtraArgs)):
+        raise ValueError(
+            f"{name}: optimizer must be an optax alias name such as 'sgd', 'adam' or 'lbfgs', or an "
+            f"optax.GradientTransformation; got {type(est.optimizer).__name__}"
+        )
+    if est.optimizer_options is not None and not isinstance(est.optimizer_options, dict):
+        raise ValueError(
+            f"{name}: optimizer_options must be a dict such as {{'momentum': 0.9}} or None, "
+            f"got {type(est.optimizer_options).__name__}"
+        )
+    if not isinstance(est.fit_intercept, (bool, np.bool_)):
+        raise ValueError(f"{name}: fit_intercept must be True or False, got {est.fit_intercept!r}")
+    bs = est.batch_size
+    if bs is not None and (isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1):
+        raise ValueError(f"{name}: batch_size must be a positive integer, or None for full batches; got {bs!r}")
+    if isinstance(est.verbose, bool) or not isinstance(est.verbose, numbers.Integral) or est.verbose < 0:
+        raise ValueError(f"{name}: verbose must be an integer >= 0, got {est.verbose!r}")
+    if not isinstance(est.warm_start, (bool, np.bool_)):
+        raise ValueError(f"{name}: warm_start must be True or False, got {est.warm_start!r}")
+
+
+def _seed(random_state) -> int:
+    """An int seed for gradfit from scikit-learn's ``random_state`` (None, int or RandomState)."""
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state) % (2**32)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def _sample_weight(sample_weight, n_samples: int, dtype) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    sw = np.asarray(sample_weight)
+    if sw.ndim == 0:
+        sw = np.full(n_samples, sw)
+    if sw.shape != (n_samples,):
+        raise ValueError(
+            f"sample_weight has shape {sw.shape}: expected ({n_samples},), one weight per sample"
+        )
+    if sw.dtype.kind not in "biuf":
+        raise ValueError(f"sample_weight has dtype {sw.dtype}: give real numbers >= 0")
+    sw = sw.astype(dtype)
+    if not np.isfinite(sw).all():
+        raise ValueError("sample_weight contains NaN or inf: give finite weights >= 0")
+    if (sw < 0).any():
+        raise ValueError("sample_weight has negative entries: weights must be >= 0")
+    if not sw.sum() > 0:
+        raise ValueError("sample_weight sums to zero (all weights are zero): give at least one sample a positive weight")
+    return sw
+
+
+class _GDBase(BaseEstimator):
+    """What both estimators share: the parameter check and the call into :func:`gradfit.fit`."""
+
+    _loss: str
+    _reductions: tuple[str, ...]
+
+    def _run(self, X: np.ndarray, Y: np.ndarray, sample_weight, *, per_output: bool, warm: Params | None):
+        """Fit Y (m,) or (m, k) on X (m, n); returns the gradfit FitResult.
+
+        ``per_output``: the k columns are independent problems, ``vmap``-ed in one program, each
+        with its own stopping test (one-vs-rest).
+        """
+        m = X.shape[0]
+        batch_size = self.batch_size
+        if batch_size is not None and batch_size > m:
+            warnings.warn(
+                f"batch_size={batch_size} is larger than the {m} samples: using full batches of {m}",
+                UserWarning,
+                stacklevel=3,
+            )
+            batch_size = m
+        alpha = float(self.alpha)
+        l2 = np.full(Y.shape[1], alpha) if per_output else alpha
+        callback = _Printer(type(self).__name__) if self.verbose else None
+        return solver.fit(
+            X,
+            Y,
+            loss=self._loss,
+            reduction=self.reduction,
+            optimizer=self.optimizer,
+            learning_rate=None if self.learning_rate is None else float(self.learning_rate),
+            steps=int(self.max_iter),
+            tol=None if self.tol is None else float(self.tol),
+            l2=l2,
+            init=warm,
+            batch_size=batch_size,
+            seed=_seed(self.random_state),
+            fit_intercept=bool(self.fit_intercept),
+            sample_weight=sample_weight,
+            optimizer_options=self.optimizer_options,
+            callback=callback,
+        )
+
+    def _finish(self, result) -> None:
+        """Set ``n_iter_`` and warn like scikit-learn when ``max_iter`` ran out before ``tol``."""
+        steps = np.asarray(result.steps)
+        self.n_iter_ = int(steps.max())
+        if self.tol is None:
+            return
+        stopped = np.asarray(result.converged) | np.asarray(result.diverged)
+        if not stopped.all():
+            warnings.warn(
+                f"{type(self).__name__} did not converge in max_iter={self.max_iter} steps (tol={self.tol}): "
+                "increase max_iter, raise learning_rate, standardise X (e.g. StandardScaler), "
+                "or use optimizer='lbfgs'",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    def _warm_params(self, n_features: int, out: tuple[int, ...]) -> Params | None:
+        """The fitted (W, b) to start from when ``warm_start`` (None for a cold start)."""
+        if not self.warm_start or not hasattr(self, "coef_"):
+            return None
+        coef = np.asarray(self.coef_)  # (n,), (1, n) or (k, n): the last axis is the features
+        if coef.shape[-1] != n_features or coef.size != n_features * int(np.prod(out)):
+            raise ValueError(
+                f"warm_start=True but the previous fit had coef_ of shape {coef.shape}, which does not match "
+                f"this data ({n_features} features, {out[0] if out else 1} outputs): set warm_start=False"
+            )
+        W = coef.T.reshape(n_features, *out)
+        b = np.asarray(self.intercept_, W.dtype).reshape(out)
+        return Params(W, b)
+
+    def _scores(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return X @ self.coef_.T + self.intercept_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
+
+
+class _Printer:
+    """``verbose``: one line per compiled chunk (never per step)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, state, history) -> None:
+        step = int(np.max(np.asarray(state.step)))
+        last = np.asarray(history)[..., step - 1] if step else np.nan
+        print(f"[{self.name}] step {step}: objective {float(np.nansum(last)):.6g}", flush=True)
+
+
+# --------------------------------------------------------------------------- regression
+class GDRegressor(RegressorMixin, _GDBase):
+    """Linear regression by compiled gradient descent (squared error, optional L2 penalty).
+
+    Minimises, over ``W`` (n_features, n_targets) and ``b`` (n_targets,),
+
+        J(W, b) = c * sum_i w_i ||y_i - x_i W - b||^2 + (alpha / 2) ||W||^2
+
+    with ``c = 1/(2 sum_i w_i)`` (``reduction="half_mean"``, the default; the notes seed),
+    ``1/sum_i w_i`` (``"mean"``, the Q&A seed) or ``1`` (``"sum"``, the blog seed); ``w_i`` are
+    the sample weights (1 by default). ``alpha`` is gradfit's ``l2``. The mapping to
+    scikit-learn, for m samples without weights:
+
+    - ``reduction="half_mean"``: ``alpha`` is :class:`~sklearn.linear_model.SGDRegressor`'s
+      ``alpha`` (``penalty="l2"``), and ``Ridge(alpha=alpha * m)``;
+    - ``reduction="mean"``: ``Ridge(alpha=alpha * m / 2)``;
+    - ``alpha=0``: :class:`~sklearn.linear_model.LinearRegression`.
+
+    Parameters
+    ----------
+    learning_rate : float or None, default=0.1
+        The step size of the optimizer. None only with ``optimizer="lbfgs"`` (its line search
+        picks the step).
+    max_iter : int, default=1000
+        The most steps (epochs when ``batch_size`` is set).
+    tol : float or None, default=1e-6
+        Stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``. None always runs
+        ``max_iter`` steps (and never warns). A ``ConvergenceWarning`` is raised when
+        ``max_iter`` steps end before the test passes.
+    alpha : float, default=1e-4
+        L2 penalty ``(alpha/2) ||W||^2``; the intercept is not penalised.
+    reduction : {"half_mean", "mean", "sum"}, default="half_mean"
+        How the squared errors are summed (see above).
+    optimizer : str or optax.GradientTransformation, default="sgd"
+        An optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or a transformation
+        (then set ``learning_rate=None``; it carries its own).
+    optimizer_options : dict or None, default=None
+        Extra options of the optax alias, e.g. ``{"momentum": 0.9}``.
+    fit_intercept : bool, default=True
+        False fixes ``intercept_`` at 0.
+    batch_size : int or None, default=None
+        Minibatch size (a fresh permutation of the rows every epoch); None is full-batch
+        gradient descent. Clipped, with a warning, to the number of samples.
+    random_state : int, RandomState or None, default=None
+        Seeds the minibatch permutations.
+    verbose : int, default=0
+        > 0 prints the step and objective between compiled chunks.
+    warm_start : bool, default=False
+        Start from the previous fit's ``coef_`` and ``intercept_`` (optimizer state restarts).
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,) or (n_targets, n_features)
+    intercept_ : float or ndarray of shape (n_targets,)
+    n_iter_ : int
+        Steps run (objective evaluations; epochs with ``batch_size``).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only when X has string feature names.
+    """
+
+    _loss = "mse"
+    _reductions = losses.MSE_REDUCTIONS
+
+    def __init__(
+        self,
+        *,
+        learning_rate=0.1,
+        max_iter=1000,
+        tol=1e-6,
+        alpha=1e-4,
+        reduction="half_mean",
+        optimizer="sgd",
+        optimizer_options=None,
+        fit_intercept=True,
+        batch_size=None,
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.tol = tol
+        self.alpha = alpha
+        self.reduction = reduction
+        self.optimizer = optimizer
+        self.optimizer_options = optimizer_options
+        self.fit_intercept = fit_intercept
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_targets)."""
+        _check_params(self, self._reductions)
+        X, y = validate_data(
+            self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=True
+        )
+        n = X.shape[1]
+        y = np.asarray(y, X.dtype)
+        out = () if y.ndim == 1 else (y.shape[1],)
+        warm = self._warm_params(n, out)
+        sw = _sample_weight(sample_weight, X.shape[0], X.dtype)
+        result = self._run(X, y, sw, per_output=False, warm=warm)
+        W = np.asarray(result.params.W)
+        b = np.asarray(result.params.b)
+        self.coef_ = W.T.copy()
+        self.intercept_ = b[()] if b.ndim == 0 else b.copy()
+        self._finish(result)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """``X @ coef_.T + intercept_``: shape (n_samples,) or (n_samples, n_targets)."""
+        return self._scores(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+
+# --------------------------------------------------------------------------- classification
+class GDClassifier(ClassifierMixin, _GDBase):
+    """Logistic regression by compiled gradient descent: binary, or one-vs-rest multiclass.
+
+    Binary: with ``t_i = 1`` for ``classes_[1]`` and 0 otherwise, minimises
+
+        J(w, b) = c * sum_i s_i [ t_i softplus(-z_i) + (1 - t_i) softplus(z_i) ] + (alpha/2) ||w||^2,
+
+    ``z_i = x_i . w + b``, the binary cross-entropy from logits, ``c = 1/sum_i s_i``
+    (``reduction="mean"``) or 1 (``"sum"``), ``s_i`` the sample weights. ``alpha`` is gradfit's
+    ``l2``, and :class:`~sklearn.linear_model.SGDClassifier`'s ``alpha`` with
+    ``loss="log_loss"``. For m unweighted samples and ``reduction="mean"`` it is
+    ``LogisticRegression(C=1 / (alpha * m))``.
+
+    Multiclass (k > 2 classes): one-vs-rest. y is one-hot encoded to T (m, k) and the k binary
+    problems are fitted in one compiled program, ``vmap``-ed over the columns of T, each with
+    its own stopping test: the same as k separate binary fits, i.e.
+    ``OneVsRestClassifier(LogisticRegression(C=1 / (alpha * m)))``. ``predict_proba``
+    normalises the k sigmoids to sum to 1, as scikit-learn's one-vs-rest does.
+
+    Parameters are those of :class:`GDRegressor`, except ``reduction``:
+    ``{"mean", "sum"}``, default ``"mean"``.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    coef_ : ndarray of shape (1, n_features) for two classes, (n_classes, n_features) otherwise
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+    n_iter_ : int
+        Steps run (the most over the one-vs-rest problems).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only when X has string feature names.
+    """
+
+    _loss = "bce"
+    _reductions = losses.BCE_REDUCTIONS
+
+    def __init__(
+        self,
+        *,
+        learning_rate=0.1,
+        max_iter=1000,
+        tol=1e-6,
+        alpha=1e-4,
+        reduction="mean",
+        optimizer="sgd",
+        optimizer_options=None,
+        fit_intercept=True,
+        batch_size=None,
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.tol = tol
+        self.alpha = alpha
+        self.reduction = reduction
+        self.optimizer = optimizer
+        self.optimizer_options = optimizer_options
+        self.fit_intercept = fit_intercept
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit on X (n_samples, n_features) and class labels y (n_samples,)."""
+        _check_params(self, self._reductions)
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=True)
+        check_classification_targets(y)
+        kind = type_of_target(y)
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(
+                f"{type(self).__name__} fits binary or multiclass labels, got {kind!r} targets: "
+                "give y as one label per sample"
+            )
+        classes, index = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes in y, got 1 class "
+                f"({classes[0]!r}): check the labels (or the split that produced them)"
+            )
+        n = X.shape[1]
+        binary = len(classes) == 2
+        T = (index == 1).astype(X.dtype) if binary else np.eye(len(classes), dtype=X.dtype)[index]
+        out = () if binary else (len(classes),)
+        if self.warm_start and hasattr(self, "classes_") and not np.array_equal(self.classes_, classes):
+            raise ValueError(
+                f"warm_start=True but y has classes {classes!r} where the previous fit had {self.classes_!r}: "
+                "set warm_start=False"
+            )
+        warm = self._warm_params(n, out)
+        sw = _sample_weight(sample_weight, X.shape[0], X.dtype)
+        result = self._run(X, T, sw, per_output=not binary, warm=warm)
+        W = np.asarray(result.params.W)
+        b = np.asarray(result.params.b)
+        self.classes_ = classes
+        self.coef_ = W.reshape(n, -1).T.copy()
+        self.intercept_ = b.reshape(-1).copy()
+        self._finish(result)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits ``X @ coef_.T + intercept_``: (n_samples,) for two classes, else (n_samples, n_classes)."""
+        scores = self._scores(X)
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, (n_samples, n_classes), columns in the order of ``classes_``.
+
+        Two classes: ``[1 - sigmoid(z), sigmoid(z)]``. More: the one-vs-rest sigmoids, each
+        row divided by its sum.
+        """
+        p = expit(self.decision_function(X))
+        if p.ndim == 1:
+            return np.stack([1 - p, p], axis=1)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """``log(predict_proba(X))``."""
+        return np.log(self.predict_proba(X))
+
+    def predict(self, X) -> np.ndarray:
+        """The most likely class of each sample, (n_samples,)."""
+        scores = self.decision_function(X)
+        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+        return self.classes_[index]

@@ -1,0 +1,86 @@
+"""Hand-derived gradients against numpy from the seeds and against jax.grad."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gradfit
+from gradfit import Params, gradients, losses
+
+
+def test_qa_seed_dW_db(x64, rng):
+    """dW = -(2/m) X^T (Y - Yhat), db = -(2/m) sum(Y - Yhat)."""
+    m, n = 30, 4
+    X, Y = rng.standard_normal((m, n)), rng.standard_normal(m)
+    W, b = rng.standard_normal(n), 0.3
+    Y_hat = X.dot(W) + b
+    dW = -(2 * (X.T).dot(Y - Y_hat)) / m
+    db = -(2 * np.sum(Y - Y_hat)) / m
+    g = gradients.mse(Params(W, jnp.asarray(b)), X, Y, reduction="mean")
+    np.testing.assert_allclose(g.W, dW, rtol=1e-12)
+    np.testing.assert_allclose(g.b, db, rtol=1e-12)
+
+
+def test_notes_seed_linear_and_logistic(x64, rng):
+    """Samples in columns: X_notes (n, m), h = w^T X + b; grad_w = (1/m) X (h - y)^T."""
+    n, m = 5, 40
+    Xn = rng.standard_normal((n, m))
+    w, b = rng.standard_normal((n, 1)), 0.2
+    y = rng.standard_normal((1, m))
+    h = w.T @ Xn + b
+    gw, gb = (1 / m) * Xn @ (h - y).T, (1 / m) * np.sum(h - y)
+    g = gradients.mse(Params(w[:, 0], jnp.asarray(b)), Xn.T, y[0], reduction="half_mean")
+    np.testing.assert_allclose(g.W, gw[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(g.b, gb, rtol=1e-12)
+    # logistic: z = w^T X + b, a = sigmoid(z), grad_w = (1/m) X (a - y)^T
+    yl = (rng.random((1, m)) < 0.5).astype(float)
+    a = 1 / (1 + np.exp(-(w.T @ Xn + b)))
+    g = gradients.bce(Params(w[:, 0], jnp.asarray(b)), Xn.T, yl[0])
+    np.testing.assert_allclose(g.W, ((1 / m) * Xn @ (a - yl).T)[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(g.b, (1 / m) * np.sum(a - yl), rtol=1e-12)
+
+
+def test_blog_seed_dL_dM_with_W_equal_M_transposed(x64, rng):
+    """y = M x + b, L = sum_i (g_i - y_i)^2, dL/dM = -2 (g - y) x^T, dL/db = -2 (g - y)."""
+    k, n = 3, 4
+    M, b = rng.standard_normal((k, n)), rng.standard_normal(k)
+    x, g_true = rng.standard_normal(n), rng.standard_normal(k)
+    y = M @ x + b
+    dM = -2 * np.outer(g_true - y, x)
+    db = -2 * (g_true - y)
+    grads = gradients.mse(Params(M.T, b), x[None, :], g_true[None, :], reduction="sum")
+    np.testing.assert_allclose(grads.W, dM.T, rtol=1e-12)
+    np.testing.assert_allclose(grads.b, db, rtol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.integers(1, 12), n=st.integers(1, 6), k=st.one_of(st.none(), st.integers(1, 4)),
+    loss=st.sampled_from(["mse", "bce"]), seed=st.integers(0, 2**31 - 1), weighted=st.booleans(),
+)
+def test_hand_gradients_equal_autodiff_in_float64(m, n, k, loss, seed, weighted):
+    rng = np.random.default_rng(seed)
+    out = () if k is None else (k,)
+    with jax.enable_x64(True):
+        X = jnp.asarray(rng.standard_normal((m, n)))
+        y = jnp.asarray(rng.random((m, *out)) if loss == "bce" else rng.standard_normal((m, *out)))
+        p = Params(jnp.asarray(rng.standard_normal((n, *out))), jnp.asarray(rng.standard_normal(out)))
+        w = jnp.asarray(rng.random(m) + 0.1) if weighted else None
+        for reduction in losses.REDUCTIONS[loss]:
+            auto = jax.grad(losses.LOSSES[loss])(p, X, y, reduction=reduction, sample_weight=w)
+            hand = gradients.GRADIENTS[loss](p, X, y, reduction=reduction, sample_weight=w)
+            for a, h in zip(auto, hand):
+                np.testing.assert_allclose(h, a, rtol=1e-10, atol=1e-12)
+
+
+def test_check_gradients_table_all_within_tolerance(x64):
+    rows = gradfit.check_gradients()
+    assert {r.dtype for r in rows} == {"float32", "float64"}
+    assert {(r.loss, r.reduction) for r in rows} == {
+        ("mse", "mean"), ("mse", "half_mean"), ("mse", "sum"), ("bce", "mean"), ("bce", "sum")
+    }
+    assert all(r.ok for r in rows), gradients.format_table(rows)
+    assert max(r.max_rel_error for r in rows if r.dtype == "float64") <= 1e-10
