@@ -34,9 +34,11 @@ GRAD_MODES = ("auto", "autodiff", "hand", "stats", "onepass")
 READ = 10.0  # cost of reading one element of X from memory, in gemm flops (measured)
 # The direct plan "auto" picks, per backend (measured, docs/benchmarks.md). On CPU the one-pass
 # loop reads X once on one core; the two whole-array passes of "hand" use every core but
-# need all of them at once. Idle, the two tie on 2 cores; on a loaded machine the one-pass
-# loop was 2-4x faster (MSE step 44 ms vs 192 ms at m = 2e6, n = 64). On a GPU the loop would
-# launch a kernel per block, so there the closed forms run as plain fused kernels.
+# need all of them at once. Two full benchmark runs on the shared 2-core machine (m = 2e6,
+# n = 64): BCE step onepass 51 ms vs hand 116 ms (load 9) and 58 vs 70 ms (load 5); MSE step
+# 44 vs 192 ms (load 9) but 53 vs 39 ms (load 5). BCE is where "auto" needs a direct plan
+# (full-batch MSE goes to "stats"), so CPU gets "onepass". On a GPU the loop would launch a
+# kernel per block, so there the closed forms run as plain fused kernels.
 DIRECT_DEFAULT = {"cpu": "onepass"}
 DIRECT_FALLBACK = "hand"
 
