@@ -34,11 +34,11 @@ GRAD_MODES = ("auto", "autodiff", "hand", "stats", "onepass")
 READ = 10.0  # cost of reading one element of X from memory, in gemm flops (measured)
 # The direct plan "auto" picks, per backend (measured, docs/benchmarks.md). On CPU the one-pass
 # loop reads X once on one core; the two whole-array passes of "hand" use every core but
-# need all of them at once. Two full benchmark runs on the shared 2-core machine (m = 2e6,
-# n = 64): BCE step onepass 51 ms vs hand 116 ms (load 9) and 58 vs 70 ms (load 5); MSE step
-# 44 vs 192 ms (load 9) but 53 vs 39 ms (load 5). BCE is where "auto" needs a direct plan
-# (full-batch MSE goes to "stats"), so CPU gets "onepass". On a GPU the loop would launch a
-# kernel per block, so there the closed forms run as plain fused kernels.
+# need all of them at once. In three full benchmark runs on the shared 2-core machine
+# (m = 2e6, n = 64; load 9, 5, 3) the BCE step took 51/58/52 ms with "onepass" against
+# 116/70/46 ms with "hand" (MSE: 44/53/38 against 192/39/45): a tie within the noise of a
+# loaded machine except under heavy load, where the one-core loop suffers least. So CPU gets
+# "onepass". On a GPU the loop would launch a kernel per block: there, "hand".
 DIRECT_DEFAULT = {"cpu": "onepass"}
 DIRECT_FALLBACK = "hand"
 
