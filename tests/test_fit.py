@@ -261,7 +261,7 @@ def test_optax_transformation_and_lbfgs(rng):
     assert r.loss < 0.05
     with pytest.raises(ValueError, match="carries its own learning rate"):
         gradfit.fit(X, y, optimizer=optax.adam(0.05), learning_rate=0.1)
-    r = gradfit.fit(X, y, optimizer="lbfgs", steps=50, tol=1e-9)
+    r = gradfit.fit(X, y, optimizer="lbfgs", steps=50, tol=1e-6)  # float32: a tol above its resolution
     assert r.converged and r.steps < 50
 
 

@@ -3,36 +3,52 @@
 Public surface::
 
     gradfit.fit(X, y, ...)            -> FitResult      (solver)
+    gradfit.sweep(X, y, grid={...})   -> SweepResult    (the fit, vmapped over a grid)
     gradfit.Params(W, b)                                (the model's pytree)
     gradfit.losses.mse / bce / l2_penalty               (pure losses)
     gradfit.gradients.mse / bce                         (hand-derived gradients)
     gradfit.check_gradients()                           (hand vs jax.grad table)
+    gradfit.health.safe_learning_rate / conditioning    (numerical health: 1/L, condition)
     gradfit.solve(params0, X, y, ..., steps=)  -> Solution   (pure; jit/vmap/grad-able)
     gradfit.datasets                                    (synthetic and small real data)
+    gradfit.data.load_file(path, target, features)      (.npy, .npz, .csv, .parquet)
     gradfit.sklearn.GDRegressor / GDClassifier          (import gradfit.sklearn; needs scikit-learn)
     gradfit.shard_rows(data, devices) -> Data           (rows split over devices; sharding)
     gradfit.distributed.initialize / load_rows          (several processes or hosts)
+    gradfit.resume(path, X, y)        -> FitResult      (continue a checkpointed fit)
+    gradfit.checkpoint / progress                       (long runs: checkpoints, progress bars)
+    gradfit.fit_streaming("X.npy", "y.npy", ...)        (data bigger than memory, streamed)
 
 Importing gradfit changes no JAX setting; enable float64 yourself with
 ``jax.config.update("jax_enable_x64", True)``.
 """
 
+from gradfit import checkpoint as checkpoint
+from gradfit import data as data
 from gradfit import datasets as datasets
 from gradfit import distributed as distributed
 from gradfit import gradients as gradients
+from gradfit import health as health
 from gradfit import losses as losses
+from gradfit import progress as progress
+from gradfit import stream as stream
 from gradfit._params import Params as Params
 from gradfit._params import predict as predict
+from gradfit.checkpoint import resume as resume
 from gradfit.gradients import check_gradients as check_gradients
 from gradfit.functional import Solution as Solution
 from gradfit.functional import solve as solve
 from gradfit.solver import FitResult as FitResult
 from gradfit.sharding import shard_rows as shard_rows
 from gradfit.solver import fit as fit
+from gradfit.sweep import SweepResult as SweepResult
+from gradfit.sweep import sweep as sweep  # the function; the module is gradfit.sweep in sys.modules
+from gradfit.stream import fit_streaming as fit_streaming
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FitResult", "Params", "Solution", "check_gradients", "datasets", "distributed", "fit",
-    "gradients", "losses", "predict", "shard_rows", "solve",
+    "FitResult", "Params", "Solution", "SweepResult", "check_gradients", "checkpoint", "data", "datasets",
+    "distributed", "fit", "fit_streaming", "gradients", "health", "losses", "predict", "progress", "resume",
+    "shard_rows", "solve", "stream", "sweep",
 ]

@@ -10,9 +10,12 @@ program (booleans such as ``nesterov``, integers such as ``memory_size``) are st
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 # optax aliases that take a learning rate and need nothing but gradients (and, for lbfgs,
@@ -87,7 +90,39 @@ def resolve(optimizer, options: dict[str, Any] | None, learning_rate) -> tuple[O
             traced[key] = value
         else:
             static.append((key, value))
-    return OptimizerSpec(optimizer, None, tuple(sorted(traced)), tuple(static)), traced
+    spec = OptimizerSpec(optimizer, None, tuple(sorted(traced)), tuple(static))
+    try:
+        _check_builds(spec)
+    except TypeError:  # an unhashable static option: check it without the cache
+        _check_builds.__wrapped__(spec)
+    return spec, traced
+
+
+@functools.cache
+def _check_builds(spec: OptimizerSpec) -> None:
+    """Trace one init and update of the optimizer on a tiny problem (``jax.eval_shape``: no
+    compute), so that an option of the wrong type is a ValueError naming it, raised before
+    the fit compiles, rather than a TypeError from inside optax."""
+
+    def trial(lr, traced):
+        opt = build(spec, lr, traced)
+        p = (jnp.zeros((2,), jnp.float32), jnp.zeros((), jnp.float32))
+        state = opt.init(p)
+        updates, _ = opt.update(p, state, p, value=jnp.zeros((), jnp.float32), grad=p,
+                                value_fn=lambda q: jnp.sum(q[0] * q[0]) + q[1] * q[1])
+        return updates
+
+    lr = None if spec.name in LINE_SEARCH else jnp.float32(0.01)
+    traced = {name: jnp.float32(0.5) for name in spec.traced}
+    try:
+        jax.eval_shape(trial, lr, traced)
+    except (TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
+        given = ", ".join(f"{k}={v!r}" for k, v in spec.static) or "none"
+        raise ValueError(
+            f"optax.{spec.name} rejected its options ({given}; float options are checked as floats): "
+            f"{type(e).__name__}: {(str(e).splitlines() or [''])[0].rstrip('.')}. Check each option's type in "
+            f"the documentation of optax.{spec.name}"
+        ) from None
 
 
 def build(spec: OptimizerSpec, learning_rate, traced: dict[str, Any]) -> optax.GradientTransformationExtraArgs:

@@ -73,12 +73,15 @@ def choose(
     batch_size: int | None,
     line_search: bool,
     sharded: bool = False,
+    statistics: bool = True,
 ) -> str:
     """Resolve ``grad`` ("auto" or a forced plan) to the plan a fit runs; ValueError if invalid.
 
     ``sharded``: the rows of X are split over several devices. "stats" and "onepass" walk
     the rows in blocks on one device, so there "auto" is "hand" (whole-array passes, which
     XLA splits over the devices with one all-reduce) and forcing either is an error.
+    ``statistics=False``: the caller cannot take a ``Stats`` in place of the data (sweeps);
+    "auto" then picks a direct plan and forcing "stats" is an error.
     """
     if grad not in GRAD_MODES:
         raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, GRAD_MODES))}")
@@ -90,6 +93,11 @@ def choose(
             )
         return DIRECT_FALLBACK if grad == "auto" else grad
     if grad == "stats":
+        if not statistics:
+            raise ValueError(
+                "grad='stats' is for gradfit.fit; sweeps read X every step: use grad='auto', "
+                "'onepass', 'hand' or 'autodiff'"
+            )
         if loss != "mse":
             raise ValueError(
                 "grad='stats' (sufficient statistics) exists only for loss='mse': "
@@ -103,7 +111,7 @@ def choose(
         return grad
     if grad != "auto":
         return grad
-    if loss == "mse" and batch_size is None:
+    if statistics and loss == "mse" and batch_size is None:
         evals = steps * (2 if line_search else 1)
         if cost_stats(m, n, k, evals) < cost_direct(m, n, k, evals):
             return "stats"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,11 @@ def as_numeric(a, name: str) -> np.ndarray | jax.Array:
     """Return ``a`` as a real numeric array (numpy, memory map or jax), or raise ValueError."""
     if isinstance(a, jax.Array):
         arr = a
+    elif isinstance(a, (str, os.PathLike)):
+        raise ValueError(
+            f"{name} is a path ({str(a)!r}), not an array: load it with np.load, or stream .npy files "
+            "bigger than memory with gradfit.fit_streaming(X_path, y_path, ...)"
+        )
     else:
         try:
             arr = np.asarray(a)
@@ -66,6 +72,26 @@ def check_finite(a, name: str) -> None:
         )
 
 
+def check_range(a, name: str, dtype) -> None:
+    """Raise ValueError if finite values of ``a`` overflow to inf when cast to ``dtype``
+    (float64 data fitted in float32 without x64). Checked in row blocks, only when narrowing."""
+    src = np.dtype(a.dtype)
+    if src.kind != "f" or src.itemsize <= np.dtype(dtype).itemsize or a.size == 0:
+        return
+    limit = float(np.finfo(dtype).max)
+    if isinstance(a, jax.Array):
+        big = float(jnp.max(jnp.abs(a)))
+    else:
+        flat_rows = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
+        block = max(1, _CHECK_BLOCK_BYTES // max(1, flat_rows.shape[1] * src.itemsize))
+        big = max(float(np.max(np.abs(flat_rows[i : i + block]))) for i in range(0, flat_rows.shape[0], block))
+    if big > limit:
+        raise ValueError(
+            f"{name} has values up to {big:.3g}, beyond {np.dtype(dtype)}'s range ({limit:.3g}), where they would become inf: "
+            "rescale the data, or enable float64 with jax.config.update('jax_enable_x64', True)"
+        )
+
+
 def check_xy(X, y, *, loss: str, batched: bool = False):
     """Validate the data of a fit and return (X, y) as arrays; raise ValueError before compute.
 
@@ -100,6 +126,9 @@ def check_xy(X, y, *, loss: str, batched: bool = False):
         raise ValueError("y has zero output columns: give y as (m,) or (m, k) with k >= 1")
     check_finite(X, "X")
     check_finite(y, "y")
+    dtype = float_dtype(X)
+    check_range(X, "X", dtype)
+    check_range(y, "y", dtype)
     if loss == "bce":
         if isinstance(y, jax.Array):
             lo, hi = float(jnp.min(y)), float(jnp.max(y))
@@ -113,29 +142,51 @@ def check_xy(X, y, *, loss: str, batched: bool = False):
     return X, y
 
 
+INT32_MAX = 2**31 - 1
+
+
 def positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """``value`` as an int in [1, 2**31 - 1] (the loop counts in int32), or raise ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value}")
+    if value > INT32_MAX:
+        raise ValueError(f"{name}={value} is too large: the compiled loop counts in int32, so use at most {INT32_MAX}")
     return int(value)
+
+
+def seed(value) -> int:
+    """A PRNG seed: an integer in [-2**63, 2**63 - 1] (what ``jax.random.key`` takes)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"seed must be an integer, got {value!r}")
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"seed={value} does not fit in 64 bits: use an integer in [-2**63, 2**63 - 1]")
+    return int(value)
+
+
+def _show(value) -> str:
+    """A value for an error message: arrays as plain lists, not ``array(...)``."""
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        return repr(np.asarray(value).tolist())
+    return repr(value)
 
 
 def hyperparameter(value, name: str, *, positive: bool, allowed_shapes: tuple[tuple[int, ...], ...] = ((),)) -> np.ndarray:
     """Check a float hyperparameter (scalar or per-output) and return it as a float64 numpy array."""
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, (bool, np.bool_)) or value is None:
         raise ValueError(f"{name} must be a number, got {value!r}")
     try:
         arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be a number, got {_show(value)}") from None
     if arr.shape not in allowed_shapes:
         shapes = " or ".join(str(s) for s in allowed_shapes)
         raise ValueError(f"{name} has shape {arr.shape}: expected {shapes}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ValueError(f"{name} must be finite, got {_show(value)}")
     if positive and not (arr > 0).all():
-        raise ValueError(f"{name} must be > 0, got {value!r}: try a small positive value such as 0.01")
+        raise ValueError(f"{name} must be > 0, got {_show(value)}: try a small positive value such as 0.01")
     if not positive and not (arr >= 0).all():
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+        raise ValueError(f"{name} must be >= 0, got {_show(value)}")
     return arr

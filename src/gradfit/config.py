@@ -25,14 +25,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "standardize": True,
         "dtype": "float32",
-        "target": None,  # for files: the target column's name or index, or the array name in .npz
+        "target": None,  # for files: the target column's name or index (a list for k outputs), or the array name in .npz
         "features": None,  # for files: a list of column names or indices (None: all but the target)
+        # Data bigger than memory: stream X (data.source, a .npy file) and y (y_source, a .npy
+        # file) from disk in row chunks (gradfit.stream.fit_streaming; options in [stream]).
+        "stream": False,
+        "y_source": None,
     },
     "fit": {
         "loss": "mse",
         "reduction": "mean",
         "optimizer": "sgd",
-        "learning_rate": None,  # None: 0.01, or the line search's for lbfgs
+        "learning_rate": None,  # None: 0.01, or the line search's for lbfgs; "auto": 1/L (sgd)
         "steps": 1000,
         "tol": None,
         "l2": 0.0,
@@ -59,13 +63,35 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "output": {
         "dir": "runs/fit",
     },
+    # gradfit sweep: the cartesian product of grid (keys as for gradfit.sweep), the other
+    # settings from [fit]; a grid key overrides the [fit] key of the same name.
+    "sweep": {
+        "grid": {},  # e.g. {learning_rate = [0.01, 0.1], l2 = [0.0, 0.1]}
+        "compact": True,  # run only still-active members between chunks
+        "memory_budget_mb": 0,  # per member chunk (0: half a GPU's free memory, or 2048); bigger grids run in member chunks
+        "top": 5,  # members printed, best first
+        "plot": True,  # loss_curves.png (needs matplotlib: pip install 'gradfit[plot]')
+    },
+    "stream": {
+        "method": "auto",  # "auto", "statistics" (mse) or "passes"
+        "chunk_bytes": 64 << 20,  # bytes of X per chunk
+        "prefetch": 2,  # chunks read ahead
+        "shuffle": True,  # minibatch epochs: shuffle chunk order and rows within chunks
+    },
+    "checkpoint": {
+        # Saved atomically at chunk boundaries and at the end; `gradfit fit --resume` continues.
+        "path": "",  # "": <output.dir>/checkpoint.npz
+        "every_steps": 0,  # 0: not by steps
+        "every_seconds": 300.0,  # 0: not by time (both 0: no checkpoints)
+    },
 }
 
 # Keys whose default is None, or a dict, accept these types.
 _OPEN_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
-    ("data", "target"): (str, int),
+    ("data", "target"): (str, int, list),
     ("data", "features"): (list,),
-    ("fit", "learning_rate"): (int, float, list),
+    ("data", "y_source"): (str,),
+    ("fit", "learning_rate"): (int, float, list, str),  # str: "auto"
     ("fit", "tol"): (int, float),
     ("fit", "batch_size"): (int,),
     ("fit", "optimizer_options"): (dict,),
@@ -155,6 +181,10 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str,
                 data = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}): save the config as UTF-8 TOML") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
         config = merge(config, data, str(path))
     for text in overrides:
         config = merge(config, parse_override(text), f"--set {text}")

@@ -1,24 +1,48 @@
 """Loading the data a config names: a built-in problem or a file.
 
-Files: ``.npy`` (X alone, memory-mapped; the target is its column ``target``), ``.npz``
-(arrays named ``X`` and ``y``, or ``features``/``target`` names), ``.csv`` (a header row;
-the target column by name or index).
+| format | holds | features and target | notes |
+|---|---|---|---|
+| ``.npy`` | one 2-d numeric table (rows, columns) | column indices; target default: the last column | memory-mapped; a contiguous range of columns stays a view of the file |
+| ``.npz`` | named arrays | arrays ``X`` and ``y`` by default; otherwise array names (each a (m,) column or an (m, j) block) or indices in file order | |
+| ``.csv`` | a header row, then rows of numbers | column names or indices; target default: the last column | only the chosen columns are parsed, so text columns can be left out |
+| ``.parquet`` | a table | column names or indices; target default: the last column | needs pyarrow (``pip install 'gradfit[parquet]'``) |
+
+``target`` may be a list (k columns give y of shape (m, k)). ``features`` None means every
+column but the target. Every problem is a ``ValueError`` that names the file and the fix: a
+missing or empty file, an unknown column (listing the ones there are), a column both
+feature and target, and a non-numeric, empty or non-finite value (naming its column and row).
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from gradfit import datasets
 
+FORMATS = (".npy", ".npz", ".csv", ".parquet")
+FLOAT_DTYPES = ("float16", "float32", "float64")
+
 
 def load(section: dict[str, Any]) -> datasets.Dataset:
     """Load X, y (and the truth of synthetic problems) as a ``[data]`` config section says."""
     source = section["source"]
+    if section["dtype"] not in FLOAT_DTYPES:
+        raise ValueError(f"data.dtype {section['dtype']!r} is not supported: use one of {', '.join(FLOAT_DTYPES)}")
     dtype = np.dtype(section["dtype"])
+    if source in ("synthetic", "synthetic_classification"):
+        for key in ("n_samples", "n_features"):
+            if section[key] <= 0:
+                raise ValueError(f"data.{key} must be a positive integer for a synthetic problem, got {section[key]}")
+        if section["n_outputs"] < 0:
+            raise ValueError(f"data.n_outputs must be 0 (y is (m,)) or a positive number of outputs, got {section['n_outputs']}")
+        if section["noise"] < 0:
+            raise ValueError(f"data.noise is a standard deviation, so it must be >= 0, got {section['noise']}")
     if source == "synthetic":
         return datasets.make_regression(
             section["n_samples"], section["n_features"], n_outputs=section["n_outputs"] or None,
@@ -29,63 +53,315 @@ def load(section: dict[str, Any]) -> datasets.Dataset:
     if source in ("diabetes", "breast_cancer"):
         return datasets.BUILTIN[source](dtype=dtype)
     path = Path(source)
-    if path.suffix not in (".npy", ".npz", ".csv"):
+    if path.suffix.lower() not in FORMATS:
         raise ValueError(
             f"data.source {source!r} is neither a built-in data set ({', '.join(datasets.BUILTIN)}) "
-            "nor a .npy, .npz or .csv file"
+            f"nor a file of a known format ({', '.join(FORMATS)})"
         )
-    if not path.is_file():
-        raise ValueError(f"data file {source!r} does not exist: check data.source")
     X, y = load_file(path, section["target"], section["features"])
     if section["standardize"]:
         X = datasets.standardize(np.asarray(X, np.float64))
     return datasets.Dataset(np.asarray(X, dtype), np.asarray(y, dtype), None)
 
 
-def _column_index(name, header: list[str] | None, n_cols: int, what: str) -> int:
-    if isinstance(name, int) and not isinstance(name, bool):
-        if not -n_cols <= name < n_cols:
-            raise ValueError(f"{what} column index {name} is out of range: the file has {n_cols} columns")
-        return name % n_cols
-    if header is None or name not in header:
-        known = ", ".join(header) if header else "(no header)"
-        raise ValueError(f"{what} column {name!r} is not in the file: its columns are {known}")
-    return header.index(name)
+def load_file(path: str | Path, target=None, features: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(X, y)`` from a ``.npy``, ``.npz``, ``.csv`` or ``.parquet`` file.
 
+    Args:
+      path: the file; its suffix picks the format (see the module's table).
+      target: the target column's name or index, or a list of them for k outputs; None: the
+        last column (arrays ``X`` and ``y`` for ``.npz``).
+      features: names or indices of the feature columns; None: all but the target.
 
-def _split_columns(table: np.ndarray, header, target, features):
-    n_cols = table.shape[1]
-    t = _column_index(n_cols - 1 if target is None else target, header, n_cols, "target")
-    cols = [c for c in range(n_cols) if c != t] if features is None else [
-        _column_index(f, header, n_cols, "feature") for f in features
-    ]
-    return table[:, cols], table[:, t]
+    Returns:
+      X (m, n) and y (m,) or (m, k), numeric (``.npy``: views of the memory map when the
+      columns are a contiguous range).
 
-
-def load_file(path: Path, target=None, features=None) -> tuple[np.ndarray, np.ndarray]:
-    """Read (X, y) from a .npy, .npz or .csv file; the target defaults to the last column."""
+    Raises:
+      ValueError: the file is missing, empty, unreadable, or lacks a column, or a chosen
+        column holds a non-numeric, empty or non-finite value (named by column and row).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: unknown file format {path.suffix!r}; use one of {', '.join(FORMATS)}")
+    if not path.exists():
+        raise ValueError(f"data file {str(path)!r} does not exist: check the path (data.source)")
+    if not path.is_file():
+        raise ValueError(f"data file {str(path)!r} is not a file: give the path of a {suffix} file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"data file {path} is empty (0 bytes): it holds no rows")
+    _check_selection(target, "target")
+    if features is not None:
+        if isinstance(features, (str, int)) or not isinstance(features, (list, tuple)):
+            raise ValueError(f"features must be a list of column names or indices, got {features!r}")
+        if not features:
+            raise ValueError("features is an empty list: name at least one feature column, or None for all but the target")
+        for f in features:
+            _check_selection(f, "features")
+    reader = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
     try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "X" in z and "y" in z and target is None:
-                    return z["X"], z["y"]
-                names = list(z.keys())
-                raise ValueError(f"{path} must hold arrays named 'X' and 'y'; it holds {', '.join(names)}")
-        if path.suffix == ".npy":
-            table = np.load(path, mmap_mode="r", allow_pickle=False)
-            if table.ndim != 2:
-                raise ValueError(f"{path} holds an array of shape {table.shape}: expected (rows, columns)")
-            return _split_columns(table, None, target, features)
-        with path.open() as f:
-            header = [h.strip() for h in f.readline().strip().split(",")]
-        try:
-            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-        except ValueError as e:
-            raise ValueError(f"{path} has a non-numeric value ({e}): encode text columns as numbers first") from None
-        return _split_columns(table, header, target, features)
-    except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
+        X, y = reader(path, target, features)
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable {suffix} file ({type(e).__name__}: {e}): check that it is whole") from None
+    if X.shape[0] == 0:
+        raise ValueError(f"{path} has no data rows: a fit needs at least one")
+    return X, y
+
+
+# --------------------------------------------------------------------------- selecting columns
+def _check_selection(value, what: str) -> None:
+    if value is None and what == "target":
+        return
+    items = value if isinstance(value, list) and what == "target" else [value]
+    if what == "target" and isinstance(value, list) and not value:
+        raise ValueError("target is an empty list: name one target column, or several for k outputs")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int, np.integer)):
+            raise ValueError(f"{what} must name columns by name (str) or index (int), got {item!r}")
+
+
+def _resolve(name, names: list[str] | None, n_cols: int, what: str, path: Path) -> int:
+    """The index of column ``name`` (a name or a possibly negative index) among ``n_cols``."""
+    if isinstance(name, (int, np.integer)):
+        if not -n_cols <= name < n_cols:
+            raise ValueError(f"{what} column index {name} is out of range: {path} has {n_cols} columns (0..{n_cols - 1})")
+        return int(name) % n_cols
+    if names is None:
+        raise ValueError(f"{path} has no column names: give {what} columns by index (0..{n_cols - 1})")
+    if name not in names:
+        raise ValueError(f"{what} column {name!r} is not in {path}: its columns are {', '.join(map(repr, names))}")
+    return names.index(name)
+
+
+def _plan(path: Path, names: list[str] | None, n_cols: int, target, features) -> tuple[list[int], list[int], bool]:
+    """Feature and target column indices, and whether y is 1-d."""
+    single = not isinstance(target, list)
+    targets = [n_cols - 1 if target is None else target] if single else target
+    t = [_resolve(c, names, n_cols, "target", path) for c in targets]
+    if features is None:
+        f = [c for c in range(n_cols) if c not in t]
+        if not f:
+            raise ValueError(f"{path} has no columns left for features once the target is taken: add feature columns")
+    else:
+        f = [_resolve(c, names, n_cols, "feature", path) for c in features]
+    both = sorted(set(f) & set(t))
+    if both:
+        label = names[both[0]] if names else both[0]
+        raise ValueError(f"column {label!r} of {path} is both a feature and the target: leave it out of features")
+    for cols, what in ((f, "feature"), (t, "target")):
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"a {what} column of {path} is chosen twice: list each column once")
+    return f, t, single
+
+
+def _take(table: np.ndarray, cols: list[int]) -> np.ndarray:
+    """``table[:, cols]``, as a view (no copy of a memory map) when cols is a contiguous range."""
+    if cols == list(range(cols[0], cols[0] + len(cols))):
+        return table[:, cols[0] : cols[0] + len(cols)]
+    return table[:, cols]
+
+
+def _label(names: list[str] | None, col: int) -> str:
+    return repr(names[col]) if names else str(col)
+
+
+def _check_finite(path: Path, table: np.ndarray, names: list[str] | None, cols: list[int], row_name) -> None:
+    bad = ~np.isfinite(table)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{path}: column {_label(names, cols[c])} {row_name(int(r))} is {table[r, c]}: "
+            "drop or impute missing and non-finite values first"
+        )
+
+
+# --------------------------------------------------------------------------- formats
+def _magic(path: Path, prefix: bytes) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(prefix)) == prefix
+
+
+def _read_npy(path: Path, target, features):
+    if not _magic(path, b"\x93NUMPY"):
+        raise ValueError(f"{path} is not a readable .npy file (no NumPy header): check that it is whole, or save it with np.save")
+    try:
+        table = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
-        if str(path) in str(e) or "column" in str(e):
-            raise
-        raise ValueError(f"{path} is not a readable {path.suffix} file ({e})") from None
+        raise ValueError(f"{path} is not a readable .npy file ({e}): save a numeric 2-d array with np.save") from None
+    if table.dtype.names is not None or table.dtype.kind not in "biuf":
+        raise ValueError(f"{path} holds dtype {table.dtype}: expected a plain numeric 2-d array (rows, columns)")
+    if table.ndim != 2:
+        raise ValueError(f"{path} holds an array of shape {table.shape}: expected a 2-d table (rows, columns)")
+    f, t, single = _plan(path, None, table.shape[1], target, features)
+    return _take(table, f), table[:, t[0]] if single else _take(table, t)
+
+
+def _read_npz(path: Path, target, features):
+    if not _magic(path, b"PK"):
+        raise ValueError(f"{path} is not a readable .npz file (not a zip archive): check that it is whole, or save it with np.savez")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a readable .npz file ({e}): check that it is whole") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds one array, not an .npz archive: save it with np.savez(path, X=X, y=y)")
+    with z:
+        names = list(z.keys())
+        if not names:
+            raise ValueError(f"{path} holds no arrays")
+        if target is None and features is None:
+            if not ("X" in names and "y" in names):
+                raise ValueError(
+                f"{path} holds the arrays {', '.join(map(repr, names))}: name them X and y, "
+                "or choose them with target= (and features=)"
+            )
+            target, features = "y", ["X"]
+        if target is None:
+            if "y" not in names:
+                raise ValueError(f"{path} has no array 'y': name the target array with target= (its arrays are {', '.join(map(repr, names))})")
+            target = "y"
+        f, t, single = _plan(path, names, len(names), target, features)
+        arrays = {i: _numeric_array(path, z, names[i]) for i in f + t}
+    rows = {names[i]: a.shape[0] if a.ndim else 0 for i, a in arrays.items()}
+    if len(set(rows.values())) != 1:
+        raise ValueError(f"the arrays of {path} have different numbers of rows: {rows}; each array needs one row per sample")
+    for i, a in arrays.items():
+        if a.ndim not in (1, 2):
+            raise ValueError(f"array {names[i]!r} of {path} has shape {a.shape}: expected (m,) or (m, j)")
+    block = lambda cols: np.concatenate([arrays[i].reshape(len(arrays[i]), -1) for i in cols], axis=1)  # noqa: E731
+    X = arrays[f[0]] if len(f) == 1 and arrays[f[0]].ndim == 2 else block(f)
+    y = arrays[t[0]] if single else block(t)
+    return X, y
+
+
+def _numeric_array(path: Path, z, name: str) -> np.ndarray:
+    try:
+        a = z[name]
+    except ValueError as e:
+        raise ValueError(f"array {name!r} of {path} cannot be read without pickle ({e}): store numbers, not objects") from None
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"array {name!r} of {path} has dtype {a.dtype}: encode it as numbers first")
+    return a
+
+
+def _read_csv(path: Path, target, features):
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), None)
+        if header is None or not any(h.strip() for h in header):
+            raise ValueError(f"{path} has no header row: its first line must name the columns")
+        if fh.readline() == "":
+            raise ValueError(f"{path} has a header but no data rows")
+    names = [h.strip() for h in header]
+    if all(_is_number(h) for h in names):
+        raise ValueError(f"the first line of {path} holds numbers, not column names: add a header row naming the columns")
+    f, t, single = _plan(path, names, len(names), target, features)
+    cols = f + t
+    _check_field_counts(path, len(names))
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, usecols=cols, ndmin=2, quotechar='"', dtype=np.float64)
+    except ValueError:
+        _raise_first_bad_cell(path, names, cols)
+        raise
+    line = lambda r: f"line {r + 2}"  # noqa: E731  (line 1 is the header)
+    _check_finite(path, table, names, cols, line)
+    X, Y = table[:, : len(f)], table[:, len(f) :]
+    return X, Y[:, 0] if single else Y
+
+
+def _check_field_counts(path: Path, n_cols: int) -> None:
+    """Every non-blank line must have ``n_cols`` fields (np.loadtxt ignores extra ones, which
+    would silently shift data). Vectorised over the bytes unless the file has quoted fields."""
+    raw = path.read_bytes()
+    if b'"' in raw:
+        _raise_first_bad_cell(path, [str(i) for i in range(n_cols)], [])
+        return
+    buf = np.frombuffer(raw, np.uint8)
+    newlines = np.flatnonzero(buf == ord("\n"))
+    starts = np.concatenate([[0], newlines + 1])
+    ends = np.concatenate([newlines, [buf.size]])
+    commas = np.bincount(np.searchsorted(newlines, np.flatnonzero(buf == ord(",")), side="left"), minlength=starts.size)
+    length = ends - starts
+    last = buf[np.maximum(ends - 1, 0)]
+    blank = (length == 0) | ((length == 1) & (last == ord("\r")))
+    bad = np.flatnonzero(~blank & (commas != n_cols - 1))
+    if bad.size:
+        line = int(bad[0])
+        raise ValueError(f"{path} line {line + 1} has {commas[line] + 1} fields but the header names {n_cols} columns")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _raise_first_bad_cell(path: Path, names: list[str], cols: list[int]) -> None:
+    """Find the first cell that np.loadtxt could not read and raise an error naming it."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        rows = csv.reader(fh)
+        next(rows)
+        for lineno, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) != len(names):
+                raise ValueError(f"{path} line {lineno} has {len(row)} fields but the header names {len(names)} columns")
+            for c in cols:
+                cell = row[c].strip()
+                if not cell:
+                    raise ValueError(
+                        f"{path}: column {names[c]!r} line {lineno} is empty: fill or drop rows with missing values first"
+                    )
+                try:
+                    float(cell)
+                except ValueError:
+                    raise ValueError(
+                        f"{path}: column {names[c]!r} line {lineno} holds {cell!r}, not a number: encode text "
+                        "as numbers first, or leave the column out of features"
+                    ) from None
+
+
+def _read_parquet(path: Path, target, features):
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError("reading .parquet files needs pyarrow: pip install 'gradfit[parquet]' (or pyarrow)") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except pa.ArrowException as e:
+        raise ValueError(f"{path} is not a readable .parquet file ({e}): check that it is whole") from None
+    names = list(pf.schema_arrow.names)
+    if not names:
+        raise ValueError(f"{path} has no columns")
+    f, t, single = _plan(path, names, len(names), target, features)
+    cols = f + t
+    table = pf.read(columns=[names[c] for c in cols])
+    m = table.num_rows
+    if m == 0:
+        raise ValueError(f"{path} has no data rows: a fit needs at least one")
+    out = np.empty((m, len(cols)), np.float64)
+    for j, c in enumerate(cols):
+        column = table.column(j)
+        if column.null_count:
+            row = int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
+            raise ValueError(f"{path}: column {names[c]!r} row {row} is null: fill or drop rows with missing values first")
+        kind = column.type
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) or pa.types.is_decimal(kind):
+            out[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+            continue
+        values = column.to_pylist()
+        for row, v in zip(itertools.count(), values):
+            try:
+                out[row, j] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}: column {names[c]!r} ({kind}) row {row} holds {v!r}, not a number: encode it as "
+                    "numbers first, or leave the column out of features"
+                ) from None
+    _check_finite(path, out, names, cols, lambda r: f"row {r}")
+    X, Y = out[:, : len(f)], out[:, len(f) :]
+    return X, Y[:, 0] if single else Y

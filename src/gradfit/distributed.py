@@ -304,8 +304,8 @@ def _standardize(X: jax.Array, valid: jax.Array) -> jax.Array:
     """Columns to mean 0, sd 1 over the valid rows (constant columns kept at 0); padding stays 0."""
     w = valid.astype(X.dtype)[:, None]
     count = jnp.sum(w)
-    mean = jnp.sum(w * X, axis=0) / count
-    var = jnp.sum(w * (X - mean) ** 2, axis=0) / count
+    mean = jnp.sum(w * X, axis=0, keepdims=True) / count  # (1, n)
+    var = jnp.sum(w * (X - mean) ** 2, axis=0, keepdims=True) / count
     std = jnp.sqrt(var)
     return w * (X - mean) / jnp.where(std > 0, std, 1)
 

@@ -4,8 +4,8 @@ One step evaluates the objective ``J(p) = loss(p; X, y) + (l2/2) ||W||^2`` and i
 applies an optax update, and decides from data alone whether to go on:
 
 - **converged** when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)`` (scipy's
-  ``ftol`` test; tol is at least 4 eps of the dtype, since smaller changes are rounding);
-  the params ``p_t`` are kept;
+  ``ftol`` test; a tol below the dtype's resolution, about 1e-7 for float32, is met only by
+  a loss that repeats exactly); the params ``p_t`` are kept;
 - **diverged** when ``J_t`` is not finite or exceeds ``1e6 * max(J_0, eps)``; the last
   params whose objective passed that test, ``p_{t-1}``, are kept.
 
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import _onepass, _optim, _plan, _stats, _validation, gradients, losses
+from gradfit import _onepass, _optim, _plan, _stats, _validation, gradients, health, losses
 from gradfit._params import Params, predict
 
 DIVERGENCE_FACTOR = 1e6
@@ -103,9 +103,14 @@ class FitResult(NamedTuple):
     objective of each epoch), shape (steps,). steps: objective evaluations (epochs with
     ``batch_size``). converged: the ``tol`` test passed. diverged: the loss became non-finite
     or exploded; ``params`` are the last ones before that. stats: timings
-    (``compile_seconds``, ``run_seconds``; ``precompute_seconds``, the sufficient-statistics
-    pass of ``plan="stats"``, is part of ``run_seconds``), ``plan`` (how the gradient was
-    computed, see :mod:`gradfit._plan`), ``backend`` and the settings used.
+    (``compile_seconds``, ``run_seconds``), ``backend``, the settings used, and numerical
+    health (:mod:`gradfit.health`, docs/faults.md): ``condition_number`` (estimated before the
+    fit; None for rows spread over several processes), ``separable`` (bce: the fit separates
+    the classes and l2 = 0, so no minimiser exists), ``learning_rate`` (with "auto"), and for
+    a diverged fit ``diverged_at_step`` (-1 for members that did not) and
+    ``suggested_learning_rate``. ``precompute_seconds``, the
+    sufficient-statistics pass of ``plan="stats"``, is part of ``run_seconds``; ``plan`` is
+    how the gradient was computed (:mod:`gradfit._plan`).
 
     With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain
     a leading axis (k or B) and ``losses`` is padded with NaN past each member's ``steps``.
@@ -262,14 +267,25 @@ def step(state: SolverState, data: Data, hyper: Hyper, static: Static) -> tuple[
     """
     update = _full_batch_update if static.batch_size is None else _epoch_update
     value, candidate, opt_state, fallback, key = update(state, data, hyper, static)
+    return advance(state, hyper, value, candidate, opt_state, fallback, key), value
+
+
+def advance(
+    state: SolverState, hyper: Hyper, value: jax.Array, candidate: Params, opt_state, fallback: Params, key: jax.Array
+) -> SolverState:
+    """Apply the stopping rules to one evaluated step; the rule every data plan shares.
+
+    ``value`` is J_t, evaluated at ``state.params``; ``candidate`` the proposed p_{t+1};
+    ``fallback`` the params kept if J_t is bad. Used by :func:`step` and by the plans that
+    compute J_t elsewhere (e.g. streamed from disk, :mod:`gradfit.stream`). A finished state
+    is returned unchanged.
+    """
     first = state.step == 0
     initial = jnp.where(first, value, state.initial_loss)
     eps = jnp.finfo(value.dtype).eps
     bad = ~jnp.isfinite(value) | (value > DIVERGENCE_FACTOR * jnp.maximum(initial, eps))
     scale = jnp.maximum(jnp.maximum(jnp.abs(state.loss), jnp.abs(value)), 1)
-    # A change within a few ulps of the dtype is no change, whatever tol asks for.
-    tol = jnp.where(hyper.tol < 0, hyper.tol, jnp.maximum(hyper.tol, 4 * eps))
-    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= tol * scale)
+    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= hyper.tol * scale)
     params = jax.tree.map(
         lambda fb, cur, new: jnp.where(bad, fb, jnp.where(converged, cur, new)),
         fallback, state.params, candidate,
@@ -286,8 +302,7 @@ def step(state: SolverState, data: Data, hyper: Hyper, static: Static) -> tuple[
         key=key,
     )
     active = is_active(state, hyper)
-    new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
-    return new, value
+    return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
 
 
 def is_active(state: SolverState, hyper: Hyper) -> jax.Array:
@@ -386,6 +401,7 @@ class RunResult(NamedTuple):
     compile_seconds: float
     run_seconds: float
     chunks: int
+    diverged_at_end: Any = None  # (*batch) bool: the objective after the last step was bad
 
 
 def run(
@@ -396,21 +412,28 @@ def run(
     static: Static,
     levels: tuple[Level, ...] = (),
     callback: Callable[[SolverState, np.ndarray], None] | None = None,
+    *,
+    state: SolverState | None = None,
+    history: np.ndarray | None = None,
 ) -> RunResult:
     """Run the compiled loop to the end: chunk after chunk until every member has stopped.
 
     ``callback(state, history_so_far)`` is called between chunks, never inside one.
+    ``state`` and ``history`` continue an earlier run from a chunk boundary (see
+    :mod:`gradfit.checkpoint`): ``state`` replaces the initial state built from ``params`` and
+    ``key``, and ``history`` (*batch, steps_so_far) is prepended to this run's history.
     """
     compile_seconds = 0.0
-    init, t = compiled("init", static, levels, (params, data, hyper, key))
-    compile_seconds += t
-    state = init(params, data, hyper, key)
+    if state is None:
+        init, t = compiled("init", static, levels, (params, data, hyper, key))
+        compile_seconds += t
+        state = _strongly_typed(init(params, data, hyper, key))
     chunk, t = compiled("chunk", static, levels, (state, data, hyper))
     compile_seconds += t
     final, t = compiled("final", static, levels, (state, data, hyper))
     compile_seconds += t
 
-    histories = []
+    histories = _History(history)
     chunks = 0
     start = time.perf_counter()
     while True:
@@ -420,15 +443,78 @@ def run(
         histories.append(history)
         active = _active_host(state, hyper)
         if callback is not None:
-            callback(state, np.concatenate(histories, axis=-1))
+            callback(state, histories.view())
         if not active.any():
             break
     final_loss = final(state, data, hyper)
+    # The loop evaluates J before each update, so the last update is checked here, by the same
+    # rule: a bad final objective falls back to the params before it and reports divergence.
+    end = _diverged_at_end(state, final_loss)
+    if end.any():
+        state = _fall_back(state, jnp.asarray(end))
+        final_loss = final(state, data, hyper)
     jax.block_until_ready(final_loss)
     run_seconds = time.perf_counter() - start
     steps_run = int(np.max(np.asarray(state.step)))
-    history = np.concatenate(histories, axis=-1)[..., :steps_run]
-    return RunResult(state, final_loss, history, compile_seconds, run_seconds, chunks)
+    history = histories.view()[..., :steps_run].copy()
+    return RunResult(state, final_loss, history, compile_seconds, run_seconds, chunks, end)
+
+
+def _diverged_at_end(state: SolverState, final_loss) -> np.ndarray:
+    """Members not yet stopped by divergence whose final objective is non-finite or exceeds
+    ``DIVERGENCE_FACTOR * J_0`` (the rule of :func:`step`)."""
+    f = np.asarray(final_loss)
+    j0 = np.asarray(state.initial_loss)
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~np.isfinite(f) | (f > DIVERGENCE_FACTOR * np.maximum(j0, np.finfo(f.dtype).eps))
+    return ~np.asarray(state.diverged) & bad
+
+
+def _fall_back(state: SolverState, bad: jax.Array) -> SolverState:
+    """For members where ``bad``: params <- prev_params, diverged, not converged."""
+
+    def pick(fallback, current):
+        mask = bad.reshape(bad.shape + (1,) * (current.ndim - bad.ndim))
+        return jnp.where(mask, fallback, current)
+
+    return state._replace(
+        params=jax.tree.map(pick, state.prev_params, state.params),
+        diverged=state.diverged | bad,
+        converged=state.converged & ~bad,
+    )
+
+
+def _strongly_typed(state: SolverState) -> SolverState:
+    """The state with no weakly typed leaves (some optax states start with them), so the chunk
+    program is compiled for the types every chunk returns, and a state loaded from a
+    checkpoint (always strongly typed) finds the same program."""
+    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype) if getattr(x, "weak_type", False) else x, state)
+
+
+class _History:
+    """The objective history of a run, grown in place (amortised doubling along the step axis)
+    so that handing the history so far to a callback at every chunk costs no copy."""
+
+    def __init__(self, prefix: np.ndarray | None = None):
+        self.buffer: np.ndarray | None = None
+        self.size = 0
+        if prefix is not None:
+            self.append(np.asarray(prefix))
+
+    def append(self, chunk: np.ndarray) -> None:
+        need = self.size + chunk.shape[-1]
+        if self.buffer is None or need > self.buffer.shape[-1] or self.buffer.shape[:-1] != chunk.shape[:-1]:
+            capacity = max(need, 2 * (0 if self.buffer is None else self.buffer.shape[-1]))
+            grown = np.empty(chunk.shape[:-1] + (capacity,), chunk.dtype)
+            if self.buffer is not None:
+                grown[..., : self.size] = self.buffer[..., : self.size]
+            self.buffer = grown
+        self.buffer[..., self.size : need] = chunk
+        self.size = need
+
+    def view(self) -> np.ndarray:
+        """The history so far, (*batch, steps): a view that later appends never change."""
+        return self.buffer[..., : self.size]
 
 
 def _active_host(state: SolverState, hyper: Hyper) -> np.ndarray:
@@ -469,7 +555,71 @@ def _check_init(init, n: int, out: tuple[int, ...], dtype, key) -> Params:
     return Params(jnp.asarray(W, dtype), jnp.asarray(b, dtype))
 
 
-def fit(
+class Problem(NamedTuple):
+    """A checked fit, ready for :func:`run`: what :func:`prepare` returns.
+
+    ``params``, ``data``, ``hyper`` and ``key`` carry the leading axes of ``levels`` (a batch
+    of problems, then output columns when hyperparameters are per-output).
+    """
+
+    params: Params
+    data: Data
+    hyper: Hyper
+    key: jax.Array
+    static: Static
+    levels: tuple[Level, ...]
+    per_output: bool  # output columns are a vmap level: y is (k, m) and W is (k, n) inside
+    batched: bool
+    dtype: np.dtype
+    learning_rate: Any  # the learning rate as resolved (float, (k,) array or None)
+    init: Any  # the ``init`` argument, for :func:`initial_params`
+    mesh: Any  # the device mesh the rows are split over, or None (one device)
+    condition: float = float("nan")  # estimated condition number (gradfit.health); NaN: not checked
+    auto_step: bool = False  # learning_rate="auto" was resolved to 1/L
+    curvature: dict | None = None  # arguments of gradfit.health.safe_learning_rate for this problem
+    source: Data | None = None  # with plan "stats": the Data that ``data`` (a Stats) summarises
+    precompute: tuple[float, float] = (0.0, 0.0)  # the statistics pass: (compile s, run s)
+
+
+class HyperValues(NamedTuple):
+    """Checked hyperparameter values on the host (float64 numpy; ``steps`` and ``seed`` ints)."""
+
+    learning_rate: np.ndarray | None
+    l2: np.ndarray
+    tol: np.ndarray  # -1 for tol=None (no tolerance test)
+    steps: int
+    seed: int
+
+
+def check_hyperparameters(*, learning_rate, l2, tol, steps, seed, k: int | None = None) -> HyperValues:
+    """Check the traced hyperparameters of one fit; raise ``ValueError`` naming the bad one.
+
+    ``learning_rate`` (> 0) and ``l2`` (>= 0) are scalars, or (k,) per-output arrays when y
+    has k columns; ``tol`` is None or a scalar >= 0; ``steps`` a positive int; ``seed`` an int.
+    """
+    steps = _validation.positive_int(steps, "steps")
+    per_output_shapes = ((), (k,)) if k is not None else ((),)
+    lr = None if learning_rate is None else _validation.hyperparameter(learning_rate, "learning_rate", positive=True, allowed_shapes=per_output_shapes)
+    l2_arr = _validation.hyperparameter(l2, "l2", positive=False, allowed_shapes=per_output_shapes)
+    tol_arr = np.asarray(-1.0) if tol is None else _validation.hyperparameter(tol, "tol", positive=False)
+    return HyperValues(lr, l2_arr, tol_arr, steps, _validation.seed(seed))
+
+
+def initial_params(init, seed: int, n: int, out: tuple[int, ...], dtype, *, per_output: bool = False) -> tuple[Params, jax.Array]:
+    """The params before step 0 and the loop's PRNG key, both from ``seed``.
+
+    ``jax.random.key(seed)`` is split into an init key (``init="normal"``) and a run key
+    (minibatch permutations). With ``per_output`` the weights are laid out (k, n).
+    """
+    key = jax.random.key(seed)
+    init_key, run_key = jax.random.split(key)
+    params = _check_init(init, n, out, dtype, init_key)
+    if per_output:
+        params = Params(jnp.moveaxis(params.W, -1, -2), params.b)
+    return params, run_key
+
+
+def prepare(
     X,
     y,
     *,
@@ -490,63 +640,17 @@ def fit(
     optimizer_options: dict[str, Any] | None = None,
     batched: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    callback: Callable[[SolverState, np.ndarray], None] | None = None,
     devices: Any = None,
     n_rows: int | None = None,
-) -> FitResult:
-    """Fit ``yhat = X @ W + b`` by gradient descent, the whole loop compiled.
+    statistics: bool = False,
+) -> Problem:
+    """Check the arguments of :func:`fit` and build its :class:`Problem`; no compute runs.
 
-    Args:
-      X: (m, n) features, rows are samples; (B, m, n) with ``batched=True``.
-      y: (m,) or (m, k) targets (in [0, 1] for ``loss="bce"``); (B, m[, k]) when batched.
-      loss: ``"mse"`` or ``"bce"`` (logistic regression, from logits).
-      reduction: ``"mean"`` (1/m), ``"half_mean"`` (1/(2m), mse only) or ``"sum"``.
-      optimizer: an optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or any
-        ``optax.GradientTransformation`` (then leave ``learning_rate`` unset).
-      learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's).
-        A (k,) array gives each output column its own rate (the columns are vmapped).
-      steps: most steps to run (epochs with ``batch_size``).
-      tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
-      l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
-        See :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
-      grad: the plan (:mod:`gradfit._plan`): ``"auto"`` (default: ``"stats"`` for a
-        full-batch MSE fit when its cost model says it is cheaper, else the fastest direct
-        plan), ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`),
-        ``"onepass"`` (closed forms, X read once per step in row blocks) or ``"stats"``
-        (MSE by sufficient statistics: one pass over X, then O(n^2 k) per step, same
-        iterates). The plan used is ``stats["plan"]``.
-      init: None/``"zeros"``, ``"normal"`` (N(0, 1/n) weights from ``seed``) or ``Params``.
-      batch_size: minibatch SGD, batches drawn on device as ``shuffle`` says; the short last
-        batch is kept (padded with zero-weight rows), so no row is dropped.
-      shuffle: minibatch sampling. ``"blocks"`` (default): fixed contiguous batches visited
-        in a fresh random order every epoch, so an epoch is one sequential read of X (shuffle
-        the rows of X once beforehand if they are ordered, e.g. sorted by label). ``"rows"``:
-        a fresh permutation of all rows every epoch, each batch gathered from anywhere in X
-        (exact sampling without replacement; on CPU ~30-100x slower per epoch, measured in
-        ``docs/benchmarks.md``).
-      seed: seeds the minibatch permutations and ``init="normal"``.
-      fit_intercept: False fixes b at its initial value (0).
-      sample_weight: (m,) non-negative row weights ("mean" divides by their sum).
-      optimizer_options: extra options of the optax alias, e.g. ``{"momentum": 0.9}``;
-        float values are traced (new values do not recompile).
-      batched: X has a leading axis of B independent problems, fitted under ``vmap``.
-      chunk_size: steps per compiled chunk; Python runs only between chunks.
-      callback: ``callback(state, history)`` between chunks.
-      devices: split the rows across devices (:mod:`gradfit.sharding`): None uses every
-        device once m >= ``gradfit.sharding.AUTO_MIN_ROWS`` (one device below that, or when
-        there is only one), an int d the first d devices (1 forces one), or a list of jax
-        devices or ids. Rows that do not divide evenly are padded with weight-0 rows.
-        Leave None when X, y are already sharded jax arrays (kept as they are).
-      n_rows: for X, y already padded and sharded (e.g. by :func:`gradfit.shard_rows` or
-        :func:`gradfit.distributed.load_rows`), the number of real rows, which come first;
-        minibatches are drawn from them only. Not needed for full batches.
-
-    Returns:
-      A :class:`FitResult`. Hyperparameters are arrays inside the program: a second fit on
-      the same shapes with new values compiles nothing (``stats["compile_seconds"] == 0``).
-
-    Raises:
-      ValueError: for bad input, before any compute.
+    Takes :func:`fit`'s arguments (less ``callback``) and raises the same ``ValueError`` s.
+    :func:`gradfit.sweep` builds one per group of its grid and stacks members on top.
+    ``statistics=True`` (what :func:`fit` passes) lets the plan be ``"stats"``: ``data`` is
+    then a :class:`gradfit._stats.Stats`, computed here, and ``source`` the Data it summarises.
+    Without it (sweeps, whose member levels map Data) "auto" picks a direct plan.
     """
     if loss not in losses.LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
@@ -572,17 +676,16 @@ def fit(
     if not isinstance(fit_intercept, bool):
         raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
 
+    auto_step = health.wants_auto_step(learning_rate, optimizer)
+    if auto_step:
+        learning_rate = 1.0  # a placeholder for the checks below; 1/L replaces it once the data pass
     if learning_rate is None and isinstance(optimizer, str) and optimizer not in _optim.LINE_SEARCH:
         learning_rate = DEFAULT_LEARNING_RATE
     spec, traced_options = _optim.resolve(optimizer, optimizer_options, learning_rate)
     if batch_size is not None and spec.name in _optim.LINE_SEARCH:
         raise ValueError("optimizer 'lbfgs' needs full batches: leave batch_size unset, or use 'sgd'/'adam' for minibatches")
-    per_output_shapes = ((), (k,)) if k is not None else ((),)
-    lr = None if learning_rate is None else _validation.hyperparameter(learning_rate, "learning_rate", positive=True, allowed_shapes=per_output_shapes)
-    l2_arr = _validation.hyperparameter(l2, "l2", positive=False, allowed_shapes=per_output_shapes)
-    tol_arr = np.asarray(-1.0) if tol is None else _validation.hyperparameter(tol, "tol", positive=False)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    values = check_hyperparameters(learning_rate=learning_rate, l2=l2, tol=tol, steps=steps, seed=seed, k=k)
+    lr, l2_arr, tol_arr = values.learning_rate, values.l2, values.tol
 
     dtype = _validation.float_dtype(X)
     sw = None
@@ -595,12 +698,19 @@ def fit(
         if bool((sw_check < 0).any()) or not bool((sw_check.sum(axis=-1) > 0).all()):
             raise ValueError("sample_weight must be >= 0 with a positive sum")
         sw = jnp.asarray(sw, dtype)
-    key = jax.random.key(seed)
-    init_key, run_key = jax.random.split(key)
-    params = _check_init(init, n, out, dtype, init_key)
+    condition = health.check_conditioning(
+        X, dtype, batched=batched, fit_intercept=fit_intercept, l2=l2_arr, loss=loss, reduction=reduction,
+        sample_weight=sw, stacklevel=3,
+    )
+    params, run_key = initial_params(init, values.seed, n, out, dtype)
 
     per_output = k is not None and ((lr is not None and lr.ndim == 1) or l2_arr.ndim == 1)
     data, mesh, rows = _layout(X, y, sw, dtype, devices, n_rows, lead, batch_size)
+    curvature = dict(loss=loss, reduction=reduction, l2=l2_arr, sample_weight=data.sample_weight,
+                     fit_intercept=fit_intercept, batched=batched)
+    if auto_step:  # on the placed (possibly sharded) data; padding rows have weight 0
+        lr = np.asarray(health.safe_learning_rate(data.X, **curvature))
+        learning_rate = float(lr)
     hyper = Hyper(
         learning_rate=None if lr is None else jnp.asarray(lr, dtype),
         l2=jnp.asarray(l2_arr, dtype),
@@ -610,11 +720,12 @@ def fit(
     )
     plan = _plan.choose(
         grad, loss=loss, m=m, n=n, k=k or 1, steps=steps, batch_size=batch_size,
-        line_search=spec.name in _optim.LINE_SEARCH, sharded=mesh is not None,
+        line_search=spec.name in _optim.LINE_SEARCH, sharded=mesh is not None, statistics=statistics,
     )
     static = Static(loss, reduction, plan, spec, lr is not None, fit_intercept, batch_size, chunk_size, rows, shuffle)
-    precompute_seconds, precompute_compile = 0.0, 0.0
+    precompute_seconds, precompute_compile, source = 0.0, 0.0, None
     if plan == "stats":
+        source = data
         data, precompute_compile, precompute_seconds = _sufficient_statistics(data, batched)
 
     levels: list[Level] = []
@@ -639,13 +750,152 @@ def fit(
         )
         hyper_axes = _hyper_axes(hyper, None)._replace(learning_rate=None if hyper.learning_rate is None else 0, l2=0)
         levels.append(Level(data_axes, hyper_axes, 0, None))
-    levels_t = tuple(levels)
     if mesh is not None:  # parameters, hyperparameters and the PRNG key on every device
         from gradfit import sharding
 
         params, hyper, run_key = sharding.replicate((params, hyper, run_key), mesh)
 
-    result = run(params, data, hyper, run_key, static, levels_t, callback)
+    return Problem(
+        params, data, hyper, run_key, static, tuple(levels), per_output, batched, dtype, learning_rate, init, mesh,
+        condition, auto_step, curvature, source, (precompute_compile, precompute_seconds),
+    )
+
+
+def fit(
+    X,
+    y,
+    *,
+    loss: str = "mse",
+    reduction: str = "mean",
+    optimizer: Any = "sgd",
+    learning_rate: float | Any | None = None,
+    steps: int = 1000,
+    tol: float | None = None,
+    l2: float | Any = 0.0,
+    grad: str = "auto",
+    init: Params | str | None = None,
+    batch_size: int | None = None,
+    shuffle: str = "blocks",
+    seed: int = 0,
+    fit_intercept: bool = True,
+    sample_weight=None,
+    optimizer_options: dict[str, Any] | None = None,
+    batched: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    callback: Callable[[SolverState, np.ndarray], None] | None = None,
+    devices: Any = None,
+    n_rows: int | None = None,
+    progress: bool = False,
+    checkpoint: Any = None,
+    checkpoint_every: Any = None,
+    resume: bool = False,
+) -> FitResult:
+    """Fit ``yhat = X @ W + b`` by gradient descent, the whole loop compiled.
+
+    Args:
+      X: (m, n) features, rows are samples; (B, m, n) with ``batched=True``.
+      y: (m,) or (m, k) targets (in [0, 1] for ``loss="bce"``); (B, m[, k]) when batched.
+      loss: ``"mse"`` or ``"bce"`` (logistic regression, from logits).
+      reduction: ``"mean"`` (1/m), ``"half_mean"`` (1/(2m), mse only) or ``"sum"``.
+      optimizer: an optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or any
+        ``optax.GradientTransformation`` (then leave ``learning_rate`` unset).
+      learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's).
+        A (k,) array gives each output column its own rate (the columns are vmapped).
+        ``"auto"`` (with ``optimizer="sgd"``): ``1/L`` from a few power iterations on the data,
+        see :func:`gradfit.health.safe_learning_rate`.
+      steps: most steps to run (epochs with ``batch_size``).
+      tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
+      l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
+        See :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
+      grad: the plan (:mod:`gradfit._plan`): ``"auto"`` (default: ``"stats"`` for a
+        full-batch MSE fit when its cost model says it is cheaper, else the fastest direct
+        plan), ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`),
+        ``"onepass"`` (closed forms, X read once per step in row blocks) or ``"stats"``
+        (MSE by sufficient statistics: one pass over X, then O(n^2 k) per step, same
+        iterates). The plan used is ``stats["plan"]``.
+      init: None/``"zeros"``, ``"normal"`` (N(0, 1/n) weights from ``seed``) or ``Params``.
+      batch_size: minibatch SGD, batches drawn on device as ``shuffle`` says; the short last
+        batch is kept (padded with zero-weight rows), so no row is dropped.
+      shuffle: minibatch sampling. ``"blocks"`` (default): fixed contiguous batches visited
+        in a fresh random order every epoch, so an epoch is one sequential read of X (shuffle
+        the rows of X once beforehand if they are ordered, e.g. sorted by label). ``"rows"``:
+        a fresh permutation of all rows every epoch, each batch gathered from anywhere in X
+        (exact sampling without replacement; on CPU ~25-70x slower per epoch, measured in
+        ``docs/benchmarks.md``).
+      seed: seeds the minibatch permutations and ``init="normal"``.
+      fit_intercept: False fixes b at its initial value (0).
+      sample_weight: (m,) non-negative row weights ("mean" divides by their sum).
+      optimizer_options: extra options of the optax alias, e.g. ``{"momentum": 0.9}``;
+        float values are traced (new values do not recompile).
+      batched: X has a leading axis of B independent problems, fitted under ``vmap``.
+      chunk_size: steps per compiled chunk; Python runs only between chunks.
+      callback: ``callback(state, history)`` between chunks.
+      devices: split the rows across devices (:mod:`gradfit.sharding`): None uses every
+        device once m >= ``gradfit.sharding.AUTO_MIN_ROWS`` (one device below that, or when
+        there is only one), an int d the first d devices (1 forces one), or a list of jax
+        devices or ids. Rows that do not divide evenly are padded with weight-0 rows.
+        Leave None when X, y are already sharded jax arrays (kept as they are).
+      n_rows: for X, y already padded and sharded (e.g. by :func:`gradfit.shard_rows` or
+        :func:`gradfit.distributed.load_rows`), the number of real rows, which come first;
+        minibatches are drawn from them only. Not needed for full batches.
+      progress: show a tqdm bar (updated between chunks; needs ``gradfit[progress]``).
+      checkpoint: a file path: save the run there atomically at chunk boundaries and at the
+        end (see :mod:`gradfit.checkpoint`).
+      checkpoint_every: an int (steps), a ``datetime.timedelta``, or
+        ``gradfit.checkpoint.Every(steps, seconds)``; default every 60 seconds.
+      resume: continue from ``checkpoint`` if that file exists (same data and settings, else
+        ValueError); start afresh if it does not. The result has the same bits as a run that
+        never stopped (on the CPU).
+
+    Returns:
+      A :class:`FitResult`. Hyperparameters are arrays inside the program: a second fit on
+      the same shapes with new values compiles nothing (``stats["compile_seconds"] == 0``).
+      With ``checkpoint``, ``stats`` also holds ``checkpoint`` (the path),
+      ``resumed_from_step`` (0 for a fresh start), ``checkpoints`` (files written) and
+      ``checkpoint_seconds`` (time spent writing them).
+
+    Raises:
+      ValueError: for bad input, before any compute (docs/faults.md lists every case).
+
+    Warns:
+      gradfit.health.IllConditionedWarning: the data's condition number is too large for
+        the dtype (estimated from a sample of rows before the fit; see
+        :func:`gradfit.health.check_conditioning`), with the remedy.
+      gradfit.health.SeparableWarning: bce with ``l2=0`` on classes the fit separates; no
+        minimiser exists, so the fit is reported as not converged.
+      RuntimeWarning: the fit diverged; names the step and suggests a learning rate.
+    """
+    fit_arguments = dict(
+        loss=loss, reduction=reduction, optimizer=optimizer, learning_rate=learning_rate, steps=steps,
+        tol=tol, l2=l2, grad=grad, init=init, batch_size=batch_size, seed=seed, fit_intercept=fit_intercept,
+        optimizer_options=optimizer_options, batched=batched, chunk_size=chunk_size, devices=devices, n_rows=n_rows,
+    )
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress must be True or False, got {progress!r}")
+    if checkpoint is not None:
+        from gradfit import checkpoint as _checkpoint
+
+        checkpoint = _checkpoint.check_path(checkpoint, resume=resume)
+        checkpoint_every = _checkpoint.parse_every(checkpoint_every)
+    elif resume is not False or checkpoint_every is not None:
+        raise ValueError("resume and checkpoint_every need checkpoint=PATH, the checkpoint file to write and resume from")
+    problem = prepare(
+        X, y, loss=loss, reduction=reduction, optimizer=optimizer, learning_rate=learning_rate,
+        steps=steps, tol=tol, l2=l2, grad=grad, init=init, batch_size=batch_size, seed=seed,
+        fit_intercept=fit_intercept, sample_weight=sample_weight, optimizer_options=optimizer_options,
+        batched=batched, chunk_size=chunk_size, devices=devices, n_rows=n_rows, shuffle=shuffle,
+        statistics=True,
+    )
+    plan = problem.static.grad
+    precompute_compile, precompute_seconds = problem.precompute
+    static, levels_t, per_output, dtype = problem.static, problem.levels, problem.per_output, problem.dtype
+    spec, learning_rate, mesh = static.optimizer, problem.learning_rate, problem.mesh
+    members = (np.shape(X)[0] if problem.batched else 1) * (np.shape(y)[-1] if per_output else 1)
+    result, resumed = _run_long(
+        problem.params, problem.data, problem.hyper, problem.key, static, levels_t, callback, progress=progress,
+        members=members, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+        fit_arguments=fit_arguments,
+    )
     state = result.state
     out_params = state.params
     if per_output:
@@ -670,13 +920,39 @@ def fit(
         "optimizer": spec.name or type(optimizer).__name__,
         "grad": grad,
         "shuffle": shuffle if batch_size is not None else None,
-        "vmapped": [name for name, on in (("problems", batched), ("outputs", per_output)) if on],
+        "vmapped": [name for name, on in (("problems", problem.batched), ("outputs", per_output)) if on],
         "devices": 1 if mesh is None else mesh.size,
+        **resumed,
     }
+    data = problem.data if problem.source is None else problem.source  # X itself, for the checks below
+    condition, curvature = problem.condition, problem.curvature
+    stats["condition_number"] = condition if np.isfinite(condition) else None  # None: not checked
+    if problem.auto_step:
+        stats["learning_rate"] = learning_rate
+    if loss == "bce" and not np.any(curvature["l2"]):
+        # No minimiser exists on separable classes: never report such a fit as converged.
+        y_rows = jnp.moveaxis(data.y, -2, -1) if per_output else data.y
+        sep = health.separated(out_params, data.X, y_rows, batched=problem.batched, sample_weight=data.sample_weight)
+        sep = sep if per_output or sep.ndim == converged.ndim else sep.any(axis=-1)
+        if sep.any():
+            converged = converged & ~sep
+            warnings.warn(health.separable_message(float(jnp.linalg.norm(out_params.W))), health.SeparableWarning, stacklevel=2)
+        stats["separable"] = sep.tolist()
+    elif loss == "bce":
+        stats["separable"] = False  # with a penalty the minimiser exists
     if not levels_t:
         steps_taken, converged, diverged = int(steps_taken), bool(converged), bool(diverged)
     if np.any(diverged):
-        _warn_divergence(steps_taken, diverged, learning_rate)
+        # The index of the first bad objective evaluation (steps_taken when it came after the last step).
+        bad_at = np.asarray(steps_taken) + np.asarray(result.diverged_at_end, int)
+        stats["diverged_at_step"] = np.where(diverged, bad_at - 1, -1).tolist()
+        suggestion = None
+        if spec.name == "sgd":  # 1/L, the safe step of gradient descent, costs a few dozen passes
+            suggestion = health.safe_learning_rate(data.X, **curvature)
+        elif learning_rate is not None:
+            suggestion = float(np.min(learning_rate)) / 10
+        stats["suggested_learning_rate"] = suggestion
+        _warn_divergence(bad_at, diverged, learning_rate, suggestion)
     return FitResult(out_params, final_loss, history, steps_taken, converged, diverged, stats)
 
 
@@ -745,6 +1021,30 @@ def _layout(X, y, sw, dtype, devices, n_rows, row_axis: int, batch_size):
     data = sharding.shard_rows(Data(X, y, sw), devs, row_axis=row_axis, dtype=dtype)
     padded = data.X.shape[row_axis]
     return data, sharding.mesh_of(data), None if padded == m else m
+def _run_long(params, data, hyper, key, static, levels, callback, *, progress, members, checkpoint,
+              checkpoint_every, resume, fit_arguments) -> tuple[RunResult, dict]:
+    """:func:`run`, with a progress bar and checkpoints when asked; returns the run and stats."""
+    bar = None
+    if progress:
+        from gradfit import progress as _progress
+
+        bar = _progress.Progress(int(hyper.max_steps), members=members, desc="fit")
+        callback = _progress.chain(bar, callback)
+    try:
+        if checkpoint is None:
+            return run(params, data, hyper, key, static, levels, callback), {}
+        from gradfit import checkpoint as _checkpoint
+
+        stored, not_stored = _checkpoint.storable_arguments(fit_arguments)
+        meta = {"fit": stored, "fit_not_stored": not_stored, "every": list(checkpoint_every)}
+        result, info = _checkpoint.run(
+            checkpoint, params, data, hyper, key, static, levels,
+            every=checkpoint_every, resume=resume, callback=callback, meta=meta,
+        )
+        return result, {"checkpoint": str(checkpoint), **info._asdict()}
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _hyper_axes(hyper: Hyper, axis) -> Hyper:
@@ -757,14 +1057,26 @@ def _hyper_axes(hyper: Hyper, axis) -> Hyper:
     )
 
 
-def _warn_divergence(steps, diverged, learning_rate) -> None:
-    at = int(np.max(np.where(diverged, steps, 0)))
-    hint = ""
-    if learning_rate is not None:
-        hint = f"; try a smaller learning_rate, e.g. {float(np.min(learning_rate)) / 10:g}, or standardise X"
+def _warn_divergence(steps, diverged, learning_rate, suggestion=None) -> None:
+    """Warn that a fit diverged, naming the step (the first bad objective evaluation, counted
+    from 0) and a step size to try (``suggestion``: 1/L for sgd, else a tenth of the rate)."""
+    at = int(np.max(np.where(diverged, steps, 0))) - 1
+    if at == 0:
+        hint = (
+            ": the objective is not finite at the initial params, so the data overflow "
+            "the dtype; rescale X and y (standardise) or fit in float64"
+        )
+    else:
+        hint = ": returning the last params before it"
+        if suggestion is not None:
+            hint += f"; try learning_rate={suggestion:.3g}"
+            if learning_rate is not None:
+                hint += f" (was {float(np.min(learning_rate)):g})"
+            hint += ", or standardise X"
+        elif learning_rate is not None:
+            hint += "; try a smaller learning_rate, or standardise X"
     warnings.warn(
-        f"the fit diverged at step {at - 1} (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}-fold): "
-        f"returning the last params before it{hint}",
+        f"the fit diverged at step {at} (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}-fold){hint}",
         RuntimeWarning,
         stacklevel=3,
     )

@@ -1,0 +1,437 @@
+"""Checkpoint and resume: a run's whole state, saved atomically at chunk boundaries.
+
+A checkpoint is one ``.npz`` file written with :mod:`gradfit._io` (a temporary file in the
+same folder, flushed, then renamed), so it is the previous checkpoint or the new one, never
+half of one. It holds:
+
+- every leaf of the :class:`~gradfit.solver.SolverState` pytree (``jax.tree.flatten``):
+  params, the previous params, the optax state, the step count, the losses, the status
+  flags and the PRNG key (as ``jax.random.key_data`` plus its implementation's name). With
+  minibatches one step is one epoch and the key is advanced once per epoch, so the step
+  and the key are the data position;
+- the objective history so far, shape (*members, steps);
+- a JSON header: the format version, the treedef and each leaf's shape and dtype, and a
+  fingerprint of the problem (data, settings, optimizer, hyperparameters, chunk size and
+  starting point) so that a checkpoint is never resumed into a different problem.
+
+**Same bits.** Steps are deterministic on the CPU and the compiled chunk program is the
+same in every process, so a run resumed from a checkpoint ends with the same bits as one
+that never stopped. Checkpoints are taken only between chunks, and ``chunk_size`` is part
+of the fingerprint, so a resumed run has the same chunk boundaries (steps ``c * chunk_size``)
+as an uninterrupted one. Raising ``steps`` on a finished checkpoint continues it.
+
+Entry points: ``fit(..., checkpoint=path, checkpoint_every=..., resume=True)``;
+:func:`resume` (a fit from its checkpoint and the data); and, for code that drives
+:func:`gradfit.solver.run` itself (sweeps, one checkpoint per group), :func:`run`, or
+:class:`Checkpointer` with :func:`fingerprint`, :func:`save` and :func:`load`. A sweep that runs
+its members in groups keeps one file per group and one progress bar for all::
+
+    bar = gradfit.progress.Progress(max_steps, members=n_members, desc="sweep")
+    for g, (params, data, hyper, key, static, levels) in enumerate(groups):
+        result, info = checkpoint.run(out / f"group{g}.npz", params, data, hyper, key, static, levels,
+                                      every=checkpoint.Every(seconds=60), resume=True,
+                                      callback=bar.callback())
+    bar.close()
+
+A group whose file says it is complete runs no more steps, so rerunning the same sweep after a
+kill redoes only the unfinished groups, each from its last chunk boundary.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradfit import _io, solver
+
+FORMAT = "gradfit-checkpoint"
+VERSION = 1
+DEFAULT_EVERY_SECONDS = 60.0
+
+# What each fingerprint component covers, and how to make a resume match it.
+_COMPONENTS = {
+    "data": "the data (shapes, dtypes and a sample of the values of X, y and sample_weight)",
+    "settings": "loss, reduction, grad, fit_intercept, batch_size or the vmapped levels",
+    "optimizer": "the optimizer or its static options",
+    "hyperparameters": "learning_rate, l2, tol or the optimizer's float options",
+    "chunk_size": "chunk_size (resumed runs need the same chunk boundaries to give the same bits)",
+    "start": "the starting point (init or seed)",
+}
+
+
+class Every(NamedTuple):
+    """When to checkpoint: after ``steps`` more steps, or ``seconds`` more seconds, whichever
+    comes first (None: not by that measure). Checked only at chunk boundaries."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+
+def parse_every(value) -> Every:
+    """Normalise a ``checkpoint_every`` argument.
+
+    ``None`` (every 60 seconds), an int (steps), a ``datetime.timedelta`` (time), or
+    :class:`Every`. Raises ValueError for anything else or a non-positive value.
+    """
+    if value is None:
+        return Every(seconds=DEFAULT_EVERY_SECONDS)
+    if isinstance(value, datetime.timedelta):
+        value = Every(seconds=value.total_seconds())
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = Every(steps=int(value))
+    if not isinstance(value, Every):
+        raise ValueError(
+            f"checkpoint_every must be a number of steps (int), a datetime.timedelta, or "
+            f"gradfit.checkpoint.Every(steps=..., seconds=...), got {value!r}"
+        )
+    steps, seconds = value
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0):
+        raise ValueError(f"checkpoint_every steps must be a positive integer, got {steps!r}")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
+        raise ValueError(f"checkpoint_every seconds must be a positive number, got {seconds!r}")
+    if steps is None and seconds is None:
+        raise ValueError("checkpoint_every=Every() sets neither steps nor seconds: give at least one")
+    return Every(None if steps is None else int(steps), None if seconds is None else float(seconds))
+
+
+# --------------------------------------------------------------------------- fingerprint
+def _sample(a) -> np.ndarray:
+    """About 4096 elements of ``a`` on an evenly spaced grid (``4096 ** (1/ndim)`` indices per
+    axis, first and last included): cheap for any size, on any device, no flat index overflow."""
+    per_axis = max(2, int(round(4096 ** (1 / max(a.ndim, 1)))))
+    for axis, size in enumerate(a.shape):
+        if size > per_axis:
+            index = np.unique(np.linspace(0, size - 1, per_axis).astype(np.int64))
+            a = np.take(a, index, axis=axis) if isinstance(a, np.ndarray) else jnp.take(a, jnp.asarray(index, jnp.int32), axis=axis)
+    return np.asarray(a)
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if part is None:
+            h.update(b"None;")
+        elif isinstance(part, (np.ndarray, jax.Array)):
+            arr = np.ascontiguousarray(np.asarray(part))
+            h.update(f"{arr.shape}{arr.dtype};".encode())
+            h.update(arr.tobytes())
+        else:
+            h.update(repr(part).encode() + b";")
+    return h.hexdigest()[:16]
+
+
+def _keyless(a):
+    if a is not None and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(a)
+    return a
+
+
+def fingerprint(params, data: solver.Data, hyper: solver.Hyper, key, static: solver.Static,
+                levels: tuple[solver.Level, ...] = ()) -> dict[str, str]:
+    """A short hash per part of a problem (see ``_COMPONENTS``); equal dicts, same problem.
+
+    ``hyper.max_steps`` is left out: a finished run may be resumed with more steps. A
+    user's own ``optax.GradientTransformation`` is known by its type only.
+    """
+    spec = static.optimizer
+    if spec.transformation is not None:
+        spec = spec._replace(transformation=type(spec.transformation).__qualname__)
+    arrays = lambda a: (tuple(a.shape), str(a.dtype), _sample(a)) if a is not None else (None,)  # noqa: E731
+    return {
+        # A plan-"stats" fit runs on the statistics of its data (a gradfit._stats.Stats).
+        "data": _digest(*(part for a in ((data.X, data.y, data.sample_weight) if isinstance(data, solver.Data)
+                                         else jax.tree.leaves(data)) for part in arrays(a))),
+        "settings": _digest(static._replace(optimizer=None, chunk_size=None), levels),
+        "optimizer": _digest(spec),
+        "hyperparameters": _digest(
+            hyper.learning_rate, hyper.l2, hyper.tol, *(v for _, v in sorted(hyper.optimizer.items()))
+        ),
+        "chunk_size": str(static.chunk_size),
+        "start": _digest(*jax.tree.leaves(params), _keyless(key)),
+    }
+
+
+# --------------------------------------------------------------------------- save / load
+def save(path: str | Path, state: solver.SolverState, history: np.ndarray, *,
+         fingerprint: dict[str, str], complete: bool = False, meta: dict | None = None) -> Path:
+    """Write ``state`` and ``history`` to ``path`` atomically; returns the path.
+
+    ``meta`` is extra JSON-able information kept in the header (e.g. the fit's arguments).
+    """
+    leaves, treedef = jax.tree.flatten(state)
+    arrays: dict[str, np.ndarray] = {}
+    specs = []
+    for i, leaf in enumerate(leaves):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            specs.append({"shape": list(leaf.shape), "dtype": "key", "impl": str(jax.random.key_impl(leaf))})
+            arrays[f"leaf_{i:04d}"] = np.asarray(jax.random.key_data(leaf))
+        else:
+            arrays[f"leaf_{i:04d}"] = np.asarray(leaf)
+            specs.append({"shape": list(leaf.shape), "dtype": str(leaf.dtype)})
+    step = np.asarray(state.step)
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "treedef": str(treedef),
+        "leaves": specs,
+        "fingerprint": fingerprint,
+        "step": int(step.max()),
+        "complete": bool(complete),
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "backend": jax.default_backend(),
+        **(meta or {}),
+    }
+    arrays["history"] = np.asarray(history)
+    arrays["header"] = np.asarray(json.dumps(header))
+    return _io.write_npz(path, **arrays)
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a checkpoint. Raises ValueError for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist: check the path, or start afresh without resume")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{path} is not a readable gradfit checkpoint ({type(e).__name__}: {e}): "
+            "point at another file, or delete it to start afresh"
+        ) from None
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a gradfit checkpoint (no {FORMAT!r} header): point at another file")
+    if header.get("version") != VERSION:
+        raise ValueError(
+            f"{path} is a version {header.get('version')} checkpoint; this gradfit reads version {VERSION}: "
+            "resume it with the gradfit that wrote it, or start afresh"
+        )
+    return header
+
+
+def load(path: str | Path, template: solver.SolverState, fingerprint: dict[str, str] | None = None
+         ) -> tuple[solver.SolverState, np.ndarray, dict[str, Any]]:
+    """Read a checkpoint into the structure of ``template``: ``(state, history, header)``.
+
+    ``template`` is a state of the problem being resumed (e.g. its initial state); its
+    treedef, leaf shapes and dtypes must match the checkpoint's, and ``fingerprint`` (when
+    given) must equal the one saved. Arrays are placed with the template's shardings.
+
+    Raises:
+      ValueError: a missing or unreadable file, or a checkpoint of a different problem or
+        config (the message names what differs and how to resume or start afresh).
+    """
+    path = Path(path)
+    header = read_header(path)
+    fresh = "or start afresh (resume=False, or another checkpoint path)"
+    if fingerprint is not None:
+        saved = header.get("fingerprint", {})
+        differ = [name for name in _COMPONENTS if saved.get(name) != fingerprint.get(name)]
+        if differ:
+            detail = "; ".join(f"{name}: {_COMPONENTS[name]}" for name in differ)
+            if "chunk_size" in differ:
+                detail += f"; the checkpoint used chunk_size={saved.get('chunk_size')}"
+            raise ValueError(
+                f"checkpoint {path} was written by a different problem or config. What differs: {detail}. "
+                f"Resume with the data and settings that wrote it, {fresh}"
+            )
+    leaves, treedef = jax.tree.flatten(template)
+    specs = header["leaves"]
+    if header["treedef"] != str(treedef) or len(specs) != len(leaves):
+        raise ValueError(
+            f"checkpoint {path} holds a different solver state (another optimizer, loss or "
+            f"output shape): resume with the settings that wrote it, {fresh}"
+        )
+    new_leaves = []
+    with np.load(path, allow_pickle=False) as z:
+        for i, (leaf, spec) in enumerate(zip(leaves, specs)):
+            arr = z[f"leaf_{i:04d}"]
+            is_key = jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+            want = "key" if is_key else str(leaf.dtype)
+            if spec["dtype"] != want or tuple(spec["shape"]) != tuple(leaf.shape):
+                raise ValueError(
+                    f"checkpoint {path} leaf {i} is {spec['dtype']} {tuple(spec['shape'])} but this problem "
+                    f"needs {want} {tuple(leaf.shape)} (another dtype, size or number of members): "
+                    f"resume with the settings that wrote it, {fresh}"
+                )
+            if is_key:
+                value = jax.random.wrap_key_data(arr, impl=spec["impl"])
+            else:
+                value = np.asarray(arr, dtype=leaf.dtype)
+            new_leaves.append(jax.device_put(value, leaf.sharding))
+        history = np.asarray(z["history"])
+    return jax.tree.unflatten(treedef, new_leaves), history, header
+
+
+# --------------------------------------------------------------------------- during a run
+class Checkpointer:
+    """A ``callback(state, history)`` that saves the run at chunk boundaries when due.
+
+    It saves when ``every.steps`` steps (the most any member has run) or ``every.seconds``
+    seconds have passed since the last save, and skips the last chunk of a run (call
+    :meth:`finish` with the final state instead). ``count`` and ``seconds`` report how many
+    checkpoints were written and the time spent writing them.
+    """
+
+    def __init__(self, path: str | Path, hyper: solver.Hyper, fingerprint: dict[str, str], *,
+                 every: Every | int | datetime.timedelta | None = None, meta: dict | None = None,
+                 start_step: int = 0, clock: Callable[[], float] = time.monotonic):
+        self.path = Path(path)
+        self.hyper = hyper
+        self.fingerprint = fingerprint
+        self.every = parse_every(every)
+        self.meta = meta
+        self.clock = clock
+        self.last_step = start_step
+        self.last_time = clock()
+        self.count = 0
+        self.seconds = 0.0
+
+    def __call__(self, state: solver.SolverState, history: np.ndarray) -> None:
+        if not solver._active_host(state, self.hyper).any():
+            return  # the run ends after this chunk: finish() writes the final state
+        step = int(np.max(np.asarray(state.step)))
+        due_steps = self.every.steps is not None and step - self.last_step >= self.every.steps
+        due_time = self.every.seconds is not None and self.clock() - self.last_time >= self.every.seconds
+        if due_steps or due_time:
+            self.save(state, history)
+
+    def save(self, state: solver.SolverState, history: np.ndarray, *, complete: bool = False) -> Path:
+        start = time.perf_counter()
+        step = int(np.max(np.asarray(state.step)))
+        save(self.path, state, history[..., :step], fingerprint=self.fingerprint, complete=complete, meta=self.meta)
+        self.seconds += time.perf_counter() - start
+        self.count += 1
+        self.last_step = step
+        self.last_time = self.clock()
+        return self.path
+
+    def finish(self, result: solver.RunResult) -> Path:
+        """Save the final state of a finished run (marked complete)."""
+        return self.save(result.state, result.history, complete=True)
+
+
+class CheckpointInfo(NamedTuple):
+    """What :func:`run` did with its checkpoint."""
+
+    resumed_from_step: int  # 0 for a fresh start
+    checkpoints: int  # files written by this call
+    checkpoint_seconds: float  # time spent writing them
+
+
+def check_path(path, *, resume: bool) -> Path:
+    """Validate a checkpoint path before compute: a writable folder, not a folder itself."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"checkpoint must be a file path (str or pathlib.Path), got {type(path).__name__}")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a folder: give a file path, e.g. {str(path / 'checkpoint.npz')!r}")
+    try:
+        _io.check_writable(path.parent, "checkpoint folder")
+    except OSError as e:
+        raise ValueError(str(e)) from None
+    return path
+
+
+def run(path: str | Path, params, data: solver.Data, hyper: solver.Hyper, key, static: solver.Static,
+        levels: tuple[solver.Level, ...] = (), *, every: Every | int | datetime.timedelta | None = None,
+        resume: bool = False, callback: Callable | None = None, meta: dict | None = None
+        ) -> tuple[solver.RunResult, CheckpointInfo]:
+    """:func:`gradfit.solver.run` with checkpoints at ``path`` (one file per run: a sweep
+    gives each group its own path).
+
+    With ``resume=True`` and a checkpoint at ``path``, the run continues from it (after
+    checking it belongs to this problem); without one it starts afresh. ``callback`` is
+    called after the checkpoint of each chunk boundary. The final state is saved too.
+    """
+    path = check_path(path, resume=resume)
+    every = parse_every(every)
+    fp = fingerprint(params, data, hyper, key, static, levels)
+    state = history = None
+    start_step = 0
+    if resume and path.exists():
+        init, _ = solver.compiled("init", static, levels, (params, data, hyper, key))
+        template = init(params, data, hyper, key)
+        state, history, header = load(path, template, fp)
+        start_step = int(header["step"])
+    saver = Checkpointer(path, hyper, fp, every=every, meta=meta, start_step=start_step)
+
+    def on_chunk(st, hist):
+        saver(st, hist)
+        if callback is not None:
+            callback(st, hist)
+
+    result = solver.run(params, data, hyper, key, static, levels, on_chunk, state=state, history=history)
+    saver.finish(result)
+    return result, CheckpointInfo(start_step, saver.count, saver.seconds)
+
+
+def resume(path: str | Path, X, y, *, sample_weight=None, **overrides) -> "solver.FitResult":
+    """Continue the fit that wrote the checkpoint at ``path``, on the same data.
+
+    The fit's arguments are read from the checkpoint; pass again any it could not store
+    (a custom optax transformation, ``init`` as Params, a callback), and any you want to
+    change (e.g. a larger ``steps``, ``progress=True``). A finished checkpoint returns its
+    result without running more steps (unless ``steps`` grew).
+
+    Raises:
+      ValueError: a missing or unreadable checkpoint, one not written by :func:`gradfit.fit`,
+        a missing argument, or different data or settings.
+    """
+    header = read_header(path)
+    if "fit" not in header:
+        raise ValueError(
+            f"checkpoint {path} was not written by gradfit.fit (it has no fit arguments): resume it "
+            "with the code that wrote it (gradfit.checkpoint.run(..., resume=True))"
+        )
+    kwargs = dict(header["fit"])
+    missing = [name for name in header.get("fit_not_stored", []) if name not in overrides]
+    if missing:
+        raise ValueError(
+            f"checkpoint {path} could not store the fit arguments {', '.join(missing)} (not JSON): "
+            f"pass them again, e.g. gradfit.resume(path, X, y, {missing[0]}=...)"
+        )
+    kwargs.setdefault("checkpoint_every", Every(*header["every"]) if header.get("every") else None)
+    kwargs.update(overrides)
+    kwargs.pop("checkpoint", None)
+    kwargs.pop("resume", None)
+    return solver.fit(X, y, sample_weight=sample_weight, checkpoint=path, resume=True, **kwargs)
+
+
+def storable_arguments(arguments: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Split a fit's arguments into those that survive JSON unchanged and the names of the rest."""
+    stored, not_stored = {}, []
+    for name, value in arguments.items():
+        if isinstance(value, (np.ndarray, jax.Array)):
+            value = np.asarray(value).tolist()
+        try:
+            same = json.loads(json.dumps(value)) == value and _same_types(json.loads(json.dumps(value)), value)
+        except (TypeError, ValueError):
+            same = False
+        if same:
+            stored[name] = value
+        else:
+            not_stored.append(name)
+    return stored, not_stored
+
+
+def _same_types(a, b) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_types(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same_types(x, y) for x, y in zip(a, b))
+    return True
