@@ -20,10 +20,10 @@ tail block, so any m works and nothing is padded or copied.
 
 Measured trade-off (``docs/benchmarks.md``): on XLA:CPU a loop body runs on one core, while
 whole-array fusions use all cores but need all of them at once. On the shared 2-core machine
-(m = 2e6, n = 64) three full benchmark runs gave BCE steps of 51/58/52 ms here against
-116/70/46 ms for the two parallel reads of ``grad="hand"``: a tie, except under heavy load,
-where the one-core loop suffers least. ``"auto"`` picks this plan on CPU; on a GPU, where
-the loop would launch a kernel per block, it picks ``"hand"``.
+(m = 2e6, n = 64) four full benchmark runs gave BCE steps of 51/58/52/35 ms here against
+116/70/46/31 ms for the two parallel reads of ``grad="hand"`` (load 9, 5, 3, 1): within ~15%
+either way on a quiet machine, 2x better under heavy load. ``"auto"`` picks this plan on
+CPU; on a GPU, where the loop would launch a kernel per block, it picks ``"hand"``.
 """
 
 from __future__ import annotations

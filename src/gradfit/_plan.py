@@ -34,11 +34,12 @@ GRAD_MODES = ("auto", "autodiff", "hand", "stats", "onepass")
 READ = 10.0  # cost of reading one element of X from memory, in gemm flops (measured)
 # The direct plan "auto" picks, per backend (measured, docs/benchmarks.md). On CPU the one-pass
 # loop reads X once on one core; the two whole-array passes of "hand" use every core but
-# need all of them at once. In three full benchmark runs on the shared 2-core machine
-# (m = 2e6, n = 64; load 9, 5, 3) the BCE step took 51/58/52 ms with "onepass" against
-# 116/70/46 ms with "hand" (MSE: 44/53/38 against 192/39/45): a tie within the noise of a
-# loaded machine except under heavy load, where the one-core loop suffers least. So CPU gets
-# "onepass". On a GPU the loop would launch a kernel per block: there, "hand".
+# need all of them at once. In four full benchmark runs on the shared 2-core machine
+# (m = 2e6, n = 64; load 9, 5, 3, 1) the BCE step took 51/58/52/35 ms with "onepass" against
+# 116/70/46/31 ms with "hand" (MSE: 44/53/38/24 against 192/39/45/29): within ~15% of each
+# other on a quiet machine, either way, and 2x better under heavy load, where the one-core
+# loop suffers least. So CPU gets "onepass". On a GPU the loop would launch a kernel per
+# block: there, "hand".
 DIRECT_DEFAULT = {"cpu": "onepass"}
 DIRECT_FALLBACK = "hand"
 
