@@ -170,7 +170,7 @@ FOUR_DEVICES = textwrap.dedent(
     }
     out["hlo"] = {}
     for key, exe in solver._EXECUTABLES.items():
-        if key[0] == "chunk" and key[1].loss == "mse" and key[1].batch_size is None and key[1].grad == "autodiff":
+        if key[0] == "chunk" and key[1].loss == "mse" and key[1].batch_size is None and key[1].grad in ("autodiff", "hand", "stats"):  # grad="auto": stats on one device, hand sharded
             txt = exe.as_text()
             ops = sorted(set(re.findall(r"\b(all-reduce|all-gather|all-to-all|reduce-scatter)\(", txt)))
             out["hlo"]["sharded" if "all-reduce(" in txt or "all-gather(" in txt else "single"] = ops

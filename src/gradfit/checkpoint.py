@@ -148,7 +148,9 @@ def fingerprint(params, data: solver.Data, hyper: solver.Hyper, key, static: sol
         spec = spec._replace(transformation=type(spec.transformation).__qualname__)
     arrays = lambda a: (tuple(a.shape), str(a.dtype), _sample(a)) if a is not None else (None,)  # noqa: E731
     return {
-        "data": _digest(*arrays(data.X), *arrays(data.y), *arrays(data.sample_weight)),
+        # A plan-"stats" fit runs on the statistics of its data (a gradfit._stats.Stats).
+        "data": _digest(*(part for a in ((data.X, data.y, data.sample_weight) if isinstance(data, solver.Data)
+                                         else jax.tree.leaves(data)) for part in arrays(a))),
         "settings": _digest(static._replace(optimizer=None, chunk_size=None), levels),
         "optimizer": _digest(spec),
         "hyperparameters": _digest(

@@ -133,6 +133,7 @@ def cmd_fit(args) -> int:
         "run_seconds": st["run_seconds"],
         "wall_seconds": wall,
         "backend": st["backend"],
+        "plan": st.get("plan"),
         "devices": [str(d) for d in jax.devices()],
         "fit_devices": st["devices"],  # how many the rows were split over
         "config": cfg,
@@ -149,7 +150,7 @@ def cmd_fit(args) -> int:
     print(f"loss {report['loss']:.6g} after {result.steps} steps "
           f"(converged={result.converged}, diverged={result.diverged})")
     print(f"time: compile {st['compile_seconds']:.3f} s, run {st['run_seconds']:.3f} s "
-          f"({1e3 * st['run_seconds'] / max(result.steps, 1):.3f} ms/step) on {st['backend']}")
+          f"({1e3 * st['run_seconds'] / max(result.steps, 1):.3f} ms/step) on {st['backend']}, plan {st.get('plan')!r}")
     if f["loss"] == "mse" and np.ndim(l2) == 0 and isinstance(ds.X, np.ndarray):
         W_opt, b_opt, j_opt = least_squares_optimum(
             ds.X, ds.y, reduction=f["reduction"], l2=float(l2), fit_intercept=f["fit_intercept"]
@@ -225,6 +226,7 @@ def _cmd_fit_stream(cfg, args) -> int:
     if f.pop("devices", None) is not None or any(v is not None for k, v in cfg.get("distributed", {}).items()
                                                   if k != "initialization_timeout"):
         raise ValueError("data.stream = true runs in one process on one device: leave fit.devices and [distributed] unset")
+    f.pop("shuffle", None)  # in-memory minibatch sampling; streamed fits take [stream] shuffle
     options = f.pop("optimizer_options")
     lr = f.pop("learning_rate")
     out_dir = Path(cfg["output"]["dir"])

@@ -40,8 +40,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "steps": 1000,
         "tol": None,
         "l2": 0.0,
-        "grad": "autodiff",
+        "grad": "auto",  # "auto", "autodiff", "hand", "onepass", "stats" (see gradfit._plan)
         "batch_size": None,
+        "shuffle": "blocks",  # minibatches: "blocks" (one read of X per epoch) or "rows"
         "seed": 0,
         "fit_intercept": True,
         "init": "zeros",

@@ -153,6 +153,8 @@ def solve(
         )
     if grad not in solver.GRAD_MODES:
         raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, solver.GRAD_MODES))}")
+    if grad == "stats":
+        raise ValueError("grad='stats' replaces X by its statistics, which gradfit.fit does; solve reads X: use 'autodiff', 'hand' or 'onepass'")
     if not isinstance(fit_intercept, bool):
         raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
     steps = _static_int(steps, "steps")

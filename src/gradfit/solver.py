@@ -29,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import _optim, _validation, gradients, health, losses
+from gradfit import _onepass, _optim, _plan, _stats, _validation, gradients, health, losses
 from gradfit._params import Params, predict
 
 DIVERGENCE_FACTOR = 1e6
 DEFAULT_LEARNING_RATE = 0.01
 DEFAULT_CHUNK_SIZE = 256
-GRAD_MODES = ("autodiff", "hand")
+GRAD_MODES = _plan.GRAD_MODES  # "auto", "autodiff", "hand", "stats", "onepass"
 
 
 # --------------------------------------------------------------------------- data types
@@ -83,6 +83,7 @@ class Static(NamedTuple):
     batch_size: int | None
     chunk_size: int
     rows: int | None = None  # real rows when X was padded for sharding (the rest have weight 0)
+    shuffle: str = "rows"  # minibatch sampling: "rows" (permutation) or "blocks" (contiguous; fit's default)
 
 
 class Level(NamedTuple):
@@ -107,7 +108,9 @@ class FitResult(NamedTuple):
     fit; None for rows spread over several processes), ``separable`` (bce: the fit separates
     the classes and l2 = 0, so no minimiser exists), ``learning_rate`` (with "auto"), and for
     a diverged fit ``diverged_at_step`` (-1 for members that did not) and
-    ``suggested_learning_rate``.
+    ``suggested_learning_rate``. ``precompute_seconds``, the
+    sufficient-statistics pass of ``plan="stats"``, is part of ``run_seconds``; ``plan`` is
+    how the gradient was computed (:mod:`gradfit._plan`).
 
     With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain
     a leading axis (k or B) and ``losses`` is padded with NaN past each member's ``steps``.
@@ -128,15 +131,36 @@ class FitResult(NamedTuple):
 
 # --------------------------------------------------------------------------- the objective
 def objective(params: Params, data: Data, l2, static: Static) -> jax.Array:
-    """``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2``, a scalar."""
+    """``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2``, a scalar.
+
+    With ``grad="stats"`` the data is a :class:`gradfit._stats.Stats` and the MSE comes from it.
+    """
+    if static.grad == "stats":
+        return _stats.loss(params, data, reduction=static.reduction) + losses.l2_penalty(params, l2)
     loss_fn = losses.LOSSES[static.loss]
     value = loss_fn(params, data.X, data.y, reduction=static.reduction, sample_weight=data.sample_weight)
     return value + losses.l2_penalty(params, l2)
 
 
 def value_and_grad(params: Params, data: Data, l2, static: Static) -> tuple[jax.Array, Params]:
-    """``(J(p), dJ/dp)``, by ``jax.grad`` (grad="autodiff") or the closed forms (grad="hand")."""
-    if static.grad == "hand":
+    """``(J(p), dJ/dp)`` by the plan ``static.grad``.
+
+    "autodiff": ``jax.grad``; "hand": the closed forms of :mod:`gradfit.gradients`;
+    "onepass": the same closed forms reading X once in row blocks (:mod:`gradfit._onepass`);
+    "stats": the MSE from sufficient statistics, O(n^2 k) (:mod:`gradfit._stats`; ``data``
+    is then a ``Stats``).
+    """
+    if static.grad in ("stats", "onepass"):
+        if static.grad == "stats":
+            value, g = _stats.value_and_grad(params, data, reduction=static.reduction)
+        else:
+            value, g = _onepass.value_and_grad(
+                params, data.X, data.y, loss=static.loss, reduction=static.reduction,
+                sample_weight=data.sample_weight,
+            )
+        value = value + losses.l2_penalty(params, l2)
+        g = jax.tree.map(jnp.add, g, gradients.l2_penalty(params, l2))
+    elif static.grad == "hand":
         value = objective(params, data, l2, static)
         g = gradients.GRADIENTS[static.loss](
             params, data.X, data.y, reduction=static.reduction, sample_weight=data.sample_weight
@@ -147,6 +171,11 @@ def value_and_grad(params: Params, data: Data, l2, static: Static) -> tuple[jax.
     if not static.fit_intercept:
         g = g._replace(b=jnp.zeros_like(g.b))
     return value, g
+
+
+def _data_dtype(data) -> np.dtype:
+    """The compute dtype of the data a step reads (a :class:`Data` or a ``Stats``)."""
+    return data.X.dtype if isinstance(data, Data) else data.dtype
 
 
 # --------------------------------------------------------------------------- one step
@@ -172,26 +201,50 @@ def _minibatch_plan(m: int, batch_size: int) -> tuple[int, int]:
 
 
 def _epoch_update(state: SolverState, data: Data, hyper: Hyper, static: Static):
-    """One epoch of minibatch steps over a fresh on-device permutation of the rows.
+    """One epoch of minibatch steps; which rows form a batch depends on ``static.shuffle``.
+
+    ``"rows"``: a fresh on-device permutation of all rows each epoch; each batch gathers its
+    rows from anywhere in X (exact uniform sampling without replacement; a random-access read).
+    ``"blocks"``: the rows are cut once into contiguous batches ``[j*B, (j+1)*B)``, visited in
+    a fresh random order each epoch; a batch is a slice of X, read sequentially, so an epoch
+    costs one streaming read of X. The batch *contents* are fixed, so rows should be in
+    random order to begin with (shuffle X once beforehand if it is sorted, e.g. by label).
 
     Batches have a fixed shape (batch_size rows); the short last batch is padded with
-    zero-weight rows, so every row is used once per epoch and nothing recompiles. Returns the
-    epoch's mean objective (weighted by rows) and the params after the epoch.
+    zero-weight rows ("blocks": the last batch is the slice ``[m - B, m)`` with the rows of
+    the previous batch weighted 0), so every row is used once per epoch and nothing
+    recompiles. Returns the epoch's mean objective (weighted by rows) and the params after it.
     """
     opt = _optimizer(static, hyper)
     m = data.X.shape[0] if static.rows is None else static.rows  # padding rows are never drawn
-    n_batches, pad = _minibatch_plan(m, static.batch_size)
+    bs = static.batch_size
+    n_batches, pad = _minibatch_plan(m, bs)
     key, sub = jax.random.split(state.key)
-    perm = jax.random.permutation(sub, m)
-    index = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, static.batch_size)
     dtype = data.X.dtype
-    valid = jnp.concatenate([jnp.ones((m,), dtype), jnp.zeros((pad,), dtype)]).reshape(n_batches, -1)
+    if static.shuffle == "blocks":
+        batches = jax.random.permutation(sub, n_batches)
+
+        def fetch(j):
+            start = jnp.minimum(j * bs, m - bs)
+            mask = ((start + jnp.arange(bs)) >= j * bs).astype(dtype)
+            rows = lambda a: jax.lax.dynamic_slice_in_dim(a, start, bs)  # noqa: E731
+            weight = mask if data.sample_weight is None else mask * rows(data.sample_weight)
+            return Data(rows(data.X), rows(data.y), weight)
+    else:
+        perm = jax.random.permutation(sub, m)
+        index = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, bs)
+        valid = jnp.concatenate([jnp.ones((m,), dtype), jnp.zeros((pad,), dtype)]).reshape(n_batches, -1)
+        batches = (index, valid)
+
+        def fetch(batch):
+            rows, mask = batch
+            weight = mask if data.sample_weight is None else mask * data.sample_weight[rows]
+            return Data(data.X[rows], data.y[rows], weight)
 
     def one_batch(carry, batch):
         params, opt_state = carry
-        rows, mask = batch
-        weight = mask if data.sample_weight is None else mask * data.sample_weight[rows]
-        sub_data = Data(data.X[rows], data.y[rows], weight)
+        sub_data = fetch(batch)
+        weight = sub_data.sample_weight
         value, g = value_and_grad(params, sub_data, hyper.l2, static)
         updates, opt_state = opt.update(
             g, opt_state, params, value=value, grad=g,
@@ -199,7 +252,7 @@ def _epoch_update(state: SolverState, data: Data, hyper: Hyper, static: Static):
         )
         return (optax.apply_updates(params, updates), opt_state), (value, jnp.sum(weight))
 
-    (params, opt_state), (values, counts) = jax.lax.scan(one_batch, (state.params, state.opt_state), (index, valid))
+    (params, opt_state), (values, counts) = jax.lax.scan(one_batch, (state.params, state.opt_state), batches)
     if static.reduction == "sum":
         epoch_value = jnp.sum(values)
     else:
@@ -259,7 +312,7 @@ def is_active(state: SolverState, hyper: Hyper) -> jax.Array:
 
 def init_state(params: Params, data: Data, hyper: Hyper, key: jax.Array, static: Static) -> SolverState:
     """The state before step 0 (params as given, optimizer state fresh)."""
-    dtype = data.X.dtype
+    dtype = _data_dtype(data)
     opt_state = _optimizer(static, hyper).init(params)
     zero = jnp.zeros((), dtype)
     false = jnp.zeros((), bool)
@@ -272,7 +325,7 @@ def run_chunk(state: SolverState, data: Data, hyper: Hyper, static: Static) -> t
     Returns the state and the chunk's objective history, shape (chunk_size,), NaN past the
     steps this chunk ran.
     """
-    history = jnp.full((static.chunk_size,), jnp.nan, data.X.dtype)
+    history = jnp.full((static.chunk_size,), jnp.nan, _data_dtype(data))
 
     def cond(carry):
         i, st, _ = carry
@@ -524,6 +577,8 @@ class Problem(NamedTuple):
     condition: float = float("nan")  # estimated condition number (gradfit.health); NaN: not checked
     auto_step: bool = False  # learning_rate="auto" was resolved to 1/L
     curvature: dict | None = None  # arguments of gradfit.health.safe_learning_rate for this problem
+    source: Data | None = None  # with plan "stats": the Data that ``data`` (a Stats) summarises
+    precompute: tuple[float, float] = (0.0, 0.0)  # the statistics pass: (compile s, run s)
 
 
 class HyperValues(NamedTuple):
@@ -575,9 +630,10 @@ def prepare(
     steps: int = 1000,
     tol: float | None = None,
     l2: float | Any = 0.0,
-    grad: str = "autodiff",
+    grad: str = "auto",
     init: Params | str | None = None,
     batch_size: int | None = None,
+    shuffle: str = "blocks",
     seed: int = 0,
     fit_intercept: bool = True,
     sample_weight=None,
@@ -586,11 +642,15 @@ def prepare(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     devices: Any = None,
     n_rows: int | None = None,
+    statistics: bool = False,
 ) -> Problem:
     """Check the arguments of :func:`fit` and build its :class:`Problem`; no compute runs.
 
     Takes :func:`fit`'s arguments (less ``callback``) and raises the same ``ValueError`` s.
     :func:`gradfit.sweep` builds one per group of its grid and stacks members on top.
+    ``statistics=True`` (what :func:`fit` passes) lets the plan be ``"stats"``: ``data`` is
+    then a :class:`gradfit._stats.Stats`, computed here, and ``source`` the Data it summarises.
+    Without it (sweeps, whose member levels map Data) "auto" picks a direct plan.
     """
     if loss not in losses.LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
@@ -611,6 +671,8 @@ def prepare(
         batch_size = _validation.positive_int(batch_size, "batch_size")
         if batch_size > m:
             raise ValueError(f"batch_size={batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None for full batches")
+    if shuffle not in ("rows", "blocks"):
+        raise ValueError(f"unknown shuffle {shuffle!r}: use 'rows' (a permutation per epoch) or 'blocks' (contiguous batches in random order)")
     if not isinstance(fit_intercept, bool):
         raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
 
@@ -656,24 +718,38 @@ def prepare(
         max_steps=jnp.asarray(steps, jnp.int32),
         optimizer={name: jnp.asarray(v, dtype) for name, v in traced_options.items()},
     )
-    static = Static(loss, reduction, grad, spec, lr is not None, fit_intercept, batch_size, chunk_size, rows)
+    plan = _plan.choose(
+        grad, loss=loss, m=m, n=n, k=k or 1, steps=steps, batch_size=batch_size,
+        line_search=spec.name in _optim.LINE_SEARCH, sharded=mesh is not None, statistics=statistics,
+    )
+    static = Static(loss, reduction, plan, spec, lr is not None, fit_intercept, batch_size, chunk_size, rows, shuffle)
+    precompute_seconds, precompute_compile, source = 0.0, 0.0, None
+    if plan == "stats":
+        source = data
+        data, precompute_compile, precompute_seconds = _sufficient_statistics(data, batched)
 
     levels: list[Level] = []
     if batched:
         B = X.shape[0]
         params = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), params)
-        levels.append(Level(Data(0, 0, None if sw is None else 0), _hyper_axes(hyper, None), 0, None))
+        # (the layout may have added weight-0 padding rows: map the weights that are there)
+        data_axes = Data(0, 0, None if data.sample_weight is None else 0) if plan != "stats" else jax.tree.map(lambda _: 0, data)
+        levels.append(Level(data_axes, _hyper_axes(hyper, None), 0, None))
     if per_output:
         # Columns become independent problems: y (.., m, k) -> (.., k, m), W (.., n, k) -> (.., k, n).
-        data = data._replace(y=jnp.moveaxis(data.y, -1, -2))
+        # X and the row weights are shared by the columns (inside a batch level, per problem).
+        if plan == "stats":
+            data, data_axes = _stats.per_output(data)
+        else:
+            data = data._replace(y=jnp.moveaxis(data.y, -1, -2))
+            data_axes = Data(None, 0, None)
         params = Params(jnp.moveaxis(params.W, -1, -2), params.b)
         hyper = hyper._replace(
             learning_rate=hyper.learning_rate if hyper.learning_rate is None else jnp.broadcast_to(hyper.learning_rate, (k,)),
             l2=jnp.broadcast_to(hyper.l2, (k,)),
         )
         hyper_axes = _hyper_axes(hyper, None)._replace(learning_rate=None if hyper.learning_rate is None else 0, l2=0)
-        # X and the row weights are shared by the columns (inside a batch level, per problem).
-        levels.append(Level(Data(None, 0, None), hyper_axes, 0, None))
+        levels.append(Level(data_axes, hyper_axes, 0, None))
     if mesh is not None:  # parameters, hyperparameters and the PRNG key on every device
         from gradfit import sharding
 
@@ -681,7 +757,7 @@ def prepare(
 
     return Problem(
         params, data, hyper, run_key, static, tuple(levels), per_output, batched, dtype, learning_rate, init, mesh,
-        condition, auto_step, curvature,
+        condition, auto_step, curvature, source, (precompute_compile, precompute_seconds),
     )
 
 
@@ -696,9 +772,10 @@ def fit(
     steps: int = 1000,
     tol: float | None = None,
     l2: float | Any = 0.0,
-    grad: str = "autodiff",
+    grad: str = "auto",
     init: Params | str | None = None,
     batch_size: int | None = None,
+    shuffle: str = "blocks",
     seed: int = 0,
     fit_intercept: bool = True,
     sample_weight=None,
@@ -730,10 +807,21 @@ def fit(
       tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
       l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
         See :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
-      grad: ``"autodiff"`` (``jax.grad``) or ``"hand"`` (:mod:`gradfit.gradients`).
+      grad: the plan (:mod:`gradfit._plan`): ``"auto"`` (default: ``"stats"`` for a
+        full-batch MSE fit when its cost model says it is cheaper, else the fastest direct
+        plan), ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`),
+        ``"onepass"`` (closed forms, X read once per step in row blocks) or ``"stats"``
+        (MSE by sufficient statistics: one pass over X, then O(n^2 k) per step, same
+        iterates). The plan used is ``stats["plan"]``.
       init: None/``"zeros"``, ``"normal"`` (N(0, 1/n) weights from ``seed``) or ``Params``.
-      batch_size: minibatch SGD with a fresh permutation every epoch on device; the short last
+      batch_size: minibatch SGD, batches drawn on device as ``shuffle`` says; the short last
         batch is kept (padded with zero-weight rows), so no row is dropped.
+      shuffle: minibatch sampling. ``"blocks"`` (default): fixed contiguous batches visited
+        in a fresh random order every epoch, so an epoch is one sequential read of X (shuffle
+        the rows of X once beforehand if they are ordered, e.g. sorted by label). ``"rows"``:
+        a fresh permutation of all rows every epoch, each batch gathered from anywhere in X
+        (exact sampling without replacement; on CPU ~25-70x slower per epoch, measured in
+        ``docs/benchmarks.md``).
       seed: seeds the minibatch permutations and ``init="normal"``.
       fit_intercept: False fixes b at its initial value (0).
       sample_weight: (m,) non-negative row weights ("mean" divides by their sum).
@@ -795,8 +883,11 @@ def fit(
         X, y, loss=loss, reduction=reduction, optimizer=optimizer, learning_rate=learning_rate,
         steps=steps, tol=tol, l2=l2, grad=grad, init=init, batch_size=batch_size, seed=seed,
         fit_intercept=fit_intercept, sample_weight=sample_weight, optimizer_options=optimizer_options,
-        batched=batched, chunk_size=chunk_size, devices=devices, n_rows=n_rows,
+        batched=batched, chunk_size=chunk_size, devices=devices, n_rows=n_rows, shuffle=shuffle,
+        statistics=True,
     )
+    plan = problem.static.grad
+    precompute_compile, precompute_seconds = problem.precompute
     static, levels_t, per_output, dtype = problem.static, problem.levels, problem.per_output, problem.dtype
     spec, learning_rate, mesh = static.optimizer, problem.learning_rate, problem.mesh
     members = (np.shape(X)[0] if problem.batched else 1) * (np.shape(y)[-1] if per_output else 1)
@@ -817,8 +908,10 @@ def fit(
     if per_output:
         final_loss = jnp.sum(final_loss, axis=-1)  # the joint objective sums over outputs
     stats = {
-        "compile_seconds": result.compile_seconds,
-        "run_seconds": result.run_seconds,
+        "compile_seconds": result.compile_seconds + precompute_compile,
+        "run_seconds": result.run_seconds + precompute_seconds,
+        "precompute_seconds": precompute_seconds,
+        "plan": plan,
         "chunks": result.chunks,
         "backend": jax.default_backend(),
         "dtype": str(dtype),
@@ -826,11 +919,13 @@ def fit(
         "reduction": reduction,
         "optimizer": spec.name or type(optimizer).__name__,
         "grad": grad,
+        "shuffle": shuffle if batch_size is not None else None,
         "vmapped": [name for name, on in (("problems", problem.batched), ("outputs", per_output)) if on],
         "devices": 1 if mesh is None else mesh.size,
         **resumed,
     }
-    data, condition, curvature = problem.data, problem.condition, problem.curvature
+    data = problem.data if problem.source is None else problem.source  # X itself, for the checks below
+    condition, curvature = problem.condition, problem.curvature
     stats["condition_number"] = condition if np.isfinite(condition) else None  # None: not checked
     if problem.auto_step:
         stats["learning_rate"] = learning_rate
@@ -859,6 +954,26 @@ def fit(
         stats["suggested_learning_rate"] = suggestion
         _warn_divergence(bad_at, diverged, learning_rate, suggestion)
     return FitResult(out_params, final_loss, history, steps_taken, converged, diverged, stats)
+
+
+def _sufficient_statistics(data: Data, batched: bool):
+    """Replace ``data`` by its :class:`~gradfit._stats.Stats` (vmapped over problems when batched).
+
+    Returns (stats, compile_seconds, run_seconds); the pass is compiled ahead of time and
+    cached like the loop's programs, and its run time counts as the fit's run time.
+    """
+    fn = lambda X, y, w: _stats.sufficient_statistics(X, y, w)  # noqa: E731
+    if batched:
+        fn = jax.vmap(fn, in_axes=(0, 0, None if data.sample_weight is None else 0))
+    key = ("stats", batched, _signature(tuple(data)))
+    compile_seconds = 0.0
+    if key not in _EXECUTABLES:
+        start = time.perf_counter()
+        _EXECUTABLES[key] = jax.jit(fn).lower(*data).compile()
+        compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    stats = jax.block_until_ready(_EXECUTABLES[key](*data))
+    return stats, compile_seconds, time.perf_counter() - start
 
 
 def _layout(X, y, sw, dtype, devices, n_rows, row_axis: int, batch_size):

@@ -827,6 +827,8 @@ def _check_options(loss, reduction, grad, method, batch_size, optimizer, learnin
         )
     if grad not in solver.GRAD_MODES:
         raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, solver.GRAD_MODES))}")
+    if grad == "stats":
+        raise ValueError("fit_streaming takes sufficient statistics with method='statistics': leave grad as 'autodiff' or use 'hand'")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(map(repr, METHODS))}")
     if method == "auto":

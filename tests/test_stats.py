@@ -1,0 +1,221 @@
+"""MSE by sufficient statistics: the moments against numpy, value and gradient against numpy
+and jax.grad of the direct loss, and fits whose iterates equal the direct path's."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradfit
+from gradfit import _stats, losses
+from gradfit._params import Params
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _problem(rng, m=301, n=4, k=None, offset=5.0, weights=False):
+    out = () if k is None else (k,)
+    X = rng.standard_normal((m, n)) * rng.uniform(0.5, 3, n) + offset
+    W = rng.standard_normal((n, *out))
+    y = X @ W + 1.5 + 0.3 * rng.standard_normal((m, *out))
+    w = rng.uniform(0, 2, m) if weights else None
+    return X, y, w
+
+
+def _numpy_mse(W, b, X, y, w, reduction):
+    """The MSE written from the formula, in float64 numpy."""
+    r = X @ W + b - y
+    per = r * r if r.ndim == 1 else np.sum(r * r, axis=1)
+    w = np.ones(len(X)) if w is None else w
+    total = np.sum(w * per)
+    return {"mean": total / w.sum(), "half_mean": total / (2 * w.sum()), "sum": total}[reduction]
+
+
+@pytest.mark.parametrize("weights", [False, True])
+@pytest.mark.parametrize("block", [None, 64, 300])  # 301 rows: many blocks + tail, one block + tail
+def test_moments_match_numpy(x64, weights, block):
+    rng = np.random.default_rng(1)
+    X, y, w = _problem(rng, k=2, weights=weights)
+    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y), None if w is None else jnp.asarray(w), block=block)
+    ww = np.ones(len(X)) if w is None else w
+    mu = (ww @ X) / ww.sum()
+    nu = (ww @ y) / ww.sum()
+    Xc, Yc = X - mu, y - nu
+    blocks = _stats.gram_blocks(st, X.shape[1])
+    np.testing.assert_allclose(st.x_mean, mu, rtol=1e-12)
+    np.testing.assert_allclose(st.count, ww.sum(), rtol=1e-12)
+    np.testing.assert_allclose(blocks["xtx"], Xc.T @ (ww[:, None] * Xc), rtol=1e-11)
+    np.testing.assert_allclose(blocks["xty"], Xc.T @ (ww[:, None] * Yc), rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(blocks["yty"], Yc.T @ (ww[:, None] * Yc), rtol=1e-11)
+    np.testing.assert_allclose(blocks["x_sum"], 0, atol=1e-9)
+    # The least-squares solution and its residual, against np.linalg.lstsq on [X, 1].
+    A = np.hstack([X, np.ones((len(X), 1))]) * np.sqrt(ww)[:, None]
+    coef, *_ = np.linalg.lstsq(A, y * np.sqrt(ww)[:, None], rcond=None)
+    W_ls, b_ls = coef[:-1], coef[-1]
+    v = np.vstack([W_ls, (b_ls + mu @ W_ls - nu)[None]])
+    np.testing.assert_allclose(st.solution, v, rtol=1e-9, atol=1e-10)
+    rss = np.sum(ww[:, None] * (X @ W_ls + b_ls - y) ** 2, axis=0)
+    np.testing.assert_allclose(st.rss, rss, rtol=1e-8)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "half_mean", "sum"])
+@pytest.mark.parametrize("k", [None, 3])
+@pytest.mark.parametrize("weights", [False, True])
+def test_value_and_grad_match_numpy_and_autodiff(x64, reduction, k, weights):
+    rng = np.random.default_rng(2)
+    X, y, w = _problem(rng, k=k, weights=weights)
+    out = () if k is None else (k,)
+    params = Params(jnp.asarray(rng.standard_normal((X.shape[1], *out))), jnp.asarray(rng.standard_normal(out)))
+    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y), None if w is None else jnp.asarray(w))
+    value, g = _stats.value_and_grad(params, st, reduction=reduction)
+    np.testing.assert_allclose(value, _numpy_mse(np.asarray(params.W), np.asarray(params.b), X, y, w, reduction), rtol=1e-10)
+    np.testing.assert_allclose(_stats.loss(params, st, reduction=reduction), value, rtol=1e-12)
+    direct = jax.grad(losses.mse)(
+        params, jnp.asarray(X), jnp.asarray(y), reduction=reduction, sample_weight=None if w is None else jnp.asarray(w)
+    )
+    chex.assert_trees_all_close(g, direct, rtol=1e-9, atol=1e-9)
+    chex.assert_trees_all_equal_shapes(g, params)
+
+
+def test_rank_deficient_columns(x64):
+    """A constant and a duplicated column: gradient still equals X^T r, loss still exact."""
+    rng = np.random.default_rng(3)
+    X, y, _ = _problem(rng, n=3)
+    X = np.hstack([X, np.full((len(X), 1), 2.0), X[:, :1]])
+    params = Params(jnp.asarray(rng.standard_normal(5)), jnp.asarray(0.7))
+    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y))
+    assert int(jnp.sum(st.eigvals == 0)) == 2
+    value, g = _stats.value_and_grad(params, st)
+    np.testing.assert_allclose(value, _numpy_mse(np.asarray(params.W), 0.7, X, y, None, "mean"), rtol=1e-10)
+    chex.assert_trees_all_close(g, jax.grad(losses.mse)(params, jnp.asarray(X), jnp.asarray(y)), rtol=1e-9, atol=1e-9)
+
+
+def test_float32_loss_decrease_has_no_cancellation():
+    """Near the optimum of an R^2 ~ 1 - 1e-6 problem, the float32 loss is accurate *relative to
+    the residual* (the naive v'Av - 2v'c + y'y form is not), and float32 stats match float64."""
+    rng = np.random.default_rng(4)
+    m, n = 20_000, 8
+    X = rng.standard_normal((m, n)) + 3
+    W = rng.standard_normal(n) * 10
+    y = X @ W + 100 + 1e-2 * rng.standard_normal(m)
+    Xf, yf = jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)
+    st = _stats.sufficient_statistics(Xf, yf)
+    W_ls, *_ = np.linalg.lstsq(np.hstack([X, np.ones((m, 1))]), y, rcond=None)
+    near = W_ls + 1e-3 * rng.standard_normal(n + 1)
+    p_near = Params(jnp.asarray(near[:-1], jnp.float32), jnp.asarray(near[-1], jnp.float32))
+    p_opt = Params(jnp.asarray(W_ls[:-1], jnp.float32), jnp.asarray(W_ls[-1], jnp.float32))
+    # The excess over the optimum, the quantity tol tests and line searches compare.
+    Xr = np.hstack([X, np.ones((m, 1))])
+    true_excess = np.mean((Xr @ near - y) ** 2) - np.mean((Xr @ W_ls - y) ** 2)
+    got_excess = float(_stats.loss(p_near, st) - _stats.loss(p_opt, st))
+    assert abs(got_excess - true_excess) <= 1e-2 * true_excess
+    # The reported value: rss comes from the residuals, not from y'y - c'A^+c (which would be
+    # off by ~eps * var(y) * m, here > 100% of the loss).
+    np.testing.assert_allclose(float(_stats.loss(p_near, st)), np.mean((Xr @ near - y) ** 2), rtol=2e-2)
+    np.testing.assert_allclose(float(st.rss) / m, np.mean((Xr @ W_ls - y) ** 2), rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(sample_weight="w", reduction="sum", learning_rate=2e-5),
+        dict(reduction="half_mean", l2=0.3),
+        dict(fit_intercept=False, optimizer="adam"),
+        dict(k=2, learning_rate=np.array([0.01, 0.005]), l2=np.array([0.0, 0.1])),  # per-output vmap
+    ],
+)
+def test_fit_iterates_equal_direct_path(x64, kw):
+    rng = np.random.default_rng(5)
+    kw = dict(kw)
+    X, y, w = _problem(rng, m=200, k=kw.pop("k", None), offset=0.0, weights=True)
+    if kw.get("sample_weight") == "w":
+        kw["sample_weight"] = w
+    kw.setdefault("learning_rate", 0.01)
+    direct = gradfit.fit(X, y, grad="autodiff", steps=60, **kw)
+    st = gradfit.fit(X, y, grad="stats", steps=60, **kw)
+    assert st.stats["plan"] == "stats" and direct.stats["plan"] == "autodiff"
+    np.testing.assert_allclose(st.losses, direct.losses, rtol=1e-10)
+    chex.assert_trees_all_close(st.params, direct.params, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(st.loss, direct.loss, rtol=1e-10)
+
+
+def test_batched_problems_and_lbfgs(x64):
+    rng = np.random.default_rng(6)
+    X, y, _ = _problem(rng, m=150, offset=1.0)
+    XB, yB = np.stack([X, 0.5 * X]), np.stack([y, -y])
+    direct = gradfit.fit(XB, yB, grad="autodiff", steps=40, learning_rate=0.01, batched=True)
+    st = gradfit.fit(XB, yB, grad="stats", steps=40, learning_rate=0.01, batched=True)
+    chex.assert_trees_all_close(st.params, direct.params, rtol=1e-9, atol=1e-10)
+    # L-BFGS with its line search: the stats objective serves value_fn too.
+    a = gradfit.fit(X, y, optimizer="lbfgs", grad="autodiff", steps=50, tol=1e-14)
+    b = gradfit.fit(X, y, optimizer="lbfgs", grad="stats", steps=50, tol=1e-14)
+    W_ls, *_ = np.linalg.lstsq(np.hstack([X, np.ones((len(X), 1))]), y, rcond=None)
+    np.testing.assert_allclose(b.params.W, W_ls[:-1], rtol=1e-7)
+    np.testing.assert_allclose(a.params.W, b.params.W, rtol=1e-7)
+
+
+def test_float32_fit_matches_direct():
+    rng = np.random.default_rng(7)
+    X, y, _ = _problem(rng, m=5000, n=6, offset=2.0)
+    X, y = X.astype(np.float32), y.astype(np.float32)
+    direct = gradfit.fit(X, y, grad="autodiff", steps=300, learning_rate=0.02)
+    st = gradfit.fit(X, y, grad="stats", steps=300, learning_rate=0.02)
+    assert st.params.W.dtype == jnp.float32
+    chex.assert_trees_all_close(st.params, direct.params, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(st.losses, direct.losses, rtol=1e-4)
+
+
+def test_invalid_stats_requests():
+    X = np.zeros((10, 2), np.float32)
+    with pytest.raises(ValueError, match="only for loss='mse'"):
+        gradfit.fit(X, np.zeros(10, np.float32), loss="bce", grad="stats")
+    with pytest.raises(ValueError, match="minibatches"):
+        gradfit.fit(X, np.zeros(10, np.float32), grad="stats", batch_size=4)
+    with pytest.raises(ValueError, match="unknown grad"):
+        gradfit.fit(X, np.zeros(10, np.float32), grad="gram")
+
+
+@pytest.mark.parametrize("plan", ["stats", "onepass"])
+def test_plans_vmap_over_hyperparameters(x64, plan):
+    """A sweep vmaps the same step over learning rates and l2: each member equals its own fit."""
+    from gradfit import _optim, solver
+
+    rng = np.random.default_rng(8)
+    X, y, _ = _problem(rng, m=120, offset=0.5)
+    lrs, l2s = np.array([0.01, 0.02, 0.005]), np.array([0.0, 0.1, 1.0])
+    spec, _ = _optim.resolve("sgd", None, 0.01)
+    static = solver.Static("mse", "mean", plan, spec, True, True, None, 64)
+    data = solver.Data(jnp.asarray(X), jnp.asarray(y))
+    if plan == "stats":
+        data = _stats.sufficient_statistics(data.X, data.y)
+    hyper = solver.Hyper(jnp.asarray(lrs), jnp.asarray(l2s), jnp.full(3, -1.0), jnp.full(3, 30, jnp.int32), {})
+    axes = solver.Hyper(0, 0, 0, 0, {})
+    params = Params(jnp.zeros(X.shape[1]), jnp.zeros(()))
+    out = solver.run(params, data, hyper, jax.random.key(0), static, (solver.Level(None, axes, None, None),))
+    for i in range(3):
+        ref = gradfit.fit(X, y, grad="autodiff", learning_rate=lrs[i], l2=l2s[i], steps=30)
+        np.testing.assert_allclose(out.state.params.W[i], ref.params.W, rtol=1e-9, atol=1e-12)
+
+
+def test_float32_moments_accumulate_accurately():
+    """float32 Gram of 200k rows with |mean| >> std: centring + Kahan keep it at float32 rounding."""
+    rng = np.random.default_rng(9)
+    m, n = 200_000, 6
+    X = (rng.standard_normal((m, n)) * rng.uniform(0.1, 2, n) + 100).astype(np.float32)
+    y = (X @ rng.standard_normal(n) + rng.standard_normal(m)).astype(np.float32)
+    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y))
+    X64, y64 = X.astype(np.float64), y.astype(np.float64)
+    Xc, yc = X64 - X64.mean(0), y64 - y64.mean()
+    blocks = _stats.gram_blocks(st, n)
+    np.testing.assert_allclose(blocks["xtx"], Xc.T @ Xc, rtol=2e-5, atol=2e-5 * m)
+    np.testing.assert_allclose(blocks["xty"][:, 0], Xc.T @ yc, rtol=2e-5, atol=2e-5 * m)
+    coef, *_ = np.linalg.lstsq(np.hstack([X64, np.ones((m, 1))]), y64, rcond=None)
+    np.testing.assert_allclose(st.solution[:n], coef[:n], rtol=1e-3)
