@@ -96,14 +96,17 @@ def test_program_keys_split_into_groups(problem):
         _assert_member_equals_fit(result, i, _fit(X, y, steps=40, grad="hand", **c))
 
 
-def test_steps_tol_and_l2_are_one_group(problem):
-    X, y = problem
+def test_steps_tol_and_l2_are_one_group(problem, x64):
+    X, y = (np.asarray(a, np.float64) for a in problem)  # tol=0 compares losses exactly: float64
     grid = {"steps": [3, 40], "tol": [0.0, 1e-3], "l2": [0.0, 0.2]}
     result = gradfit.sweep(X, y, grid=grid, learning_rate=0.1)
     assert result.stats["groups"] == 1 and result.losses.shape == (8, result.steps.max())
     assert set(result.steps[:4].tolist()) == {3}  # steps=3 members stop at their own budget
+    # "auto" picks the group's plan for its largest budget (40 steps: statistics); a separate
+    # fit of 3 steps alone would pick a direct plan, so compare with the same plan forced
+    assert result.stats["plans"] == ["stats"]
     for i, c in enumerate(result.configs):
-        _assert_member_equals_fit(result, i, _fit(X, y, learning_rate=0.1, **c))
+        _assert_member_equals_fit(result, i, _fit(X, y, learning_rate=0.1, grad="stats", **c))
 
 
 def test_diverged_member_never_spoils_the_others(problem):
@@ -157,7 +160,7 @@ def test_compaction_and_member_chunks_give_the_same_members(problem):
     # a budget of two members: chunks of 2, 2, 1
     progress = []
     chunked = gradfit.sweep(X, y, grid=grid, memory_budget=2 * sweep_module._member_bytes(
-        gradfit.solver.prepare(X, y, learning_rate=0.1, **opts)), callback=lambda *a: progress.append(a), **opts)
+        gradfit.solver.prepare(X, y, learning_rate=0.1, statistics=True, **opts)), callback=lambda *a: progress.append(a), **opts)
     assert chunked.stats["member_chunks"] == 3
     assert progress == [(2, 5), (4, 5), (5, 5)]
     for other in (compact, chunked):

@@ -345,7 +345,7 @@ def _stack_members(problem: solver.Problem, members: list[dict[str, Any]], fit_o
             hyper = hyper._replace(optimizer={**hyper.optimizer, key: stack(base.optimizer[key], [o[key] for o in options])})
             axes = axes._replace(optimizer={**axes.optimizer, key: 0})
 
-    n = problem.data.X.shape[-1]
+    n = problem.params.W.shape[-1] if problem.per_output else problem.params.W.shape[int(problem.batched)]
     if "seed" in swept:
         inits = [solver.initial_params(problem.init, v.seed, n, out, dtype, per_output=problem.per_output) for v in values]
         params = jax.tree.map(lambda *a: jnp.stack(a), *[p for p, _ in inits])
@@ -358,7 +358,7 @@ def _stack_members(problem: solver.Problem, members: list[dict[str, Any]], fit_o
         from gradfit import sharding
 
         params, hyper, key = sharding.replicate((params, hyper, key), problem.mesh)
-    level = solver.Level(solver.Data(None, None, None), axes, 0, key_axis)
+    level = solver.Level(None, axes, 0, key_axis)  # the data (rows, or their statistics) is shared
     return _Stacked(params, hyper, key, level)
 
 
@@ -370,11 +370,11 @@ def _member_bytes(problem: solver.Problem) -> int:
     ``batch_size``); params, previous params, gradient and optimizer state; the chunk's
     history; with minibatches, the permutation and the gathered batch. X itself is shared.
     """
-    X = problem.data.X
+    X = (problem.source or problem.data).X
     m, n = X.shape[-2], X.shape[-1]
     k = int(np.prod(problem.params.b.shape)) or 1
     static = problem.static
-    rows = static.batch_size or m
+    rows = static.batch_size or (n if static.grad == "stats" else m)  # statistics: O(n^2 k) steps
     words = 4 * rows * k + 12 * n * k + static.chunk_size * k
     if static.batch_size is not None:
         words += m + static.batch_size * n  # the permutation and the gathered batch
@@ -571,7 +571,10 @@ def sweep(
     for group in groups:
         members = [configs[i] for i in group.members]
         try:
-            problem = solver.prepare(X, y, **_fit_arguments(members[0], fit_options))
+            arguments = _fit_arguments(members[0], fit_options)
+            if "steps" in swept:  # "auto" chooses the plan for the group's largest step budget
+                arguments["steps"] = max(_fit_arguments(c, fit_options).get("steps", 1000) for c in members)
+            problem = solver.prepare(X, y, statistics=True, **arguments)
         except ValueError as e:
             raise ValueError(f"grid group {group.fixed or members[0]}: {e}") from None
         traced = [k for k in swept if k not in group.fixed]
@@ -622,6 +625,7 @@ def sweep(
         "compile_seconds": compile_seconds,
         "run_seconds": run_seconds,
         "groups": len(groups),
+        "plans": [problem.static.grad for _, problem, _ in plans],  # the gradient plan of each group
         "programs": programs,
         "member_chunks": member_chunks,
         "lane_steps": lane_steps,
