@@ -42,9 +42,9 @@ def _timed(fn, repeat: int = 1):
     return best, out
 
 
-def bench_vmapped_vs_sequential(X, y, k: int, steps: int, chunk_size: int) -> dict:
+def bench_vmapped_vs_sequential(X, y, k: int, steps: int, chunk_size: int, grad: str = "auto") -> dict:
     lrs = np.geomspace(1e-3, 0.5, k).tolist()
-    opts = dict(steps=steps, chunk_size=chunk_size)
+    opts = dict(steps=steps, chunk_size=chunk_size, grad=grad)
 
     def sweep():
         return gradfit.sweep(X, y, grid={"learning_rate": lrs}, **opts)
@@ -61,7 +61,7 @@ def bench_vmapped_vs_sequential(X, y, k: int, steps: int, chunk_size: int) -> di
     t_seq, params = _timed(sequential)
     err = max(float(np.max(np.abs(np.asarray(p.W) - result.params.W[i]))) for i, p in enumerate(params))
     return {
-        "members": k, "steps": steps, "sweep_seconds": t_sweep, "sequential_seconds": t_seq,
+        "members": k, "steps": steps, "plan": result.stats["plans"][0], "sweep_seconds": t_sweep, "sequential_seconds": t_seq,
         "speedup": t_seq / t_sweep, "sweep_compile_seconds": sweep_compile, "fit_compile_seconds": fit_compile,
         "sweep_ms_per_member_step": 1e3 * t_sweep / (k * steps),
         "fit_ms_per_step": 1e3 * t_seq / (k * steps),
@@ -73,12 +73,12 @@ def bench_vmapped_vs_sequential(X, y, k: int, steps: int, chunk_size: int) -> di
     }
 
 
-def bench_early_finishers(X, y, k: int, steps: int, chunk_size: int, slow: int = 4) -> dict:
+def bench_early_finishers(X, y, k: int, steps: int, chunk_size: int, slow: int = 4, grad: str = "auto") -> dict:
     """K - slow members converge early (large steps, loose tol); ``slow`` members run all steps."""
     fast_lrs = np.geomspace(0.05, 0.5, k - slow).tolist()
     slow_lrs = np.geomspace(1e-5, 1e-4, slow).tolist()
     lrs = fast_lrs + slow_lrs
-    opts = dict(steps=steps, tol=1e-6, chunk_size=chunk_size)
+    opts = dict(steps=steps, tol=1e-6, chunk_size=chunk_size, grad=grad)
     runs = {
         "compact": lambda: gradfit.sweep(X, y, grid={"learning_rate": lrs}, **opts),
         "no_compaction": lambda: gradfit.sweep(X, y, grid={"learning_rate": lrs}, compact=False, **opts),
@@ -96,6 +96,7 @@ def bench_early_finishers(X, y, k: int, steps: int, chunk_size: int, slow: int =
             out["fast_members_max_steps"] = int(fast_steps.max())
             out["fast_converged"] = int(result.converged[: k - slow].sum())
             out["batch_sizes"] = result.stats["batch_sizes"]
+            out["plan"] = result.stats["plans"][0]
     out["compact_over_slow_alone"] = out["compact_seconds"] / out["slow_members_alone_seconds"]
     out["no_compaction_over_slow_alone"] = out["no_compaction_seconds"] / out["slow_members_alone_seconds"]
     return out
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--early-steps", type=int, default=1000, help="step budget of the early-finisher comparison")
     p.add_argument("--chunk-size", type=int, default=50)
     p.add_argument("--skip", choices=["sequential", "early"], action="append", default=[])
+    p.add_argument("--grad", default="auto", help="the gradient plan of sweeps and fits (auto: statistics for MSE)")
     p.add_argument("--out", default="runs/bench_sweep.json")
     args = p.parse_args(argv)
 
@@ -123,17 +125,18 @@ def main(argv=None) -> int:
     print(f"m={args.m} n={args.n} K={args.k} {env['dtype']} on {env['backend']} ({env['cpu_count']} CPUs visible)")
     report = {"env": env}
     if "sequential" not in args.skip:
-        r = bench_vmapped_vs_sequential(X, y, args.k, args.steps, args.chunk_size)
+        r = bench_vmapped_vs_sequential(X, y, args.k, args.steps, args.chunk_size, args.grad)
         report["vmapped_vs_sequential"] = r
-        print(f"\n1. {args.k} learning rates x {args.steps} steps")
+        print(f"\n1. {args.k} learning rates x {args.steps} steps (plan {r['plan']})")
         print(f"   sweep (one program, vmapped): {r['sweep_seconds']:8.2f} s   ({r['sweep_ms_per_member_step']:.3f} ms per member-step)")
         print(f"   {args.k} sequential fits:           {r['sequential_seconds']:8.2f} s   ({r['fit_ms_per_step']:.3f} ms per step)")
-        print(f"   sweep at {r['sweep_gflops']:.0f} GFLOP/s (compute-bound); fits at {r['fit_gbytes_per_second']:.1f} GB/s "
-              "reading X (memory-bound)")
+        if r["plan"] != "stats":  # (with statistics, steps read no X: these rates mean nothing)
+            print(f"   sweep at {r['sweep_gflops']:.0f} GFLOP/s (compute-bound); fits at {r['fit_gbytes_per_second']:.1f} GB/s "
+                  "reading X (memory-bound)")
         print(f"   speedup: {r['speedup']:.1f}x   (compile: sweep {r['sweep_compile_seconds']:.2f} s, fit {r['fit_compile_seconds']:.2f} s; "
               f"max |W_sweep - W_fit| = {r['max_abs_W_difference']:.2e})")
     if "early" not in args.skip:
-        r = bench_early_finishers(X, y, args.k, args.early_steps, args.chunk_size)
+        r = bench_early_finishers(X, y, args.k, args.early_steps, args.chunk_size, grad=args.grad)
         report["early_finishers"] = r
         print(f"\n2. {args.k} members, {args.k - r['slow']} converge by step {r['fast_members_max_steps']} "
               f"({r['fast_converged']} converged), {r['slow']} run {args.early_steps} steps")

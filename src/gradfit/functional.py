@@ -145,14 +145,7 @@ def solve(
 
         jax.grad(val_loss)(0.1)
     """
-    if loss not in losses.LOSSES:
-        raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
-    if reduction not in losses.REDUCTIONS[loss]:
-        raise ValueError(
-            f"unknown reduction {reduction!r} for loss {loss!r}: use one of {', '.join(map(repr, losses.REDUCTIONS[loss]))}"
-        )
-    if grad not in solver.GRAD_MODES:
-        raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, solver.GRAD_MODES))}")
+    losses.check_model(loss, reduction, grad, solver.GRAD_MODES)
     if grad == "stats":
         raise ValueError("grad='stats' replaces X by its statistics, which gradfit.fit does; solve reads X: use 'autodiff', 'hand' or 'onepass'")
     if not isinstance(fit_intercept, bool):

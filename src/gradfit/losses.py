@@ -139,9 +139,13 @@ LOSSES = {"mse": mse, "bce": bce}
 REDUCTIONS = {"mse": MSE_REDUCTIONS, "bce": BCE_REDUCTIONS}
 
 
-def get_loss(name: str):
-    """Return the loss function called ``name`` ("mse" or "bce")."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}: use 'mse' or 'bce'") from None
+def check_model(loss: str, reduction: str, grad: str, grad_modes: tuple[str, ...]) -> None:
+    """Raise ValueError for an unknown loss, a reduction the loss lacks, or an unknown gradient plan."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
+    if reduction not in REDUCTIONS[loss]:
+        raise ValueError(
+            f"unknown reduction {reduction!r} for loss {loss!r}: use one of {', '.join(map(repr, REDUCTIONS[loss]))}"
+        )
+    if grad not in grad_modes:
+        raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, grad_modes))}")

@@ -652,14 +652,7 @@ def prepare(
     then a :class:`gradfit._stats.Stats`, computed here, and ``source`` the Data it summarises.
     Without it (sweeps, whose member levels map Data) "auto" picks a direct plan.
     """
-    if loss not in losses.LOSSES:
-        raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
-    if reduction not in losses.REDUCTIONS[loss]:
-        raise ValueError(
-            f"unknown reduction {reduction!r} for loss {loss!r}: use one of {', '.join(map(repr, losses.REDUCTIONS[loss]))}"
-        )
-    if grad not in GRAD_MODES:
-        raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, GRAD_MODES))}")
+    losses.check_model(loss, reduction, grad, GRAD_MODES)
     X, y = _validation.check_xy(X, y, loss=loss, batched=batched)
     steps = _validation.positive_int(steps, "steps")
     chunk_size = _validation.positive_int(chunk_size, "chunk_size")

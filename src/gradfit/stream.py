@@ -819,14 +819,7 @@ def _epoch_chunk(carry, X, y, valid, hyper: solver.Hyper, static: solver.Static)
 
 # --------------------------------------------------------------------------- fit_streaming
 def _check_options(loss, reduction, grad, method, batch_size, optimizer, learning_rate, optimizer_options):
-    if loss not in losses.LOSSES:
-        raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
-    if reduction not in losses.REDUCTIONS[loss]:
-        raise ValueError(
-            f"unknown reduction {reduction!r} for loss {loss!r}: use one of {', '.join(map(repr, losses.REDUCTIONS[loss]))}"
-        )
-    if grad not in solver.GRAD_MODES:
-        raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, solver.GRAD_MODES))}")
+    losses.check_model(loss, reduction, grad, solver.GRAD_MODES)
     if grad == "stats":
         raise ValueError("fit_streaming takes sufficient statistics with method='statistics': leave grad as 'autodiff' or use 'hand'")
     if method not in METHODS:
