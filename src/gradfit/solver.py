@@ -605,6 +605,17 @@ def check_hyperparameters(*, learning_rate, l2, tol, steps, seed, k: int | None 
     return HyperValues(lr, l2_arr, tol_arr, steps, _validation.seed(seed))
 
 
+def hyper_arrays(learning_rate, l2, tol, steps: int, optimizer_options: dict[str, Any], dtype) -> Hyper:
+    """Checked host values as the loop's :class:`Hyper` arrays (floats in ``dtype``, steps int32)."""
+    return Hyper(
+        learning_rate=None if learning_rate is None else jnp.asarray(learning_rate, dtype),
+        l2=jnp.asarray(l2, dtype),
+        tol=jnp.asarray(tol, dtype),
+        max_steps=jnp.asarray(steps, jnp.int32),
+        optimizer={name: jnp.asarray(v, dtype) for name, v in optimizer_options.items()},
+    )
+
+
 def initial_params(init, seed: int, n: int, out: tuple[int, ...], dtype, *, per_output: bool = False) -> tuple[Params, jax.Array]:
     """The params before step 0 and the loop's PRNG key, both from ``seed``.
 
@@ -704,13 +715,7 @@ def prepare(
     if auto_step:  # on the placed (possibly sharded) data; padding rows have weight 0
         lr = np.asarray(health.safe_learning_rate(data.X, **curvature))
         learning_rate = float(lr)
-    hyper = Hyper(
-        learning_rate=None if lr is None else jnp.asarray(lr, dtype),
-        l2=jnp.asarray(l2_arr, dtype),
-        tol=jnp.asarray(tol_arr, dtype),
-        max_steps=jnp.asarray(steps, jnp.int32),
-        optimizer={name: jnp.asarray(v, dtype) for name, v in traced_options.items()},
-    )
+    hyper = hyper_arrays(lr, l2_arr, tol_arr, steps, traced_options, dtype)
     plan = _plan.choose(
         grad, loss=loss, m=m, n=n, k=k or 1, steps=steps, batch_size=batch_size,
         line_search=spec.name in _optim.LINE_SEARCH, sharded=mesh is not None, statistics=statistics,

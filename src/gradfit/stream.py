@@ -921,16 +921,8 @@ def fit_streaming(
     dt = data.dtype
     n = data.X.shape[1]
     out = tuple(data.y.shape[1:])
-    key = jax.random.key(seed)
-    init_key, run_key = jax.random.split(key)
-    params = solver._check_init(init, n, out, dt, init_key)
-    hyper = solver.Hyper(
-        learning_rate=None if lr is None else jnp.asarray(lr, dt),
-        l2=jnp.asarray(l2_arr, dt),
-        tol=jnp.asarray(tol_arr, dt),
-        max_steps=jnp.asarray(steps, jnp.int32),
-        optimizer={name: jnp.asarray(v, dt) for name, v in traced.items()},
-    )
+    params, run_key = solver.initial_params(init, seed, n, out, dt)
+    hyper = solver.hyper_arrays(lr, l2_arr, tol_arr, steps, traced, dt)
     static = solver.Static(
         loss=loss, reduction=reduction, grad=grad, optimizer=spec, has_learning_rate=lr is not None,
         fit_intercept=fit_intercept, batch_size=batch_size, chunk_size=chunk_size,
