@@ -115,3 +115,28 @@ def test_a_disabled_bar_is_a_silent_no_op():
     with progress.Progress(10, file=out, disable=True) as bar:
         bar(_state(3), None)
     assert out.getvalue() == ""
+
+
+def test_sweep_shows_one_bar_over_every_members_budget(capsys):
+    d = datasets.make_regression(300, 3, seed=0)
+    grid = {"learning_rate": [0.01, 0.1, 1e6], "steps": [20, 60]}
+    plain = gradfit.sweep(d.X, d.y, grid=grid, tol=1e-6, chunk_size=8, grad="onepass")
+    assert capsys.readouterr().err == ""  # off by default
+    shown = gradfit.sweep(d.X, d.y, grid=grid, tol=1e-6, chunk_size=8, grad="onepass", progress=True)
+    err = capsys.readouterr().err
+    # one bar (one "sweep:" prefix per redraw, one total), ending at the sum of the budgets:
+    # members that converged or diverged early count their whole budget
+    assert err.count("/240") >= 1 and "240/240" in err and "0/6 members running" in err
+    assert shown.diverged.sum() == 2 and (shown.steps < [20, 60] * 3).any()
+    np.testing.assert_array_equal(shown.params.W, plain.params.W)
+
+
+def test_member_bar_counts_stopped_members_as_done():
+    out = io.StringIO()
+    with progress.MemberBar([10, 10, 40], file=out, mininterval=0) as bar:
+        bar.update(np.array([0, 2]), np.array([5, 5]), np.array([True, True]))
+        assert bar.bar.n == 10
+        bar.update(np.array([0, 2]), np.array([7, 9]), np.array([False, True]))  # member 0 stopped at 7
+        assert bar.bar.n == 10 + 9
+        bar.update(np.array([1]), np.array([10]), np.array([False]))
+        assert bar.bar.n == 29 and "1/3 members running" in out.getvalue()

@@ -194,8 +194,15 @@ def _prediction_sample(X, y, result, loss: str, size: int = 1000, seed: int = 0)
 def cmd_sweep(args) -> int:
     from gradfit import config, sweep_runs
 
+    from gradfit import progress as progress_bars
+
     cfg = config.load(args.config, args.overrides)
-    summary = sweep_runs.run_config(cfg)
+    show = args.progress
+    if show is None:  # on by default where someone watches
+        show = sys.stderr.isatty() and progress_bars.available()
+    elif show and not progress_bars.available():
+        raise ValueError("--progress needs tqdm: pip install 'gradfit[progress]', or drop --progress")
+    summary = sweep_runs.run_config(cfg, progress=show)
     return 0 if len(summary["rows"]) > summary["diverged"] else 1
 
 
@@ -318,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("sweep", help="fit every member of a [sweep] grid (one compile per group); resumable")
     _add_config_args(p)
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="one progress bar per group on stderr (default: when stderr is a terminal and tqdm is installed)",
+    )
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("plot", help="draw a fit or sweep output folder as PNG (needs matplotlib)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the output.dir of a gradfit fit or gradfit sweep")

@@ -127,6 +127,46 @@ class Progress:
         self.close()
 
 
+class MemberBar:
+    """One tqdm bar over the step budgets of a sweep's K members, however they are batched.
+
+    ``update(members, steps, active)`` after a chunk: ``members`` the global indices of the
+    members that chunk ran, ``steps`` their steps so far, ``active`` whether each still runs;
+    a stopped member (converged, diverged or at its budget) counts its whole budget.
+    """
+
+    def __init__(self, budgets, *, desc: str = "sweep", **tqdm_kwargs: Any):
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            raise ImportError(
+                "progress bars need tqdm: pip install 'gradfit[progress]' (or tqdm), or pass progress=False"
+            ) from None
+        self.budgets = np.asarray(budgets, np.int64)
+        self.done = np.zeros_like(self.budgets)
+        tqdm_kwargs.setdefault("unit", "step")
+        tqdm_kwargs.setdefault("dynamic_ncols", True)
+        self.bar = tqdm(total=int(self.budgets.sum()), desc=desc, **tqdm_kwargs)
+
+    def update(self, members, steps, active) -> None:
+        members = np.asarray(members)
+        budget = self.budgets[members]
+        self.done[members] = np.where(active, np.minimum(steps, budget), budget)
+        running = int(np.count_nonzero(self.done < self.budgets))
+        self.bar.set_postfix_str(f"{running}/{len(self.budgets)} members running", refresh=False)
+        self.bar.update(int(self.done.sum()) - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.update(int(self.done.sum()) - self.bar.n)
+        self.bar.close()
+
+    def __enter__(self) -> "MemberBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def chain(*callbacks: Callable | None) -> Callable | None:
     """One ``callback(state, history)`` calling each given callback in order (None skipped)."""
     given = [c for c in callbacks if c is not None]

@@ -439,7 +439,8 @@ class _ChunkRun(NamedTuple):
 
 
 def _run_members(
-    params, data, hyper, key, static: solver.Static, levels: tuple[solver.Level, ...], *, compact: bool
+    params, data, hyper, key, static: solver.Static, levels: tuple[solver.Level, ...], *, compact: bool,
+    on_chunk: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> _ChunkRun:
     """Run K stacked members to the end, dropping finished members between chunks.
 
@@ -471,6 +472,8 @@ def _run_members(
         chunks.append((idx, np.asarray(history)))
         active = solver._active_host(cur_state, cur_hyper)
         active = active.reshape(len(idx), -1).any(axis=1)
+        if on_chunk is not None:  # (the members this chunk ran, their steps, still running)
+            on_chunk(idx, np.asarray(cur_state.step).reshape(len(idx), -1).max(axis=1), active)
         now = time.perf_counter() - start - (compile_seconds - compile_before)
         seconds[idx[~active & np.isnan(seconds[idx])]] = now
         n_active = int(active.sum())
@@ -509,6 +512,7 @@ def sweep(
     compact: bool = True,
     memory_budget: int | None = None,
     callback: Callable[[int, int], None] | None = None,
+    progress: bool = False,
     **fit_options,
 ) -> SweepResult:
     """Fit every member of ``grid``'s cartesian product, K members per compiled program.
@@ -527,6 +531,8 @@ def sweep(
         member chunks, one after another (see :func:`_member_bytes` for the estimate).
       callback: ``callback(members_done, members_total)`` after each member chunk (not
         :func:`gradfit.fit`'s per-chunk callback).
+      progress: one tqdm bar over every member's step budget, updated between compiled
+        chunks (:class:`gradfit.progress.MemberBar`; needs tqdm).
       **fit_options: any other :func:`gradfit.fit` keyword (fixed for every member), e.g.
         ``steps``, ``tol``, ``optimizer``, ``chunk_size``, ``optimizer_options``, ``l2``
         (a (k,) per-output array is allowed here).
@@ -544,7 +550,7 @@ def sweep(
     """
     if fit_options.pop("batched", False):
         raise ValueError("sweep fits one problem: drop batched=True and call sweep once per problem")
-    fit_only = sorted(set(fit_options) & {"progress", "checkpoint", "checkpoint_every", "resume"})
+    fit_only = sorted(set(fit_options) & {"checkpoint", "checkpoint_every", "resume"})
     if fit_only:
         raise ValueError(
             f"sweep does not take {fit_only[0]}= (a gradfit.fit option): its callback=(members_done, "
@@ -588,38 +594,59 @@ def sweep(
     programs = member_chunks = lane_steps = 0
     batch_sizes: list[int] = []
     done = 0
-    for group, problem, stacked in plans:
-        size = len(group.members)
-        per_chunk = max(1, min(size, budget // max(1, _member_bytes(problem))))
-        levels = (stacked.level, *problem.levels)
-        for lo in range(0, size, per_chunk):
-            ids = np.arange(lo, min(lo + per_chunk, size))
-            width = per_chunk if len(ids) == per_chunk else _bucket(len(ids), per_chunk)
-            pad = width - len(ids)
-            take = np.concatenate([ids, np.full(pad, ids[0])])
-            rows = jnp.asarray(take)
-            (params, key), t_rows = _take((stacked.params, stacked.key if stacked.level.key == 0 else None), rows)
-            key = stacked.key if stacked.level.key is None else key
-            hyper, t_take = _take_hyper(stacked.hyper, stacked.level.hyper, rows)
-            t_take += t_rows
-            levels_c = levels
-            if pad:  # padding members never run: their step budget is 0
-                max_steps = jnp.broadcast_to(hyper.max_steps, (width,)).at[len(ids):].set(0)
-                hyper = hyper._replace(max_steps=max_steps)
-                levels_c = (stacked.level._replace(hyper=stacked.level.hyper._replace(max_steps=0)), *problem.levels)
-            t0 = time.perf_counter()
-            run = _run_members(params, problem.data, hyper, key, problem.static, levels_c, compact=compact)
-            run_seconds += time.perf_counter() - t0 - run.compile_seconds
-            compile_seconds += run.compile_seconds + t_take
-            programs += run.programs
-            member_chunks += 1
-            lane_steps += run.lane_steps
-            batch_sizes += run.batch_sizes
-            members = [group.members[i] for i in ids]
-            results.append((members, problem, _trim(run, len(ids))))
-            done += len(ids)
-            if callback is not None:
-                callback(done, K)
+    bar = None
+    if progress:
+        from gradfit import progress as progress_bars
+
+        default_steps = fit_options.get("steps", inspect.signature(solver.fit).parameters["steps"].default)
+        bar = progress_bars.MemberBar([c.get("steps", default_steps) for c in configs])
+    try:
+        for group, problem, stacked in plans:
+            size = len(group.members)
+            per_chunk = max(1, min(size, budget // max(1, _member_bytes(problem))))
+            levels = (stacked.level, *problem.levels)
+            for lo in range(0, size, per_chunk):
+                ids = np.arange(lo, min(lo + per_chunk, size))
+                width = per_chunk if len(ids) == per_chunk else _bucket(len(ids), per_chunk)
+                pad = width - len(ids)
+                take = np.concatenate([ids, np.full(pad, ids[0])])
+                rows = jnp.asarray(take)
+                (params, key), t_rows = _take((stacked.params, stacked.key if stacked.level.key == 0 else None), rows)
+                key = stacked.key if stacked.level.key is None else key
+                hyper, t_take = _take_hyper(stacked.hyper, stacked.level.hyper, rows)
+                t_take += t_rows
+                levels_c = levels
+                if pad:  # padding members never run: their step budget is 0
+                    max_steps = jnp.broadcast_to(hyper.max_steps, (width,)).at[len(ids):].set(0)
+                    hyper = hyper._replace(max_steps=max_steps)
+                    levels_c = (stacked.level._replace(hyper=stacked.level.hyper._replace(max_steps=0)), *problem.levels)
+                on_chunk = None
+                if bar is not None:  # chunk lanes -> the sweep's member indices (padding lanes left out)
+                    global_ids = np.asarray([group.members[i] for i in ids])
+
+                    def on_chunk(lanes, steps, active, global_ids=global_ids):
+                        real = lanes < len(global_ids)
+                        bar.update(global_ids[lanes[real]], steps[real], active[real])
+
+                t0 = time.perf_counter()
+                run = _run_members(
+                    params, problem.data, hyper, key, problem.static, levels_c, compact=compact, on_chunk=on_chunk
+                )
+                run_seconds += time.perf_counter() - t0 - run.compile_seconds
+                compile_seconds += run.compile_seconds + t_take
+                programs += run.programs
+                member_chunks += 1
+                lane_steps += run.lane_steps
+                batch_sizes += run.batch_sizes
+                members = [group.members[i] for i in ids]
+                results.append((members, problem, _trim(run, len(ids))))
+                done += len(ids)
+                if callback is not None:
+                    callback(done, K)
+
+    finally:
+        if bar is not None:
+            bar.close()
 
     return _assemble(configs, results, per_output, first_problem, {
         "compile_seconds": compile_seconds,

@@ -72,8 +72,11 @@ def _load_group(path: Path) -> dict[str, Any]:
     return out
 
 
-def run_config(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the sweep a config describes and write its folder; return a summary."""
+def run_config(cfg: dict[str, Any], *, log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
+    """Run (or resume) the sweep a config describes and write its folder; return a summary.
+
+    ``progress``: one bar per group over its members' steps (:class:`gradfit.progress.MemberBar`).
+    """
     import gradfit
     from gradfit import data
     from gradfit.sweep import format_table, split_grid
@@ -116,7 +119,7 @@ def run_config(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -> di
         wall = time.perf_counter()
         result = gradfit.sweep(
             ds.X, ds.y, grid=part, compact=cfg["sweep"]["compact"],
-            memory_budget=int(cfg["sweep"]["memory_budget_mb"] * 2**20) or None, **options,
+            memory_budget=int(cfg["sweep"]["memory_budget_mb"] * 2**20) or None, progress=progress, **options,
         )
         wall = time.perf_counter() - wall
         st = result.stats
