@@ -125,3 +125,48 @@ def test_script_is_the_same_entry_point(tmp_path):
     assert module.main(["--config", str(config), "--set", "sweep.grid={learning_rate=[0.01, 0.1]}"]) == 0
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "sweep.json").read_text())["groups"] == [{"learning_rate": [0.01, 0.1]}]
+
+
+def test_sigkill_during_a_sweep_then_rerun_gives_the_same_bits(tmp_path):
+    """Kill `gradfit sweep` once its first group is on disk; the rerun skips that group,
+    redoes the rest, and every member's params and history equal an uninterrupted sweep's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid = '{{ optimizer = ["sgd", "adam", "rmsprop"], learning_rate = [0.01, 0.1] }}'
+    text = CONFIG.replace('{{ optimizer = ["sgd", "adam"], learning_rate = [0.01, 0.1, 50.0] }}', grid)
+    text = text.replace("steps = 200", "steps = 20000").replace("tol = 1e-7", "tol = 0.0")
+    runs = {}
+    for name in ("killed", "whole"):
+        out = tmp_path / name
+        config = tmp_path / f"{name}.toml"
+        config.write_text(text.format(out=out.as_posix(), plot="false"))
+        runs[name] = (config, out)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "gradfit.cli", "sweep", "--no-progress", "--config"]
+
+    config, out = runs["killed"]
+    proc = subprocess.Popen([*command, str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "group_000.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.skip("the sweep finished before it could be killed (machine too fast for this size)")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "group_000.npz").exists() and not (out / "results.csv").exists()
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*tmp"))  # nothing half-written
+    subprocess.run([*command, str(config)], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([*command, str(runs["whole"][0])], env=env, check=True, capture_output=True, timeout=300)
+
+    killed, whole = (np.load(runs[n][1] / "params.npz") for n in ("killed", "whole"))
+    for key in ("W", "b"):
+        np.testing.assert_array_equal(killed[key], whole[key])
+    hk, hw = (np.load(runs[n][1] / "histories.npz") for n in ("killed", "whole"))
+    assert set(hk.files) == set(hw.files)
+    for key in hk.files:
+        if "seconds" not in key:  # wall times differ, the numbers must not
+            np.testing.assert_array_equal(hk[key], hw[key])
