@@ -70,10 +70,14 @@ def test_hand_gradients_equal_autodiff_in_float64(m, n, k, loss, seed, weighted)
         p = Params(jnp.asarray(rng.standard_normal((n, *out))), jnp.asarray(rng.standard_normal(out)))
         w = jnp.asarray(rng.random(m) + 0.1) if weighted else None
         for reduction in losses.REDUCTIONS[loss]:
-            auto = jax.grad(losses.LOSSES[loss])(p, X, y, reduction=reduction, sample_weight=w)
+            value, auto = jax.value_and_grad(losses.LOSSES[loss])(p, X, y, reduction=reduction, sample_weight=w)
             hand = gradients.GRADIENTS[loss](p, X, y, reduction=reduction, sample_weight=w)
             for a, h in zip(auto, hand):
                 np.testing.assert_allclose(h, a, rtol=1e-10, atol=1e-12)
+            hand_value, hand_both = gradients.VALUE_AND_GRADIENTS[loss](p, X, y, reduction=reduction, sample_weight=w)
+            np.testing.assert_allclose(hand_value, value, rtol=1e-12, atol=1e-14)
+            for a, h in zip(hand, hand_both):
+                np.testing.assert_array_equal(h, a)
 
 
 def test_check_gradients_table_all_within_tolerance(x64):
@@ -84,3 +88,37 @@ def test_check_gradients_table_all_within_tolerance(x64):
     }
     assert all(r.ok for r in rows), gradients.format_table(rows)
     assert max(r.max_rel_error for r in rows if r.dtype == "float64") <= 1e-10
+
+
+# --------------------------------------------------------------------------- X^T s in blocks
+@settings(max_examples=200, deadline=None)
+@given(m=st.integers(1, 40_000), n=st.integers(1, 300), itemsize=st.sampled_from([2, 4, 8]), parts=st.sampled_from([1, 2, 4]))
+def test_block_rows_is_the_divisor_nearest_one_mib(m, n, itemsize, parts):
+    rows = gradients.block_rows(m, n, itemsize, parts)
+    low, target, high = (max(1, b // (n * itemsize)) for b in (256 << 10, 1 << 20, 2 << 20))
+    valid = [r for r in range(low, high + 1) if m % r == 0 and (m // r) % parts == 0] if m >= 2 * low else []
+    if not valid:
+        assert rows == 0
+    else:
+        assert rows in valid and abs(rows - target) == min(abs(r - target) for r in valid)
+
+
+@pytest.mark.parametrize("m, k, blocked", [(8192, None, True), (8192, 3, True), (12_289, None, False), (12_289, 2, False)])
+def test_xt_dot_equals_the_transposed_product(x64, rng, m, k, blocked):
+    # 8192 rows of 64 float64 features: blocks of 2048 rows (1 MiB); 12289 is prime: no blocks.
+    X = rng.standard_normal((m, 64))
+    s = rng.standard_normal((m,) if k is None else (m, k))
+    assert bool(gradients.block_rows(m, 64, 8)) == blocked
+    got = jax.jit(gradients.xt_dot)(jnp.asarray(X), jnp.asarray(s))
+    np.testing.assert_allclose(got, X.T @ s, rtol=1e-11, atol=1e-11)
+    # ... and under vmap (a sweep's members share X; a batch of problems maps it too)
+    S = np.stack([s, 2 * s])
+    got = jax.vmap(gradients.xt_dot, in_axes=(None, 0))(jnp.asarray(X), jnp.asarray(S))
+    np.testing.assert_allclose(got[1], 2 * (X.T @ s), rtol=1e-11, atol=1e-11)
+
+
+def test_xt_dot_blocks_leave_no_transposed_copy_of_X(rng):
+    X = jnp.asarray(rng.standard_normal((8192, 64)), jnp.float32)
+    s = jnp.asarray(rng.standard_normal(8192), jnp.float32)
+    hlo = jax.jit(gradients.xt_dot).lower(X, s).compile().as_text()
+    assert "transpose(" not in hlo and "f32[64,8192]" not in hlo

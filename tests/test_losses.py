@@ -81,3 +81,26 @@ def test_sample_weight_mean_divides_by_weight_sum(x64, rng):
     w = rng.random(len(X))
     r = y - (X @ p.W + p.b)
     np.testing.assert_allclose(losses.mse(p, X, y, sample_weight=w), np.sum(w * r**2) / w.sum(), rtol=1e-12)
+
+
+def test_bce_second_derivative_is_smooth_at_zero_logits(x64, rng):
+    # W = 0 puts every logit at 0, where the formula's max(z, 0) and |z| have kinks: the
+    # curvature must still be mean a (1 - a) = 1/4, as for the textbook formula.
+    X = rng.standard_normal((30, 3))
+    y = (rng.random(30) < 0.5).astype(float)
+    for W in (np.zeros(3), rng.standard_normal(3)):
+        hess = jax.hessian(lambda b: losses.bce(Params(jnp.asarray(W), b), X, y))(jnp.asarray(0.2 if W.any() else 0.0))
+        a = 1 / (1 + np.exp(-(X @ W + (0.2 if W.any() else 0.0))))
+        np.testing.assert_allclose(hess, np.mean(a * (1 - a)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_bce_terms_keep_the_digits_of_small_losses(x64, dtype):
+    z = jnp.asarray([20.0, -20.0, 30.0, 0.0, 3.0, -3.0, 1000.0], dtype)
+    y = jnp.asarray([1.0, 0.0, 1.0, 1.0, 0.25, 0.5, 1.0], dtype)
+    loss, a = losses.bce_terms(z, y)
+    zz, yy = np.asarray(z, np.float64), np.asarray(y, np.float64)
+    exact = yy * np.logaddexp(0, -zz) + (1 - yy) * np.logaddexp(0, zz)  # log1p(e^-20) = 2.06e-9 stays
+    np.testing.assert_allclose(loss, exact, rtol=1e-6 if dtype == jnp.float32 else 1e-14)
+    np.testing.assert_allclose(a, 1 / (1 + np.exp(-zz)), rtol=1e-6 if dtype == jnp.float32 else 1e-14)
+    assert loss.dtype == a.dtype == dtype

@@ -174,6 +174,17 @@ FOUR_DEVICES = textwrap.dedent(
             txt = exe.as_text()
             ops = sorted(set(re.findall(r"\b(all-reduce|all-gather|all-to-all|reduce-scatter)\(", txt)))
             out["hlo"]["sharded" if "all-reduce(" in txt or "all-gather(" in txt else "single"] = ops
+    # X^T s in blocks (gradients.xt_dot): 20000 rows of 64 -> 4 blocks of 5000, one per device.
+    from gradfit import gradients
+    Xl = rng.standard_normal((20000, 64)).astype(np.float32)
+    yl = (rng.random(20000) < 1 / (1 + np.exp(-Xl @ rng.standard_normal(64) / 8))).astype(np.float32)
+    one = gradfit.fit(Xl, yl, loss="bce", grad="hand", learning_rate=0.5, steps=20, devices=1)
+    four = gradfit.fit(Xl, yl, loss="bce", grad="hand", learning_rate=0.5, steps=20, devices=4)
+    ops = [sorted(set(re.findall(r"\b(all-reduce|all-gather|all-to-all|reduce-scatter|collective-permute)\(", exe.as_text())))
+           for key, exe in solver._EXECUTABLES.items()
+           if key[0] == "chunk" and key[1].loss == "bce" and key[1].parts == 4 and key[1].batch_size is None]
+    out["blocked"] = {"rows": [gradients.block_rows(20000, 64, 4), gradients.block_rows(20000, 64, 4, 4)],
+                      "W_diff": diff(one.params.W, four.params.W), "ops": ops}
     # A second sharded fit with a new learning rate compiles nothing.
     again = gradfit.fit(X, y, loss="mse", learning_rate=0.07, steps=60, devices=4)
     out["recompile_seconds"] = again.stats["compile_seconds"]
@@ -254,3 +265,12 @@ def test_the_row_sum_becomes_an_all_reduce(four_devices):
 
 def test_new_hyperparameters_do_not_recompile_when_sharded(four_devices):
     assert four_devices["recompile_seconds"] == 0.0
+
+
+def test_blocked_gradient_keeps_whole_blocks_on_each_device(four_devices):
+    # One device would take 5 blocks of 4000 rows; four take 4 blocks of 5000, one each, so the
+    # reshape into blocks never moves rows between devices: the only collective is the all-reduce.
+    blocked = four_devices["blocked"]
+    assert blocked["rows"] == [4000, 5000]
+    assert blocked["W_diff"] < 1e-5
+    assert blocked["ops"] and all(ops == ["all-reduce"] for ops in blocked["ops"])

@@ -12,6 +12,7 @@ the rows are cut into blocks of about 2 MiB, which stay in cache between the two
 
     mse: loss_i = ||z_i - y_i||^2,                 dloss/dz = 2 (z_i - y_i)
     bce: loss_i = y softplus(-z) + (1-y) softplus(z), dloss/dz = sigmoid(z_i) - y_i
+         (both from one exp: gradfit.losses.bce_terms)
 
 and the reduction's scale c (1/N "mean", 1/(2N) "half_mean", 1 "sum", N = sum of weights
 or m) multiplies J, dW and db at the end: the closed forms of :mod:`gradfit.gradients`, in
@@ -31,6 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gradfit import losses
 from gradfit._params import Params
 
 # ~2 MiB of X per block (the per-core L2 of the development machine). Measured BCE step at
@@ -49,7 +51,8 @@ def _per_row(loss: str, z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Arra
     if loss == "mse":
         r = z - y
         return r * r, 2 * r
-    return y * jax.nn.softplus(-z) + (1 - y) * jax.nn.softplus(z), jax.nn.sigmoid(z) - y
+    per, a = losses.bce_terms(z, y)
+    return per, a - y
 
 
 def value_and_grad(

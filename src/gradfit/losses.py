@@ -85,18 +85,52 @@ def mse(
     return _reduce(squared_error(params, X, y), reduction, sample_weight)
 
 
+def bce_terms(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Elementwise ``(loss, sigmoid(z))`` of binary cross-entropy from logits, from one ``exp``.
+
+    With ``e = exp(-|z|)``:
+
+    - ``loss = max(z, 0) - y z + log1p(e)``, which equals the notes seed's
+      ``-(y log a + (1 - y) log(1 - a))`` for ``a = sigmoid(z)`` (it is
+      ``y softplus(-z) + (1 - y) softplus(z)``) without forming ``a``: finite for any finite z,
+      exact for |z| >= 1000 (0 for z = 1000, y = 1; 1000 for z = -1000, y = 1), and for
+      y in {0, 1} the two first terms cancel exactly, so a tiny loss keeps its digits;
+    - ``sigmoid(z) = (1 if z >= 0 else e) / (1 + e)``, which never overflows.
+
+    One exponential and one logarithm per element, where the two softplus and the sigmoid
+    written separately take three and two (on a 2-core CPU this is ~10 of the ~35 ms of a
+    one-core BCE pass over m = 2e6 rows). Shapes: z and y alike; both results shaped like z.
+    """
+    e = jnp.exp(-jnp.abs(z))
+    loss = jnp.maximum(z, 0) - y * z + jnp.log1p(e)
+    return loss, jnp.where(z >= 0, 1, e) / (1 + e)
+
+
+@jax.custom_jvp
+def _bce_elementwise(z: jax.Array, y: jax.Array) -> jax.Array:
+    return bce_terms(z, y)[0]
+
+
+@_bce_elementwise.defjvp
+def _bce_elementwise_jvp(primals, tangents):
+    # d/dz = sigmoid(z) - y, d/dy = -z. jax.nn.sigmoid keeps every higher derivative right
+    # (the max and |z| of the primal formula have kinks at z = 0 that autodiff would see).
+    z, y = primals
+    dz, dy = tangents
+    return _bce_elementwise(z, y), (jax.nn.sigmoid(z) - y) * dz - z * dy
+
+
 def binary_cross_entropy(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:
     """Per-row binary cross-entropy from logits, summed over outputs, shape (m,).
 
-    With ``z = X @ W + b`` and ``a = sigmoid(z)``, the notes seed's
-    ``-(y log a + (1 - y) log(1 - a))`` is computed as
-    ``y * softplus(-z) + (1 - y) * softplus(z)``, which never forms ``a``: it is finite for
-    any finite z and exact for |z| >= 1000 (e.g. 0 for z = 1000, y = 1 and 1000 for
-    z = -1000, y = 1). Soft targets in [0, 1] are allowed.
+    With ``z = X @ W + b``: the notes seed's ``-(y log a + (1 - y) log(1 - a))``,
+    ``a = sigmoid(z)``, computed by :func:`bce_terms` (never forms ``a``; exact for
+    |z| >= 1000). Its derivative is ``sigmoid(z) - y`` in z, smooth to every order.
+    Soft targets in [0, 1] are allowed.
     """
     z = predict(params, X)
     _check_target_shape(z, y)
-    per = y * jax.nn.softplus(-z) + (1 - y) * jax.nn.softplus(z)
+    per = _bce_elementwise(z, jnp.asarray(y, z.dtype))
     return per if per.ndim == 1 else jnp.sum(per, axis=-1)
 
 

@@ -84,6 +84,7 @@ class Static(NamedTuple):
     chunk_size: int
     rows: int | None = None  # real rows when X was padded for sharding (the rest have weight 0)
     shuffle: str = "rows"  # minibatch sampling: "rows" (permutation) or "blocks" (contiguous; fit's default)
+    parts: int = 1  # devices the rows are split over (gradients.block_rows keeps blocks whole per device)
 
 
 class Level(NamedTuple):
@@ -150,21 +151,20 @@ def value_and_grad(params: Params, data: Data, l2, static: Static) -> tuple[jax.
     "stats": the MSE from sufficient statistics, O(n^2 k) (:mod:`gradfit._stats`; ``data``
     is then a ``Stats``).
     """
-    if static.grad in ("stats", "onepass"):
+    if static.grad in ("stats", "onepass", "hand"):
         if static.grad == "stats":
             value, g = _stats.value_and_grad(params, data, reduction=static.reduction)
-        else:
+        elif static.grad == "onepass":
             value, g = _onepass.value_and_grad(
                 params, data.X, data.y, loss=static.loss, reduction=static.reduction,
                 sample_weight=data.sample_weight,
             )
+        else:
+            value, g = gradients.VALUE_AND_GRADIENTS[static.loss](
+                params, data.X, data.y, reduction=static.reduction, sample_weight=data.sample_weight,
+                parts=static.parts,
+            )
         value = value + losses.l2_penalty(params, l2)
-        g = jax.tree.map(jnp.add, g, gradients.l2_penalty(params, l2))
-    elif static.grad == "hand":
-        value = objective(params, data, l2, static)
-        g = gradients.GRADIENTS[static.loss](
-            params, data.X, data.y, reduction=static.reduction, sample_weight=data.sample_weight
-        )
         g = jax.tree.map(jnp.add, g, gradients.l2_penalty(params, l2))
     else:
         value, g = jax.value_and_grad(objective)(params, data, l2, static)
@@ -720,7 +720,8 @@ def prepare(
         grad, loss=loss, m=m, n=n, k=k or 1, steps=steps, batch_size=batch_size,
         line_search=spec.name in _optim.LINE_SEARCH, sharded=mesh is not None, statistics=statistics,
     )
-    static = Static(loss, reduction, plan, spec, lr is not None, fit_intercept, batch_size, chunk_size, rows, shuffle)
+    static = Static(loss, reduction, plan, spec, lr is not None, fit_intercept, batch_size, chunk_size, rows, shuffle,
+                    1 if mesh is None else mesh.size)
     precompute_seconds, precompute_compile, source = 0.0, 0.0, None
     if plan == "stats":
         source = data
