@@ -19,12 +19,13 @@ or m) multiplies J, dW and db at the end: the closed forms of :mod:`gradfit.grad
 one read of X from memory. The loop is ``lax.fori_loop`` over full blocks plus one static
 tail block, so any m works and nothing is padded or copied.
 
-Measured trade-off (``docs/benchmarks.md``): on XLA:CPU a loop body runs on one core, while
-whole-array fusions use all cores but need all of them at once. On the shared 2-core machine
-(m = 2e6, n = 64) four full benchmark runs gave BCE steps of 51/58/52/35 ms here against
-116/70/46/31 ms for the two parallel reads of ``grad="hand"`` (load 9, 5, 3, 1): within ~15%
-either way on a quiet machine, 2x better under heavy load. ``"auto"`` picks this plan on
-CPU; on a GPU, where the loop would launch a kernel per block, it picks ``"hand"``.
+Measured trade-off (``docs/benchmarks.md``): on XLA:CPU the loop body runs on one core and is
+bound by its arithmetic, not by memory (a cache-resident block takes as long as one from DRAM),
+so on the 2-core development machine (m = 2e6, n = 64) a BCE step takes ~25 ms here against
+~18.5 ms for the two whole-array reads of ``grad="hand"``, which use every core. ``"auto"``
+therefore picks ``"hand"``; this plan stays for memory-bound hosts with one free core and as
+the reference for one read per step. XLA:CPU did not run two such loops concurrently (two
+loops in one program, two CPU devices or two Python threads: measured, no gain).
 """
 
 from __future__ import annotations
@@ -71,14 +72,14 @@ def value_and_grad(
     Jittable and ``vmap``-able; ``block`` rows per block (default :func:`block_rows`).
     """
     m, n = X.shape
-    dtype = X.dtype
+    dtype = params.W.dtype  # X may be stored in a 16-bit float (gradfit._precision)
     if block is None:
         block = block_rows(n, dtype.itemsize, m)
     block = min(block, m)
 
     def one_block(start, size, carry):
         total, gW, gb = carry
-        Xb = jax.lax.dynamic_slice_in_dim(X, start, size)
+        Xb = jax.lax.dynamic_slice_in_dim(X, start, size).astype(dtype)  # a 16-bit X: upcast in cache
         yb = jax.lax.dynamic_slice_in_dim(y, start, size)
         z = Xb @ params.W
         z = z + (params.b if z.ndim == 1 else params.b[None, :])

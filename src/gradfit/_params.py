@@ -25,10 +25,26 @@ class Params(NamedTuple):
     b: jax.Array  # () or (k,)
 
 
+def matmul(X: jax.Array, W: jax.Array) -> jax.Array:
+    """``X @ W`` for X (m, n) and W (n,) or (n, k), computed in W's dtype.
+
+    X may be stored in a 16-bit float (bfloat16 storage: half the bytes) while W, the
+    products and the sums are float32. Then the product is written as one fused
+    multiply-reduce, ``sum_j float32(X_ij) W_j``, which reads X in place: ``X @ W`` would
+    promote X and XLA would first write a float32 copy of all of it.
+    """
+    if X.dtype == W.dtype:
+        return X @ W
+    Xc = X.astype(W.dtype)
+    if W.ndim == 1:
+        return jnp.sum(Xc * W[None, :], axis=1)
+    return jnp.sum(Xc[:, :, None] * W[None, :, :], axis=1)
+
+
 def predict(params: Params, X: jax.Array) -> jax.Array:
-    """Return ``X @ W + b``: shape (m,) for one output, (m, k) for k outputs."""
+    """Return ``X @ W + b``: shape (m,) for one output, (m, k) for k outputs (in W's dtype)."""
     b = params.b
-    return X @ params.W + (b if b.ndim == 0 else b[None, :])
+    return matmul(X, params.W) + (b if b.ndim == 0 else b[None, :])
 
 
 def zeros(n_features: int, n_outputs: int | None, dtype) -> Params:

@@ -21,8 +21,7 @@ one float32 of X from memory costs ``READ = 10`` flops, and the Gram pass runs n
 with ``evals = steps`` (times 2 for a line search, which evaluates the objective again) and
 picks ``"stats"`` for a full-batch MSE fit when ``stats < direct`` -- for n = 64 that is any
 fit of more than about 4 steps. Otherwise (BCE, minibatches, or few steps) it picks
-:func:`direct_default`, the direct plan measured fastest for the backend: ``"onepass"`` on
-CPU, ``"hand"`` elsewhere (``docs/benchmarks.md``).
+:func:`direct_default`, the direct plan measured fastest: ``"hand"`` (``docs/benchmarks.md``).
 The estimate uses the step budget ``steps``; an early stop by ``tol`` only makes the
 precomputation relatively dearer, never wrong.
 """
@@ -32,15 +31,14 @@ from __future__ import annotations
 GRAD_MODES = ("auto", "autodiff", "hand", "stats", "onepass")
 
 READ = 10.0  # cost of reading one element of X from memory, in gemm flops (measured)
-# The direct plan "auto" picks, per backend (measured, docs/benchmarks.md). On CPU the one-pass
-# loop reads X once on one core; the two whole-array passes of "hand" use every core but
-# need all of them at once. In four full benchmark runs on the shared 2-core machine
-# (m = 2e6, n = 64; load 9, 5, 3, 1) the BCE step took 51/58/52/35 ms with "onepass" against
-# 116/70/46/31 ms with "hand" (MSE: 44/53/38/24 against 192/39/45/29): within ~15% of each
-# other on a quiet machine, either way, and 2x better under heavy load, where the one-core
-# loop suffers least. So CPU gets "onepass". On a GPU the loop would launch a kernel per
-# block: there, "hand".
-DIRECT_DEFAULT = {"cpu": "onepass"}
+# The direct plan "auto" picks, per backend (measured, docs/benchmarks.md). "hand" reads X
+# twice per step, each read a whole-array product that XLA spreads over every core and that
+# runs at the one-read floor (X^T s in row blocks: gradients.xt_dot); "onepass" reads X once
+# but its block loop runs on one core. On the 2-core development machine (m = 2e6, n = 64,
+# float32, inside one fit) the BCE step took 18.5 ms with "hand" against 25.8 ms with
+# "onepass", and "hand" gains with every core a machine adds. On a GPU the loop would launch
+# a kernel per block. So every backend gets "hand".
+DIRECT_DEFAULT: dict[str, str] = {}
 DIRECT_FALLBACK = "hand"
 
 

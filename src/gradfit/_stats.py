@@ -54,7 +54,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradfit._params import Params
+from gradfit._params import Params, matmul
 
 # Rows per block of the Gram pass: about this many bytes of augmented rows, so a block stays
 # in cache while its Gram product is formed.
@@ -111,7 +111,7 @@ def sufficient_statistics(
     least-squares solution) and O(n^3) for the eigendecomposition.
     """
     m, n = X.shape
-    dtype = X.dtype
+    dtype = y.dtype  # X may be stored in a 16-bit float: each block is upcast in cache
     one_output = y.ndim == 1
     Y = y[:, None] if one_output else y
     k = Y.shape[1]
@@ -122,15 +122,15 @@ def sufficient_statistics(
 
     if sample_weight is None:
         count = jnp.asarray(m, dtype)
-        x_mean = jnp.sum(X, axis=0) / count
+        x_mean = jnp.sum(X.astype(dtype), axis=0) / count
         y_mean = jnp.sum(Y, axis=0) / count
     else:
         count = jnp.sum(sample_weight)
-        x_mean = jnp.sum(X * sample_weight[:, None], axis=0) / count
+        x_mean = jnp.sum(X.astype(dtype) * sample_weight[:, None], axis=0) / count
         y_mean = jnp.sum(Y * sample_weight[:, None], axis=0) / count
 
     def block_gram(start, size):
-        Xb = jax.lax.dynamic_slice_in_dim(X, start, size)
+        Xb = jax.lax.dynamic_slice_in_dim(X, start, size).astype(dtype)
         Yb = jax.lax.dynamic_slice_in_dim(Y, start, size)
         Z = jnp.concatenate([Xb - x_mean[None, :], jnp.ones((size, 1), dtype), Yb - y_mean[None, :]], axis=1)
         wb = None if sample_weight is None else jax.lax.dynamic_slice_in_dim(sample_weight, start, size)
@@ -154,7 +154,7 @@ def sufficient_statistics(
     # rss from the Gram (y'y - c'A^+c) cancels to ~eps * y'y; one more read of X gives it
     # to the precision of the residuals themselves.
     W_s, bh = solution[:n], solution[n]
-    r = X @ W_s + (bh - x_mean @ W_s + y_mean)[None, :] - Y
+    r = matmul(X, W_s) + (bh - x_mean @ W_s + y_mean)[None, :] - Y
     rr = r * r if sample_weight is None else r * r * sample_weight[:, None]
     rss = jnp.sum(rr, axis=0)
     if one_output:

@@ -28,7 +28,7 @@ def as_numeric(a, name: str) -> np.ndarray | jax.Array:
             arr = np.asarray(a)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{name} could not be read as a numeric array: {e}") from None
-    kind = np.dtype(arr.dtype).kind
+    kind = "f" if jnp.issubdtype(arr.dtype, jnp.floating) else np.dtype(arr.dtype).kind  # bfloat16 too
     if kind == "c":
         raise ValueError(f"{name} is complex ({arr.dtype}): gradfit fits real-valued data; pass the real part or split real and imaginary parts into columns")
     if kind not in "biuf":
@@ -40,7 +40,8 @@ def as_numeric(a, name: str) -> np.ndarray | jax.Array:
 
 
 def float_dtype(X) -> np.dtype:
-    """The compute dtype for data X: its own float dtype, or JAX's default float for ints and bools.
+    """The compute dtype for data X: its own float dtype, or JAX's default float for ints, bools
+    and 16-bit floats (which gradfit stores X in but never computes in: :mod:`gradfit._precision`).
 
     float64 input is kept only when ``jax_enable_x64`` is on (otherwise JAX computes in float32).
     """
@@ -56,7 +57,7 @@ def check_finite(a, name: str) -> None:
     """Raise ValueError if ``a`` holds NaN or inf, checking in row blocks to bound memory."""
     if isinstance(a, jax.Array):
         bad = not bool(jnp.all(jnp.isfinite(a)))
-    elif np.dtype(a.dtype).kind != "f" or a.size == 0:
+    elif not jnp.issubdtype(a.dtype, jnp.floating) or a.size == 0:
         return
     else:
         flat_rows = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)

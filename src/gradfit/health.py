@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import _validation
-from gradfit._params import Params, predict
+from gradfit import _precision, _validation, gradients
+from gradfit._params import Params, matmul, predict
 
 # Rows read by :func:`conditioning`; the exact eigenvalue estimate needs n + 1 <= this many columns.
 CONDITION_ROWS = 2048
@@ -73,25 +73,42 @@ def power_iterations(n_features: int) -> int:
     return max(20, math.ceil(2.5 * math.log(n_features + 1)) + 1)
 
 
-@jax.jit
 def _top_eigenvalue(X, sample_weight, intercept, key, iters):
     """Rayleigh quotient of ``A^T D A`` (``A = [X, intercept * 1]``) after ``iters`` power steps."""
     n = X.shape[1]
-    v = jax.random.normal(key, (n + 1,), X.dtype)
+    v = jax.random.normal(key, (n + 1,), intercept.dtype)  # X may be stored in 16 bits
     v = v.at[n].multiply(intercept)
 
     def apply(v):
-        u = X @ v[:n] + intercept * v[n]  # A v, (m,)
+        u = matmul(X, v[:n]) + intercept * v[n]  # A v, (m,)
         du = sample_weight * u
-        return jnp.concatenate([jnp.tensordot(X, du, axes=(0, 0)), intercept * jnp.sum(du)[None]])
+        return jnp.concatenate([gradients.xt_dot(X, du), intercept * jnp.sum(du)[None]])
 
     def body(_, v):
         w = apply(v)
-        return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(X.dtype).tiny)
+        return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(v.dtype).tiny)
 
     v = v / jnp.linalg.norm(v)
     v = jax.lax.fori_loop(0, iters, body, v)
     return jnp.vdot(v, apply(v))
+
+
+@functools.lru_cache(maxsize=None)
+def _power_program(iters: int, storage_only: bool):
+    """:func:`_top_eigenvalue` over a batch of problems, jitted; for X stored in a 16-bit float
+    compiled with :func:`gradfit._precision.compiler_options` (no float32 copy of X)."""
+    fn = jax.vmap(functools.partial(_top_eigenvalue, iters=iters), in_axes=(0, 0, None, 0))
+    if not storage_only:
+        return jax.jit(fn)
+    compiled = {}
+
+    def run(*args):
+        key = tuple((a.shape, a.dtype) for a in jax.tree.leaves(args))
+        if key not in compiled:
+            compiled[key] = jax.jit(fn).lower(*args).compile(compiler_options=_precision.compiler_options(args))
+        return compiled[key](*args)
+
+    return run
 
 
 def lipschitz(
@@ -114,7 +131,7 @@ def lipschitz(
     """
     X = jnp.asarray(X)
     dtype = _validation.float_dtype(X)
-    X = X.astype(dtype)
+    X = X.astype(_precision.storage_dtype(X, dtype))
     if not batched:
         X = X[None]
         sample_weight = None if sample_weight is None else jnp.asarray(sample_weight)[None]
@@ -124,15 +141,15 @@ def lipschitz(
     # Power iterations on A / 2^e with 2^e ~ max |A| (exact scaling), so that A^T D A v cannot
     # overflow the dtype; lambda_max(A^T D A) = 4^e lambda_max((A/2^e)^T D (A/2^e)).
     # The weights are scaled to max 1 the same way: lambda_max scales by max(w).
-    top = max(float(jnp.max(jnp.abs(X))), 1.0 if fit_intercept else 0.0)
+    top = max(float(jnp.max(jnp.abs(X)).astype(dtype)), 1.0 if fit_intercept else 0.0)
     w_top = float(jnp.max(w))
     if top == 0 or w_top == 0:
         return penalty
     e = math.frexp(top)[1]
-    X = X * jnp.asarray(2.0**-e, dtype)
+    X = X * jnp.asarray(2.0**-e, X.dtype)  # exact: a power of two
     intercept = jnp.asarray((1.0 if fit_intercept else 0.0) * 2.0**-e, dtype)
     keys = jax.random.split(jax.random.key(seed), X.shape[0])
-    lam = jax.vmap(_top_eigenvalue, in_axes=(0, 0, None, 0, None))(X, w / w_top, intercept, keys, power_iterations(n))
+    lam = _power_program(power_iterations(n), bool(_precision.compiler_options(X)))(X, w / w_top, intercept, keys)
     lam = np.asarray(lam, np.float64) * 4.0**e * w_top
     total = np.asarray(jnp.sum(w, axis=1), np.float64)
     c = np.array([_curvature_scale(loss, reduction, t) for t in total])
@@ -339,7 +356,7 @@ def separated(params: Params, X, y, *, batched: bool = False, sample_weight=None
         return jnp.all(ok, axis=0)
 
     X = jnp.asarray(X)
-    y = jnp.asarray(y, X.dtype)
+    y = jnp.asarray(y, _validation.float_dtype(X))
     w = None if sample_weight is None else jnp.asarray(sample_weight)
     fn = jax.vmap(one, in_axes=(0, 0, 0, None if w is None else 0)) if batched else one
     return np.asarray(fn(params, X, y, w))

@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gradfit import _precision
 from gradfit.solver import Data
 
 AXIS = "rows"
@@ -163,6 +164,7 @@ def shard_rows(data: Data, devices: Any = None, *, row_axis: int = 0, dtype=None
       devices: as :func:`resolve_devices` (None: all devices once m >= ``AUTO_MIN_ROWS``).
       row_axis: the axis holding the rows (1 for a batch of problems).
       dtype: cast X, y and the weights to this dtype while placing them (None keeps X's).
+        An X stored in a 16-bit float keeps its dtype (:mod:`gradfit._precision`).
 
     Returns:
       ``Data`` whose arrays are laid out over a 1-d mesh ``"rows"`` of d devices and have
@@ -188,7 +190,7 @@ def shard_rows(data: Data, devices: Any = None, *, row_axis: int = 0, dtype=None
         w = np.ones(tuple(y.shape[: row_axis + 1]), dtype)
     sharding = row_sharding(mesh, row_axis)
     return Data(
-        place_rows(X, sharding, row_axis, rows, dtype),
+        place_rows(X, sharding, row_axis, rows, _precision.storage_dtype(X, dtype)),
         place_rows(y, sharding, row_axis, rows, dtype),
         None if w is None else place_rows(w, sharding, row_axis, rows, dtype),
     )

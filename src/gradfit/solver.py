@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import _onepass, _optim, _plan, _stats, _validation, gradients, health, losses
+from gradfit import _onepass, _optim, _plan, _precision, _stats, _validation, gradients, health, losses
 from gradfit._params import Params, predict
 
 DIVERGENCE_FACTOR = 1e6
@@ -175,7 +175,7 @@ def value_and_grad(params: Params, data: Data, l2, static: Static) -> tuple[jax.
 
 def _data_dtype(data) -> np.dtype:
     """The compute dtype of the data a step reads (a :class:`Data` or a ``Stats``)."""
-    return data.X.dtype if isinstance(data, Data) else data.dtype
+    return data.y.dtype if isinstance(data, Data) else data.dtype  # X may be stored in 16 bits
 
 
 # --------------------------------------------------------------------------- one step
@@ -220,7 +220,7 @@ def _epoch_update(state: SolverState, data: Data, hyper: Hyper, static: Static):
     bs = static.batch_size
     n_batches, pad = _minibatch_plan(m, bs)
     key, sub = jax.random.split(state.key)
-    dtype = data.X.dtype
+    dtype = data.y.dtype
     if static.shuffle == "blocks":
         batches = jax.random.permutation(sub, n_batches)
 
@@ -385,7 +385,7 @@ def compiled(name: str, static: Static, levels: tuple[Level, ...], args: tuple) 
             lambda lv: (0, lv.data, lv.hyper),
         )
     start = time.perf_counter()
-    exe = jax.jit(fn).lower(*args).compile()
+    exe = jax.jit(fn).lower(*args).compile(compiler_options=_precision.compiler_options(args))
     seconds = time.perf_counter() - start
     _EXECUTABLES[key] = exe
     return exe, seconds
@@ -968,7 +968,7 @@ def _sufficient_statistics(data: Data, batched: bool):
     compile_seconds = 0.0
     if key not in _EXECUTABLES:
         start = time.perf_counter()
-        _EXECUTABLES[key] = jax.jit(fn).lower(*data).compile()
+        _EXECUTABLES[key] = jax.jit(fn).lower(*data).compile(compiler_options=_precision.compiler_options(data))
         compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
     stats = jax.block_until_ready(_EXECUTABLES[key](*data))
@@ -998,7 +998,7 @@ def _layout(X, y, sw, dtype, devices, n_rows, row_axis: int, batch_size):
                 return a
             return sharding.place_rows(a, sharding.row_sharding(mesh, row_axis), row_axis, m, dtype)
 
-        data = Data(jnp.asarray(X, dtype), jnp.asarray(place(y), dtype), place(sw))
+        data = Data(jnp.asarray(X, _precision.storage_dtype(X, dtype)), jnp.asarray(place(y), dtype), place(sw))
         if n_rows is not None:
             n_rows = _validation.positive_int(n_rows, "n_rows")
             if n_rows > m or (n_rows < m and sw is None):
@@ -1013,7 +1013,7 @@ def _layout(X, y, sw, dtype, devices, n_rows, row_axis: int, batch_size):
         raise ValueError("n_rows is only for X already padded and sharded (by gradfit.shard_rows); leave it unset")
     devs = sharding.resolve_devices(devices, m)
     if len(devs) == 1:
-        data = Data(jnp.asarray(X, dtype), jnp.asarray(y, dtype), sw)
+        data = Data(jnp.asarray(X, _precision.storage_dtype(X, dtype)), jnp.asarray(y, dtype), sw)
         if devices is not None:
             data = jax.device_put(data, devs[0])
         return data, None, None
