@@ -35,10 +35,43 @@ def matmul(X: jax.Array, W: jax.Array) -> jax.Array:
     """
     if X.dtype == W.dtype:
         return X @ W
+    return _upcast_matmul(X, W)
+
+
+def upcast_xt_dot(X: jax.Array, s: jax.Array) -> jax.Array:
+    """``X^T s`` in s's dtype for X stored in a 16-bit float: ``sum_i float32(x_i) s_i`` as one
+    fused multiply-reduce. The barrier gives this upcast of X an identity of its own, so
+    that XLA cannot merge it with the forward product's into one float32 copy of X."""
+    Xc = jax.lax.optimization_barrier(X).astype(s.dtype)
+    if s.ndim == 1:
+        return jnp.sum(Xc * s[:, None], axis=0)
+    return jnp.sum(Xc[:, :, None] * s[:, None, :], axis=0)
+
+
+def _upcast_product(X: jax.Array, W: jax.Array) -> jax.Array:
     Xc = X.astype(W.dtype)
     if W.ndim == 1:
         return jnp.sum(Xc * W[None, :], axis=1)
     return jnp.sum(Xc[:, :, None] * W[None, :, :], axis=1)
+
+
+@jax.custom_vjp
+def _upcast_matmul(X: jax.Array, W: jax.Array) -> jax.Array:
+    return _upcast_product(X, W)
+
+
+def _upcast_matmul_fwd(X, W):
+    return _upcast_product(X, W), (X, W)
+
+
+def _upcast_matmul_bwd(residuals, g):
+    # dW = X^T g by its own fused upcast (autodiff's transpose would share the forward's).
+    X, W = residuals
+    dX = g[:, None] * W[None, :] if W.ndim == 1 else g @ W.T
+    return dX.astype(X.dtype), upcast_xt_dot(X, g)
+
+
+_upcast_matmul.defvjp(_upcast_matmul_fwd, _upcast_matmul_bwd)
 
 
 def predict(params: Params, X: jax.Array) -> jax.Array:

@@ -54,7 +54,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradfit._params import Params, matmul
+from gradfit._params import Params
 
 # Rows per block of the Gram pass: about this many bytes of augmented rows, so a block stays
 # in cache while its Gram product is formed.
@@ -120,14 +120,27 @@ def sufficient_statistics(
         block = block_rows(p, dtype.itemsize, m)
     block = min(block, m)
 
+    def block_sums(fn, init):
+        """``sum_b fn(X_b (upcast), Y_b, w_b)`` over row blocks (a 16-bit X is upcast per
+        block in cache, never as a whole: gradfit._precision), or one whole-array call."""
+        if X.dtype == dtype:
+            return fn(X, Y, sample_weight)
+
+        def one(start, size, acc):
+            rows = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size)  # noqa: E731
+            return acc + fn(rows(X).astype(dtype), rows(Y), rows(sample_weight))
+
+        n_full, tail = divmod(m, block)
+        acc = jax.lax.fori_loop(0, n_full, lambda i, acc: one(i * block, block, acc), init)
+        return one(n_full * block, tail, acc) if tail else acc
+
     if sample_weight is None:
         count = jnp.asarray(m, dtype)
-        x_mean = jnp.sum(X.astype(dtype), axis=0) / count
-        y_mean = jnp.sum(Y, axis=0) / count
+        x_mean = block_sums(lambda Xb, Yb, wb: jnp.sum(Xb, axis=0), jnp.zeros(n, dtype)) / count
     else:
         count = jnp.sum(sample_weight)
-        x_mean = jnp.sum(X.astype(dtype) * sample_weight[:, None], axis=0) / count
-        y_mean = jnp.sum(Y * sample_weight[:, None], axis=0) / count
+        x_mean = block_sums(lambda Xb, Yb, wb: jnp.sum(Xb * wb[:, None], axis=0), jnp.zeros(n, dtype)) / count
+    y_mean = (jnp.sum(Y, axis=0) if sample_weight is None else jnp.sum(Y * sample_weight[:, None], axis=0)) / count
 
     def block_gram(start, size):
         Xb = jax.lax.dynamic_slice_in_dim(X, start, size).astype(dtype)
@@ -154,9 +167,13 @@ def sufficient_statistics(
     # rss from the Gram (y'y - c'A^+c) cancels to ~eps * y'y; one more read of X gives it
     # to the precision of the residuals themselves.
     W_s, bh = solution[:n], solution[n]
-    r = matmul(X, W_s) + (bh - x_mean @ W_s + y_mean)[None, :] - Y
-    rr = r * r if sample_weight is None else r * r * sample_weight[:, None]
-    rss = jnp.sum(rr, axis=0)
+    shift = (bh - x_mean @ W_s + y_mean)[None, :]
+
+    def squared_residuals(Xb, Yb, wb):
+        r = Xb @ W_s + shift - Yb
+        return jnp.sum(r * r if wb is None else r * r * wb[:, None], axis=0)
+
+    rss = block_sums(squared_residuals, jnp.zeros(k, dtype))
     if one_output:
         y_mean, solution, rss = y_mean[0], solution[:, 0], rss[0]
     return Stats(x_mean, y_mean, count, gram, eigvals, eigvecs, solution, rss)

@@ -24,7 +24,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "noise": 0.1,
         "seed": 0,
         "standardize": True,
-        "dtype": "float32",
+        "dtype": "float32",  # of X: "float32", "float64" (a float64 fit), "bfloat16"/"float16" (X in half the memory, fit in float32)
         "target": None,  # for files: the target column's name or index (a list for k outputs), or the array name in .npz
         "features": None,  # for files: a list of column names or indices (None: all but the target)
         # Data bigger than memory: stream X (data.source, a .npy file) and y (y_source, a .npy

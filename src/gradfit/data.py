@@ -21,20 +21,32 @@ import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from gradfit import datasets
 
 FORMATS = (".npy", ".npz", ".csv", ".parquet")
-FLOAT_DTYPES = ("float16", "float32", "float64")
+FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")
 
 
 def load(section: dict[str, Any]) -> datasets.Dataset:
-    """Load X, y (and the truth of synthetic problems) as a ``[data]`` config section says."""
-    source = section["source"]
+    """Load X, y (and the truth of synthetic problems) as a ``[data]`` config section says.
+
+    ``dtype`` "bfloat16" or "float16" stores X in 16 bits (half the memory; the fit computes in
+    float32, :mod:`gradfit._precision`); y and the truth stay float32.
+    """
     if section["dtype"] not in FLOAT_DTYPES:
         raise ValueError(f"data.dtype {section['dtype']!r} is not supported: use one of {', '.join(FLOAT_DTYPES)}")
-    dtype = np.dtype(section["dtype"])
+    x_dtype = np.dtype(jnp.bfloat16) if section["dtype"] == "bfloat16" else np.dtype(section["dtype"])
+    if x_dtype.itemsize > 2:
+        return _load(section, x_dtype)
+    ds = _load(section, np.dtype(np.float32))
+    return ds._replace(X=ds.X.astype(x_dtype))
+
+
+def _load(section: dict[str, Any], dtype: np.dtype) -> datasets.Dataset:
+    source = section["source"]
     if source in ("synthetic", "synthetic_classification"):
         for key in ("n_samples", "n_features"):
             if section[key] <= 0:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit import losses
-from gradfit._params import Params, predict
+from gradfit._params import Params, predict, upcast_xt_dot
 
 
 def _weighted(r: jax.Array, sample_weight: jax.Array | None) -> tuple[jax.Array, jax.Array | int]:
@@ -72,12 +72,7 @@ def xt_dot(X: jax.Array, s: jax.Array, *, parts: int = 1) -> jax.Array:
     """
     m, n = X.shape
     if X.dtype != s.dtype:  # X stored in a 16-bit float: a fused convert-multiply-reduce, no copy of X
-        # (the barrier keeps XLA from merging this upcast with the forward product's into one
-        # float32 copy of X that both would then read)
-        Xc = jax.lax.optimization_barrier(X).astype(s.dtype)
-        if s.ndim == 1:
-            return jnp.sum(Xc * s[:, None], axis=0)
-        return jnp.sum(Xc[:, :, None] * s[:, None, :], axis=0)
+        return upcast_xt_dot(X, s)
     rows = block_rows(m, n, X.dtype.itemsize, parts)
     if s.ndim == 1:
         if not rows:
