@@ -416,6 +416,19 @@ def main(argv=None) -> int:
                             dist=rel_dist(extra["result"].params.W, W_np),
                             note=("reads X once" if plan == "onepass" else "reads X twice") + "; rel. dist W: to the numpy iterate"))
         best = per if best is None else min(best, per)
+    # X stored in bfloat16 (half the bytes; products and sums in float32): the iterate moves
+    # by the rounding of X, which the rel. dist to the numpy iterate shows (scripts/bench_bf16.py
+    # scores it against the optimum).
+    Xh = Xj.astype(jnp.bfloat16)
+    for plan in ("hand", "onepass"):
+        with PeakRSS() as rss:
+            per, extra = gradfit_step_time(Xh, y_bce, reps=reps, steps=args.steps, grad=plan, loss="bce",
+                                           learning_rate=0.5, l2=l2)
+        bce_rows.append(row(f"gradfit grad='{plan}', X in bfloat16", compile_s=extra["compile_seconds"], step_s=per,
+                            bytes_per_step=(1 if plan == "onepass" else 2) * nbytes // 2, floor=floor, rss=rss.peak,
+                            dist=rel_dist(extra["result"].params.W, W_np),
+                            note="X in half the memory; floor ratio against float32 X"))
+    del Xh
     results["bce_step_speedup_vs_numpy"] = t_np_bce / best
     results["bce_best_step_x_floor"] = best / floor
     results["bce_steps"] = bce_rows
@@ -557,6 +570,11 @@ NOTES = """## Reading these numbers
   over both cores and wait for the slower one, so they lose most under load; gradfit's
   one-pass loop runs each step on one core and loses least. The floor is measured in the
   same conditions (a whole-array column sum), so *x floor* stays comparable within a run.
+- BCE step: `grad='hand'` reads X twice, each read a whole-array product at about the floor
+  (X^T s as a batched product over ~1 MiB row blocks, `gradfit.gradients.xt_dot`), so it sits
+  near 2x the floor, as the numpy loop's two BLAS calls do. One read per step would need the
+  forward and the backward product fused in one multi-core pass, which XLA:CPU does not do:
+  the one-pass loop runs on one core and is bound by its arithmetic there.
 - `grad='stats'`: the time to tolerance and the 1000-step workload include the statistics
   pass (three reads of X and the Gram products), not just the O(n^2) steps.
 - L-BFGS: *time to tol* is the run time of the first iteration budget whose answer is within
@@ -565,8 +583,8 @@ NOTES = """## Reading these numbers
   paid once per shape.
 - Minibatch epochs: `shuffle='blocks'` reads X once per epoch; `shuffle='rows'` spends its
   time on the permutation (a sort of m keys) and the row gathers, not on arithmetic.
-- Not measured here: bfloat16 storage of X, which gradfit does not offer because XLA hoists
-  the upcast out of the block loop as a full-size float32 copy (`scripts/bf16_hoist.py`); and
+- bfloat16 storage of X: the BCE rows "X in bfloat16"; its accuracy against the optimum is
+  measured by `python scripts/bench_bf16.py` (docs/bfloat16.md); and
   one pass over X split over several CPU devices (`scripts/onepass_devices.py`), an
   experiment towards a one-read step at the bandwidth of all cores (inconclusive under load)."""
 

@@ -94,6 +94,10 @@ def test_auto_plan_choice():
     assert _plan.choose("auto", loss="mse", steps=3, **{**kw, "n": 4000}) == _plan.direct_default()
     assert _plan.choose("onepass", loss="mse", steps=1000, **kw) == "onepass"
     assert _plan.direct_default("cpu") == "hand" and _plan.direct_default("gpu") == "hand"
+    # Members vmapped over one X (sweeps, per-output columns): X^T S as one matrix product.
+    assert _plan.choose("auto", loss="bce", steps=1000, members=16, **kw) == "autodiff"
+    assert _plan.choose("auto", loss="mse", steps=1000, members=16, **kw) == "stats"
+    assert _plan.choose("hand", loss="bce", steps=1000, members=16, **kw) == "hand"
     X = np.random.default_rng(0).standard_normal((500, 3)).astype(np.float32)
     r = gradfit.fit(X, X @ np.ones(3, np.float32), steps=100)
     assert r.stats["plan"] == "stats"

@@ -299,3 +299,15 @@ def test_sweep_over_rows_split_across_four_devices():
     assert out["sweep_steps"] == out["fit_steps"]
     assert out["max_dW"] < 1e-5
     assert min(out["batch_sizes"]) < 8  # finished members were dropped
+
+
+def test_bce_members_share_X_through_one_matrix_product():
+    # "auto" gives a group of members vmapped over one X the autodiff plan (X^T S is then one
+    # matrix-matrix product); each member still equals its own fit, whose plan is "hand".
+    d = datasets.make_classification(400, 5, seed=3)
+    result = gradfit.sweep(d.X, d.y, grid={"learning_rate": [0.1, 0.5]}, loss="bce", steps=50)
+    assert result.stats["plans"] == ["autodiff"]
+    for i, c in enumerate(result.configs):
+        one = _fit(d.X, d.y, loss="bce", steps=50, **c)
+        assert one.stats["plan"] == "hand"
+        _assert_member_equals_fit(result, i, one)

@@ -73,6 +73,7 @@ def choose(
     line_search: bool,
     sharded: bool = False,
     statistics: bool = True,
+    members: int = 1,
 ) -> str:
     """Resolve ``grad`` ("auto" or a forced plan) to the plan a fit runs; ValueError if invalid.
 
@@ -81,6 +82,11 @@ def choose(
     XLA splits over the devices with one all-reduce) and forcing either is an error.
     ``statistics=False``: the caller cannot take a ``Stats`` in place of the data (sweeps);
     "auto" then picks a direct plan and forcing "stats" is an error.
+    ``members``: problems vmapped over one shared X (a sweep group's members, per-output
+    columns). For more than one, "auto"'s direct plan is "autodiff": its ``X^T S`` over the
+    members is one matrix-matrix product, which beats the blocked products of "hand" under
+    ``vmap`` (BCE, m = 2e5, n = 64, 16 members x 100 steps: 0.71 s against 1.29 s, and 1.23 s
+    for "onepass").
     """
     if grad not in GRAD_MODES:
         raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, GRAD_MODES))}")
@@ -114,4 +120,4 @@ def choose(
         evals = steps * (2 if line_search else 1)
         if cost_stats(m, n, k, evals) < cost_direct(m, n, k, evals):
             return "stats"
-    return direct_default()
+    return "autodiff" if members > 1 else direct_default()

@@ -654,6 +654,7 @@ def prepare(
     devices: Any = None,
     n_rows: int | None = None,
     statistics: bool = False,
+    members: int = 1,
 ) -> Problem:
     """Check the arguments of :func:`fit` and build its :class:`Problem`; no compute runs.
 
@@ -662,6 +663,7 @@ def prepare(
     ``statistics=True`` (what :func:`fit` passes) lets the plan be ``"stats"``: ``data`` is
     then a :class:`gradfit._stats.Stats`, computed here, and ``source`` the Data it summarises.
     Without it (sweeps, whose member levels map Data) "auto" picks a direct plan.
+    ``members``: how many vmapped members will share X (a sweep group's size), for the plan.
     """
     losses.check_model(loss, reduction, grad, GRAD_MODES)
     X, y = _validation.check_xy(X, y, loss=loss, batched=batched)
@@ -719,6 +721,7 @@ def prepare(
     plan = _plan.choose(
         grad, loss=loss, m=m, n=n, k=k or 1, steps=steps, batch_size=batch_size,
         line_search=spec.name in _optim.LINE_SEARCH, sharded=mesh is not None, statistics=statistics,
+        members=members * (k if per_output else 1),
     )
     static = Static(loss, reduction, plan, spec, lr is not None, fit_intercept, batch_size, chunk_size, rows, shuffle,
                     1 if mesh is None else mesh.size)

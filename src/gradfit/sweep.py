@@ -580,7 +580,7 @@ def sweep(
             arguments = _fit_arguments(members[0], fit_options)
             if "steps" in swept:  # "auto" chooses the plan for the group's largest step budget
                 arguments["steps"] = max(_fit_arguments(c, fit_options).get("steps", 1000) for c in members)
-            problem = solver.prepare(X, y, statistics=True, **arguments)
+            problem = solver.prepare(X, y, statistics=True, members=len(members), **arguments)
         except ValueError as e:
             raise ValueError(f"grid group {group.fixed or members[0]}: {e}") from None
         traced = [k for k in swept if k not in group.fixed]
