@@ -257,6 +257,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10, help="steps timed per direct method")
     p.add_argument("--workload", type=int, default=1000, help="the fixed MSE workload in steps")
     p.add_argument("--reps", type=int, default=3, help="repetitions (medians)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the BCE step timings (medians)")
     p.add_argument("--tol", type=float, default=1e-6, help="relative objective gap that counts as converged")
     p.add_argument("--quick", action="store_true", help="fewer reps, skip the slowest baselines")
     p.add_argument("--no-torch", action="store_true")
@@ -390,45 +391,61 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------------ BCE full-batch steps
     C = 1.0
     l2 = 1 / (C * m)
-    bce_rows = []
     # The timed fits run 1 + steps gradient-descent steps from zero: every method's iterate
-    # after that many steps is compared with the numpy loop's (rel. dist W, to numpy).
-    with PeakRSS() as rss:
-        W_np, _, times = numpy_steps(X, y_bce, "bce", 0.5, 1 + args.steps, l2)
-    t_np_bce = float(np.median(times))
-    W_np = np.asarray(W_np, np.float64)
-    bce_rows.append(row("numpy loop (notes seed)", step_s=t_np_bce, bytes_per_step=2 * nbytes, floor=floor, rss=rss.peak,
-                        note="the reference iterate"))
-    if have_torch:
-        with PeakRSS() as rss:
-            W_t, _, times = torch_steps(X, y_bce, "bce", 0.5, 1 + args.steps, l2)
-        bce_rows.append(row("PyTorch CPU loop (autograd + SGD)", step_s=float(np.median(times[1:])),
-                            bytes_per_step=2 * nbytes, floor=floor, rss=rss.peak, dist=rel_dist(W_t, W_np),
-                            note="rel. dist W: to the numpy iterate"))
-    best = None
-    for plan in ("autodiff", "hand", "onepass"):
-        with PeakRSS() as rss:
-            per, extra = gradfit_step_time(Xj, y_bce, reps=reps, steps=args.steps, grad=plan, loss="bce",
-                                           learning_rate=0.5, l2=l2)
-        auto = " (auto picks it)" if plan == _plan.direct_default() else ""
-        bce_rows.append(row(f"gradfit grad='{plan}'{auto}", compile_s=extra["compile_seconds"], step_s=per,
-                            bytes_per_step=(1 if plan == "onepass" else 2) * nbytes, floor=floor, rss=rss.peak,
-                            dist=rel_dist(extra["result"].params.W, W_np),
-                            note=("reads X once" if plan == "onepass" else "reads X twice") + "; rel. dist W: to the numpy iterate"))
-        best = per if best is None else min(best, per)
-    # X stored in bfloat16 (half the bytes; products and sums in float32): the iterate moves
-    # by the rounding of X, which the rel. dist to the numpy iterate shows (scripts/bench_bf16.py
-    # scores it against the optimum).
+    # after that many steps is compared with the numpy loop's (rel. dist W, to numpy). The
+    # methods are timed in `rounds` interleaved rounds (medians), so that the machine's
+    # changing load hits each alike. X in bfloat16: half the memory, products and sums in
+    # float32; the iterate moves by the rounding of X (scripts/bench_bf16.py scores it
+    # against the optimum).
     Xh = Xj.astype(jnp.bfloat16)
-    for plan in ("hand", "onepass"):
-        with PeakRSS() as rss:
-            per, extra = gradfit_step_time(Xh, y_bce, reps=reps, steps=args.steps, grad=plan, loss="bce",
+
+    def numpy_method():
+        W, _, times = numpy_steps(X, y_bce, "bce", 0.5, 1 + args.steps, l2)
+        return float(np.median(times)), {"W": np.asarray(W, np.float64)}
+
+    def torch_method():
+        W, _, times = torch_steps(X, y_bce, "bce", 0.5, 1 + args.steps, l2)
+        return float(np.median(times[1:])), {"W": W}
+
+    def gradfit_method(plan, data):
+        def run():
+            per, extra = gradfit_step_time(data, y_bce, reps=reps, steps=args.steps, grad=plan, loss="bce",
                                            learning_rate=0.5, l2=l2)
-        bce_rows.append(row(f"gradfit grad='{plan}', X in bfloat16", compile_s=extra["compile_seconds"], step_s=per,
-                            bytes_per_step=(1 if plan == "onepass" else 2) * nbytes // 2, floor=floor, rss=rss.peak,
-                            dist=rel_dist(extra["result"].params.W, W_np),
-                            note="X in half the memory; floor ratio against float32 X"))
+            return per, {"W": extra["result"].params.W, "compile_s": extra["compile_seconds"]}
+        return run
+
+    methods = {"numpy loop (notes seed)": (numpy_method, 2 * nbytes, "the reference iterate")}
+    if have_torch:
+        methods["PyTorch CPU loop (autograd + SGD)"] = (torch_method, 2 * nbytes, "rel. dist W: to the numpy iterate")
+    for plan in ("autodiff", "hand", "onepass"):
+        auto = " (auto picks it)" if plan == _plan.direct_default() else ""
+        methods[f"gradfit grad='{plan}'{auto}"] = (
+            gradfit_method(plan, Xj), (1 if plan == "onepass" else 2) * nbytes,
+            ("reads X once" if plan == "onepass" else "reads X twice") + "; rel. dist W: to the numpy iterate")
+    for plan in ("hand", "onepass"):
+        methods[f"gradfit grad='{plan}', X in bfloat16"] = (
+            gradfit_method(plan, Xh), (1 if plan == "onepass" else 2) * nbytes // 2,
+            "X in half the memory; x floor against float32 X")
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    extras: dict[str, dict] = {}
+    peaks: dict[str, float] = {name: 0.0 for name in methods}
+    for _ in range(args.rounds):
+        for name, (run, _, _) in methods.items():
+            with PeakRSS() as rss:
+                per, extra = run()
+            extras[name] = {**extra, "compile_s": extras.get(name, extra).get("compile_s")}  # the first round compiles
+            times[name].append(per)
+            peaks[name] = max(peaks[name], rss.peak)
     del Xh
+    W_np = extras["numpy loop (notes seed)"]["W"]
+    bce_rows = []
+    for name, (_, bytes_per_step, note) in methods.items():
+        per = float(np.median(times[name]))
+        bce_rows.append(row(name, compile_s=extras[name].get("compile_s"), step_s=per, bytes_per_step=bytes_per_step,
+                            floor=floor, rss=peaks[name], dist=None if name.startswith("numpy") else rel_dist(extras[name]["W"], W_np),
+                            note=note + f"; median of {args.rounds} rounds: " + ", ".join(f"{1e3 * t:.1f}" for t in times[name])))
+    t_np_bce = float(np.median(times["numpy loop (notes seed)"]))
+    best = min(float(np.median(t)) for name, t in times.items() if name.startswith("gradfit") and "bfloat16" not in name)
     results["bce_step_speedup_vs_numpy"] = t_np_bce / best
     results["bce_best_step_x_floor"] = best / floor
     results["bce_steps"] = bce_rows
