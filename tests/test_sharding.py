@@ -185,6 +185,12 @@ FOUR_DEVICES = textwrap.dedent(
            if key[0] == "chunk" and key[1].loss == "bce" and key[1].parts == 4 and key[1].batch_size is None]
     out["blocked"] = {"rows": [gradients.block_rows(20000, 64, 4), gradients.block_rows(20000, 64, 4, 4)],
                       "W_diff": diff(one.params.W, four.params.W), "ops": ops}
+    # X in bfloat16 stays 16-bit in every device's rows (1003 rows: padded to 1004)
+    Xh = jax.numpy.asarray(Xc, jax.numpy.bfloat16)
+    one = gradfit.fit(Xh, yc, loss="bce", learning_rate=0.5, steps=20, devices=1)
+    four = gradfit.fit(Xh, yc, loss="bce", learning_rate=0.5, steps=20, devices=4)
+    out["bfloat16"] = {"W_diff": diff(one.params.W, four.params.W), "W_dtype": str(four.params.W.dtype),
+                       "devices": four.stats["devices"]}
     # A second sharded fit with a new learning rate compiles nothing.
     again = gradfit.fit(X, y, loss="mse", learning_rate=0.07, steps=60, devices=4)
     out["recompile_seconds"] = again.stats["compile_seconds"]
@@ -274,3 +280,9 @@ def test_blocked_gradient_keeps_whole_blocks_on_each_device(four_devices):
     assert blocked["rows"] == [4000, 5000]
     assert blocked["W_diff"] < 1e-5
     assert blocked["ops"] and all(ops == ["all-reduce"] for ops in blocked["ops"])
+
+
+def test_bfloat16_X_on_four_devices(four_devices):
+    r = four_devices["bfloat16"]
+    assert r["devices"] == 4 and r["W_dtype"] == "float32"
+    assert r["W_diff"] < 1e-5
