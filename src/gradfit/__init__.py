@@ -7,6 +7,7 @@ Public surface::
     gradfit.Params(W, b)                                (the model's pytree)
     gradfit.losses.mse / bce / l2_penalty               (pure losses)
     gradfit.gradients.mse / bce                         (hand-derived gradients)
+    gradfit.gradients.mse_value_and_grad / ...          (J and dJ sharing X W + b; xt_dot: X^T s in place)
     gradfit.check_gradients()                           (hand vs jax.grad table)
     gradfit.health.safe_learning_rate / conditioning    (numerical health: 1/L, condition)
     gradfit.solve(params0, X, y, ..., steps=)  -> Solution   (pure; jit/vmap/grad-able)
@@ -20,7 +21,9 @@ Public surface::
     gradfit.fit_streaming("X.npy", "y.npy", ...)        (data bigger than memory, streamed)
 
 Importing gradfit changes no JAX setting; enable float64 yourself with
-``jax.config.update("jax_enable_x64", True)``.
+``jax.config.update("jax_enable_x64", True)``. The input dtype is respected: float64 X is fitted
+in float64 under x64, and a bfloat16 or float16 X stays 16-bit on the device while the fit
+computes in float32 (half the memory; ``gradfit._precision``).
 """
 
 from gradfit import checkpoint as checkpoint
