@@ -15,7 +15,7 @@ that read a 16-bit X are therefore compiled with that one pass disabled
 (:func:`compiler_options`), per compilation: no global XLA flag is set.
 
 The accuracy cost is that of rounding X to 8 significant bits (relative error <= 2^-9 per
-element): the fit solves the rounded problem exactly in float32. ``docs/benchmarks.md``
+element): the fit solves the rounded problem exactly in float32. ``docs/bfloat16.md``
 measures it (``scripts/bench_bf16.py``).
 """
 

@@ -66,10 +66,11 @@ def xt_dot(X: jax.Array, s: jax.Array, *, parts: int = 1) -> jax.Array:
     plain read of X, against 12 ms for the multiply-reduce ``sum_i x_i s_i`` and 18-28 ms
     for the ``dot_general`` over rows that autodiff emits; for k = 4 outputs 24 ms against
     52 ms. Without a suitable R (m prime, say) it is the multiply-reduce (one output) or the
-    contraction over rows (k outputs); so it is on other backends than CPU, where the blocks
-    were not measured (a GPU reduces over rows well). ``parts``: see :func:`block_rows`. X stored in a 16-bit
-    float (bfloat16) with s in float32: ``sum_i float32(x_i) s_i`` as one fused multiply-reduce
-    (a block product would first write a float32 copy of X).
+    contraction over rows (k outputs); so it is on backends other than CPU, where the blocks
+    were not measured (a GPU reduces over rows well). ``parts``: see :func:`block_rows`.
+
+    X stored in a 16-bit float (bfloat16) with s in float32: ``sum_i float32(x_i) s_i`` as one
+    fused multiply-reduce (a block product would first write a float32 copy of X).
     """
     m, n = X.shape
     if X.dtype != s.dtype:  # X stored in a 16-bit float: a fused convert-multiply-reduce, no copy of X
