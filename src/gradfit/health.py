@@ -94,21 +94,11 @@ def _top_eigenvalue(X, sample_weight, intercept, key, iters):
 
 
 @functools.lru_cache(maxsize=None)
-def _power_program(iters: int, storage_only: bool):
-    """:func:`_top_eigenvalue` over a batch of problems, jitted; for X stored in a 16-bit float
-    compiled with :func:`gradfit._precision.compiler_options` (no float32 copy of X)."""
+def _power_program(iters: int, options: tuple[tuple[str, str], ...]):
+    """:func:`_top_eigenvalue` over a batch of problems, jitted with the XLA ``options`` of
+    :func:`gradfit._precision.compiler_options` (for a 16-bit X: no float32 copy of X)."""
     fn = jax.vmap(functools.partial(_top_eigenvalue, iters=iters), in_axes=(0, 0, None, 0))
-    if not storage_only:
-        return jax.jit(fn)
-    compiled = {}
-
-    def run(*args):
-        key = tuple((a.shape, a.dtype) for a in jax.tree.leaves(args))
-        if key not in compiled:
-            compiled[key] = jax.jit(fn).lower(*args).compile(compiler_options=_precision.compiler_options(args))
-        return compiled[key](*args)
-
-    return run
+    return jax.jit(fn, compiler_options=dict(options) or None)
 
 
 def lipschitz(
@@ -149,7 +139,8 @@ def lipschitz(
     X = X * jnp.asarray(2.0**-e, X.dtype)  # exact: a power of two
     intercept = jnp.asarray((1.0 if fit_intercept else 0.0) * 2.0**-e, dtype)
     keys = jax.random.split(jax.random.key(seed), X.shape[0])
-    lam = _power_program(power_iterations(n), bool(_precision.compiler_options(X)))(X, w / w_top, intercept, keys)
+    options = tuple(sorted(_precision.compiler_options(X).items()))
+    lam = _power_program(power_iterations(n), options)(X, w / w_top, intercept, keys)
     lam = np.asarray(lam, np.float64) * 4.0**e * w_top
     total = np.asarray(jnp.sum(w, axis=1), np.float64)
     c = np.array([_curvature_scale(loss, reduction, t) for t in total])
