@@ -418,7 +418,7 @@ def main(argv=None) -> int:
     if have_torch:
         methods["PyTorch CPU loop (autograd + SGD)"] = (torch_method, 2 * nbytes, "rel. dist W: to the numpy iterate")
     for plan in ("autodiff", "hand", "onepass"):
-        auto = " (auto picks it)" if plan == _plan.direct_default() else ""
+        auto = " (auto picks it)" if plan == _plan.DIRECT else ""
         methods[f"gradfit grad='{plan}'{auto}"] = (
             gradfit_method(plan, Xj), (1 if plan == "onepass" else 2) * nbytes,
             ("reads X once" if plan == "onepass" else "reads X twice") + "; rel. dist W: to the numpy iterate")
@@ -475,7 +475,7 @@ def main(argv=None) -> int:
         if found:
             s, t, g_, r = found
             J_bce = min(J_bce, objective64(r.params.W, r.params.b, Xl, yl, "bce", l2l))
-            auto = " (auto picks it)" if plan == _plan.direct_default() else ""
+            auto = " (auto picks it)" if plan == _plan.DIRECT else ""
             lb_rows.append(row(f"gradfit lbfgs grad='{plan}'{auto}", compile_s=first.stats["compile_seconds"], steps_to_tol=s,
                                time_to_tol=t, rss=rss.peak, gap=g_, note=f"{s} iterations"))
         else:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradfit
-from gradfit import _io, datasets, solver
+from gradfit import _engine, _io, datasets, solver
 
 
 L2 = {"mse": 0.0, "bce": 1e-3}  # bce: a small ridge, so that separable data (breast cancer) has an optimum
@@ -91,9 +91,9 @@ def step_ms(X, y, grad, reps, steps=10):
     """Median per-step time of a compiled fit, (run of 1 + steps - run of 1) / steps, and the
     largest temporaries (bytes) of the fit's compiled programs."""
     kw = dict(loss="bce", grad=grad, learning_rate=0.1, tol=0.0)
-    solver._EXECUTABLES.clear()
+    _engine._EXECUTABLES.clear()
     gradfit.fit(X, y, steps=1, **kw)
-    temp = max(exe.memory_analysis().temp_size_in_bytes for exe in solver._EXECUTABLES.values())
+    temp = max(exe.memory_analysis().temp_size_in_bytes for exe in _engine._EXECUTABLES.values())
     one = [gradfit.fit(X, y, steps=1, **kw).stats["run_seconds"] for _ in range(reps)]
     many = [gradfit.fit(X, y, steps=1 + steps, **kw).stats["run_seconds"] for _ in range(reps)]
     return 1e3 * (np.median(many) - np.median(one)) / steps, temp

@@ -61,7 +61,7 @@ def bench_vmapped_vs_sequential(X, y, k: int, steps: int, chunk_size: int, grad:
     t_seq, params = _timed(sequential)
     err = max(float(np.max(np.abs(np.asarray(p.W) - result.params.W[i]))) for i, p in enumerate(params))
     return {
-        "members": k, "steps": steps, "plan": result.stats["plans"][0], "sweep_seconds": t_sweep, "sequential_seconds": t_seq,
+        "members": k, "steps": steps, "plan": result.stats["plan"][0], "sweep_seconds": t_sweep, "sequential_seconds": t_seq,
         "speedup": t_seq / t_sweep, "sweep_compile_seconds": sweep_compile, "fit_compile_seconds": fit_compile,
         "sweep_ms_per_member_step": 1e3 * t_sweep / (k * steps),
         "fit_ms_per_step": 1e3 * t_seq / (k * steps),
@@ -96,7 +96,7 @@ def bench_early_finishers(X, y, k: int, steps: int, chunk_size: int, slow: int =
             out["fast_members_max_steps"] = int(fast_steps.max())
             out["fast_converged"] = int(result.converged[: k - slow].sum())
             out["batch_sizes"] = result.stats["batch_sizes"]
-            out["plan"] = result.stats["plans"][0]
+            out["plan"] = result.stats["plan"][0]
     out["compact_over_slow_alone"] = out["compact_seconds"] / out["slow_members_alone_seconds"]
     out["no_compaction_over_slow_alone"] = out["no_compaction_seconds"] / out["slow_members_alone_seconds"]
     return out

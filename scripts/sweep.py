@@ -9,7 +9,7 @@ skips the groups already written.
 import argparse
 import sys
 
-from gradfit import config, sweep_runs
+from gradfit import config, runs
 
 
 def main(argv=None) -> int:
@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
     try:
-        summary = sweep_runs.run_config(config.load(args.config, args.overrides))
+        summary = runs.sweep_config(config.load(args.config, args.overrides))
     except (ValueError, OSError) as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2

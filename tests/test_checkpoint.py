@@ -238,7 +238,7 @@ def test_bad_checkpoint_arguments_fail_before_compute(tmp_path, reg, kwargs, mat
         kwargs["checkpoint"] = tmp_path / "file" / "c.npz"
     elif isinstance(path, str):
         kwargs["checkpoint"] = tmp_path / path
-    monkeypatch.setattr(gradfit.solver, "run", lambda *a, **k: pytest.fail("computed before validating"))
+    monkeypatch.setattr(gradfit.solver, "build", lambda *a, **k: pytest.fail("computed before validating"))
     with pytest.raises(ValueError, match=match):
         gradfit.fit(reg.X, reg.y, learning_rate=0.01, steps=10, **kwargs)
 
@@ -373,38 +373,41 @@ def test_cli_progress_flag(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- a sweep's groups
-def test_a_vmapped_group_run_by_checkpoint_run_resumes_to_the_same_bits(tmp_path, reg):
-    """The hook a sweep uses: solver.run over a vmapped grid of learning rates, one file per group."""
+def test_a_vmapped_group_resumes_to_the_same_bits(tmp_path, reg):
+    """The driver over a vmapped grid of learning rates, one checkpoint file per group."""
     import io
 
     import jax.numpy as jnp
 
-    from gradfit import _optim, progress, solver
-    from gradfit._params import Params
+    from gradfit import _optim, _runner, progress
+    from gradfit._driver import CompiledStepper
+    from gradfit._types import Data, Hyper, Level, Params, Program
 
     spec, _ = _optim.resolve("adam", None, 0.01)
-    static = solver.Static("mse", "mean", "autodiff", spec, True, True, None, 8)
-    data = solver.Data(jnp.asarray(reg.X, jnp.float32), jnp.asarray(reg.y, jnp.float32), None)
-    f32 = jnp.float32  # explicit dtypes: these are the solver's internals, not fit()'s checked inputs
+    program = Program("mse", "mean", "autodiff", spec, True, True, None, 8)
+    f32 = jnp.float32  # explicit dtypes: these are the engine's internals, not fit()'s checked inputs
+    data = Data(jnp.asarray(reg.X, f32), jnp.asarray(reg.y, f32), None)
     params = Params(jnp.zeros(5, f32), jnp.zeros((), f32))
     key = jax.random.key(0)
-    axes = solver.Level(solver.Data(None, None, None), solver.Hyper(0, None, None, None, {}), None, None)
+    level = Level(Data(None, None, None), Hyper(0, None, None, None, {}), None, None)
 
-    def group(rates):
-        hyper = solver.Hyper(jnp.asarray(rates, f32), jnp.zeros((), f32), jnp.asarray(-1.0, f32),
-                             jnp.asarray(40, jnp.int32), {})
-        return params, data, hyper, key, static, (axes,)
+    def group(rates, path=None, **kwargs):
+        hyper = Hyper(jnp.asarray(rates, f32), jnp.zeros((), f32), jnp.asarray(-1.0, f32), jnp.asarray(40, jnp.int32), {})
+        stepper = CompiledStepper(data, hyper, program, (level,))
+        fp = checkpoint.fingerprint(params, data, hyper, key, program, (level,))
+        return _runner.run(stepper, stepper.init(params, key), hyper, chunk_steps=8, max_steps=40, checkpoint=path,
+                           every=checkpoint.Every(steps=1), fingerprint=fp, **kwargs)
 
-    groups = [group([0.001, 0.01]), group([0.1, 0.5])]
-    reference = [solver.run(*g) for g in groups]
+    rates = [[0.001, 0.01], [0.1, 0.5]]
+    reference = [group(r)[0] for r in rates]
     with pytest.raises(Crash):
-        checkpoint.run(tmp_path / "group1.npz", *groups[1], every=1, callback=_crash_after(2))
+        group(rates[1], tmp_path / "group1.npz", callback=_crash_after(2))
     sink = io.StringIO()
     with progress.Progress(40, members=4, desc="sweep", file=sink) as bar:
-        results = [checkpoint.run(tmp_path / f"group{g}.npz", *args, every=1, resume=True, callback=bar.callback())
-                   for g, args in enumerate(groups)]
+        results = [group(r, tmp_path / f"group{g}.npz", resume=True, callback=bar.callback())
+                   for g, r in enumerate(rates)]
     assert bar.bar.n == 40  # closing caught the bar up with every group's last state
-    assert [info.resumed_from_step for _, info in results] == [0, 16]
+    assert [info["resumed_from_step"] for _, info in results] == [0, 16]
     for (result, _), ref in zip(results, reference):
         for a, b in zip(jax.tree.leaves(result.state), jax.tree.leaves(ref.state)):
             a, b = (jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x for x in (a, b))

@@ -87,13 +87,13 @@ def test_auto_plan_choice():
     # Many steps of full-batch MSE: statistics; BCE, minibatches or 1 step: the direct default.
     kw = dict(m=1_000_000, n=64, k=1, batch_size=None, line_search=False)
     assert _plan.choose("auto", loss="mse", steps=1000, **kw) == "stats"
-    assert _plan.choose("auto", loss="mse", steps=1, **kw) == _plan.direct_default()
-    assert _plan.choose("auto", loss="bce", steps=1000, **kw) == _plan.direct_default()
-    assert _plan.choose("auto", loss="mse", steps=1000, **{**kw, "batch_size": 128}) == _plan.direct_default()
+    assert _plan.choose("auto", loss="mse", steps=1, **kw) == _plan.DIRECT
+    assert _plan.choose("auto", loss="bce", steps=1000, **kw) == _plan.DIRECT
+    assert _plan.choose("auto", loss="mse", steps=1000, **{**kw, "batch_size": 128}) == _plan.DIRECT
     # Wide X: the Gram pass costs more than a few steps.
-    assert _plan.choose("auto", loss="mse", steps=3, **{**kw, "n": 4000}) == _plan.direct_default()
+    assert _plan.choose("auto", loss="mse", steps=3, **{**kw, "n": 4000}) == _plan.DIRECT
     assert _plan.choose("onepass", loss="mse", steps=1000, **kw) == "onepass"
-    assert _plan.direct_default("cpu") == "hand" and _plan.direct_default("gpu") == "hand"
+    assert _plan.DIRECT == "hand"
     # Members vmapped over one X (sweeps, per-output columns): X^T S as one matrix product.
     assert _plan.choose("auto", loss="bce", steps=1000, members=16, **kw) == "autodiff"
     assert _plan.choose("auto", loss="mse", steps=1000, members=16, **kw) == "stats"
@@ -120,12 +120,13 @@ def test_plans_need_no_rank_promotion():
 @pytest.mark.parametrize("grad", ["hand", "onepass"])
 def test_compiled_step_reads_X_in_place(grad):
     """No plan's compiled step holds a transposed (n, m) copy of X."""
-    from gradfit import solver
+    from gradfit import _engine
+    from gradfit._types import Data, Program
 
     m, n = 4096, 8
-    data = solver.Data(jnp.zeros((m, n), jnp.float32), jnp.zeros((m,), jnp.float32))
+    data = Data(jnp.zeros((m, n), jnp.float32), jnp.zeros((m,), jnp.float32))
     p = Params(jnp.zeros(n, jnp.float32), jnp.zeros((), jnp.float32))
-    static = solver.Static("bce", "mean", grad, None, True, True, None, 1)
-    fn = jax.jit(lambda p, d: solver.value_and_grad(p, d, jnp.float32(0), static))
+    program = Program("bce", "mean", grad, None, True, True, None, 1)
+    fn = jax.jit(lambda p, d: _engine.value_and_grad(p, d, jnp.float32(0), program))
     hlo = fn.lower(p, data).compile().as_text()
     assert f"f32[{n},{m}]" not in hlo

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gradfit
-from gradfit import _precision, data, gradients, losses, solver
+from gradfit import _engine, _precision, data, gradients, losses, solver
 from gradfit._params import Params, matmul
 
 M, N = 16_384, 32  # X: 1 MiB in bfloat16, 2 MiB as a float32 copy
@@ -54,9 +54,9 @@ def test_no_float32_copy_of_X_in_the_compiled_programs(loss, grad, extra):
     rng = np.random.default_rng(2)
     X = jnp.asarray(rng.standard_normal((m, N)), jnp.bfloat16)
     y = jnp.asarray(rng.random(m) < 0.5, jnp.float32)
-    solver._EXECUTABLES.clear()
+    _engine._EXECUTABLES.clear()
     gradfit.fit(X, y, loss=loss, grad=grad, **{"learning_rate": 0.2, "steps": 5, **extra})
-    programs = [(key[0], exe) for key, exe in solver._EXECUTABLES.items()]
+    programs = [(key[0], exe) for key, exe in _engine._EXECUTABLES.items()]
     assert programs
     for name, exe in programs:
         temp = exe.memory_analysis().temp_size_in_bytes

@@ -10,7 +10,7 @@ import pytest
 
 import gradfit
 from gradfit import datasets, progress
-from gradfit.solver import SolverState
+from gradfit._types import SolverState
 
 
 def _state(step, converged=False, diverged=False, loss=1.0):

@@ -22,7 +22,7 @@ import pytest
 
 import gradfit
 from gradfit import sharding
-from gradfit.solver import Data
+from gradfit._types import Data
 
 SRC = str(Path(gradfit.__file__).resolve().parents[1])
 
@@ -89,8 +89,8 @@ FOUR_DEVICES = textwrap.dedent(
     import json, re
     import jax, numpy as np
     import gradfit
-    from gradfit import solver
-    from gradfit.solver import Data
+    from gradfit import _engine
+    from gradfit._types import Data
 
     out = {"devices": jax.device_count()}
     rng = np.random.default_rng(0)
@@ -169,8 +169,8 @@ FOUR_DEVICES = textwrap.dedent(
         "real_rows_equal": bool((np.asarray(d.X)[:1001] == X).all()),
     }
     out["hlo"] = {}
-    for key, exe in solver._EXECUTABLES.items():
-        if key[0] == "chunk" and key[1].loss == "mse" and key[1].batch_size is None and key[1].grad in ("autodiff", "hand", "stats"):  # grad="auto": stats on one device, hand sharded
+    for key, exe in _engine._EXECUTABLES.items():
+        if key[0] is _engine.run_chunk and key[2].loss == "mse" and key[2].batch_size is None and key[2].plan in ("autodiff", "hand", "stats"):  # grad="auto": stats on one device, hand sharded
             txt = exe.as_text()
             ops = sorted(set(re.findall(r"\b(all-reduce|all-gather|all-to-all|reduce-scatter)\(", txt)))
             out["hlo"]["sharded" if "all-reduce(" in txt or "all-gather(" in txt else "single"] = ops
@@ -181,8 +181,8 @@ FOUR_DEVICES = textwrap.dedent(
     one = gradfit.fit(Xl, yl, loss="bce", grad="hand", learning_rate=0.5, steps=20, devices=1)
     four = gradfit.fit(Xl, yl, loss="bce", grad="hand", learning_rate=0.5, steps=20, devices=4)
     ops = [sorted(set(re.findall(r"\b(all-reduce|all-gather|all-to-all|reduce-scatter|collective-permute)\(", exe.as_text())))
-           for key, exe in solver._EXECUTABLES.items()
-           if key[0] == "chunk" and key[1].loss == "bce" and key[1].parts == 4 and key[1].batch_size is None]
+           for key, exe in _engine._EXECUTABLES.items()
+           if key[0] is _engine.run_chunk and key[2].loss == "bce" and key[2].parts == 4 and key[2].batch_size is None]
     out["blocked"] = {"rows": [gradients.block_rows(20000, 64, 4), gradients.block_rows(20000, 64, 4, 4)],
                       "W_diff": diff(one.params.W, four.params.W), "ops": ops}
     # X in bfloat16 stays 16-bit in every device's rows (1003 rows: padded to 1004)

@@ -186,20 +186,22 @@ def test_invalid_stats_requests():
 @pytest.mark.parametrize("plan", ["stats", "onepass"])
 def test_plans_vmap_over_hyperparameters(x64, plan):
     """A sweep vmaps the same step over learning rates and l2: each member equals its own fit."""
-    from gradfit import _optim, solver
+    from gradfit import _optim
+    from gradfit._driver import CompiledStepper, drive
+    from gradfit._types import Data, Hyper, Level, Program
 
     rng = np.random.default_rng(8)
     X, y, _ = _problem(rng, m=120, offset=0.5)
     lrs, l2s = np.array([0.01, 0.02, 0.005]), np.array([0.0, 0.1, 1.0])
     spec, _ = _optim.resolve("sgd", None, 0.01)
-    static = solver.Static("mse", "mean", plan, spec, True, True, None, 64)
-    data = solver.Data(jnp.asarray(X), jnp.asarray(y))
+    program = Program("mse", "mean", plan, spec, True, True, None, 64)
+    data = Data(jnp.asarray(X), jnp.asarray(y))
     if plan == "stats":
         data = _stats.sufficient_statistics(data.X, data.y)
-    hyper = solver.Hyper(jnp.asarray(lrs), jnp.asarray(l2s), jnp.full(3, -1.0), jnp.full(3, 30, jnp.int32), {})
-    axes = solver.Hyper(0, 0, 0, 0, {})
+    hyper = Hyper(jnp.asarray(lrs), jnp.asarray(l2s), jnp.full(3, -1.0), jnp.full(3, 30, jnp.int32), {})
     params = Params(jnp.zeros(X.shape[1]), jnp.zeros(()))
-    out = solver.run(params, data, hyper, jax.random.key(0), static, (solver.Level(None, axes, None, None),))
+    stepper = CompiledStepper(data, hyper, program, (Level(None, Hyper(0, 0, 0, 0, {}), None, None),))
+    out = drive(stepper, stepper.init(params, jax.random.key(0)), hyper, chunk_steps=64)
     for i in range(3):
         ref = gradfit.fit(X, y, grad="autodiff", learning_rate=lrs[i], l2=l2s[i], steps=30)
         np.testing.assert_allclose(out.state.params.W[i], ref.params.W, rtol=1e-9, atol=1e-12)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gradfit
-from gradfit import Params, cli, stream
+from gradfit import Params, _stats, cli, stream
 
 
 def _save(tmp_path, X, y, name=""):
@@ -39,28 +39,28 @@ SMALL = 24 * 4 * 8
 
 
 # --------------------------------------------------------------------------- statistics
+def _augmented(X, y, x_shift, y_shift):
+    Y = y.reshape(len(y), -1)
+    return np.hstack([X - x_shift, np.ones((len(X), 1)), Y - np.reshape(y_shift, (1, -1))])
+
+
 @pytest.mark.parametrize("k,offset", [(None, 0.0), (3, 0.0), (None, 5.0), (3, 5.0)])
 def test_sufficient_statistics_match_numpy(x64, rng, tmp_path, k, offset):
+    """The streamed pass makes the in-memory plan's Stats: the Gram about the first chunk's means,
+    and the residual sum of squares of lstsq."""
     X, y = _regression(rng, k=k)
-    X, y = X - 0.5 + offset, y - np.mean(y, axis=0)  # centred data, or columns far from 0
+    X = X - 0.5 + offset
     xp, yp = _save(tmp_path, X, y)
     s = stream.sufficient_statistics(xp, yp, chunk_bytes=SMALL)
-    if offset:  # shifted by the first chunk's means
-        np.testing.assert_allclose(s.x_shift, X[:24].mean(0), rtol=1e-12)
-        np.testing.assert_allclose(s.y_shift, y[:24].mean(0), rtol=1e-12)
-    else:  # no shift needed
-        assert not np.any(s.x_shift) and not np.any(s.y_shift)
-    Xs, ys = X - np.asarray(s.x_shift), y - np.asarray(s.y_shift)
-    np.testing.assert_allclose(s.XtX, Xs.T @ Xs, rtol=1e-12)
-    np.testing.assert_allclose(s.Xty, Xs.T @ ys, rtol=1e-12)
-    np.testing.assert_allclose(s.yty, np.sum(ys * ys), rtol=1e-12)
-    np.testing.assert_allclose(s.x_sum, Xs.sum(0), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(s.y_sum, ys.sum(0), rtol=1e-10, atol=1e-10)
+    assert isinstance(s, _stats.Stats)
+    np.testing.assert_allclose(s.x_mean, X[:24].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(s.y_mean, y[:24].mean(0), rtol=1e-12)
+    Z = _augmented(X, y, np.asarray(s.x_mean), np.asarray(s.y_mean))
+    np.testing.assert_allclose(s.gram, Z.T @ Z, rtol=1e-11, atol=1e-9)
     assert float(s.count) == len(X)
-    raw = stream.unshifted(s)
-    for got, want in ((raw.XtX, X.T @ X), (raw.Xty, X.T @ y), (raw.yty, np.sum(y * y)), (raw.x_sum, X.sum(0)),
-                      (raw.y_sum, y.sum(0))):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+    A = np.hstack([X, np.ones((len(X), 1))])
+    rss = np.sum((y - A @ np.linalg.lstsq(A, y, rcond=None)[0]) ** 2, axis=0)
+    np.testing.assert_allclose(s.rss, rss, rtol=1e-9)
 
 
 def test_statistics_of_row_ranges_add_up(x64, rng, tmp_path):
@@ -68,27 +68,28 @@ def test_statistics_of_row_ranges_add_up(x64, rng, tmp_path):
     xp, yp = _save(tmp_path, X, y)
     parts = [stream.row_range(101, i, 3) for i in range(3)]
     assert parts == [(0, 34), (34, 68), (68, 101)]
-    shift = (np.full(4, 0.5), np.asarray(0.3))
-    total = [stream.sufficient_statistics(xp, yp, rows=r, chunk_bytes=SMALL, shift=shift) for r in parts]
-    summed = jax.tree.map(lambda *a: sum(a), *total)._replace(x_shift=shift[0], y_shift=shift[1])
-    raw = stream.unshifted(summed)
-    np.testing.assert_allclose(raw.XtX, X.T @ X, rtol=1e-12)
-    np.testing.assert_allclose(raw.Xty, X.T @ y, rtol=1e-12)
-    assert float(summed.count) == 101
+    shift = (np.full(4, 0.5), np.asarray([0.3]))
+    total = sum(np.asarray(stream.sufficient_statistics(xp, yp, rows=r, chunk_bytes=SMALL, shift=shift).gram)
+                for r in parts)
+    Z = _augmented(X, y, shift[0], shift[1])
+    np.testing.assert_allclose(total, Z.T @ Z, rtol=1e-12)
     a, b = parts[1]
-    np.testing.assert_allclose(total[1].XtX, (X[a:b] - 0.5).T @ (X[a:b] - 0.5), rtol=1e-12)
+    part = stream.sufficient_statistics(xp, yp, rows=parts[1], chunk_bytes=SMALL, shift=shift)
+    assert float(part.count) == b - a
 
 
 @pytest.mark.parametrize("reduction", ["mean", "half_mean", "sum"])
-def test_statistics_objective_and_gradient_equal_the_losses(x64, rng, reduction):
+def test_statistics_about_any_shift_give_the_losses(x64, rng, tmp_path, reduction):
+    """The Gram about the first chunk's means (not the data's) still gives the exact loss and gradient."""
     X, y = _regression(rng, m=50, k=2)
-    shift = (rng.standard_normal(4), rng.standard_normal(2))
-    s = stream._chunk_statistics(X, y, np.ones(50), *shift)._replace(count=np.float64(50), x_shift=shift[0], y_shift=shift[1])
+    X[:24] += 3.0  # the first chunk's means are far from the data's
+    xp, yp = _save(tmp_path, X, y)
+    s = stream.sufficient_statistics(xp, yp, chunk_bytes=SMALL)
     p = Params(rng.standard_normal((4, 2)), rng.standard_normal(2))
-    direct = gradfit.losses.mse(p, X, y, reduction=reduction) + gradfit.losses.l2_penalty(p, 0.3)
-    np.testing.assert_allclose(stream.statistics_objective(p, s, 0.3, reduction), direct, rtol=1e-10)
-    g = jax.grad(lambda q: gradfit.losses.mse(q, X, y, reduction=reduction) + gradfit.losses.l2_penalty(q, 0.3))(p)
-    hand = stream.statistics_gradient(p, s, 0.3, reduction)
+    np.testing.assert_allclose(_stats.loss(p, s, reduction=reduction), gradfit.losses.mse(p, X, y, reduction=reduction),
+                               rtol=1e-10)
+    value, hand = _stats.value_and_grad(p, s, reduction=reduction)
+    g = jax.grad(lambda q: gradfit.losses.mse(q, X, y, reduction=reduction))(p)
     for a, b in zip(hand, g):
         np.testing.assert_allclose(a, b, rtol=1e-10)
 
@@ -99,18 +100,18 @@ def test_statistics_of_uncentred_float32_columns_keep_their_spread(rng, tmp_path
     y = (X @ [1.0, 2.0, -1.0] + 0.1 * rng.standard_normal(20_000)).astype(np.float32)
     xp, yp = _save(tmp_path, X, y)
     s = stream.sufficient_statistics(xp, yp, chunk_bytes=4096)
-    params, _ = stream.solve_statistics(s)
+    params, _ = stream.least_squares(s)
     theta = np.linalg.lstsq(np.hstack([X.astype(np.float64), np.ones((len(X), 1))]), y.astype(np.float64), rcond=None)[0]
     np.testing.assert_allclose(params.W, theta[:3], rtol=2e-3)
     np.testing.assert_allclose(params.b, theta[3], rtol=2e-3, atol=1e-3 * abs(theta[3]))
 
 
 @pytest.mark.parametrize("fit_intercept", [True, False])
-def test_solve_statistics_equals_lstsq(x64, rng, tmp_path, fit_intercept):
+def test_optimum_of_streamed_statistics_equals_lstsq(x64, rng, tmp_path, fit_intercept):
     X, y = _regression(rng, m=150, k=2)
     xp, yp = _save(tmp_path, X, y)
     s = stream.sufficient_statistics(xp, yp, chunk_bytes=SMALL)
-    params, value = stream.solve_statistics(s, fit_intercept=fit_intercept)
+    params, value = stream.least_squares(s, fit_intercept=fit_intercept)
     A = np.hstack([X, np.ones((len(X), 1))]) if fit_intercept else X
     theta = np.linalg.lstsq(A, y, rcond=None)[0]
     np.testing.assert_allclose(params.W, theta[:4], rtol=1e-9, atol=1e-12)
@@ -121,20 +122,20 @@ def test_solve_statistics_equals_lstsq(x64, rng, tmp_path, fit_intercept):
 
 # --------------------------------------------------------------------------- fits equal fit()
 FULL_BATCH_CASES = [
-    # (loss, k, method, grad, reduction, extra)
-    ("mse", None, "statistics", "autodiff", "mean", {}),
-    ("mse", 3, "statistics", "hand", "half_mean", {"l2": 0.1}),
-    ("mse", None, "statistics", "autodiff", "sum", {"fit_intercept": False, "learning_rate": 1e-3}),
-    ("mse", 2, "passes", "autodiff", "mean", {"l2": 0.05}),
-    ("mse", None, "passes", "hand", "half_mean", {"optimizer": "adam", "learning_rate": 0.05}),
-    ("bce", None, "passes", "autodiff", "mean", {"l2": 0.01, "learning_rate": 0.5}),
-    ("bce", None, "passes", "hand", "sum", {"learning_rate": 0.002, "optimizer": "sgd",
-                                            "optimizer_options": {"momentum": 0.9}}),
+    # (loss, k, grad, reduction, extra): "stats" reads the files twice, the others once per step
+    ("mse", None, "stats", "mean", {}),
+    ("mse", 3, "stats", "half_mean", {"l2": 0.1}),
+    ("mse", None, "stats", "sum", {"fit_intercept": False, "learning_rate": 1e-3}),
+    ("mse", 2, "autodiff", "mean", {"l2": 0.05}),
+    ("mse", None, "hand", "half_mean", {"optimizer": "adam", "learning_rate": 0.05}),
+    ("mse", None, "onepass", "mean", {}),
+    ("bce", None, "autodiff", "mean", {"l2": 0.01, "learning_rate": 0.5}),
+    ("bce", None, "hand", "sum", {"learning_rate": 0.002, "optimizer": "sgd", "optimizer_options": {"momentum": 0.9}}),
 ]
 
 
-@pytest.mark.parametrize("loss,k,method,grad,reduction,extra", FULL_BATCH_CASES)
-def test_streamed_full_batch_fit_has_the_in_memory_iterates(x64, rng, tmp_path, loss, k, method, grad, reduction, extra):
+@pytest.mark.parametrize("loss,k,grad,reduction,extra", FULL_BATCH_CASES)
+def test_streamed_full_batch_fit_has_the_in_memory_iterates(x64, rng, tmp_path, loss, k, grad, reduction, extra):
     if loss == "bce":
         X, y = _classification(rng)
     else:
@@ -142,8 +143,9 @@ def test_streamed_full_batch_fit_has_the_in_memory_iterates(x64, rng, tmp_path, 
     xp, yp = _save(tmp_path, X, y)
     options = {"loss": loss, "reduction": reduction, "grad": grad, "steps": 40, "learning_rate": 0.1, **extra}
     ref = gradfit.fit(X, y, **options)
-    got = stream.fit_streaming(xp, yp, method=method, chunk_bytes=SMALL, **options)
-    assert got.stats["method"] == method and got.stats["n_chunks"] == 9
+    got = stream.fit_streaming(xp, yp, chunk_bytes=SMALL, **options)
+    assert got.stats["plan"] == grad and got.stats["n_chunks"] == 9
+    assert got.stats["passes"] == (2 if grad == "stats" else 41)  # a pass per step, and one for the final loss
     assert got.steps == ref.steps == 40
     np.testing.assert_allclose(got.losses, ref.losses, rtol=1e-10)
     for a, b in zip(got.params, ref.params):
@@ -155,16 +157,16 @@ def test_streamed_full_batch_fit_has_the_in_memory_iterates(x64, rng, tmp_path, 
 def test_streamed_fit_stops_like_fit(x64, rng, tmp_path):
     X, y = _regression(rng)
     xp, yp = _save(tmp_path, X, y)
-    for method in ("statistics", "passes"):
+    for grad in ("stats", "hand"):
         ref = gradfit.fit(X, y, learning_rate=0.1, steps=5000, tol=1e-8)
-        got = stream.fit_streaming(xp, yp, learning_rate=0.1, steps=5000, tol=1e-8, method=method, chunk_bytes=SMALL)
+        got = stream.fit_streaming(xp, yp, learning_rate=0.1, steps=5000, tol=1e-8, grad=grad, chunk_bytes=SMALL)
         assert ref.converged and got.converged and got.steps == ref.steps < 5000
         np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-10)
     # divergence: the same rule, the same kept params
     with pytest.warns(RuntimeWarning, match="diverged"):
         ref = gradfit.fit(X, y, learning_rate=5.0, steps=200)
     with pytest.warns(RuntimeWarning, match="diverged"):
-        got = stream.fit_streaming(xp, yp, learning_rate=5.0, steps=200, method="passes", chunk_bytes=SMALL)
+        got = stream.fit_streaming(xp, yp, learning_rate=5.0, steps=200, grad="hand", chunk_bytes=SMALL)
     assert got.diverged and got.steps == ref.steps
     np.testing.assert_allclose(got.params.W, ref.params.W, rtol=1e-9)
 
@@ -182,13 +184,13 @@ def test_lbfgs_on_streamed_statistics_reaches_lstsq(x64, rng, tmp_path):
 def test_float32_files_fit_in_float32(rng, tmp_path):
     X, y = _regression(rng, dtype=np.float32)
     xp, yp = _save(tmp_path, X, y)
-    got = stream.fit_streaming(xp, yp, learning_rate=0.1, steps=30, method="passes", chunk_bytes=SMALL // 2)
+    got = stream.fit_streaming(xp, yp, learning_rate=0.1, steps=30, grad="hand", chunk_bytes=SMALL // 2)
     ref = gradfit.fit(X, y, learning_rate=0.1, steps=30)
     assert got.params.W.dtype == np.float32 and got.stats["dtype"] == "float32"
     np.testing.assert_allclose(got.params.W, ref.params.W, rtol=1e-5, atol=1e-6)
     # a memory map or an in-memory array streams the same as the path
     for X_in, y_in in ((np.load(xp, mmap_mode="r"), np.load(yp, mmap_mode="r")), (X, y)):
-        again = stream.fit_streaming(X_in, y_in, learning_rate=0.1, steps=30, method="passes", chunk_bytes=SMALL // 2)
+        again = stream.fit_streaming(X_in, y_in, learning_rate=0.1, steps=30, grad="hand", chunk_bytes=SMALL // 2)
         np.testing.assert_array_equal(again.params.W, got.params.W)
 
 
@@ -207,7 +209,7 @@ def test_new_hyperparameters_compile_nothing(x64, rng, tmp_path, compile_counter
     before = compile_counter.count
     again = stream.fit_streaming(xp, yp, learning_rate=0.2, l2=0.5, steps=5, chunk_bytes=SMALL, chunk_size=2,
                                  callback=lambda state, history: seen.append(len(history)))
-    assert again.stats["compile_seconds"] == 0.0 and again.stats["method"] == "statistics"
+    assert again.stats["compile_seconds"] == 0.0 and again.stats["plan"] == "stats"
     assert compile_counter.count == before
     assert seen == [2, 4, 6]  # between compiled chunks of 2 steps (NaN-padded past the last step)
 
@@ -231,7 +233,7 @@ def _numpy_minibatch_sgd(X, y, lr, batch_size, epochs):
 def test_minibatch_epochs_in_file_order_equal_numpy_sgd(x64, rng, tmp_path):
     X, y = _regression(rng)
     xp, yp = _save(tmp_path, X, y)
-    got = stream.fit_streaming(xp, yp, batch_size=10, learning_rate=0.02, steps=3, shuffle=False, chunk_bytes=SMALL)
+    got = stream.fit_streaming(xp, yp, batch_size=10, learning_rate=0.02, steps=3, shuffle="none", chunk_bytes=SMALL)
     assert got.stats["chunk_rows"] == 20  # 24 rows rounded down to whole batches
     W, b, values = _numpy_minibatch_sgd(X, y, 0.02, 10, 3)
     np.testing.assert_allclose(got.losses, values, rtol=1e-10)
@@ -309,9 +311,9 @@ def test_file_errors_name_the_problem(tmp_path, rng):
     with pytest.raises(ValueError, match="Fortran"):
         stream.fit_streaming(tmp_path / "fortran.npy", yp)
     with pytest.raises(ValueError, match="lbfgs"):
-        stream.fit_streaming(xp, yp, loss="mse", method="passes", optimizer="lbfgs")
+        stream.fit_streaming(xp, yp, loss="mse", grad="hand", optimizer="lbfgs")
     with pytest.raises(ValueError, match="statistics"):
-        stream.fit_streaming(xp, yp, loss="bce", method="statistics")
+        stream.fit_streaming(xp, yp, loss="bce", grad="stats")
     with pytest.raises(ValueError, match="rows="):
         stream.fit_streaming(xp, yp, rows=(5, 50))
 
@@ -321,9 +323,9 @@ def test_nan_found_while_streaming_names_the_rows(tmp_path, rng, where):
     X, y = _regression(rng, m=203)
     (X if where == "X" else y)[150] = np.nan
     xp, yp = _save(tmp_path, X, y)
-    for method in ("statistics", "passes"):
+    for grad in ("stats", "hand"):
         with pytest.raises(ValueError, match=rf"{where} has NaN or inf in rows 144\.\.167 \(first at row 150\)"):
-            stream.fit_streaming(xp, yp, method=method, chunk_bytes=SMALL)
+            stream.fit_streaming(xp, yp, grad=grad, chunk_bytes=SMALL)
     with pytest.raises(ValueError, match="row 150"):
         stream.fit_streaming(xp, yp, batch_size=8, chunk_bytes=SMALL)
     assert [t for t in threading.enumerate() if t.name == "gradfit-prefetch"] == []
@@ -345,7 +347,7 @@ def test_cli_streams_and_writes_nothing_on_bad_data(tmp_path, rng, capsys):
             "--set", "fit.learning_rate=0.1", "--set", "fit.tol=1e-7", "--set", "stream.chunk_bytes=4096"]
     assert cli.main([*base, "--set", f"output.dir='{out}'"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["method"] == "statistics" and report["converged"]
+    assert report["plan"] == "stats" and report["passes"] == 2 and report["converged"]
     assert report["relative_distance_to_optimum"] < 1e-3
     X[100, 2] = np.inf
     xp, yp = _save(tmp_path, X, y, name="bad")

@@ -14,7 +14,7 @@ import pytest
 import gradfit
 from gradfit import datasets
 
-sweep_module = sys.modules["gradfit.sweep"]  # gradfit.sweep is the function
+sweep_module = gradfit.sweeps  # gradfit.sweep is the function
 
 
 def _fit(X, y, **kwargs):
@@ -104,7 +104,7 @@ def test_steps_tol_and_l2_are_one_group(problem, x64):
     assert set(result.steps[:4].tolist()) == {3}  # steps=3 members stop at their own budget
     # "auto" picks the group's plan for its largest budget (40 steps: statistics); a separate
     # fit of 3 steps alone would pick a direct plan, so compare with the same plan forced
-    assert result.stats["plans"] == ["stats"]
+    assert result.stats["plan"] == ["stats"]
     for i, c in enumerate(result.configs):
         _assert_member_equals_fit(result, i, _fit(X, y, learning_rate=0.1, grad="stats", **c))
 
@@ -160,7 +160,7 @@ def test_compaction_and_member_chunks_give_the_same_members(problem):
     # a budget of two members: chunks of 2, 2, 1
     progress = []
     chunked = gradfit.sweep(X, y, grid=grid, memory_budget=2 * sweep_module._member_bytes(
-        gradfit.solver.prepare(X, y, learning_rate=0.1, statistics=True, **opts)), callback=lambda *a: progress.append(a), **opts)
+        gradfit.solver.build(*gradfit.solver.prepare(X, y, learning_rate=0.1, **opts))), callback=lambda *a: progress.append(a), **opts)
     assert chunked.stats["member_chunks"] == 3
     assert progress == [(2, 5), (4, 5), (5, 5)]
     for other in (compact, chunked):
@@ -228,7 +228,7 @@ def test_bad_grids_raise_before_compute(problem, monkeypatch, grid, message):
     def never(*args, **kwargs):
         raise AssertionError("compute started before the grid was checked")
 
-    monkeypatch.setattr(sweep_module, "_run_members", never)
+    monkeypatch.setattr(gradfit.solver, "build", never)
     with pytest.raises(ValueError) as info:
         gradfit.sweep(X, y, grid=grid, chunk_size=5)
     assert message in str(info.value)
@@ -236,7 +236,7 @@ def test_bad_grids_raise_before_compute(problem, monkeypatch, grid, message):
 
 def test_bad_options_raise_before_compute(problem, monkeypatch):
     X, y = problem
-    monkeypatch.setattr(sweep_module, "_run_members", lambda *a, **k: pytest.fail("compute started"))
+    monkeypatch.setattr(gradfit.solver, "build", lambda *a, **k: pytest.fail("compute started"))
     with pytest.raises(ValueError, match="given both in the grid and as a fixed option"):
         gradfit.sweep(X, y, grid={"learning_rate": [0.1]}, learning_rate=0.1)
     with pytest.raises(ValueError, match="did you mean 'steps'"):
@@ -306,7 +306,7 @@ def test_bce_members_share_X_through_one_matrix_product():
     # matrix-matrix product); each member still equals its own fit, whose plan is "hand".
     d = datasets.make_classification(400, 5, seed=3)
     result = gradfit.sweep(d.X, d.y, grid={"learning_rate": [0.1, 0.5]}, loss="bce", steps=50)
-    assert result.stats["plans"] == ["autodiff"]
+    assert result.stats["plan"] == ["autodiff"]
     for i, c in enumerate(result.configs):
         one = _fit(d.X, d.y, loss="bce", steps=50, **c)
         assert one.stats["plan"] == "hand"

@@ -85,7 +85,7 @@ def test_rerun_skips_written_groups(tmp_path, monkeypatch, capsys):
         calls.append(kwargs["grid"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gradfit, "sweep", counting)
+    monkeypatch.setattr(gradfit.sweeps, "sweep", counting)
     assert cli.main(["sweep", "--config", str(config)]) == 0
     assert [g["optimizer"] for g in calls] == [["adam"]]
     assert "group 1/2 {'optimizer': 'sgd'}: already written, skipped" in capsys.readouterr().out

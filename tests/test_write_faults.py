@@ -106,7 +106,7 @@ def test_write_many_publishes_nothing_if_any_file_fails(tmp_path):
 def test_library_write_errors_are_clear_before_compute(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     d = gradfit.datasets.make_regression(50, 2, seed=0)
-    monkeypatch.setattr(gradfit.solver, "run", lambda *a, **k: pytest.fail("computed before checking"))
+    monkeypatch.setattr(gradfit.solver, "build", lambda *a, **k: pytest.fail("computed before checking"))
     with pytest.raises(ValueError, match="cannot write to the checkpoint folder"):
         gradfit.fit(d.X, d.y, checkpoint=tmp_path / "file" / "c.npz")
 

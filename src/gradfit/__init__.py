@@ -3,7 +3,7 @@
 Public surface::
 
     gradfit.fit(X, y, ...)            -> FitResult      (solver)
-    gradfit.sweep(X, y, grid={...})   -> SweepResult    (the fit, vmapped over a grid)
+    gradfit.sweep(X, y, grid={...})   -> SweepResult    (the fit, vmapped over a grid: gradfit.sweeps)
     gradfit.Params(W, b)                                (the model's pytree)
     gradfit.losses.mse / bce / l2_penalty               (pure losses)
     gradfit.gradients.mse / bce                         (hand-derived gradients)
@@ -35,23 +35,25 @@ from gradfit import health as health
 from gradfit import losses as losses
 from gradfit import progress as progress
 from gradfit import stream as stream
-from gradfit._params import Params as Params
+from gradfit import sweeps as sweeps
 from gradfit._params import predict as predict
-from gradfit.checkpoint import resume as resume
-from gradfit.gradients import check_gradients as check_gradients
+from gradfit._types import Data as Data
+from gradfit._types import Params as Params
 from gradfit.functional import Solution as Solution
 from gradfit.functional import solve as solve
-from gradfit.solver import FitResult as FitResult
+from gradfit.gradients import check_gradients as check_gradients
 from gradfit.sharding import shard_rows as shard_rows
+from gradfit.solver import FitResult as FitResult
 from gradfit.solver import fit as fit
-from gradfit.sweep import SweepResult as SweepResult
-from gradfit.sweep import sweep as sweep  # the function; the module is gradfit.sweep in sys.modules
+from gradfit.solver import resume as resume
 from gradfit.stream import fit_streaming as fit_streaming
+from gradfit.sweeps import SweepResult as SweepResult
+from gradfit.sweeps import sweep as sweep
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FitResult", "Params", "Solution", "SweepResult", "check_gradients", "checkpoint", "data", "datasets",
+    "Data", "FitResult", "Params", "Solution", "SweepResult", "check_gradients", "checkpoint", "data", "datasets",
     "distributed", "fit", "fit_streaming", "gradients", "health", "losses", "predict", "progress", "resume",
-    "shard_rows", "solve", "stream", "sweep",
+    "shard_rows", "solve", "stream", "sweep", "sweeps",
 ]

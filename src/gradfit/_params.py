@@ -1,28 +1,11 @@
-"""The parameters of a linear model, as a pytree."""
+"""The linear model's products: ``X @ W`` (X possibly stored in 16 bits) and ``X @ W + b``."""
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-
-class Params(NamedTuple):
-    """Weights and bias of the linear model ``yhat = X @ W + b``.
-
-    Rows of ``X`` are samples. With ``X`` of shape (m, n):
-
-    - one output: ``W`` is (n,), ``b`` is (), ``yhat`` is (m,);
-    - k outputs: ``W`` is (n, k), ``b`` is (k,), ``yhat`` is (m, k).
-
-    The blog seed writes ``y = M x + b`` with ``M`` of shape (k, n) acting on one
-    sample ``x``; gradfit's ``W`` is ``M.T``. The notes seed puts samples in columns
-    (``w.T @ X`` with X of shape (n, m)); pass its ``X.T``.
-    """
-
-    W: jax.Array  # (n,) or (n, k)
-    b: jax.Array  # () or (k,)
+from gradfit._types import Params
 
 
 def matmul(X: jax.Array, W: jax.Array) -> jax.Array:

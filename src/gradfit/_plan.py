@@ -1,13 +1,18 @@
-"""How a fit computes its gradient: the plans, their validity, and the ``"auto"`` cost model.
+"""How a fit computes its objective and gradient: the plans, their validity, and ``"auto"``.
 
-======================  =========================================================  =========
-plan (``grad=``)        per step                                                   needs
-======================  =========================================================  =========
-``"autodiff"``          ``jax.grad`` of the loss: X read twice (z = XW, X^T dz)     -
-``"hand"``              the closed forms of :mod:`gradfit.gradients`, X read twice  -
-``"onepass"``           the closed forms in row blocks, X read once                 -
-``"stats"``             O(n^2 k) from sufficient statistics, after one pass         mse, full batch
-======================  =========================================================  =========
+A plan is a small object (:class:`Plan`) that says how to compute the unpenalised loss and
+its gradient from its *operand* (the data, or a summary of it). The engine adds the L2 term,
+the optimizer and the stopping rule, the same for every plan.
+
+======================  =========================================================  ============
+plan (``grad=``)        per step                                                   operand
+======================  =========================================================  ============
+``"autodiff"``          ``jax.grad`` of the loss: X read twice (z = XW, X^T dz)     Data
+``"hand"``              the closed forms of :mod:`gradfit.gradients`, X read twice  Data
+``"onepass"``           the closed forms in row blocks, X read once                 Data
+``"stats"``             O(n^2 k) from sufficient statistics, after one pass         Stats
+``"summed"``            a streamed pass's sums, scaled (internal)                   Sums
+======================  =========================================================  ============
 
 ``"auto"`` (the default) estimates the cost of a fit, in units of one gemm flop, with two
 constants measured on the development machine (2-core AMD EPYC, ~40 GB/s, XLA:CPU): reading
@@ -21,34 +26,90 @@ one float32 of X from memory costs ``READ = 10`` flops, and the Gram pass runs n
 with ``evals = steps`` (times 2 for a line search, which evaluates the objective again) and
 picks ``"stats"`` for a full-batch MSE fit when ``stats < direct`` -- for n = 64 that is any
 fit of more than about 4 steps. Otherwise (BCE, minibatches, or few steps) it picks
-:func:`direct_default`, the direct plan measured fastest: ``"hand"`` (``docs/benchmarks.md``).
-The estimate uses the step budget ``steps``; an early stop by ``tol`` only makes the
-precomputation relatively dearer, never wrong.
+``"hand"``, the direct plan measured fastest on every backend tried (``docs/benchmarks.md``):
+it reads X twice per step, each read a whole-array product that XLA spreads over every core at
+the one-read floor (:func:`gradfit.gradients.xt_dot`), where ``"onepass"``'s block loop runs
+on one core (2-core machine, m = 2e6, n = 64, float32: 18.5 ms against 25.8 ms per BCE step).
+Problems vmapped over one shared X (a sweep group, per-output columns) get ``"autodiff"``: its
+``X^T S`` over the members is one matrix-matrix product (BCE, m = 2e5, 16 members x 100 steps:
+0.71 s against 1.29 s for ``"hand"`` and 1.23 s for ``"onepass"``).
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+from gradfit import _onepass, _stats, gradients, losses
+from gradfit._types import Params, Program
+
 GRAD_MODES = ("auto", "autodiff", "hand", "stats", "onepass")
-
 READ = 10.0  # cost of reading one element of X from memory, in gemm flops (measured)
-# The direct plan "auto" picks, per backend (measured, docs/benchmarks.md). "hand" reads X
-# twice per step, each read a whole-array product that XLA spreads over every core and that
-# runs at the one-read floor (X^T s in row blocks: gradients.xt_dot); "onepass" reads X once
-# but its block loop runs on one core. On the 2-core development machine (m = 2e6, n = 64,
-# float32, inside one fit) the BCE step took 18.5 ms with "hand" against 25.8 ms with
-# "onepass", and "hand" gains with every core a machine adds. On a GPU the loop would launch
-# a kernel per block. So every backend gets "hand".
-DIRECT_DEFAULT: dict[str, str] = {}
-DIRECT_FALLBACK = "hand"
+DIRECT = "hand"  # the direct plan "auto" picks for one problem (see the module docstring)
+MEMBERS_DIRECT = "autodiff"  # ... and for members vmapped over one X
 
 
-def direct_default(backend: str | None = None) -> str:
-    """The direct plan "auto" uses on ``backend`` (default: JAX's default backend)."""
-    if backend is None:
-        import jax
+class Sums(NamedTuple):
+    """A streamed pass's ``reduction="sum"`` loss and gradient over all rows, and the row count
+    (the sum of the row weights), for the ``"summed"`` plan."""
 
-        backend = jax.default_backend()
-    return DIRECT_DEFAULT.get(backend, DIRECT_FALLBACK)
+    value: jax.Array  # ()
+    grad: Params  # like the params
+    count: jax.Array  # () sum of the row weights
+
+
+class Plan(NamedTuple):
+    """How to compute the loss and its gradient from an operand (unpenalised).
+
+    ``value_and_grad(params, operand, program) -> (J, dJ/dp)``;
+    ``value(params, operand, program) -> J``, or None where the operand cannot be evaluated at
+    other params (a streamed pass's sums: no line search).
+    """
+
+    name: str
+    value_and_grad: Callable[[Params, Any, Program], tuple[jax.Array, Params]]
+    value: Callable[[Params, Any, Program], jax.Array] | None
+
+
+def _loss(params, data, program):
+    return losses.LOSSES[program.loss](
+        params, data.X, data.y, reduction=program.reduction, sample_weight=data.sample_weight
+    )
+
+
+def _autodiff(params, data, program):
+    return jax.value_and_grad(_loss)(params, data, program)
+
+
+def _hand(params, data, program):
+    fn = gradients.VALUE_AND_GRADIENTS[program.loss]
+    return fn(params, data.X, data.y, reduction=program.reduction, sample_weight=data.sample_weight, parts=program.parts)
+
+
+def _onepass_plan(params, data, program):
+    return _onepass.value_and_grad(
+        params, data.X, data.y, loss=program.loss, reduction=program.reduction, sample_weight=data.sample_weight
+    )
+
+
+def _summed(params, sums: Sums, program):
+    scale = losses.reduction_scale(program.reduction, sums.count)
+    return scale * sums.value, jax.tree.map(lambda g: scale * g, sums.grad)
+
+
+PLANS: dict[str, Plan] = {
+    "autodiff": Plan("autodiff", _autodiff, _loss),
+    "hand": Plan("hand", _hand, _loss),
+    "onepass": Plan("onepass", _onepass_plan, _loss),
+    "stats": Plan(
+        "stats",
+        lambda p, s, program: _stats.value_and_grad(p, s, reduction=program.reduction),
+        lambda p, s, program: _stats.loss(p, s, reduction=program.reduction),
+    ),
+    "summed": Plan("summed", _summed, None),
+}
+
 
 def cost_direct(m: int, n: int, k: int, evals: int) -> float:
     """Estimated cost of ``evals`` direct evaluations (X read twice each), in flops."""
@@ -59,6 +120,24 @@ def cost_stats(m: int, n: int, k: int, evals: int) -> float:
     """Estimated cost of the statistics pass plus ``evals`` O(n^2 k) evaluations, in flops."""
     p, q = n + 1 + k, n + 1
     return 2 * READ * m * n + 2.0 * m * p * p + 10.0 * q**3 + evals * 4.0 * q * q * k
+
+
+def check(grad: str, *, loss: str, batch_size: int | None, line_search: bool) -> None:
+    """Raise ValueError for a plan that cannot serve this fit, whatever the data."""
+    if grad not in GRAD_MODES:
+        raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, GRAD_MODES))}")
+    if grad != "stats":
+        return
+    if loss != "mse":
+        raise ValueError(
+            "grad='stats' (sufficient statistics) exists only for loss='mse': "
+            "use grad='onepass', 'hand', 'autodiff' or 'auto' for bce"
+        )
+    if batch_size is not None:
+        raise ValueError(
+            "grad='stats' replaces full-batch steps and cannot take minibatches: "
+            "leave batch_size unset, or use grad='auto', 'onepass', 'hand' or 'autodiff'"
+        )
 
 
 def choose(
@@ -72,52 +151,28 @@ def choose(
     batch_size: int | None,
     line_search: bool,
     sharded: bool = False,
-    statistics: bool = True,
     members: int = 1,
 ) -> str:
     """Resolve ``grad`` ("auto" or a forced plan) to the plan a fit runs; ValueError if invalid.
 
-    ``sharded``: the rows of X are split over several devices. "stats" and "onepass" walk
-    the rows in blocks on one device, so there "auto" is "hand" (whole-array passes, which
-    XLA splits over the devices with one all-reduce) and forcing either is an error.
-    ``statistics=False``: the caller cannot take a ``Stats`` in place of the data (sweeps);
-    "auto" then picks a direct plan and forcing "stats" is an error.
+    ``sharded``: the rows of X are split over several devices. "stats" and "onepass" walk the
+    rows in blocks on one device, so there "auto" is "hand" (whole-array passes, which XLA
+    splits over the devices with one all-reduce) and forcing either is an error.
     ``members``: problems vmapped over one shared X (a sweep group's members, per-output
-    columns). For more than one, "auto"'s direct plan is "autodiff": its ``X^T S`` over the
-    members is one matrix-matrix product, which beats the blocked products of "hand" under
-    ``vmap`` (BCE, m = 2e5, n = 64, 16 members x 100 steps: 0.71 s against 1.29 s, and 1.23 s
-    for "onepass").
+    columns); for more than one, "auto"'s direct plan is "autodiff" (module docstring).
     """
-    if grad not in GRAD_MODES:
-        raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, GRAD_MODES))}")
+    check(grad, loss=loss, batch_size=batch_size, line_search=line_search)
     if sharded:
         if grad in ("stats", "onepass"):
             raise ValueError(
                 f"grad={grad!r} walks the rows in blocks on one device, but X is split over several: "
                 "use grad='auto' or 'hand' with devices, or fit on one device (devices=1)"
             )
-        return DIRECT_FALLBACK if grad == "auto" else grad
-    if grad == "stats":
-        if not statistics:
-            raise ValueError(
-                "grad='stats' is for gradfit.fit; sweeps read X every step: use grad='auto', "
-                "'onepass', 'hand' or 'autodiff'"
-            )
-        if loss != "mse":
-            raise ValueError(
-                "grad='stats' (sufficient statistics) exists only for loss='mse': "
-                "use grad='onepass', 'hand', 'autodiff' or 'auto' for bce"
-            )
-        if batch_size is not None:
-            raise ValueError(
-                "grad='stats' replaces full-batch steps and cannot take minibatches: "
-                "leave batch_size unset, or use grad='auto', 'onepass', 'hand' or 'autodiff'"
-            )
-        return grad
+        return DIRECT if grad == "auto" else grad
     if grad != "auto":
         return grad
-    if statistics and loss == "mse" and batch_size is None:
+    if loss == "mse" and batch_size is None:
         evals = steps * (2 if line_search else 1)
         if cost_stats(m, n, k, evals) < cost_direct(m, n, k, evals):
             return "stats"
-    return "autodiff" if members > 1 else direct_default()
+    return MEMBERS_DIRECT if members > 1 else DIRECT

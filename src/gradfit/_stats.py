@@ -53,8 +53,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from gradfit._params import Params
+from gradfit import losses
+from gradfit._types import Params
 
 # Rows per block of the Gram pass: about this many bytes of augmented rows, so a block stays
 # in cache while its Gram product is formed.
@@ -65,10 +67,12 @@ class Stats(NamedTuple):
     """Sufficient statistics of weighted least squares, factored for O(n^2 k) steps.
 
     Shapes for X (m, n), y (m,) [or (m, k)], ``q = n + 1``, ``p = n + 1 + k`` (k = 1 for 1-d y).
+    ``x_mean`` and ``y_mean`` are the shift the Gram is taken about: the weighted column means
+    in memory, the first chunk's means when streamed (any shift is exact, see the module doc).
     """
 
-    x_mean: jax.Array  # (n,) weighted column means of X (the centring shift mu)
-    y_mean: jax.Array  # () [or (k,)] weighted means of y (nu)
+    x_mean: jax.Array  # (n,) the shift mu of X's columns (their weighted means)
+    y_mean: jax.Array  # () [or (k,)] the shift nu of y (its weighted means)
     count: jax.Array  # () sum of weights N (m without sample_weight)
     gram: jax.Array  # (p, p) weighted Gram of [X - mu, 1, y - nu], see the module docstring
     eigvals: jax.Array  # (q,) eigenvalues of A = gram[:q, :q], small ones set to 0
@@ -86,10 +90,70 @@ def block_rows(n_columns: int, itemsize: int, m: int) -> int:
     return int(max(1, min(m, max(256, _BLOCK_BYTES // max(1, n_columns * itemsize)))))
 
 
-def _gram(Z: jax.Array, w: jax.Array | None) -> jax.Array:
-    """``Z^T diag(w) Z`` as a contraction over rows (no transposed copy of Z)."""
+def block_sums(fn, X, Y, w, block: int, init, add=None):
+    """``add``-accumulate ``fn(X_b, Y_b, w_b)`` over row blocks of ``block`` rows, from ``init``
+    (a ``fori_loop`` over the full blocks, then the tail). Each block of a 16-bit X is upcast to
+    y's dtype in cache, never the whole X. ``add`` defaults to a plain (pytree) sum, which for
+    an X in the compute dtype is one whole-array call (XLA spreads it over every core)."""
+    m = X.shape[0]
+    if add is None and X.dtype == Y.dtype:
+        return jax.tree.map(jnp.add, init, fn(X, Y, w))
+    add = add or (lambda acc, term: jax.tree.map(jnp.add, acc, term))
+
+    def one(start, size, acc):
+        rows = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size)  # noqa: E731
+        return add(acc, fn(rows(X).astype(Y.dtype), rows(Y), rows(w)))
+
+    n_full, tail = divmod(m, block)
+    acc = jax.lax.fori_loop(0, n_full, lambda i, acc: one(i * block, block, acc), init)
+    return one(n_full * block, tail, acc) if tail else acc
+
+
+def gram_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, x_shift: jax.Array, y_shift: jax.Array) -> jax.Array:
+    """``Z^T diag(w) Z`` of one block's augmented rows ``Z = [X - mu, 1, Y - nu]`` (p, p): a
+    contraction over rows, no transposed copy. Rows of weight 0 (padding) add nothing."""
+    Z = jnp.concatenate(
+        [X - x_shift[None, :], jnp.ones((X.shape[0], 1), Y.dtype), Y - y_shift[None, :]], axis=1
+    )
     Zw = Z if w is None else Z * w[:, None]
     return jax.lax.dot_general(Zw, Z, (((0,), (0,)), ((), ())))
+
+
+def kahan_add(carry: tuple[jax.Array, jax.Array], term: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Add ``term`` to ``(total, compensation)`` by compensated summation: the sum over many
+    blocks keeps the error of a handful of roundings, not one per block."""
+    total, comp = carry
+    t = term - comp
+    new = total + t
+    return new, (new - total) - t
+
+
+def residual_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, stats: Stats) -> jax.Array:
+    """``sum_i w_i (x_i W* + b* - y_i)^2`` per output (k,) over one block, at the least-squares
+    solution of ``stats``: the rss, as accurate as the residuals themselves."""
+    n = X.shape[1]
+    solution = stats.solution if stats.solution.ndim == 2 else stats.solution[:, None]
+    W_s, bh = solution[:n], solution[n]
+    r = (X - stats.x_mean[None, :]) @ W_s + bh[None, :] - (Y - jnp.reshape(stats.y_mean, (1, -1)))
+    return jnp.sum(r * r if w is None else r * r * w[:, None], axis=0)
+
+
+def factor(gram: jax.Array, x_shift: jax.Array, y_shift: jax.Array, count: jax.Array, one_output: bool) -> Stats:
+    """Eigen-factor ``A = gram[:q, :q] = Q diag(lam) Q^T`` (eigenvalues below ``p eps max(lam)``
+    set to 0) and solve ``v* = A^+ c``, ``c = gram[:q, q:]``. ``rss`` is left 0: the caller
+    adds it from one more read of the rows (:func:`residual_block`)."""
+    gram = 0.5 * (gram + gram.T)
+    q = x_shift.shape[0] + 1
+    lam, Q = jnp.linalg.eigh(gram[:q, :q])
+    keep = lam > gram.shape[0] * jnp.finfo(gram.dtype).eps * jnp.max(jnp.abs(lam))
+    lam = jnp.where(keep, lam, 0)
+    inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
+    solution = Q @ (inv[:, None] * (Q.T @ gram[:q, q:]))
+    k = gram.shape[0] - q
+    rss = jnp.zeros((k,), gram.dtype)
+    if one_output:
+        y_shift, solution, rss = jnp.reshape(y_shift, ()), solution[:, 0], rss[0]
+    return Stats(x_shift, y_shift, count, gram, lam, Q, solution, rss)
 
 
 def sufficient_statistics(
@@ -99,7 +163,8 @@ def sufficient_statistics(
     *,
     block: int | None = None,
 ) -> Stats:
-    """One chunked pass over the rows: the centred weighted Gram matrix and its factors.
+    """Three chunked passes over the rows: the weighted means, the centred Gram matrix (then
+    its factors), and the residual sum of squares at the least-squares solution.
 
     Args:
       X: (m, n) features; y: (m,) or (m, k) targets; sample_weight: (m,) >= 0 or None.
@@ -107,95 +172,28 @@ def sufficient_statistics(
         separately, so m need not be a multiple of it.
 
     Returns: a :class:`Stats`. Jittable and ``vmap``-able (shapes are static). Cost: three
-    reads of X (the means, the Gram blocks at O(m p^2) flops, the residual at the
-    least-squares solution) and O(n^3) for the eigendecomposition.
+    reads of X and O(n^3) for the eigendecomposition. X may be stored in a 16-bit float: each
+    block is upcast in cache, never the whole (:mod:`gradfit._precision`).
     """
     m, n = X.shape
-    dtype = y.dtype  # X may be stored in a 16-bit float: each block is upcast in cache
-    one_output = y.ndim == 1
-    Y = y[:, None] if one_output else y
+    dtype = y.dtype
+    Y = y[:, None] if y.ndim == 1 else y
     k = Y.shape[1]
-    p = n + 1 + k
-    if block is None:
-        block = block_rows(p, dtype.itemsize, m)
-    block = min(block, m)
-
-    def block_sums(fn, init):
-        """``sum_b fn(X_b (upcast), Y_b, w_b)`` over row blocks (a 16-bit X is upcast per
-        block in cache, never as a whole: gradfit._precision), or one whole-array call."""
-        if X.dtype == dtype:
-            return fn(X, Y, sample_weight)
-
-        def one(start, size, acc):
-            rows = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size)  # noqa: E731
-            return acc + fn(rows(X).astype(dtype), rows(Y), rows(sample_weight))
-
-        n_full, tail = divmod(m, block)
-        acc = jax.lax.fori_loop(0, n_full, lambda i, acc: one(i * block, block, acc), init)
-        return one(n_full * block, tail, acc) if tail else acc
-
-    if sample_weight is None:
-        count = jnp.asarray(m, dtype)
-        x_mean = block_sums(lambda Xb, Yb, wb: jnp.sum(Xb, axis=0), jnp.zeros(n, dtype)) / count
-    else:
-        count = jnp.sum(sample_weight)
-        x_mean = block_sums(lambda Xb, Yb, wb: jnp.sum(Xb * wb[:, None], axis=0), jnp.zeros(n, dtype)) / count
-    y_mean = (jnp.sum(Y, axis=0) if sample_weight is None else jnp.sum(Y * sample_weight[:, None], axis=0)) / count
-
-    def block_gram(start, size):
-        Xb = jax.lax.dynamic_slice_in_dim(X, start, size).astype(dtype)
-        Yb = jax.lax.dynamic_slice_in_dim(Y, start, size)
-        Z = jnp.concatenate([Xb - x_mean[None, :], jnp.ones((size, 1), dtype), Yb - y_mean[None, :]], axis=1)
-        wb = None if sample_weight is None else jax.lax.dynamic_slice_in_dim(sample_weight, start, size)
-        return _gram(Z, wb)
-
-    def kahan_add(carry, term):
-        total, comp = carry
-        t = term - comp
-        new = total + t
-        return new, (new - total) - t
-
-    n_full, tail = divmod(m, block)
-    carry = (jnp.zeros((p, p), dtype), jnp.zeros((p, p), dtype))
-    carry = jax.lax.fori_loop(0, n_full, lambda i, c: kahan_add(c, block_gram(i * block, block)), carry)
-    if tail:
-        carry = kahan_add(carry, block_gram(n_full * block, tail))
-    gram = carry[0]
-    gram = 0.5 * (gram + gram.T)
-
-    eigvals, eigvecs, solution = _factor(gram, n)
-    # rss from the Gram (y'y - c'A^+c) cancels to ~eps * y'y; one more read of X gives it
-    # to the precision of the residuals themselves.
-    W_s, bh = solution[:n], solution[n]
-    shift = (bh - x_mean @ W_s + y_mean)[None, :]
-
-    def squared_residuals(Xb, Yb, wb):
-        r = Xb @ W_s + shift - Yb
-        return jnp.sum(r * r if wb is None else r * r * wb[:, None], axis=0)
-
-    rss = block_sums(squared_residuals, jnp.zeros(k, dtype))
-    if one_output:
-        y_mean, solution, rss = y_mean[0], solution[:, 0], rss[0]
-    return Stats(x_mean, y_mean, count, gram, eigvals, eigvecs, solution, rss)
-
-
-def _factor(gram: jax.Array, n: int):
-    """Eigen-factor ``A = gram[:q, :q] = Q diag(lam) Q^T`` (small eigenvalues set to 0) and
-    return (lam, Q, v* = A^+ c) with ``c = gram[:q, q:]``."""
-    q = n + 1
-    A = gram[:q, :q]
-    c = gram[:q, q:]
-    lam, Q = jnp.linalg.eigh(A)
-    cutoff = gram.shape[0] * jnp.finfo(gram.dtype).eps * jnp.max(jnp.abs(lam))
-    keep = lam > cutoff
-    lam = jnp.where(keep, lam, 0)
-    inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
-    solution = Q @ (inv[:, None] * (Q.T @ c))
-    return lam, Q, solution
-
-
-def _scale(reduction: str, count):
-    return {"mean": 1 / count, "half_mean": 0.5 / count, "sum": 1}[reduction]
+    block = min(m, block or block_rows(n + 1 + k, dtype.itemsize, m))
+    w = sample_weight
+    count = jnp.asarray(m, dtype) if w is None else jnp.sum(w)
+    col_sums = lambda Xb, Yb, wb: (  # noqa: E731
+        jnp.sum(Xb if wb is None else Xb * wb[:, None], axis=0),
+        jnp.sum(Yb if wb is None else Yb * wb[:, None], axis=0),
+    )
+    x_sum, y_sum = block_sums(col_sums, X, Y, w, block, (jnp.zeros(n, dtype), jnp.zeros(k, dtype)))
+    x_mean, y_mean = x_sum / count, y_sum / count
+    zero = jnp.zeros((n + 1 + k,) * 2, dtype)
+    gram_fn = lambda Xb, Yb, wb: gram_block(Xb, Yb, wb, x_mean, y_mean)  # noqa: E731
+    gram, _ = block_sums(gram_fn, X, Y, w, block, (zero, zero), add=kahan_add)
+    stats = factor(gram, x_mean, y_mean, count, y.ndim == 1)
+    rss = block_sums(lambda Xb, Yb, wb: residual_block(Xb, Yb, wb, stats), X, Y, w, block, jnp.zeros(k, dtype))
+    return stats._replace(rss=rss[0] if y.ndim == 1 else rss)
 
 
 def _centred(params: Params, stats: Stats) -> jax.Array:
@@ -214,7 +212,7 @@ def squared_error_sum(params: Params, stats: Stats) -> jax.Array:
 
 def loss(params: Params, stats: Stats, *, reduction: str = "mean") -> jax.Array:
     """The MSE of :func:`gradfit.losses.mse` (same reductions), from the statistics: O(n^2 k)."""
-    return _scale(reduction, stats.count) * squared_error_sum(params, stats)
+    return losses.reduction_scale(reduction, stats.count) * squared_error_sum(params, stats)
 
 
 def value_and_grad(params: Params, stats: Stats, *, reduction: str = "mean") -> tuple[jax.Array, Params]:
@@ -223,7 +221,7 @@ def value_and_grad(params: Params, stats: Stats, *, reduction: str = "mean") -> 
     ``dS/dv = 2 Q diag(lam) Q^T (v - v*)``; ``dJ/dW = c (dS/dv[:n] + mu^T dS/dv[n])``,
     ``dJ/db = c dS/dv[n]`` with c the reduction's scale. Shapes: dW like W, db like b.
     """
-    scale = _scale(reduction, stats.count)
+    scale = losses.reduction_scale(reduction, stats.count)
     n = params.W.shape[0]
     d = _centred(params, stats) - stats.solution
     t = stats.eigvecs.T @ d
@@ -260,3 +258,35 @@ def gram_blocks(stats: Stats, n: int) -> dict[str, jax.Array]:
         "xtx": G[:n, :n], "xty": G[:n, q:], "yty": G[q:, q:],
         "x_sum": G[:n, n], "y_sum": G[q:, n], "count": G[n, n],
     }
+
+
+def least_squares(stats: Stats, *, reduction: str = "mean", l2=0.0, fit_intercept: bool = True) -> tuple[Params, float]:
+    """The exact minimiser of ``c S(W, b) + (l2/2) ||W||^2`` and its value, in float64 on the
+    host (for reports and tests): the one closed-form least-squares solver of gradfit.
+
+    In the shifted coordinates ``v = [W; b + mu W - nu] = T theta + t`` with ``theta = [W; b]``
+    (``W`` alone without an intercept, b = 0), ``T = [[I, 0], [mu^T, 1]]`` (or ``[I; mu^T]``)
+    and ``t = [0; -nu]``; setting the gradient to zero gives
+    ``(2c T^T A T + l2 P) theta = 2c T^T (g - A t)`` with ``A = G[:q, :q]``, ``g = G[:q, q:]``
+    and ``P`` the identity on W, 0 on b. Solved by least squares (a rank-deficient A is fine).
+    """
+    G = np.asarray(stats.gram, np.float64)
+    mu = np.asarray(stats.x_mean, np.float64)
+    nu = np.atleast_1d(np.asarray(stats.y_mean, np.float64))
+    n, q = mu.shape[0], mu.shape[0] + 1
+    c = float(losses.reduction_scale(reduction, float(stats.count)))
+    A, g = G[:q, :q], G[:q, q:]
+    T = np.vstack([np.eye(n), mu[None, :]])
+    if fit_intercept:
+        T = np.hstack([T, np.eye(q)[:, n:]])
+    t = np.zeros((q, nu.shape[0]))
+    t[n] = -nu
+    P = np.diag([1.0] * n + [0.0] * (T.shape[1] - n))
+    lhs = 2 * c * T.T @ A @ T + float(l2) * P
+    theta = np.linalg.lstsq(lhs, 2 * c * T.T @ (g - A @ t), rcond=None)[0]
+    W, b = theta[:n], (theta[n] if fit_intercept else np.zeros(nu.shape[0]))
+    d = T @ theta + t - np.asarray(stats.solution, np.float64).reshape(q, -1)
+    value = c * (float(np.sum(d * (A @ d))) + float(np.asarray(stats.rss, np.float64).sum())) + 0.5 * float(l2) * float(np.sum(W * W))
+    if np.ndim(stats.y_mean) == 0:
+        W, b = W[:, 0], b[0]
+    return Params(W, np.asarray(b)), value

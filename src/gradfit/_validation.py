@@ -143,6 +143,22 @@ def check_xy(X, y, *, loss: str, batched: bool = False):
     return X, y
 
 
+def check_sample_weight(sw, y, batched: bool, dtype):
+    """Row weights (m,) (or (B, m) when ``batched``), finite, >= 0 with a positive sum; ValueError
+    otherwise. Returned in ``dtype`` (a global array stays on its devices)."""
+    if sw is None:
+        return None
+    lead = 1 if batched else 0
+    sw = as_numeric(sw, "sample_weight")
+    if tuple(sw.shape) != tuple(y.shape[: lead + 1]):
+        raise ValueError(f"sample_weight has shape {tuple(sw.shape)}: expected {tuple(y.shape[: lead + 1])}, one weight per row")
+    check_finite(sw, "sample_weight")
+    host = sw if isinstance(sw, jax.Array) else np.asarray(sw)
+    if bool((host < 0).any()) or not bool((host.sum(axis=-1) > 0).all()):
+        raise ValueError("sample_weight must be >= 0 with a positive sum")
+    return jnp.asarray(sw, dtype)
+
+
 INT32_MAX = 2**31 - 1
 
 
@@ -173,17 +189,18 @@ def _show(value) -> str:
     return repr(value)
 
 
-def hyperparameter(value, name: str, *, positive: bool, allowed_shapes: tuple[tuple[int, ...], ...] = ((),)) -> np.ndarray:
-    """Check a float hyperparameter (scalar or per-output) and return it as a float64 numpy array."""
+def hyperparameter(value, name: str, *, positive: bool, allowed_ndims: tuple[int, ...] = (0,)) -> np.ndarray:
+    """Check a float hyperparameter (a scalar, or a 1-d array of per-output values where
+    ``allowed_ndims`` has 1) and return it as a float64 numpy array."""
     if isinstance(value, (bool, np.bool_)) or value is None:
         raise ValueError(f"{name} must be a number, got {value!r}")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name} must be a number, got {_show(value)}") from None
-    if arr.shape not in allowed_shapes:
-        shapes = " or ".join(str(s) for s in allowed_shapes)
-        raise ValueError(f"{name} has shape {arr.shape}: expected {shapes}")
+    if arr.ndim not in allowed_ndims:
+        expected = "a scalar" + (" or a 1-d array of one value per output column" if 1 in allowed_ndims else "")
+        raise ValueError(f"{name} has shape {arr.shape}: expected {expected}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite, got {_show(value)}")
     if positive and not (arr > 0).all():

@@ -4,7 +4,7 @@ A checkpoint is one ``.npz`` file written with :mod:`gradfit._io` (a temporary f
 same folder, flushed, then renamed), so it is the previous checkpoint or the new one, never
 half of one. It holds:
 
-- every leaf of the :class:`~gradfit.solver.SolverState` pytree (``jax.tree.flatten``):
+- every leaf of the :class:`~gradfit.SolverState` pytree (``jax.tree.flatten``):
   params, the previous params, the optax state, the step count, the losses, the status
   flags and the PRNG key (as ``jax.random.key_data`` plus its implementation's name). With
   minibatches one step is one epoch and the key is advanced once per epoch, so the step
@@ -20,21 +20,10 @@ that never stopped. Checkpoints are taken only between chunks, and ``chunk_size`
 of the fingerprint, so a resumed run has the same chunk boundaries (steps ``c * chunk_size``)
 as an uninterrupted one. Raising ``steps`` on a finished checkpoint continues it.
 
-Entry points: ``fit(..., checkpoint=path, checkpoint_every=..., resume=True)``;
-:func:`resume` (a fit from its checkpoint and the data); and, for code that drives
-:func:`gradfit.solver.run` itself (sweeps, one checkpoint per group), :func:`run`, or
-:class:`Checkpointer` with :func:`fingerprint`, :func:`save` and :func:`load`. A sweep that runs
-its members in groups keeps one file per group and one progress bar for all::
-
-    bar = gradfit.progress.Progress(max_steps, members=n_members, desc="sweep")
-    for g, (params, data, hyper, key, static, levels) in enumerate(groups):
-        result, info = checkpoint.run(out / f"group{g}.npz", params, data, hyper, key, static, levels,
-                                      every=checkpoint.Every(seconds=60), resume=True,
-                                      callback=bar.callback())
-    bar.close()
-
-A group whose file says it is complete runs no more steps, so rerunning the same sweep after a
-kill redoes only the unfinished groups, each from its last chunk boundary.
+Entry points: ``fit(..., checkpoint=path, checkpoint_every=..., resume=True)``, the same for
+``fit_streaming``, and :func:`gradfit.resume` (a fit from its checkpoint and the data). The
+pieces (:func:`fingerprint`, :func:`save`, :func:`load` and the :class:`Checkpointer` observer)
+serve every driver run the same way (:mod:`gradfit._runner`).
 """
 
 from __future__ import annotations
@@ -42,21 +31,22 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import _io, solver
+from gradfit import _io
+from gradfit._driver import active_host
+from gradfit._options import DEFAULT_EVERY_SECONDS, Every, parse_every  # noqa: F401 (public here)
+from gradfit._types import Data, Hyper, Level, Program, SolverState
 
 FORMAT = "gradfit-checkpoint"
 VERSION = 1
-DEFAULT_EVERY_SECONDS = 60.0
 
 # What each fingerprint component covers, and how to make a resume match it.
 _COMPONENTS = {
@@ -67,41 +57,6 @@ _COMPONENTS = {
     "chunk_size": "chunk_size (resumed runs need the same chunk boundaries to give the same bits)",
     "start": "the starting point (init or seed)",
 }
-
-
-class Every(NamedTuple):
-    """When to checkpoint: after ``steps`` more steps, or ``seconds`` more seconds, whichever
-    comes first (None: not by that measure). Checked only at chunk boundaries."""
-
-    steps: int | None = None
-    seconds: float | None = None
-
-
-def parse_every(value) -> Every:
-    """Normalise a ``checkpoint_every`` argument.
-
-    ``None`` (every 60 seconds), an int (steps), a ``datetime.timedelta`` (time), or
-    :class:`Every`. Raises ValueError for anything else or a non-positive value.
-    """
-    if value is None:
-        return Every(seconds=DEFAULT_EVERY_SECONDS)
-    if isinstance(value, datetime.timedelta):
-        value = Every(seconds=value.total_seconds())
-    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = Every(steps=int(value))
-    if not isinstance(value, Every):
-        raise ValueError(
-            f"checkpoint_every must be a number of steps (int), a datetime.timedelta, or "
-            f"gradfit.checkpoint.Every(steps=..., seconds=...), got {value!r}"
-        )
-    steps, seconds = value
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0):
-        raise ValueError(f"checkpoint_every steps must be a positive integer, got {steps!r}")
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
-        raise ValueError(f"checkpoint_every seconds must be a positive number, got {seconds!r}")
-    if steps is None and seconds is None:
-        raise ValueError("checkpoint_every=Every() sets neither steps nor seconds: give at least one")
-    return Every(None if steps is None else int(steps), None if seconds is None else float(seconds))
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -136,33 +91,33 @@ def _keyless(a):
     return a
 
 
-def fingerprint(params, data: solver.Data, hyper: solver.Hyper, key, static: solver.Static,
-                levels: tuple[solver.Level, ...] = ()) -> dict[str, str]:
+def fingerprint(params, operand, hyper: Hyper, key, program: Program,
+                levels: tuple[Level, ...] = ()) -> dict[str, str]:
     """A short hash per part of a problem (see ``_COMPONENTS``); equal dicts, same problem.
 
     ``hyper.max_steps`` is left out: a finished run may be resumed with more steps. A
     user's own ``optax.GradientTransformation`` is known by its type only.
     """
-    spec = static.optimizer
+    spec = program.optimizer
     if spec.transformation is not None:
         spec = spec._replace(transformation=type(spec.transformation).__qualname__)
     arrays = lambda a: (tuple(a.shape), str(a.dtype), _sample(a)) if a is not None else (None,)  # noqa: E731
     return {
-        # A plan-"stats" fit runs on the statistics of its data (a gradfit._stats.Stats).
-        "data": _digest(*(part for a in ((data.X, data.y, data.sample_weight) if isinstance(data, solver.Data)
-                                         else jax.tree.leaves(data)) for part in arrays(a))),
-        "settings": _digest(static._replace(optimizer=None, chunk_size=None), levels),
+        # The operand: the data, or the statistics of a plan-"stats" fit (a gradfit._stats.Stats).
+        "data": _digest(*(part for a in ((operand.X, operand.y, operand.sample_weight) if isinstance(operand, Data)
+                                         else jax.tree.leaves(operand)) for part in arrays(a))),
+        "settings": _digest(program._replace(optimizer=None, chunk_size=None), levels),
         "optimizer": _digest(spec),
         "hyperparameters": _digest(
             hyper.learning_rate, hyper.l2, hyper.tol, *(v for _, v in sorted(hyper.optimizer.items()))
         ),
-        "chunk_size": str(static.chunk_size),
+        "chunk_size": str(program.chunk_size),
         "start": _digest(*jax.tree.leaves(params), _keyless(key)),
     }
 
 
 # --------------------------------------------------------------------------- save / load
-def save(path: str | Path, state: solver.SolverState, history: np.ndarray, *,
+def save(path: str | Path, state: SolverState, history: np.ndarray, *,
          fingerprint: dict[str, str], complete: bool = False, meta: dict | None = None) -> Path:
     """Write ``state`` and ``history`` to ``path`` atomically; returns the path.
 
@@ -219,8 +174,8 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return header
 
 
-def load(path: str | Path, template: solver.SolverState, fingerprint: dict[str, str] | None = None
-         ) -> tuple[solver.SolverState, np.ndarray, dict[str, Any]]:
+def load(path: str | Path, template: SolverState, fingerprint: dict[str, str] | None = None
+         ) -> tuple[SolverState, np.ndarray, dict[str, Any]]:
     """Read a checkpoint into the structure of ``template``: ``(state, history, header)``.
 
     ``template`` is a state of the problem being resumed (e.g. its initial state); its
@@ -283,7 +238,7 @@ class Checkpointer:
     checkpoints were written and the time spent writing them.
     """
 
-    def __init__(self, path: str | Path, hyper: solver.Hyper, fingerprint: dict[str, str], *,
+    def __init__(self, path: str | Path, hyper: Hyper, fingerprint: dict[str, str], *,
                  every: Every | int | datetime.timedelta | None = None, meta: dict | None = None,
                  start_step: int = 0, clock: Callable[[], float] = time.monotonic):
         self.path = Path(path)
@@ -297,8 +252,8 @@ class Checkpointer:
         self.count = 0
         self.seconds = 0.0
 
-    def __call__(self, state: solver.SolverState, history: np.ndarray) -> None:
-        if not solver._active_host(state, self.hyper).any():
+    def __call__(self, state: SolverState, history: np.ndarray) -> None:
+        if not active_host(state, self.hyper).any():
             return  # the run ends after this chunk: finish() writes the final state
         step = int(np.max(np.asarray(state.step)))
         due_steps = self.every.steps is not None and step - self.last_step >= self.every.steps
@@ -306,7 +261,7 @@ class Checkpointer:
         if due_steps or due_time:
             self.save(state, history)
 
-    def save(self, state: solver.SolverState, history: np.ndarray, *, complete: bool = False) -> Path:
+    def save(self, state: SolverState, history: np.ndarray, *, complete: bool = False) -> Path:
         start = time.perf_counter()
         step = int(np.max(np.asarray(state.step)))
         save(self.path, state, history[..., :step], fingerprint=self.fingerprint, complete=complete, meta=self.meta)
@@ -316,98 +271,9 @@ class Checkpointer:
         self.last_time = self.clock()
         return self.path
 
-    def finish(self, result: solver.RunResult) -> Path:
+    def finish(self, state: SolverState, history: np.ndarray) -> Path:
         """Save the final state of a finished run (marked complete)."""
-        return self.save(result.state, result.history, complete=True)
-
-
-class CheckpointInfo(NamedTuple):
-    """What :func:`run` did with its checkpoint."""
-
-    resumed_from_step: int  # 0 for a fresh start
-    checkpoints: int  # files written by this call
-    checkpoint_seconds: float  # time spent writing them
-
-
-def check_path(path, *, resume: bool) -> Path:
-    """Validate a checkpoint path before compute: a writable folder, not a folder itself."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"checkpoint must be a file path (str or pathlib.Path), got {type(path).__name__}")
-    if not isinstance(resume, bool):
-        raise ValueError(f"resume must be True or False, got {resume!r}")
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint {str(path)!r} is a folder: give a file path, e.g. {str(path / 'checkpoint.npz')!r}")
-    try:
-        _io.check_writable(path.parent, "checkpoint folder")
-    except OSError as e:
-        raise ValueError(str(e)) from None
-    return path
-
-
-def run(path: str | Path, params, data: solver.Data, hyper: solver.Hyper, key, static: solver.Static,
-        levels: tuple[solver.Level, ...] = (), *, every: Every | int | datetime.timedelta | None = None,
-        resume: bool = False, callback: Callable | None = None, meta: dict | None = None
-        ) -> tuple[solver.RunResult, CheckpointInfo]:
-    """:func:`gradfit.solver.run` with checkpoints at ``path`` (one file per run: a sweep
-    gives each group its own path).
-
-    With ``resume=True`` and a checkpoint at ``path``, the run continues from it (after
-    checking it belongs to this problem); without one it starts afresh. ``callback`` is
-    called after the checkpoint of each chunk boundary. The final state is saved too.
-    """
-    path = check_path(path, resume=resume)
-    every = parse_every(every)
-    fp = fingerprint(params, data, hyper, key, static, levels)
-    state = history = None
-    start_step = 0
-    if resume and path.exists():
-        init, _ = solver.compiled("init", static, levels, (params, data, hyper, key))
-        template = init(params, data, hyper, key)
-        state, history, header = load(path, template, fp)
-        start_step = int(header["step"])
-    saver = Checkpointer(path, hyper, fp, every=every, meta=meta, start_step=start_step)
-
-    def on_chunk(st, hist):
-        saver(st, hist)
-        if callback is not None:
-            callback(st, hist)
-
-    result = solver.run(params, data, hyper, key, static, levels, on_chunk, state=state, history=history)
-    saver.finish(result)
-    return result, CheckpointInfo(start_step, saver.count, saver.seconds)
-
-
-def resume(path: str | Path, X, y, *, sample_weight=None, **overrides) -> "solver.FitResult":
-    """Continue the fit that wrote the checkpoint at ``path``, on the same data.
-
-    The fit's arguments are read from the checkpoint; pass again any it could not store
-    (a custom optax transformation, ``init`` as Params, a callback), and any you want to
-    change (e.g. a larger ``steps``, ``progress=True``). A finished checkpoint returns its
-    result without running more steps (unless ``steps`` grew).
-
-    Raises:
-      ValueError: a missing or unreadable checkpoint, one not written by :func:`gradfit.fit`,
-        a missing argument, or different data or settings.
-    """
-    header = read_header(path)
-    if "fit" not in header:
-        raise ValueError(
-            f"checkpoint {path} was not written by gradfit.fit (it has no fit arguments): resume it "
-            "with the code that wrote it (gradfit.checkpoint.run(..., resume=True))"
-        )
-    kwargs = dict(header["fit"])
-    missing = [name for name in header.get("fit_not_stored", []) if name not in overrides]
-    if missing:
-        raise ValueError(
-            f"checkpoint {path} could not store the fit arguments {', '.join(missing)} (not JSON): "
-            f"pass them again, e.g. gradfit.resume(path, X, y, {missing[0]}=...)"
-        )
-    kwargs.setdefault("checkpoint_every", Every(*header["every"]) if header.get("every") else None)
-    kwargs.update(overrides)
-    kwargs.pop("checkpoint", None)
-    kwargs.pop("resume", None)
-    return solver.fit(X, y, sample_weight=sample_weight, checkpoint=path, resume=True, **kwargs)
+        return self.save(state, history, complete=True)
 
 
 def storable_arguments(arguments: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -13,6 +13,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from gradfit._options import FitOptions
+
+_NOT_IN_CONFIGS = ("batched", "n_rows", "callback", "progress", "checkpoint", "checkpoint_every", "resume")
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         # "synthetic" (regression with known truth), "synthetic_classification",
@@ -32,25 +36,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "stream": False,
         "y_source": None,
     },
+    # gradfit.fit's options (gradfit._options.FitOptions), less those of the Python API alone.
     "fit": {
-        "loss": "mse",
-        "reduction": "mean",
-        "optimizer": "sgd",
-        "learning_rate": None,  # None: 0.01, or the line search's for lbfgs; "auto": 1/L (sgd)
-        "steps": 1000,
-        "tol": None,
-        "l2": 0.0,
-        "grad": "auto",  # "auto", "autodiff", "hand", "onepass", "stats" (see gradfit._plan)
-        "batch_size": None,
-        "shuffle": "blocks",  # minibatches: "blocks" (one read of X per epoch) or "rows"
-        "seed": 0,
-        "fit_intercept": True,
+        **{name: default for name, default in zip(FitOptions._fields, FitOptions()) if name not in _NOT_IN_CONFIGS},
         "init": "zeros",
-        "chunk_size": 256,
         "optimizer_options": {},
-        # None: all devices once n_samples >= gradfit.sharding.AUTO_MIN_ROWS; an int: that many;
-        # a list: those device ids. Rows are split across them (gradfit.sharding).
-        "devices": None,
     },
     # Several processes/hosts (gradfit.distributed); unset keys fall back to the environment
     # variables GRADFIT_COORDINATOR_ADDRESS, GRADFIT_NUM_PROCESSES, GRADFIT_PROCESS_ID.
@@ -72,11 +62,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "top": 5,  # members printed, best first
         "plot": True,  # loss_curves.png (needs matplotlib: pip install 'gradfit[plot]')
     },
+    # data.stream = true: how the files are read (the plan, fit.grad, says what is computed).
     "stream": {
-        "method": "auto",  # "auto", "statistics" (mse) or "passes"
         "chunk_bytes": 64 << 20,  # bytes of X per chunk
         "prefetch": 2,  # chunks read ahead
-        "shuffle": True,  # minibatch epochs: shuffle chunk order and rows within chunks
     },
     "checkpoint": {
         # Saved atomically at chunk boundaries and at the end; `gradfit fit --resume` continues.

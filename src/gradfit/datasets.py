@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gradfit._params import Params
+from gradfit._types import Params
 
 
 class Dataset(NamedTuple):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit import sharding
-from gradfit.solver import Data
+from gradfit._types import Data
 
 ENV = {
     "coordinator_address": "GRADFIT_COORDINATOR_ADDRESS",

@@ -1,7 +1,7 @@
 """The functional core: :func:`solve`, a pure fixed-step fit for research code.
 
-:func:`solve` runs ``steps`` iterations of :func:`gradfit.solver.step` (the very step that
-:func:`gradfit.fit` compiles) inside one ``lax.scan``. It does no Python-side work on
+:func:`solve` runs ``steps`` iterations of :func:`gradfit._engine.update` (the very step that
+:func:`gradfit.fit` compiles, with its stopping and end-of-run rules) inside one ``lax.scan``. It does no Python-side work on
 values, so it can be called inside a user's ``jit``, ``vmap``-ed over data or
 hyperparameters, and differentiated through: the gradient of a validation loss with respect
 to ``l2``, ``learning_rate``, an optimizer option, ``X`` or ``params0`` is ``jax.grad`` of a
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import _optim, _validation, losses, solver
-from gradfit._params import Params
+from gradfit import _engine, _optim, _options, _validation
+from gradfit._types import Data, Hyper, Params, Program
 
 
 class Solution(NamedTuple):
@@ -99,7 +99,7 @@ def solve(
     """Fit ``yhat = X @ W + b`` by ``steps`` gradient steps: a pure function of arrays.
 
     Minimises ``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2`` (see
-    :mod:`gradfit.losses`) with ``steps`` iterations of :func:`gradfit.solver.step` in one
+    :mod:`gradfit.losses`) with ``steps`` iterations of the engine's step in one
     ``lax.scan``, each an optax update of ``dJ/dp``. For ``optimizer="sgd"`` that is
     ``p_{t+1} = p_t - learning_rate * dJ/dp(p_t)``. The result is differentiable in every
     array argument (reverse mode needs an optimizer without a ``while_loop``: ``"lbfgs"``'s
@@ -145,15 +145,12 @@ def solve(
 
         jax.grad(val_loss)(0.1)
     """
-    losses.check_model(loss, reduction, grad, solver.GRAD_MODES)
-    if grad == "stats":
-        raise ValueError("grad='stats' replaces X by its statistics, which gradfit.fit does; solve reads X: use 'autodiff', 'hand' or 'onepass'")
+    if grad in ("stats", "auto"):
+        raise ValueError(f"solve reads X at every step: use grad='autodiff', 'hand' or 'onepass', not {grad!r}")
     if not isinstance(fit_intercept, bool):
         raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
     steps = _static_int(steps, "steps")
-
-    X = jnp.asarray(X)
-    y = jnp.asarray(y)
+    X, y = jnp.asarray(X), jnp.asarray(y)
     if X.ndim != 2:
         raise ValueError(f"X has shape {X.shape}: expected (m, n), rows of samples; vmap solve for a batch of problems")
     m, n = X.shape
@@ -161,50 +158,52 @@ def solve(
         raise ValueError(f"y has shape {y.shape} for X of shape {X.shape}: expected ({m},) or ({m}, k)")
     out = y.shape[1:]
     dtype = _validation.float_dtype(X)
-    if params0 is None:
-        params0 = Params(jnp.zeros((n, *out), dtype), jnp.zeros(out, dtype))
-    if not isinstance(params0, Params):
-        if isinstance(params0, tuple) and len(params0) == 2:
-            params0 = Params(*params0)
-        else:
-            raise ValueError(f"params0 must be gradfit.Params(W, b) or None, got {type(params0).__name__}")
-    if jnp.shape(params0.W) != (n, *out) or jnp.shape(params0.b) != out:
-        raise ValueError(
-            f"params0 has W {jnp.shape(params0.W)} and b {jnp.shape(params0.b)} but X {X.shape} and y {y.shape} "
-            f"need W {(n, *out)} and b {out}"
-        )
+    params0 = _params0(params0, n, out, dtype, X.shape, y.shape)
     if sample_weight is not None and jnp.shape(sample_weight) != (m,):
         raise ValueError(f"sample_weight has shape {jnp.shape(sample_weight)}: expected ({m},), one weight per row")
     if batch_size is not None:
         batch_size = _static_int(batch_size, "batch_size")
         if batch_size > m:
             raise ValueError(f"batch_size={batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None")
-
     if learning_rate is None and isinstance(optimizer, str) and optimizer not in _optim.LINE_SEARCH:
-        learning_rate = solver.DEFAULT_LEARNING_RATE
+        learning_rate = _options.DEFAULT_LEARNING_RATE
     spec, traced = _split_options(optimizer, optimizer_options, learning_rate)
-    if batch_size is not None and spec.name in _optim.LINE_SEARCH:
-        raise ValueError("optimizer 'lbfgs' needs full batches: leave batch_size unset, or use 'sgd'/'adam'")
+    _options.check_program(loss, reduction, grad, spec, batch_size)
 
-    data = solver.Data(
-        X.astype(dtype), y.astype(dtype), None if sample_weight is None else jnp.asarray(sample_weight, dtype)
-    )
-    hyper = solver.Hyper(
+    data = Data(X.astype(dtype), y.astype(dtype), None if sample_weight is None else jnp.asarray(sample_weight, dtype))
+    hyper = Hyper(
         learning_rate=None if learning_rate is None else _scalar(learning_rate, "learning_rate", dtype),
         l2=_scalar(l2, "l2", dtype),
         tol=jnp.asarray(-1.0, dtype) if tol is None else _scalar(tol, "tol", dtype),
         max_steps=jnp.asarray(steps, jnp.int32),
         optimizer={name: _scalar(v, f"optimizer_options[{name!r}]", dtype) for name, v in traced.items()},
     )
-    static = solver.Static(loss, reduction, grad, spec, learning_rate is not None, fit_intercept, batch_size, steps)
-    params0 = Params(jnp.asarray(params0.W, dtype), jnp.asarray(params0.b, dtype))
-    state = solver.init_state(params0, data, hyper, jax.random.key(0) if key is None else key, static)
+    program = Program(loss, reduction, grad, spec, learning_rate is not None, fit_intercept, batch_size, steps,
+                      shuffle="rows")
+    state = _engine.init_state(params0, hyper, jax.random.key(0) if key is None else key, program)
 
     def body(state, _):
-        active = solver.is_active(state, hyper)
-        state, value = solver.step(state, data, hyper, static)
+        active = _engine.is_active(state, hyper)
+        state, value = _engine.update(state, data, hyper, program)
         return state, jnp.where(active, value, jnp.nan)
 
     state, history = jax.lax.scan(body, state, None, length=steps)
-    final = solver.final_objective(state, data, hyper, static)
+    final = _engine.final_objective(state, data, hyper, program)
+    state, end = _engine.finalize(state, final)
+    final = jnp.where(end, _engine.final_objective(state, data, hyper, program), final)
     return Solution(state.params, final, history, state.step, state.converged, state.diverged)
+
+
+def _params0(params0, n: int, out: tuple[int, ...], dtype, x_shape, y_shape) -> Params:
+    if params0 is None:
+        return Params(jnp.zeros((n, *out), dtype), jnp.zeros(out, dtype))
+    if not isinstance(params0, Params):
+        if not (isinstance(params0, tuple) and len(params0) == 2):
+            raise ValueError(f"params0 must be gradfit.Params(W, b) or None, got {type(params0).__name__}")
+        params0 = Params(*params0)
+    if jnp.shape(params0.W) != (n, *out) or jnp.shape(params0.b) != out:
+        raise ValueError(
+            f"params0 has W {jnp.shape(params0.W)} and b {jnp.shape(params0.b)} but X {x_shape} and y {y_shape} "
+            f"need W {(n, *out)} and b {out}"
+        )
+    return Params(jnp.asarray(params0.W, dtype), jnp.asarray(params0.b, dtype))

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit import losses
-from gradfit._params import Params, predict, upcast_xt_dot
+from gradfit._params import predict, upcast_xt_dot
+from gradfit._types import Params
 
 
 def _weighted(r: jax.Array, sample_weight: jax.Array | None) -> tuple[jax.Array, jax.Array | int]:
@@ -130,7 +131,7 @@ def mse_value_and_grad(
     losses._check_target_shape(yhat, y)
     r = yhat - y
     wr, count = _weighted(r, sample_weight)
-    scale = {"mean": 1 / count, "half_mean": 0.5 / count, "sum": 1}[reduction]
+    scale = losses.reduction_scale(reduction, count)
     value = scale * _weighted_sum(r * r, sample_weight)
     return value, _linear_grad(X, (2 * scale) * wr, parts)
 
@@ -160,7 +161,7 @@ def bce_value_and_grad(
     losses._check_target_shape(z, y)
     per, a = losses.bce_terms(z, y)
     wr, count = _weighted(a - y, sample_weight)
-    scale = 1 / count if reduction == "mean" else 1
+    scale = losses.reduction_scale(reduction, count)
     return scale * _weighted_sum(per, sample_weight), _linear_grad(X, scale * wr, parts)
 
 

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit import _precision, _validation, gradients
-from gradfit._params import Params, matmul, predict
+from gradfit._params import matmul, predict
+from gradfit._types import Params
 
 # Rows read by :func:`conditioning`; the exact eigenvalue estimate needs n + 1 <= this many columns.
 CONDITION_ROWS = 2048
@@ -362,20 +363,25 @@ def separable_message(W_norm: float) -> str:
     )
 
 
-# --------------------------------------------------------------------------- learning_rate="auto"
-AUTO = "auto"
+def lipschitz_from_stats(stats, *, loss: str = "mse", reduction: str = "mean", l2=0.0, fit_intercept: bool = True) -> float:
+    """``L`` exactly, from the sufficient statistics of the ``"stats"`` plan: no pass over X.
 
-
-def wants_auto_step(learning_rate, optimizer) -> bool:
-    """True for ``learning_rate="auto"``; raise ValueError for another string, or for "auto"
-    with an optimizer other than plain gradient descent (``"sgd"``), whose safe step 1/L is."""
-    if not isinstance(learning_rate, str):
-        return False
-    if learning_rate != AUTO:
-        raise ValueError(f"learning_rate must be a positive number or 'auto', got {learning_rate!r}")
-    if optimizer != "sgd":
-        raise ValueError(
-            f"learning_rate='auto' is 1/L, the safe step of plain gradient descent, so it needs "
-            f"optimizer='sgd' (got {optimizer!r}): give {optimizer!r} a number, e.g. learning_rate=1e-3"
-        )
-    return True
+    The statistics hold ``A = [X - mu, 1]^T D [X - mu, 1]`` (:mod:`gradfit._stats`); in the fit's
+    coordinates ``(W, b)`` the Gram is ``T^T A T`` with ``T = [[I, 0], [mu^T, 1]]`` (``[I; mu^T]``
+    without an intercept), so ``H = c T^T A T + l2 P`` (module doc) and L is its top eigenvalue,
+    O(n^3) on the host. A leading batch axis gives the largest L over the problems.
+    """
+    gram = np.asarray(stats.gram, np.float64)
+    mu = np.asarray(stats.x_mean, np.float64)
+    count = np.asarray(stats.count, np.float64)
+    penalty = float(np.max(np.asarray(l2, np.float64)))
+    worst = 0.0
+    for G, x_mean, total in zip(gram.reshape(-1, *gram.shape[-2:]), mu.reshape(-1, mu.shape[-1]), count.reshape(-1)):
+        n = x_mean.shape[0]
+        T = np.vstack([np.eye(n), x_mean[None, :]])
+        if fit_intercept:
+            T = np.hstack([T, np.eye(n + 1)[:, n:]])
+        P = np.diag([1.0] * n + [0.0] * (T.shape[1] - n))
+        H = _curvature_scale(loss, reduction, float(total)) * (T.T @ G[: n + 1, : n + 1] @ T) + penalty * P
+        worst = max(worst, float(np.linalg.eigvalsh(H)[-1]))
+    return worst

@@ -21,7 +21,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradfit._params import Params, predict
+from gradfit._params import predict
+from gradfit._types import Params
 
 MSE_REDUCTIONS = ("mean", "half_mean", "sum")
 BCE_REDUCTIONS = ("mean", "sum")
@@ -42,19 +43,21 @@ def _check_target_shape(yhat: jax.Array, y: jax.Array) -> None:
         )
 
 
+def reduction_scale(reduction: str, count):
+    """The scale ``c`` of a reduction over ``count`` rows (or the sum of the row weights):
+    ``1/count`` ("mean"), ``1/(2 count)`` ("half_mean"), ``1`` ("sum")."""
+    if reduction == "sum":
+        return 1
+    return 1 / count if reduction == "mean" else 0.5 / count
+
+
 def _reduce(per_row: jax.Array, reduction: str, sample_weight: jax.Array | None) -> jax.Array:
     """Reduce per-row losses (m,) by 'sum', 'mean' (1/m) or 'half_mean' (1/(2m))."""
     if sample_weight is None:
-        total = jnp.sum(per_row)
-        count = per_row.shape[0]
+        total, count = jnp.sum(per_row), per_row.shape[0]
     else:
-        total = jnp.sum(sample_weight * per_row)
-        count = jnp.sum(sample_weight)
-    if reduction == "sum":
-        return total
-    if reduction == "mean":
-        return total / count
-    return total / (2 * count)
+        total, count = jnp.sum(sample_weight * per_row), jnp.sum(sample_weight)
+    return total if reduction == "sum" else reduction_scale(reduction, count) * total
 
 
 def squared_error(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:

@@ -1,7 +1,7 @@
 """A progress bar for fits and sweeps, updated between compiled chunks (never inside one).
 
 The compiled loop hands control back to Python only at chunk boundaries, so a bar is a
-``callback(state, history)`` for :func:`gradfit.solver.run`. One :class:`Progress` bar can
+``callback(state, history)`` for the driver (:func:`gradfit._driver.drive`). One :class:`Progress` bar can
 follow several runs (the groups of a sweep): each run gets its own callback from
 :meth:`Progress.callback`, and the bar shows the mean progress of every member::
 
@@ -37,7 +37,7 @@ def available() -> bool:
 class Progress:
     """One tqdm bar over ``members`` vmapped fits of at most ``max_steps`` steps each.
 
-    Use :meth:`callback` once per :func:`gradfit.solver.run` (a sweep's groups each take one;
+    Use :meth:`callback` once per driven run (several runs' members may share one bar;
     together they must hold ``members`` members), and :meth:`close` at the end, or use the
     bar as a context manager. Extra keyword arguments go to ``tqdm.tqdm`` (e.g. ``file``,
     ``mininterval``, ``disable``).

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gradfit import _precision
-from gradfit.solver import Data
+from gradfit._types import Data
 
 AXIS = "rows"
 

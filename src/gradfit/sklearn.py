@@ -22,7 +22,7 @@ import numbers
 import warnings
 
 import numpy as np
-import optax
+
 
 try:
     from scipy.special import expit
@@ -36,8 +36,8 @@ except ImportError as e:  # absent, or older than 1.6 (no validate_data)
         f"gradfit.sklearn needs scikit-learn >= 1.6 ({e}): pip install 'gradfit[sklearn]'"
     ) from e
 
-from gradfit import _optim, losses, solver
-from gradfit._params import Params
+from gradfit import _optim, solver
+from gradfit._types import Params
 
 __all__ = ["GDClassifier", "GDRegressor"]
 
@@ -47,8 +47,9 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
 
 
-def _check_params(est, allowed_reductions: tuple[str, ...]) -> None:
-    """Check the estimator's parameters, naming the parameter and the fix (before any compute)."""
+def _check_params(est) -> None:
+    """Check the parameters scikit-learn names (the rest are fit's options, which fit checks
+    before any compute), naming the parameter and the fix."""
     name = type(est).__name__
     lr = est.learning_rate
     if lr is None:
@@ -65,25 +66,6 @@ def _check_params(est, allowed_reductions: tuple[str, ...]) -> None:
         raise ValueError(f"{name}: tol must be a float >= 0, or None to always run max_iter steps; got {est.tol!r}")
     if not _is_real(est.alpha) or est.alpha < 0:
         raise ValueError(f"{name}: alpha must be a float >= 0 (the L2 penalty; 0 for none), got {est.alpha!r}")
-    if est.reduction not in allowed_reductions:
-        raise ValueError(
-            f"{name}: unknown reduction {est.reduction!r}: use one of {', '.join(map(repr, allowed_reductions))}"
-        )
-    if not isinstance(est.optimizer, (str, optax.GradientTransformation, optax.GradientTransformationExtraArgs)):
-        raise ValueError(
-            f"{name}: optimizer must be an optax alias name such as 'sgd', 'adam' or 'lbfgs', or an "
-            f"optax.GradientTransformation; got {type(est.optimizer).__name__}"
-        )
-    if est.optimizer_options is not None and not isinstance(est.optimizer_options, dict):
-        raise ValueError(
-            f"{name}: optimizer_options must be a dict such as {{'momentum': 0.9}} or None, "
-            f"got {type(est.optimizer_options).__name__}"
-        )
-    if not isinstance(est.fit_intercept, (bool, np.bool_)):
-        raise ValueError(f"{name}: fit_intercept must be True or False, got {est.fit_intercept!r}")
-    bs = est.batch_size
-    if bs is not None and (isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1):
-        raise ValueError(f"{name}: batch_size must be a positive integer, or None for full batches; got {bs!r}")
     if isinstance(est.verbose, bool) or not isinstance(est.verbose, numbers.Integral) or est.verbose < 0:
         raise ValueError(f"{name}: verbose must be an integer >= 0, got {est.verbose!r}")
     if not isinstance(est.warm_start, (bool, np.bool_)):
@@ -123,7 +105,6 @@ class _GDBase(BaseEstimator):
     """What both estimators share: the parameter check and the call into :func:`gradfit.fit`."""
 
     _loss: str
-    _reductions: tuple[str, ...]
 
     def _run(self, X: np.ndarray, Y: np.ndarray, sample_weight, *, per_output: bool, warm: Params | None):
         """Fit Y (m,) or (m, k) on X (m, n); returns the gradfit FitResult.
@@ -133,7 +114,7 @@ class _GDBase(BaseEstimator):
         """
         m = X.shape[0]
         batch_size = self.batch_size
-        if batch_size is not None and batch_size > m:
+        if isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool) and batch_size > m:
             warnings.warn(
                 f"batch_size={batch_size} is larger than the {m} samples: using full batches of {m}",
                 UserWarning,
@@ -156,7 +137,7 @@ class _GDBase(BaseEstimator):
             init=warm,
             batch_size=batch_size,
             seed=_seed(self.random_state),
-            fit_intercept=bool(self.fit_intercept),
+            fit_intercept=self.fit_intercept,
             sample_weight=sample_weight,
             optimizer_options=self.optimizer_options,
             callback=callback,
@@ -277,7 +258,6 @@ class GDRegressor(RegressorMixin, _GDBase):
     """
 
     _loss = "mse"
-    _reductions = losses.MSE_REDUCTIONS
 
     def __init__(
         self,
@@ -310,7 +290,7 @@ class GDRegressor(RegressorMixin, _GDBase):
 
     def fit(self, X, y, sample_weight=None):
         """Fit on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_targets)."""
-        _check_params(self, self._reductions)
+        _check_params(self)
         X, y = validate_data(
             self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=True
         )
@@ -374,7 +354,6 @@ class GDClassifier(ClassifierMixin, _GDBase):
     """
 
     _loss = "bce"
-    _reductions = losses.BCE_REDUCTIONS
 
     def __init__(
         self,
@@ -407,7 +386,7 @@ class GDClassifier(ClassifierMixin, _GDBase):
 
     def fit(self, X, y, sample_weight=None):
         """Fit on X (n_samples, n_features) and class labels y (n_samples,)."""
-        _check_params(self, self._reductions)
+        _check_params(self)
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=True)
         check_classification_targets(y)
         kind = type_of_target(y)

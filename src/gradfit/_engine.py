@@ -1,0 +1,306 @@
+"""The engine: one step, one stopping rule, one end-of-run rule, and the compiled chunk.
+
+Every entry point (``fit``, ``sweep``, ``solve``, both streamed methods, a resumed checkpoint)
+runs these functions and no others:
+
+- :func:`update` is *the* step: evaluate ``J(p) = loss(p) + (l2/2) ||W||^2`` and its gradient
+  at ``p_t`` by the plan (:mod:`gradfit._plan`), apply the optax update, and decide, by
+  :func:`advance`, whether to go on. With ``batch_size`` one step is one epoch of minibatch
+  updates (:func:`minibatch_step`), its objective the epoch's mean.
+- :func:`advance` is the stopping rule, from data alone:
+
+  - **converged** when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)`` (scipy's ``ftol``
+    test; a tol below the dtype's resolution, about 1e-7 for float32, is met only by a loss
+    that repeats exactly); the params ``p_t`` are kept;
+  - **diverged** when ``J_t`` is not finite or exceeds ``1e6 * max(J_0, eps)``; the last params
+    whose objective passed that test are kept.
+
+- :func:`finalize` is the end-of-run rule: the loop evaluates J *before* each update, so the
+  objective after the last update is checked by the same divergence test; a bad one falls back
+  to the params before it and reports divergence.
+
+:func:`run_chunk` runs steps inside one ``lax.while_loop``; :func:`compiled` compiles it (and
+every other program) ahead of time, ``vmap``-ed over the fit's :class:`~gradfit._types.Level` s,
+with one cache keyed by the program settings and the arguments' shapes, dtypes and shardings.
+Hyperparameters are array inputs, so new values never recompile.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradfit import _optim, _plan, _precision, gradients, losses
+from gradfit._types import Data, Hyper, Level, Params, Program, SolverState
+
+DIVERGENCE_FACTOR = 1e6
+
+
+# --------------------------------------------------------------------------- the objective
+def objective(params: Params, operand, l2, program: Program) -> jax.Array:
+    """``J(p) = loss(p; operand) + (l2/2) ||W||^2``, a scalar (the plan reads the operand)."""
+    return _plan.PLANS[program.plan].value(params, operand, program) + losses.l2_penalty(params, l2)
+
+
+def value_and_grad(params: Params, operand, l2, program: Program) -> tuple[jax.Array, Params]:
+    """``(J(p), dJ/dp)`` by the plan ``program.plan``, the L2 term added in closed form; the
+    bias gradient is 0 when ``fit_intercept`` is False."""
+    value, g = _plan.PLANS[program.plan].value_and_grad(params, operand, program)
+    value = value + losses.l2_penalty(params, l2)
+    g = jax.tree.map(jnp.add, g, gradients.l2_penalty(params, l2))
+    if not program.fit_intercept:
+        g = g._replace(b=jnp.zeros_like(g.b))
+    return value, g
+
+
+def optimizer(program: Program, hyper: Hyper):
+    """The optax transformation, built inside the traced program from array hyperparameters."""
+    lr = hyper.learning_rate if program.has_learning_rate else None
+    return _optim.build(program.optimizer, lr, hyper.optimizer)
+
+
+# --------------------------------------------------------------------------- one update
+def propose(params: Params, opt_state, operand, hyper: Hyper, program: Program):
+    """Evaluate J and dJ at ``params`` and apply one optimizer update: ``(J, new params,
+    new optimizer state)``. A line search evaluates J at trial points through the plan."""
+    value, g = value_and_grad(params, operand, hyper.l2, program)
+    plan = _plan.PLANS[program.plan]
+    value_fn = None if plan.value is None else (lambda p: objective(p, operand, hyper.l2, program))
+    updates, opt_state = optimizer(program, hyper).update(
+        g, opt_state, params, value=value, grad=g, value_fn=value_fn
+    )
+    return value, optax.apply_updates(params, updates), opt_state
+
+
+def minibatch_step(carry, batch: Data, hyper: Hyper, program: Program):
+    """One minibatch update, accumulating the epoch's objective.
+
+    ``carry`` is ``(params, opt_state, sum of J_batch * batch weight, sum of batch weights)``
+    (for ``reduction="sum"`` the plain sum of J_batch). A batch whose weights are all 0
+    (padding only, in a streamed chunk) changes nothing.
+    """
+    params, opt_state, value_sum, count_sum = carry
+    value, new_params, new_state = propose(params, opt_state, batch, hyper, program)
+    count = jnp.sum(batch.sample_weight)
+    keep = count > 0
+    params, opt_state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), (new_params, new_state), (params, opt_state))
+    weighted = value if program.reduction == "sum" else value * count
+    return params, opt_state, value_sum + jnp.where(keep, weighted, 0), count_sum + count
+
+
+def epoch_value(value_sum, count_sum, program: Program) -> jax.Array:
+    """The objective recorded for an epoch: the batches' sum ("sum") or weighted mean."""
+    return value_sum if program.reduction == "sum" else value_sum / count_sum
+
+
+def _batches(data: Data, key: jax.Array, program: Program):
+    """The epoch's batches as ``(fetch, xs)`` for a ``lax.scan`` over ``xs``.
+
+    ``"rows"``: a fresh on-device permutation of all rows each epoch; a batch gathers its rows
+    from anywhere in X (exact sampling without replacement; a random-access read).
+    ``"blocks"``: contiguous batches ``[j*B, (j+1)*B)`` visited in a fresh random order each
+    epoch; a batch is a slice of X, so an epoch is one streaming read (rows should be in random
+    order to begin with). ``"none"``: the contiguous batches in order. Batches have a fixed
+    shape; the short last one is padded with zero-weight rows ("blocks"/"none": the slice
+    ``[m - B, m)`` with the rows of the previous batch weighted 0), so every row is used once
+    per epoch and nothing recompiles.
+    """
+    m = data.X.shape[0] if program.rows is None else program.rows  # padding rows are never drawn
+    bs = program.batch_size
+    n_batches = -(-m // bs)
+    dtype = data.y.dtype
+    weights = lambda mask, rows: mask if data.sample_weight is None else mask * rows(data.sample_weight)  # noqa: E731
+    if program.shuffle == "rows":
+        pad = n_batches * bs - m
+        perm = jax.random.permutation(key, m)
+        index = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, bs)
+        valid = (jnp.arange(n_batches * bs) < m).astype(dtype).reshape(n_batches, bs)
+
+        def fetch(batch):
+            rows, mask = batch
+            return Data(data.X[rows], data.y[rows], weights(mask, lambda a: a[rows]))
+
+        return fetch, (index, valid)
+
+    def fetch_block(j):
+        start = jnp.minimum(j * bs, m - bs)
+        mask = ((start + jnp.arange(bs)) >= j * bs).astype(dtype)
+        rows = lambda a: jax.lax.dynamic_slice_in_dim(a, start, bs)  # noqa: E731
+        return Data(rows(data.X), rows(data.y), weights(mask, rows))
+
+    order = jnp.arange(n_batches) if program.shuffle == "none" else jax.random.permutation(key, n_batches)
+    return fetch_block, order
+
+
+def epoch_start(state: SolverState):
+    """The carry of :func:`minibatch_step` at the start of an epoch."""
+    zero = jnp.zeros((), state.loss.dtype)
+    return state.params, state.opt_state, zero, zero
+
+
+def end_epoch(state: SolverState, carry, key, hyper: Hyper, program: Program) -> tuple[SolverState, jax.Array]:
+    """Close an epoch of minibatch steps: its objective is the batches' (weighted) mean, and the
+    stopping rule falls back to the params at the epoch's start if that is bad."""
+    params, opt_state, value_sum, count_sum = carry
+    value = epoch_value(value_sum, count_sum, program)
+    return advance(state, hyper, value, params, opt_state, state.params, key), value
+
+
+def update(state: SolverState, operand, hyper: Hyper, program: Program) -> tuple[SolverState, jax.Array]:
+    """The step (one epoch with minibatches); a finished state is returned unchanged.
+
+    Returns the new state and the objective value recorded for this step.
+    """
+    if program.batch_size is None:
+        value, candidate, opt_state = propose(state.params, state.opt_state, operand, hyper, program)
+        return advance(state, hyper, value, candidate, opt_state, state.prev_params, state.key), value
+    key, sub = jax.random.split(state.key)
+    fetch, xs = _batches(operand, sub, program)
+
+    def one(carry, x):
+        return minibatch_step(carry, fetch(x), hyper, program), None
+
+    carry, _ = jax.lax.scan(one, epoch_start(state), xs)
+    return end_epoch(state, carry, key, hyper, program)
+
+
+# --------------------------------------------------------------------------- the rules
+def _is_bad(value: jax.Array, initial: jax.Array) -> jax.Array:
+    eps = jnp.finfo(value.dtype).eps
+    return ~jnp.isfinite(value) | (value > DIVERGENCE_FACTOR * jnp.maximum(initial, eps))
+
+
+def advance(state: SolverState, hyper: Hyper, value, candidate: Params, opt_state, fallback: Params, key) -> SolverState:
+    """The stopping rule (module docstring), applied to one evaluated step.
+
+    ``value`` is J_t (evaluated at ``state.params``, or the epoch's mean objective);
+    ``candidate`` the proposed p_{t+1}; ``fallback`` the params kept if J_t is bad. A
+    finished state is returned unchanged.
+    """
+    first = state.step == 0
+    initial = jnp.where(first, value, state.initial_loss)
+    bad = _is_bad(value, initial)
+    scale = jnp.maximum(jnp.maximum(jnp.abs(state.loss), jnp.abs(value)), 1)
+    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= hyper.tol * scale)
+    params = jax.tree.map(
+        lambda fb, cur, new: jnp.where(bad, fb, jnp.where(converged, cur, new)), fallback, state.params, candidate
+    )
+    new = SolverState(params, state.params, opt_state, state.step + 1, value, initial, converged, bad, key)
+    active = is_active(state, hyper)
+    return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
+
+
+def is_active(state: SolverState, hyper: Hyper) -> jax.Array:
+    """True while a state still has steps to run: not converged, not diverged, within budget."""
+    return ~state.converged & ~state.diverged & (state.step < hyper.max_steps)
+
+
+def finalize(state: SolverState, final_value: jax.Array) -> tuple[SolverState, jax.Array]:
+    """The end-of-run rule: where the objective at the final params (``final_value``, one more
+    evaluation) fails the divergence test, fall back to the params before the last update and
+    report divergence. Returns the state and that mask (the members diverged at the end).
+
+    Works on states with leading member axes (they broadcast) and inside ``jit``.
+    """
+    end = ~state.diverged & (state.step > 0) & _is_bad(final_value, state.initial_loss)
+
+    def pick(fallback, current):
+        return jnp.where(jnp.reshape(end, end.shape + (1,) * (current.ndim - end.ndim)), fallback, current)
+
+    state = state._replace(
+        params=jax.tree.map(pick, state.prev_params, state.params),
+        diverged=state.diverged | end,
+        converged=state.converged & ~end,
+    )
+    return state, end
+
+
+def init_state(params: Params, hyper: Hyper, key: jax.Array, program: Program) -> SolverState:
+    """The state before step 0 (params as given, optimizer state fresh), with no weakly typed
+    leaves, so every chunk finds the program compiled for the first."""
+    opt_state = optimizer(program, hyper).init(params)
+    opt_state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), opt_state)
+    zero = jnp.zeros((), params.W.dtype)
+    false = jnp.zeros((), bool)
+    return SolverState(params, params, opt_state, jnp.zeros((), jnp.int32), zero, zero, false, false, key)
+
+
+def run_chunk(state: SolverState, operand, hyper: Hyper, limit: jax.Array, program: Program):
+    """Run up to ``limit`` (at most ``program.chunk_size``) steps in one ``lax.while_loop``.
+
+    Returns the state and the chunk's objective history, shape (chunk_size,), NaN past the
+    steps this chunk ran.
+    """
+    history = jnp.full((program.chunk_size,), jnp.nan, state.loss.dtype)
+
+    def cond(carry):
+        i, st, _ = carry
+        return (i < limit) & is_active(st, hyper)
+
+    def body(carry):
+        i, st, hist = carry
+        st, value = update(st, operand, hyper, program)
+        return i + 1, st, hist.at[i].set(value)
+
+    _, state, history = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state, history))
+    return state, history
+
+
+def final_objective(state: SolverState, operand, hyper: Hyper, program: Program) -> jax.Array:
+    """The objective at the state's params (one more evaluation)."""
+    return objective(state.params, operand, hyper.l2, program)
+
+
+# --------------------------------------------------------------------------- compiling
+# How each kind of argument is mapped at a vmap level.
+_ROLE_AXES: dict[Any, Callable[[Level], Any]] = {
+    "state": lambda level: 0,  # a state carries every level's axis
+    "data": lambda level: level.data,
+    "hyper": lambda level: level.hyper,
+    "params": lambda level: level.params,
+    "key": lambda level: level.key,
+    None: lambda level: None,  # shared (e.g. a chunk's step limit)
+}
+
+
+def signature(args) -> tuple:
+    """What a compiled program depends on besides its settings: the tree structure and each
+    leaf's shape, dtype, weak type and sharding (ints and None as they are)."""
+    leaves, tree = jax.tree.flatten(args, is_leaf=lambda x: x is None or isinstance(x, int))
+    return tree, tuple(
+        x if x is None or isinstance(x, int) else
+        (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)), _layout(x))
+        for x in leaves
+    )
+
+
+def _layout(x):
+    """The sharding of an array laid out over several devices; None on one device (or host)."""
+    sharding = getattr(x, "sharding", None)
+    return sharding if sharding is not None and len(sharding.device_set) > 1 else None
+
+
+_EXECUTABLES: dict[tuple, Any] = {}
+
+
+def compiled(fn: Callable, roles: tuple, program: Program | None, levels: tuple[Level, ...], args: tuple):
+    """``fn(*args, program)`` compiled ahead of time, ``vmap``-ed over ``levels`` (each argument
+    mapped as its role says), and its compile time: 0 when this process compiled it before.
+
+    The one compile cache of gradfit: keyed by the function, the program settings, the levels
+    and the arguments' :func:`signature`; values of hyperparameters never enter the key.
+    """
+    key = (fn, roles, program, signature(levels), signature(args))
+    if key in _EXECUTABLES:
+        return _EXECUTABLES[key], 0.0
+    f = fn if program is None else (lambda *a: fn(*a, program))
+    for level in reversed(levels):
+        f = jax.vmap(f, in_axes=tuple(_ROLE_AXES[role](level) for role in roles))
+    start = time.perf_counter()
+    exe = jax.jit(f).lower(*args).compile(compiler_options=_precision.compiler_options(args))
+    _EXECUTABLES[key] = exe
+    return exe, time.perf_counter() - start

@@ -1,0 +1,255 @@
+"""fit's options: one spec (:class:`FitOptions`), checked in one place before any compute.
+
+:func:`gradfit.fit`, :func:`gradfit.sweep` (per member), :func:`gradfit.fit_streaming`, the
+scikit-learn estimators, the config loader and the command all build a :class:`FitOptions`
+and call :func:`check`, which raises ``ValueError`` naming the option and the fix. Checks that
+need the data's shape (``batch_size <= m``, per-output arrays of length k, the plan's cost
+model) are :func:`for_data`. Each rule exists once, here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import inspect
+import numbers
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from gradfit import _io, _optim, _plan, _validation, losses
+from gradfit._types import Params
+
+DEFAULT_LEARNING_RATE = 0.01
+DEFAULT_CHUNK_SIZE = 256
+SHUFFLES = ("blocks", "rows", "none")
+AUTO = "auto"
+
+
+class FitOptions(NamedTuple):
+    """Every option of :func:`gradfit.fit`, with its default (the one list of them)."""
+
+    loss: str = "mse"  # "mse" or "bce"
+    reduction: str = "mean"  # "mean", "half_mean" (mse) or "sum"
+    optimizer: Any = "sgd"  # an optax alias name or an optax.GradientTransformation
+    learning_rate: Any = None  # float, (k,) per output, "auto" (1/L, sgd), None: 0.01 or the line search's
+    steps: int = 1000  # most steps (epochs with batch_size)
+    tol: float | None = None  # the stopping test's tolerance; None never stops early
+    l2: Any = 0.0  # (l2/2) ||W||^2; (k,) per output
+    grad: str = "auto"  # the plan: "auto", "autodiff", "hand", "onepass", "stats"
+    init: Any = None  # None/"zeros", "normal" or Params
+    batch_size: int | None = None  # minibatches; None is full batch
+    shuffle: str = "blocks"  # minibatch order: "blocks", "rows" or "none"
+    seed: int = 0  # minibatch order and init="normal"
+    fit_intercept: bool = True
+    optimizer_options: dict | None = None  # e.g. {"momentum": 0.9}; floats are traced
+    batched: bool = False  # X (B, m, n): B independent problems under vmap
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # steps per compiled chunk
+    devices: Any = None  # rows split over devices: None (auto), an int, or a list
+    n_rows: int | None = None  # real rows of an X already padded and sharded
+    callback: Any = None  # callback(state, history) between chunks
+    progress: bool = False  # a tqdm bar
+    checkpoint: Any = None  # a file path: save the run there at chunk boundaries
+    checkpoint_every: Any = None  # steps (int), a timedelta, or checkpoint.Every; default 60 s
+    resume: bool = False  # continue from checkpoint if it exists
+
+
+NAMES = FitOptions._fields
+
+
+class Checked(NamedTuple):
+    """Options that passed :func:`check`, with what they resolve to."""
+
+    options: FitOptions
+    optimizer: _optim.OptimizerSpec
+    traced: dict[str, float]  # the optimizer's float options (array inputs of the program)
+    learning_rate: np.ndarray | None  # float64; None: the line search's step; 1.0 for "auto"
+    auto_step: bool  # learning_rate="auto": 1/L replaces it once the data are placed
+    l2: np.ndarray
+    tol: np.ndarray  # -1 for tol=None (no tolerance test)
+
+    @property
+    def line_search(self) -> bool:
+        return self.optimizer.name in _optim.LINE_SEARCH
+
+
+def unknown(names, allowed, what: str = "fit option") -> None:
+    """Raise ValueError for the first name not in ``allowed``, with a suggestion."""
+    for name in names:
+        if name not in allowed:
+            close = difflib.get_close_matches(name, list(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown {what} {name!r}{hint}: the options are {', '.join(allowed)}")
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _check_init(init) -> None:
+    if init is None or isinstance(init, Params) or (isinstance(init, tuple) and len(init) == 2):
+        return
+    if isinstance(init, str):
+        if init not in ("zeros", "normal"):
+            raise ValueError(f"unknown init {init!r}: use None or 'zeros', 'normal', or a gradfit.Params")
+        return
+    raise ValueError(f"init must be None, 'zeros', 'normal' or gradfit.Params(W, b), got {type(init).__name__}")
+
+
+def _check_learning_rate(o: FitOptions) -> tuple[Any, bool]:
+    """The learning rate to check (1.0 stands in for "auto"), and whether it is "auto"."""
+    lr = o.learning_rate
+    if isinstance(lr, str):
+        if lr != AUTO:
+            raise ValueError(f"learning_rate must be a positive number or 'auto', got {lr!r}")
+        if o.optimizer != "sgd":
+            raise ValueError(
+                f"learning_rate='auto' is 1/L, the safe step of plain gradient descent, so it needs "
+                f"optimizer='sgd' (got {o.optimizer!r}): give {o.optimizer!r} a number, e.g. learning_rate=1e-3"
+            )
+        return 1.0, True
+    if lr is None and isinstance(o.optimizer, str) and o.optimizer not in _optim.LINE_SEARCH:
+        return DEFAULT_LEARNING_RATE, False
+    return lr, False
+
+
+def _check_long_run(o: FitOptions) -> FitOptions:
+    if not _is_bool(o.progress):
+        raise ValueError(f"progress must be True or False, got {o.progress!r}")
+    if o.callback is not None and not callable(o.callback):
+        raise ValueError(f"callback must be a function callback(state, history) or None, got {o.callback!r}")
+    if o.checkpoint is None:
+        if o.resume is not False or o.checkpoint_every is not None:
+            raise ValueError("resume and checkpoint_every need checkpoint=PATH, the checkpoint file to write and resume from")
+        return o
+    if not isinstance(o.checkpoint, (str, os.PathLike)):
+        raise ValueError(f"checkpoint must be a file path (str or pathlib.Path), got {type(o.checkpoint).__name__}")
+    if not _is_bool(o.resume):
+        raise ValueError(f"resume must be True or False, got {o.resume!r}")
+    path = Path(o.checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a folder: give a file path, e.g. {str(path / 'checkpoint.npz')!r}")
+    try:
+        _io.check_writable(path.parent, "checkpoint folder")
+    except OSError as e:
+        raise ValueError(str(e)) from None
+    return o._replace(checkpoint=path, checkpoint_every=parse_every(o.checkpoint_every))
+
+
+class Every(NamedTuple):
+    """When to checkpoint: after ``steps`` more steps, or ``seconds`` more seconds, whichever
+    comes first (None: not by that measure). Checked only at chunk boundaries."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+
+DEFAULT_EVERY_SECONDS = 60.0
+
+
+def parse_every(value) -> Every:
+    """Normalise ``checkpoint_every``: None (every 60 seconds), an int (steps), a
+    ``datetime.timedelta`` (time), or :class:`Every`; ValueError for anything else."""
+    if value is None:
+        return Every(seconds=DEFAULT_EVERY_SECONDS)
+    if isinstance(value, datetime.timedelta):
+        value = Every(seconds=value.total_seconds())
+    elif isinstance(value, numbers.Integral) and not _is_bool(value):
+        value = Every(steps=int(value))
+    if not isinstance(value, Every):
+        raise ValueError(
+            f"checkpoint_every must be a number of steps (int), a datetime.timedelta, or "
+            f"gradfit.checkpoint.Every(steps=..., seconds=...), got {value!r}"
+        )
+    steps, seconds = value
+    if steps is not None and (_is_bool(steps) or not isinstance(steps, numbers.Integral) or steps <= 0):
+        raise ValueError(f"checkpoint_every steps must be a positive integer, got {steps!r}")
+    if seconds is not None and (_is_bool(seconds) or not isinstance(seconds, numbers.Real) or not seconds > 0):
+        raise ValueError(f"checkpoint_every seconds must be a positive number, got {seconds!r}")
+    if steps is None and seconds is None:
+        raise ValueError("checkpoint_every=Every() sets neither steps nor seconds: give at least one")
+    return Every(None if steps is None else int(steps), None if seconds is None else float(seconds))
+
+
+def check_program(loss: str, reduction: str, grad: str, spec: _optim.OptimizerSpec, batch_size: int | None) -> None:
+    """The rules on which loss, reduction, plan, optimizer and batching go together."""
+    losses.check_model(loss, reduction, grad, _plan.GRAD_MODES)
+    if batch_size is not None and spec.name in _optim.LINE_SEARCH:
+        raise ValueError("optimizer 'lbfgs' needs full batches: leave batch_size unset, or use 'sgd'/'adam' for minibatches")
+    _plan.check(grad, loss=loss, batch_size=batch_size, line_search=spec.name in _optim.LINE_SEARCH)
+
+
+def check(options: FitOptions | dict) -> Checked:
+    """Check every option that does not depend on the data; ValueError names the bad one."""
+    o = FitOptions(**options) if isinstance(options, dict) else options
+    losses.check_model(o.loss, o.reduction, o.grad, _plan.GRAD_MODES)
+    steps = _validation.positive_int(o.steps, "steps")
+    chunk_size = _validation.positive_int(o.chunk_size, "chunk_size")
+    batch_size = None if o.batch_size is None else _validation.positive_int(o.batch_size, "batch_size")
+    n_rows = None if o.n_rows is None else _validation.positive_int(o.n_rows, "n_rows")
+    if o.shuffle not in SHUFFLES:
+        raise ValueError(
+            f"unknown shuffle {o.shuffle!r}: use 'blocks' (contiguous batches in random order), 'rows' "
+            "(a permutation of the rows per epoch) or 'none' (batches in order)"
+        )
+    for name in ("fit_intercept", "batched"):
+        if not _is_bool(getattr(o, name)):
+            raise ValueError(f"{name} must be True or False, got {getattr(o, name)!r}")
+    _check_init(o.init)
+    seed = _validation.seed(o.seed)
+    lr, auto_step = _check_learning_rate(o)
+    spec, traced = _optim.resolve(o.optimizer, o.optimizer_options, lr)
+    check_program(o.loss, o.reduction, o.grad, spec, batch_size)
+    lr_arr = None if lr is None else _validation.hyperparameter(lr, "learning_rate", positive=True, allowed_ndims=(0, 1))
+    l2 = _validation.hyperparameter(o.l2, "l2", positive=False, allowed_ndims=(0, 1))
+    tol = np.asarray(-1.0) if o.tol is None else _validation.hyperparameter(o.tol, "tol", positive=False)
+    o = _check_long_run(o)._replace(
+        steps=steps, chunk_size=chunk_size, batch_size=batch_size, n_rows=n_rows, seed=seed,
+        fit_intercept=bool(o.fit_intercept), batched=bool(o.batched),
+    )
+    return Checked(o, spec, traced, lr_arr, auto_step, l2, tol)
+
+
+def for_data(c: Checked, *, m: int, n: int, k: int | None, sharded: bool = False, members: int = 1) -> str:
+    """The checks that need the data's shape (rows m, features n, outputs k or None); returns
+    the plan the fit runs (:func:`gradfit._plan.choose`)."""
+    o = c.options
+    if o.batch_size is not None and o.batch_size > m:
+        raise ValueError(f"batch_size={o.batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None for full batches")
+    for name, value in (("learning_rate", c.learning_rate), ("l2", c.l2)):
+        if value is not None and value.ndim == 1 and (k is None or value.shape != (k,)):
+            expected = "()" if k is None else f"() or ({k},)"
+            raise ValueError(f"{name} has shape {value.shape}: expected {expected}, one value per output column")
+    if isinstance(o.init, (Params, tuple)) and not isinstance(o.init, str):
+        W, b = (np.shape(a) for a in o.init)
+        out = () if k is None else (k,)
+        if tuple(W) != (n, *out) or tuple(b) != out:
+            raise ValueError(
+                f"init has W {tuple(W)} and b {tuple(b)} but this problem needs W {(n, *out)} "
+                f"and b {out}: W is (n_features,) or (n_features, k), b is () or (k,)"
+            )
+    per_output = k is not None and ((c.learning_rate is not None and c.learning_rate.ndim == 1) or c.l2.ndim == 1)
+    return _plan.choose(
+        o.grad, loss=o.loss, m=m, n=n, k=k or 1, steps=o.steps, batch_size=o.batch_size,
+        line_search=c.line_search, sharded=sharded, members=members * (k if per_output else 1),
+    )
+
+
+def per_output(c: Checked) -> bool:
+    """Whether the output columns are independent problems (a (k,) learning_rate or l2)."""
+    return (c.learning_rate is not None and c.learning_rate.ndim == 1) or c.l2.ndim == 1
+
+
+def with_options_signature(fn, *, exclude=(), extra=()):
+    """Give ``fn(X, y, *, ..., **options)`` the signature that lists every fit option with its
+    default (what ``help()`` and ``inspect.signature`` show): the options are written once."""
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    have = {p.name for p in params}
+    for name, default in zip(NAMES, FitOptions()):
+        if name not in have and name not in exclude:
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    fn.__signature__ = sig.replace(parameters=params)
+    return fn

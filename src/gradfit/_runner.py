@@ -1,0 +1,61 @@
+"""A run as a user starts it: the driver with progress, checkpoints and callbacks.
+
+:func:`run` is what :func:`gradfit.fit`, :func:`gradfit.fit_streaming` and the sweep's groups
+call with their stepper: it resumes from a checkpoint when asked, and hands the driver its
+observers in a fixed order (the checkpoint first, so that a callback that raises finds the
+run saved; then the progress bar; then the user's callback).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from gradfit import checkpoint as checkpoints
+from gradfit import progress as progress_bars
+from gradfit._driver import Observer, RunResult, drive
+from gradfit._options import Every
+from gradfit._types import Hyper, SolverState
+
+
+def run(
+    stepper,
+    state: SolverState,
+    hyper: Hyper,
+    *,
+    chunk_steps: int,
+    max_steps: int,
+    members: int = 1,
+    callback: Observer | None = None,
+    progress: bool = False,
+    desc: str = "fit",
+    observers: Sequence[Observer] = (),
+    checkpoint: Path | None = None,
+    every: Every | None = None,
+    resume: bool = False,
+    fingerprint: dict[str, str] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> tuple[RunResult, dict[str, Any]]:
+    """Drive ``stepper`` from ``state`` (or from the checkpoint at ``checkpoint`` when
+    ``resume`` and it exists, after checking its ``fingerprint``). Returns the run and the
+    checkpoint's stats (``checkpoint``, ``resumed_from_step``, ``checkpoints``,
+    ``checkpoint_seconds``; empty without one)."""
+    saver, history = None, None
+    if checkpoint is not None:
+        start_step = 0
+        if resume and checkpoint.exists():
+            state, history, header = checkpoints.load(checkpoint, state, fingerprint)
+            start_step = int(header["step"])
+        saver = checkpoints.Checkpointer(checkpoint, hyper, fingerprint, every=every, meta=meta, start_step=start_step)
+    bar = progress_bars.Progress(max_steps, members=members, desc=desc) if progress else None
+    try:
+        result = drive(stepper, state, hyper, observers=[saver, bar, *observers, callback],
+                       history=history, chunk_steps=chunk_steps)
+    finally:
+        if bar is not None:
+            bar.close()
+    if saver is None:
+        return result, {}
+    saver.finish(result.state, result.history)
+    return result, {"checkpoint": str(checkpoint), "resumed_from_step": start_step,
+                    "checkpoints": saver.count, "checkpoint_seconds": saver.seconds}

@@ -1,0 +1,92 @@
+"""The nouns every layer shares. This module imports nothing of gradfit.
+
+=================  ==========================================================================
+``Params``         the model's pytree, ``yhat = X @ W + b``
+``Data``           the rows a fit reads: X, y and the row weights
+``Hyper``          hyperparameters as arrays (traced: new values never recompile)
+``Program``        everything that shapes the compiled program (hashable, static)
+``SolverState``    the loop's carry; every field has a fixed shape and dtype
+``Level``          one ``vmap`` level (problems, output columns, sweep members)
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+
+class Params(NamedTuple):
+    """Weights and bias of the linear model ``yhat = X @ W + b``.
+
+    Rows of ``X`` are samples. With ``X`` of shape (m, n):
+
+    - one output: ``W`` is (n,), ``b`` is (), ``yhat`` is (m,);
+    - k outputs: ``W`` is (n, k), ``b`` is (k,), ``yhat`` is (m, k).
+
+    The blog seed writes ``y = M x + b`` with ``M`` of shape (k, n) acting on one
+    sample ``x``; gradfit's ``W`` is ``M.T``. The notes seed puts samples in columns
+    (``w.T @ X`` with X of shape (n, m)); pass its ``X.T``.
+    """
+
+    W: jax.Array  # (n,) or (n, k)
+    b: jax.Array  # () or (k,)
+
+
+class Data(NamedTuple):
+    """The arrays a fit reads. X (m, n); y (m,) or (m, k); sample_weight (m,) or None."""
+
+    X: jax.Array
+    y: jax.Array
+    sample_weight: jax.Array | None = None
+
+
+class Hyper(NamedTuple):
+    """Hyperparameters as arrays (traced: new values never recompile)."""
+
+    learning_rate: jax.Array | None  # () float; None: the line search picks the step
+    l2: jax.Array  # () float, >= 0
+    tol: jax.Array  # () float; < 0 means no tolerance test
+    max_steps: jax.Array  # () int32
+    optimizer: dict[str, jax.Array]  # the optimizer's float options, () each
+
+
+class Program(NamedTuple):
+    """Everything that shapes the compiled program (hashable): two fits with equal programs
+    and equal array shapes share one compiled executable."""
+
+    loss: str  # "mse" or "bce"
+    reduction: str  # "mean", "half_mean" (mse) or "sum"
+    plan: str  # how the gradient is computed: "autodiff", "hand", "onepass", "stats", "summed"
+    optimizer: Any  # gradfit._optim.OptimizerSpec
+    has_learning_rate: bool
+    fit_intercept: bool
+    batch_size: int | None
+    chunk_size: int
+    rows: int | None = None  # real rows when X was padded for sharding (the rest have weight 0)
+    shuffle: str = "blocks"  # minibatch order: "blocks", "rows" or "none"
+    parts: int = 1  # devices the rows are split over (gradients.block_rows keeps blocks whole per device)
+
+
+class SolverState(NamedTuple):
+    """The loop's carry; every field has a fixed shape and dtype."""
+
+    params: Params  # p_t, the current iterate
+    prev_params: Params  # p_{t-1}, returned if p_t diverged
+    opt_state: Any  # the optax state
+    step: jax.Array  # () int32, objective evaluations so far
+    loss: jax.Array  # () the last objective value J_t
+    initial_loss: jax.Array  # () J_0, the reference for divergence
+    converged: jax.Array  # () bool
+    diverged: jax.Array  # () bool
+    key: jax.Array  # () PRNG key, advanced once per minibatch epoch
+
+
+class Level(NamedTuple):
+    """One ``vmap`` level: for each input, 0 (mapped along its leading axis) or None (shared)."""
+
+    data: Any  # a Data (or a gradfit._stats.Stats) of axes
+    hyper: Hyper
+    params: int | None
+    key: int | None
