@@ -29,32 +29,87 @@ AUTO = "auto"
 
 
 class FitOptions(NamedTuple):
-    """Every option of :func:`gradfit.fit`, with its default (the one list of them)."""
+    """Every option of :func:`gradfit.fit` with its default: the one list of them (each is
+    documented in :data:`DOCS`, which the front doors' docstrings show)."""
 
-    loss: str = "mse"  # "mse" or "bce"
-    reduction: str = "mean"  # "mean", "half_mean" (mse) or "sum"
-    optimizer: Any = "sgd"  # an optax alias name or an optax.GradientTransformation
-    learning_rate: Any = None  # float, (k,) per output, "auto" (1/L, sgd), None: 0.01 or the line search's
-    steps: int = 1000  # most steps (epochs with batch_size)
-    tol: float | None = None  # the stopping test's tolerance; None never stops early
-    l2: Any = 0.0  # (l2/2) ||W||^2; (k,) per output
-    grad: str = "auto"  # the plan: "auto", "autodiff", "hand", "onepass", "stats"
-    init: Any = None  # None/"zeros", "normal" or Params
-    batch_size: int | None = None  # minibatches; None is full batch
-    shuffle: str = "blocks"  # minibatch order: "blocks", "rows" or "none"
-    seed: int = 0  # minibatch order and init="normal"
+    loss: str = "mse"
+    reduction: str = "mean"
+    optimizer: Any = "sgd"
+    learning_rate: Any = None
+    steps: int = 1000
+    tol: float | None = None
+    l2: Any = 0.0
+    grad: str = "auto"
+    init: Any = None
+    batch_size: int | None = None
+    shuffle: str = "blocks"
+    seed: int = 0
     fit_intercept: bool = True
-    optimizer_options: dict | None = None  # e.g. {"momentum": 0.9}; floats are traced
-    batched: bool = False  # X (B, m, n): B independent problems under vmap
-    chunk_size: int = DEFAULT_CHUNK_SIZE  # steps per compiled chunk
-    devices: Any = None  # rows split over devices: None (auto), an int, or a list
-    n_rows: int | None = None  # real rows of an X already padded and sharded
-    callback: Any = None  # callback(state, history) between chunks
-    progress: bool = False  # a tqdm bar
-    checkpoint: Any = None  # a file path: save the run there at chunk boundaries
-    checkpoint_every: Any = None  # steps (int), a timedelta, or checkpoint.Every; default 60 s
-    resume: bool = False  # continue from checkpoint if it exists
+    optimizer_options: dict | None = None
+    batched: bool = False
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    devices: Any = None
+    n_rows: int | None = None
+    callback: Any = None
+    progress: bool = False
+    checkpoint: Any = None
+    checkpoint_every: Any = None
+    resume: bool = False
 
+
+DOCS = """\
+      loss: ``"mse"`` or ``"bce"`` (logistic regression, from logits).
+      reduction: ``"mean"`` (1/m), ``"half_mean"`` (1/(2m), mse only) or ``"sum"``.
+      optimizer: an optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or any
+        ``optax.GradientTransformation`` (then leave ``learning_rate`` unset).
+      learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's).
+        A (k,) array gives each output column its own rate (the columns are vmapped).
+        ``"auto"`` (with ``optimizer="sgd"``): ``1/L``, see
+        :func:`gradfit.health.safe_learning_rate` (exact from the statistics with plan "stats").
+      steps: most steps to run (epochs with ``batch_size``).
+      tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
+      l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
+        See :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
+      grad: the plan (:mod:`gradfit._plan`): ``"auto"`` (default: ``"stats"`` for a
+        full-batch MSE fit when its cost model says it is cheaper, else the fastest direct
+        plan), ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`),
+        ``"onepass"`` (closed forms, X read once per step in row blocks) or ``"stats"``
+        (MSE by sufficient statistics: one pass over X, then O(n^2 k) per step, same
+        iterates). The plan used is ``stats["plan"]``.
+      init: None/``"zeros"``, ``"normal"`` (N(0, 1/n) weights from ``seed``) or ``Params``.
+      batch_size: minibatch SGD, batches drawn on device as ``shuffle`` says; the short last
+        batch is kept (padded with zero-weight rows), so no row is dropped.
+      shuffle: minibatch order. ``"blocks"`` (default): fixed contiguous batches visited in a
+        fresh random order every epoch, so an epoch is one sequential read of X (shuffle the
+        rows of X once beforehand if they are ordered, e.g. sorted by label). ``"rows"``: a
+        fresh permutation of all rows every epoch, each batch gathered from anywhere in X
+        (exact sampling without replacement; on CPU ~25-70x slower per epoch, measured in
+        ``docs/benchmarks.md``). ``"none"``: the contiguous batches in order.
+      seed: seeds the minibatch order and ``init="normal"``.
+      fit_intercept: False fixes b at its initial value (0).
+      optimizer_options: extra options of the optax alias, e.g. ``{"momentum": 0.9}``;
+        float values are traced (new values do not recompile).
+      batched: X has a leading axis of B independent problems, fitted under ``vmap``.
+      chunk_size: steps per compiled chunk; Python runs only between chunks.
+      callback: ``callback(state, history)`` between chunks.
+      devices: split the rows across devices (:mod:`gradfit.sharding`): None uses every
+        device once m >= ``gradfit.sharding.AUTO_MIN_ROWS`` (one device below that, or when
+        there is only one), an int d the first d devices (1 forces one), or a list of jax
+        devices or ids. Rows that do not divide evenly are padded with weight-0 rows.
+        Leave None when X, y are already sharded jax arrays (kept as they are).
+      n_rows: for X, y already padded and sharded (e.g. by :func:`gradfit.shard_rows` or
+        :func:`gradfit.distributed.load_rows`), the number of real rows, which come first;
+        minibatches are drawn from them only. Not needed for full batches.
+      progress: show a tqdm bar (updated between chunks; needs ``gradfit[progress]``).
+      checkpoint: a file path: save the run there atomically at chunk boundaries and at the
+        end (see :mod:`gradfit.checkpoint`).
+      checkpoint_every: an int (steps), a ``datetime.timedelta``, or
+        ``gradfit.checkpoint.Every(steps, seconds)``; default every 60 seconds.
+      resume: continue from ``checkpoint`` if that file exists (same data and settings, else
+        ValueError); start afresh if it does not. The result has the same bits as a run that
+        never stopped (on the CPU).
+
+"""
 
 NAMES = FitOptions._fields
 
@@ -242,14 +297,28 @@ def per_output(c: Checked) -> bool:
     return (c.learning_rate is not None and c.learning_rate.ndim == 1) or c.l2.ndim == 1
 
 
-def with_options_signature(fn, *, exclude=(), extra=()):
+def _documented() -> dict[str, str]:
+    """:data:`DOCS` split into one entry per option (an entry starts at a line ``      name:``)."""
+    entries: dict[str, str] = {}
+    for line in DOCS.splitlines(keepends=True):
+        name = line.strip().split(":", 1)[0]
+        if not line.startswith("       ") and name in NAMES:
+            entries[name] = line
+        elif entries:
+            entries[next(reversed(entries))] += line
+    return entries
+
+
+def with_options_signature(fn, *, exclude=()):
     """Give ``fn(X, y, *, ..., **options)`` the signature that lists every fit option with its
-    default (what ``help()`` and ``inspect.signature`` show): the options are written once."""
+    default (what ``help()`` and ``inspect.signature`` show), and put their documentation where
+    its docstring says ``{options}``: the options are written once, here."""
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
     have = {p.name for p in params}
-    for name, default in zip(NAMES, FitOptions()):
-        if name not in have and name not in exclude:
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    names = [n for n in NAMES if n not in have and n not in exclude]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=getattr(FitOptions(), n)) for n in names]
     fn.__signature__ = sig.replace(parameters=params)
+    docs = _documented()
+    fn.__doc__ = (fn.__doc__ or "").replace("{options}\n", "".join(docs[n] for n in names))
     return fn

@@ -40,14 +40,13 @@ def run(
     ``resume`` and it exists, after checking its ``fingerprint``). Returns the run and the
     checkpoint's stats (``checkpoint``, ``resumed_from_step``, ``checkpoints``,
     ``checkpoint_seconds``; empty without one)."""
-    saver, history = None, None
+    saver, history, start_step = None, None, 0
     if checkpoint is not None:
-        start_step = 0
         if resume and checkpoint.exists():
             state, history, header = checkpoints.load(checkpoint, state, fingerprint)
             start_step = int(header["step"])
         saver = checkpoints.Checkpointer(checkpoint, hyper, fingerprint, every=every, meta=meta, start_step=start_step)
-    bar = progress_bars.Progress(max_steps, members=members, desc=desc) if progress else None
+    bar = progress_bars.Progress(max_steps, members=members, desc=desc, initial=start_step) if progress else None
     try:
         result = drive(stepper, state, hyper, observers=[saver, bar, *observers, callback],
                        history=history, chunk_steps=chunk_steps)

@@ -54,7 +54,8 @@ _COMPONENTS = {
     "settings": "loss, reduction, grad, fit_intercept, batch_size or the vmapped levels",
     "optimizer": "the optimizer or its static options",
     "hyperparameters": "learning_rate, l2, tol or the optimizer's float options",
-    "chunk_size": "chunk_size (resumed runs need the same chunk boundaries to give the same bits)",
+    "chunk_size": "chunk_size, or for streamed data the rows per chunk (chunk_bytes): resumed runs need the same "
+                  "chunk boundaries to give the same bits",
     "start": "the starting point (init or seed)",
 }
 

@@ -309,57 +309,7 @@ def fit(X, y, *, sample_weight=None, **options) -> FitResult:
       X: (m, n) features, rows are samples; (B, m, n) with ``batched=True``.
       y: (m,) or (m, k) targets (in [0, 1] for ``loss="bce"``); (B, m[, k]) when batched.
       sample_weight: (m,) non-negative row weights ("mean" divides by their sum).
-      loss: ``"mse"`` or ``"bce"`` (logistic regression, from logits).
-      reduction: ``"mean"`` (1/m), ``"half_mean"`` (1/(2m), mse only) or ``"sum"``.
-      optimizer: an optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or any
-        ``optax.GradientTransformation`` (then leave ``learning_rate`` unset).
-      learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's).
-        A (k,) array gives each output column its own rate (the columns are vmapped).
-        ``"auto"`` (with ``optimizer="sgd"``): ``1/L``, see
-        :func:`gradfit.health.safe_learning_rate` (exact from the statistics with plan "stats").
-      steps: most steps to run (epochs with ``batch_size``).
-      tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
-      l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
-        See :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
-      grad: the plan (:mod:`gradfit._plan`): ``"auto"`` (default: ``"stats"`` for a
-        full-batch MSE fit when its cost model says it is cheaper, else the fastest direct
-        plan), ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`),
-        ``"onepass"`` (closed forms, X read once per step in row blocks) or ``"stats"``
-        (MSE by sufficient statistics: one pass over X, then O(n^2 k) per step, same
-        iterates). The plan used is ``stats["plan"]``.
-      init: None/``"zeros"``, ``"normal"`` (N(0, 1/n) weights from ``seed``) or ``Params``.
-      batch_size: minibatch SGD, batches drawn on device as ``shuffle`` says; the short last
-        batch is kept (padded with zero-weight rows), so no row is dropped.
-      shuffle: minibatch order. ``"blocks"`` (default): fixed contiguous batches visited in a
-        fresh random order every epoch, so an epoch is one sequential read of X (shuffle the
-        rows of X once beforehand if they are ordered, e.g. sorted by label). ``"rows"``: a
-        fresh permutation of all rows every epoch, each batch gathered from anywhere in X
-        (exact sampling without replacement; on CPU ~25-70x slower per epoch, measured in
-        ``docs/benchmarks.md``). ``"none"``: the contiguous batches in order.
-      seed: seeds the minibatch order and ``init="normal"``.
-      fit_intercept: False fixes b at its initial value (0).
-      optimizer_options: extra options of the optax alias, e.g. ``{"momentum": 0.9}``;
-        float values are traced (new values do not recompile).
-      batched: X has a leading axis of B independent problems, fitted under ``vmap``.
-      chunk_size: steps per compiled chunk; Python runs only between chunks.
-      callback: ``callback(state, history)`` between chunks.
-      devices: split the rows across devices (:mod:`gradfit.sharding`): None uses every
-        device once m >= ``gradfit.sharding.AUTO_MIN_ROWS`` (one device below that, or when
-        there is only one), an int d the first d devices (1 forces one), or a list of jax
-        devices or ids. Rows that do not divide evenly are padded with weight-0 rows.
-        Leave None when X, y are already sharded jax arrays (kept as they are).
-      n_rows: for X, y already padded and sharded (e.g. by :func:`gradfit.shard_rows` or
-        :func:`gradfit.distributed.load_rows`), the number of real rows, which come first;
-        minibatches are drawn from them only. Not needed for full batches.
-      progress: show a tqdm bar (updated between chunks; needs ``gradfit[progress]``).
-      checkpoint: a file path: save the run there atomically at chunk boundaries and at the
-        end (see :mod:`gradfit.checkpoint`).
-      checkpoint_every: an int (steps), a ``datetime.timedelta``, or
-        ``gradfit.checkpoint.Every(steps, seconds)``; default every 60 seconds.
-      resume: continue from ``checkpoint`` if that file exists (same data and settings, else
-        ValueError); start afresh if it does not. The result has the same bits as a run that
-        never stopped (on the CPU).
-
+{options}
     Returns:
       A :class:`FitResult`. Hyperparameters are arrays inside the program: a second fit on
       the same shapes with new values compiles nothing (``stats["compile_seconds"] == 0``).

@@ -259,7 +259,7 @@ def fit_streaming(X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, prefetch: int
       prefetch: chunks read ahead by the background thread.
       rows: ``(start, stop)``: fit on those rows of the files only.
       dtype: compute dtype (default: the file's float dtype, float32 without x64).
-
+{options}
     Returns:
       A :class:`~gradfit.FitResult`; ``stats`` adds ``passes`` (streamed passes over the
       files), ``bytes_per_pass``, ``chunk_rows``, ``n_chunks``, ``rows`` and ``stream_seconds``,
@@ -297,7 +297,10 @@ def fit_streaming(X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, prefetch: int
         stepper = PassStepper(data, hyper, program, prefetch=prefetch, seed=o.seed)
         operand, pre = Data(data.X[data.start:data.stop], data.y[data.start:data.stop]), (0.0, 0.0, 0)
     state = stepper.init(params, key)
-    fingerprint = None if o.checkpoint is None else checkpoint.fingerprint(params, operand, hyper, key, stepper.program)
+    fingerprint = None
+    if o.checkpoint is not None:  # the chunks' rows decide sums and batches: a resume needs the same
+        fingerprint = checkpoint.fingerprint(params, operand, hyper, key, stepper.program)
+        fingerprint["chunk_size"] += f", chunk_rows={data.chunk_rows}"
     run, info = _runner.run(
         stepper, state, hyper, chunk_steps=o.chunk_size, max_steps=o.steps, callback=o.callback, progress=o.progress,
         desc="fit (streamed)", checkpoint=o.checkpoint, every=o.checkpoint_every, resume=o.resume,

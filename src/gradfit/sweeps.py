@@ -423,7 +423,7 @@ def _trim(run: RunResult, count: int) -> RunResult:
 
 
 # --------------------------------------------------------------------------- the sweep
-_SWEEP_ONLY = ("grid", "compact", "memory_budget", "callback", "progress", "sample_weight")
+_FIT_ONLY = ("callback", "batched", "progress", "checkpoint", "checkpoint_every", "resume", "n_rows")
 
 
 def _check_sweep_options(options: dict, memory_budget) -> int:
@@ -435,8 +435,7 @@ def _check_sweep_options(options: dict, memory_budget) -> int:
             f"sweep does not take {fit_only[0]}= (a gradfit.fit option): its callback=(members_done, "
             "members_total) reports progress, and `gradfit sweep` resumes a killed sweep group by group"
         )
-    choices = [n for n in _options.NAMES if n not in ("callback", "batched", "progress", "checkpoint",
-                                                       "checkpoint_every", "resume", "n_rows")]
+    choices = [n for n in _options.NAMES if n not in _FIT_ONLY]
     _options.unknown(options, choices, "sweep option")
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Integral)
                                       or memory_budget <= 0):
@@ -493,10 +492,8 @@ def sweep(X, y, *, grid: dict[str, Any], compact: bool = True, memory_budget: in
       progress: one tqdm bar over every member's step budget, updated between compiled
         chunks (:class:`gradfit.progress.MemberBar`; needs tqdm).
       sample_weight: (m,) row weights, shared by every member.
-      **options: any other :func:`gradfit.fit` option (fixed for every member), e.g.
-        ``steps``, ``tol``, ``optimizer``, ``chunk_size``, ``optimizer_options``, ``l2``
-        (a (k,) per-output array is allowed here).
-
+      The other options are :func:`gradfit.fit`'s, fixed for every member:
+{options}
     Returns:
       A :class:`SweepResult`; member i equals ``gradfit.fit(X, y, **options, **configs[i])``
       (to floating-point rounding of the batched matrix products). Programs are cached by
@@ -535,6 +532,9 @@ def sweep(X, y, *, grid: dict[str, Any], compact: bool = True, memory_budget: in
         if bar is not None:
             bar.close()
     return _assemble(configs, results, inputs, placed, plans, operands, len(groups), compact)
+
+
+sweep = _options.with_options_signature(sweep, exclude=_FIT_ONLY)
 
 
 def _assemble(configs, results, inputs: solver.Inputs, placed, plans, operands, n_groups, compact) -> SweepResult:
