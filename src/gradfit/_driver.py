@@ -159,15 +159,8 @@ class Compacting:
         return self.stepper.evaluate(state)
 
 
-def drive(
-    stepper,
-    state: SolverState,
-    hyper: Hyper,
-    *,
-    observers: Sequence[Observer | None] = (),
-    history: np.ndarray | None = None,
-    chunk_steps: int,
-) -> RunResult:
+def drive(stepper, state: SolverState, hyper: Hyper, *, observers: Sequence[Observer | None] = (),
+          history: np.ndarray | None = None, chunk_steps: int) -> RunResult:
     """Run ``stepper`` chunk after chunk from ``state`` until every member has stopped, then
     apply the end-of-run rule.
 

@@ -56,16 +56,8 @@ def _per_row(loss: str, z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Arra
     return per, a - y
 
 
-def value_and_grad(
-    params: Params,
-    X: jax.Array,
-    y: jax.Array,
-    *,
-    loss: str,
-    reduction: str = "mean",
-    sample_weight: jax.Array | None = None,
-    block: int | None = None,
-) -> tuple[jax.Array, Params]:
+def value_and_grad(params: Params, X: jax.Array, y: jax.Array, *, loss: str, reduction: str = "mean",
+                   sample_weight: jax.Array | None = None, block: int | None = None) -> tuple[jax.Array, Params]:
     """``(J, dJ/dp)`` of :func:`gradfit.losses.mse` or ``bce`` reading X once (module docstring).
 
     Shapes: X (m, n); y (m,) with W (n,), b (), or y (m, k) with W (n, k), b (k,).

@@ -1,15 +1,14 @@
 """Optimizers: optax aliases by name, with float hyperparameters as traced arrays.
 
 A fit names an optax alias (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or passes any
-``optax.GradientTransformation``. For a name, the optimizer is built *inside* the traced
-program from array hyperparameters, so a new learning rate, momentum or beta is new data,
-not a new program: nothing recompiles and a grid of them vmaps. Options that change the
-program (booleans such as ``nesterov``, integers such as ``memory_size``) are static.
+``optax.GradientTransformation``. A named optimizer is built *inside* the traced program from
+array hyperparameters, so a new learning rate, momentum or beta is new data, not a new program:
+nothing recompiles and a grid of them vmaps. Options that change the program (booleans such as
+``nesterov``, integers such as ``memory_size``) are static.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from typing import Any, NamedTuple
@@ -18,25 +17,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# optax aliases that take a learning rate and need nothing but gradients (and, for lbfgs,
-# the objective's value and a way to evaluate it, which the solver passes).
+from gradfit._validation import suggest
+
+# optax aliases that take a learning rate and need nothing but gradients (and, for lbfgs, the
+# objective's value and a way to evaluate it, which the solver passes).
 OPTIMIZERS = (
     "sgd", "adam", "adamw", "adamax", "adamaxw", "amsgrad", "adabelief", "adadelta",
     "adafactor", "adagrad", "adan", "fromage", "lamb", "lars", "lbfgs", "lion", "nadam",
     "nadamw", "novograd", "radam", "rmsprop", "rprop", "sign_sgd", "signum", "sm3", "yogi",
 )
-
-# Line-search optimizers: the learning rate is optional (None lets the line search choose).
-LINE_SEARCH = ("lbfgs",)
+LINE_SEARCH = ("lbfgs",)  # the learning rate is optional: None lets the line search choose
 
 
 class OptimizerSpec(NamedTuple):
-    """What the compiled program needs to know about the optimizer (hashable, static).
-
-    ``name`` is an optax alias name, or None when ``transformation`` is a user's
-    ``GradientTransformation``. ``traced`` names the float options passed as arrays;
-    ``static`` holds the rest as ``(name, value)`` pairs.
-    """
+    """What the compiled program needs to know about the optimizer (hashable, static): an optax
+    alias ``name``, or a user's ``transformation``; ``traced`` names the float options passed as
+    arrays, ``static`` holds the rest as ``(name, value)`` pairs."""
 
     name: str | None
     transformation: Any
@@ -44,16 +40,10 @@ class OptimizerSpec(NamedTuple):
     static: tuple[tuple[str, Any], ...]
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def resolve(optimizer, options: dict[str, Any] | None, learning_rate) -> tuple[OptimizerSpec, dict[str, float]]:
-    """Check an optimizer choice and split its options into static and traced.
+    """Check an optimizer choice; return its spec and the float options to pass as arrays.
 
-    Returns the spec and the float options to pass as arrays. Raises ``ValueError`` for an
-    unknown name or option, and when a ``GradientTransformation`` is combined with
+    ``ValueError`` for an unknown name or option, and for a ``GradientTransformation`` given
     ``learning_rate`` or options (it carries its own).
     """
     options = dict(options or {})
@@ -66,31 +56,21 @@ def resolve(optimizer, options: dict[str, Any] | None, learning_rate) -> tuple[O
             )
         return OptimizerSpec(None, optimizer, (), ()), {}
     if not isinstance(optimizer, str):
-        raise ValueError(
-            f"optimizer must be an optax alias name or an optax.GradientTransformation, got {type(optimizer).__name__}"
-        )
+        raise ValueError(f"optimizer must be an optax alias name or an optax.GradientTransformation, "
+                         f"got {type(optimizer).__name__}")
     if optimizer not in OPTIMIZERS:
-        raise ValueError(
-            f"unknown optimizer {optimizer!r}{_suggest(optimizer, OPTIMIZERS)}: use one of {', '.join(OPTIMIZERS)} "
-            "or pass an optax.GradientTransformation"
-        )
+        raise ValueError(f"unknown optimizer {optimizer!r}{suggest(optimizer, OPTIMIZERS)}: use one of "
+                         f"{', '.join(OPTIMIZERS)} or pass an optax.GradientTransformation")
     if learning_rate is None and optimizer not in LINE_SEARCH:
         raise ValueError(f"optimizer {optimizer!r} needs a learning_rate (a positive float)")
-    params = inspect.signature(getattr(optax, optimizer)).parameters
-    allowed = [p for p in params if p != "learning_rate"]
-    traced: dict[str, float] = {}
-    static: list[tuple[str, Any]] = []
-    for key, value in sorted(options.items()):
+    allowed = [p for p in inspect.signature(getattr(optax, optimizer)).parameters if p != "learning_rate"]
+    for key in sorted(options):
         if key not in allowed:
-            raise ValueError(
-                f"unknown option {key!r} for optimizer {optimizer!r}{_suggest(key, allowed)}: "
-                f"its options are {', '.join(allowed)}"
-            )
-        if isinstance(value, float) and not isinstance(value, bool):
-            traced[key] = value
-        else:
-            static.append((key, value))
-    spec = OptimizerSpec(optimizer, None, tuple(sorted(traced)), tuple(static))
+            raise ValueError(f"unknown option {key!r} for optimizer {optimizer!r}{suggest(key, allowed)}: "
+                             f"its options are {', '.join(allowed)}")
+    traced = {key: value for key, value in sorted(options.items()) if isinstance(value, float)}
+    static = tuple((key, value) for key, value in sorted(options.items()) if key not in traced)
+    spec = OptimizerSpec(optimizer, None, tuple(traced), static)
     try:
         _check_builds(spec)
     except TypeError:  # an unhashable static option: check it without the cache
@@ -100,22 +80,19 @@ def resolve(optimizer, options: dict[str, Any] | None, learning_rate) -> tuple[O
 
 @functools.cache
 def _check_builds(spec: OptimizerSpec) -> None:
-    """Trace one init and update of the optimizer on a tiny problem (``jax.eval_shape``: no
-    compute), so that an option of the wrong type is a ValueError naming it, raised before
-    the fit compiles, rather than a TypeError from inside optax."""
+    """Trace one init and update on a tiny problem (``jax.eval_shape``: no compute), so that an
+    option of the wrong type is a ValueError naming it before the fit compiles, not a TypeError
+    from inside optax."""
 
     def trial(lr, traced):
         opt = build(spec, lr, traced)
         p = (jnp.zeros((2,), jnp.float32), jnp.zeros((), jnp.float32))
-        state = opt.init(p)
-        updates, _ = opt.update(p, state, p, value=jnp.zeros((), jnp.float32), grad=p,
-                                value_fn=lambda q: jnp.sum(q[0] * q[0]) + q[1] * q[1])
-        return updates
+        return opt.update(p, opt.init(p), p, value=jnp.zeros((), jnp.float32), grad=p,
+                          value_fn=lambda q: jnp.sum(q[0] * q[0]) + q[1] * q[1])[0]
 
-    lr = None if spec.name in LINE_SEARCH else jnp.float32(0.01)
-    traced = {name: jnp.float32(0.5) for name in spec.traced}
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)  # shapes only: nothing is created or compiled
     try:
-        jax.eval_shape(trial, lr, traced)
+        jax.eval_shape(trial, None if spec.name in LINE_SEARCH else scalar, {name: scalar for name in spec.traced})
     except (TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
         given = ", ".join(f"{k}={v!r}" for k, v in spec.static) or "none"
         raise ValueError(
@@ -126,14 +103,11 @@ def _check_builds(spec: OptimizerSpec) -> None:
 
 
 def build(spec: OptimizerSpec, learning_rate, traced: dict[str, Any]) -> optax.GradientTransformationExtraArgs:
-    """Make the optax transformation inside a traced program (arrays in, no recompiles).
-
-    ``learning_rate`` is an array, or None for a line search's own step.
-    """
+    """Make the optax transformation inside a traced program (arrays in, no recompiles);
+    ``learning_rate`` is an array, or None for a line search's own step."""
     if spec.transformation is not None:
         return optax.with_extra_args_support(spec.transformation)
-    kwargs = dict(spec.static)
-    kwargs.update({name: traced[name] for name in spec.traced})
+    kwargs = {**dict(spec.static), **{name: traced[name] for name in spec.traced}}
     if learning_rate is not None:
         kwargs["learning_rate"] = learning_rate
     return optax.with_extra_args_support(getattr(optax, spec.name)(**kwargs))

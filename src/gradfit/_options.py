@@ -1,19 +1,18 @@
 """fit's options: one spec (:class:`FitOptions`), checked in one place before any compute.
 
 :func:`gradfit.fit`, :func:`gradfit.sweep` (per member), :func:`gradfit.fit_streaming`, the
-scikit-learn estimators, the config loader and the command all build a :class:`FitOptions`
-and call :func:`check`, which raises ``ValueError`` naming the option and the fix. Checks that
-need the data's shape (``batch_size <= m``, per-output arrays of length k, the plan's cost
-model) are :func:`for_data`. Each rule exists once, here.
+scikit-learn estimators, the config loader and the command all build a :class:`FitOptions` and
+call :func:`check` (``ValueError`` naming the option and the fix); checks that need the data's
+shape are :func:`for_data`. Each rule exists once, here.
 """
 
 from __future__ import annotations
 
 import datetime
-import difflib
 import inspect
 import numbers
 import os
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,8 +28,7 @@ AUTO = "auto"
 
 
 class FitOptions(NamedTuple):
-    """Every option of :func:`gradfit.fit` with its default: the one list of them (each is
-    documented in :data:`DOCS`, which the front doors' docstrings show)."""
+    """Every option of :func:`gradfit.fit` with its default (documented in :data:`DOCS`)."""
 
     loss: str = "mse"
     reduction: str = "mean"
@@ -62,29 +60,26 @@ DOCS = """\
       reduction: ``"mean"`` (1/m), ``"half_mean"`` (1/(2m), mse only) or ``"sum"``.
       optimizer: an optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or any
         ``optax.GradientTransformation`` (then leave ``learning_rate`` unset).
-      learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's).
-        A (k,) array gives each output column its own rate (the columns are vmapped).
-        ``"auto"`` (with ``optimizer="sgd"``): ``1/L``, see
-        :func:`gradfit.health.safe_learning_rate` (exact from the statistics with plan "stats").
+      learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's). A (k,) array
+        gives each output column its own rate (vmapped). ``"auto"`` (with ``optimizer="sgd"``): ``1/L``,
+        see :func:`gradfit.health.safe_learning_rate` (exact from the statistics with plan "stats").
       steps: most steps to run (epochs with ``batch_size``).
       tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
       l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
         See :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
-      grad: the plan (:mod:`gradfit._plan`): ``"auto"`` (default: ``"stats"`` for a
-        full-batch MSE fit when its cost model says it is cheaper, else the fastest direct
-        plan), ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`),
-        ``"onepass"`` (closed forms, X read once per step in row blocks) or ``"stats"``
-        (MSE by sufficient statistics: one pass over X, then O(n^2 k) per step, same
-        iterates). The plan used is ``stats["plan"]``.
+      grad: the plan (:mod:`gradfit._plan`): ``"auto"`` (default: ``"stats"`` for a full-batch MSE
+        fit when its cost model says it is cheaper, else the fastest direct plan), ``"autodiff"``
+        (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`), ``"onepass"`` (closed forms, X read
+        once per step in row blocks) or ``"stats"`` (MSE by sufficient statistics: one pass over X,
+        then O(n^2 k) per step, same iterates). The plan used is ``stats["plan"]``.
       init: None/``"zeros"``, ``"normal"`` (N(0, 1/n) weights from ``seed``) or ``Params``.
       batch_size: minibatch SGD, batches drawn on device as ``shuffle`` says; the short last
         batch is kept (padded with zero-weight rows), so no row is dropped.
-      shuffle: minibatch order. ``"blocks"`` (default): fixed contiguous batches visited in a
-        fresh random order every epoch, so an epoch is one sequential read of X (shuffle the
-        rows of X once beforehand if they are ordered, e.g. sorted by label). ``"rows"``: a
-        fresh permutation of all rows every epoch, each batch gathered from anywhere in X
-        (exact sampling without replacement; on CPU ~25-70x slower per epoch, measured in
-        ``docs/benchmarks.md``). ``"none"``: the contiguous batches in order.
+      shuffle: minibatch order. ``"blocks"`` (default): fixed contiguous batches in a fresh random
+        order every epoch, so an epoch is one sequential read of X (shuffle ordered rows, e.g. sorted
+        by label, once beforehand). ``"rows"``: a fresh permutation of all rows every epoch, batches
+        gathered from anywhere in X (exact sampling without replacement; on CPU ~25-70x slower per
+        epoch, ``docs/benchmarks.md``). ``"none"``: the contiguous batches in order.
       seed: seeds the minibatch order and ``init="normal"``.
       fit_intercept: False fixes b at its initial value (0).
       optimizer_options: extra options of the optax alias, e.g. ``{"momentum": 0.9}``;
@@ -92,22 +87,20 @@ DOCS = """\
       batched: X has a leading axis of B independent problems, fitted under ``vmap``.
       chunk_size: steps per compiled chunk; Python runs only between chunks.
       callback: ``callback(state, history)`` between chunks.
-      devices: split the rows across devices (:mod:`gradfit.sharding`): None uses every
-        device once m >= ``gradfit.sharding.AUTO_MIN_ROWS`` (one device below that, or when
-        there is only one), an int d the first d devices (1 forces one), or a list of jax
-        devices or ids. Rows that do not divide evenly are padded with weight-0 rows.
-        Leave None when X, y are already sharded jax arrays (kept as they are).
+      devices: split the rows across devices (:mod:`gradfit.sharding`): None uses every device once
+        m >= ``gradfit.sharding.AUTO_MIN_ROWS`` (one device below that), an int d the first d
+        devices (1 forces one), or a list of jax devices or ids. Rows that do not divide evenly are
+        padded with weight-0 rows. Leave None when X, y are already sharded jax arrays (kept as is).
       n_rows: for X, y already padded and sharded (e.g. by :func:`gradfit.shard_rows` or
-        :func:`gradfit.distributed.load_rows`), the number of real rows, which come first;
-        minibatches are drawn from them only. Not needed for full batches.
+        :func:`gradfit.distributed.load_rows`), the number of real rows, which come first; minibatches
+        are drawn from them only. Not needed for full batches.
       progress: show a tqdm bar (updated between chunks; needs ``gradfit[progress]``).
-      checkpoint: a file path: save the run there atomically at chunk boundaries and at the
-        end (see :mod:`gradfit.checkpoint`).
+      checkpoint: a file path: save the run there atomically at chunk boundaries and at the end
+        (see :mod:`gradfit.checkpoint`).
       checkpoint_every: an int (steps), a ``datetime.timedelta``, or
         ``gradfit.checkpoint.Every(steps, seconds)``; default every 60 seconds.
       resume: continue from ``checkpoint`` if that file exists (same data and settings, else
-        ValueError); start afresh if it does not. The result has the same bits as a run that
-        never stopped (on the CPU).
+        ValueError), start afresh if not; the result has the same bits as an unbroken run (on CPU).
 
 """
 
@@ -134,23 +127,15 @@ def unknown(names, allowed, what: str = "fit option") -> None:
     """Raise ValueError for the first name not in ``allowed``, with a suggestion."""
     for name in names:
         if name not in allowed:
-            close = difflib.get_close_matches(name, list(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown {what} {name!r}{hint}: the options are {', '.join(allowed)}")
-
-
-def _is_bool(value) -> bool:
-    return isinstance(value, (bool, np.bool_))
+            raise ValueError(f"unknown {what} {name!r}{_validation.suggest(name, allowed)}: "
+                             f"the options are {', '.join(allowed)}")
 
 
 def _check_init(init) -> None:
-    if init is None or isinstance(init, Params) or (isinstance(init, tuple) and len(init) == 2):
-        return
-    if isinstance(init, str):
-        if init not in ("zeros", "normal"):
-            raise ValueError(f"unknown init {init!r}: use None or 'zeros', 'normal', or a gradfit.Params")
-        return
-    raise ValueError(f"init must be None, 'zeros', 'normal' or gradfit.Params(W, b), got {type(init).__name__}")
+    if isinstance(init, str) and init not in ("zeros", "normal"):
+        raise ValueError(f"unknown init {init!r}: use None or 'zeros', 'normal', or a gradfit.Params")
+    if not (init is None or isinstance(init, (str, Params)) or (isinstance(init, tuple) and len(init) == 2)):
+        raise ValueError(f"init must be None, 'zeros', 'normal' or gradfit.Params(W, b), got {type(init).__name__}")
 
 
 def _check_learning_rate(o: FitOptions) -> tuple[Any, bool]:
@@ -160,10 +145,9 @@ def _check_learning_rate(o: FitOptions) -> tuple[Any, bool]:
         if lr != AUTO:
             raise ValueError(f"learning_rate must be a positive number or 'auto', got {lr!r}")
         if o.optimizer != "sgd":
-            raise ValueError(
-                f"learning_rate='auto' is 1/L, the safe step of plain gradient descent, so it needs "
-                f"optimizer='sgd' (got {o.optimizer!r}): give {o.optimizer!r} a number, e.g. learning_rate=1e-3"
-            )
+            raise ValueError(f"learning_rate='auto' is 1/L, the safe step of plain gradient descent, so it needs "
+                             f"optimizer='sgd' (got {o.optimizer!r}): give {o.optimizer!r} a number, "
+                             "e.g. learning_rate=1e-3")
         return 1.0, True
     if lr is None and isinstance(o.optimizer, str) and o.optimizer not in _optim.LINE_SEARCH:
         return DEFAULT_LEARNING_RATE, False
@@ -171,21 +155,23 @@ def _check_learning_rate(o: FitOptions) -> tuple[Any, bool]:
 
 
 def _check_long_run(o: FitOptions) -> FitOptions:
-    if not _is_bool(o.progress):
+    if not _validation.is_bool(o.progress):
         raise ValueError(f"progress must be True or False, got {o.progress!r}")
     if o.callback is not None and not callable(o.callback):
         raise ValueError(f"callback must be a function callback(state, history) or None, got {o.callback!r}")
     if o.checkpoint is None:
         if o.resume is not False or o.checkpoint_every is not None:
-            raise ValueError("resume and checkpoint_every need checkpoint=PATH, the checkpoint file to write and resume from")
+            raise ValueError("resume and checkpoint_every need checkpoint=PATH, the checkpoint file to write and "
+                             "resume from")
         return o
     if not isinstance(o.checkpoint, (str, os.PathLike)):
         raise ValueError(f"checkpoint must be a file path (str or pathlib.Path), got {type(o.checkpoint).__name__}")
-    if not _is_bool(o.resume):
+    if not _validation.is_bool(o.resume):
         raise ValueError(f"resume must be True or False, got {o.resume!r}")
     path = Path(o.checkpoint)
     if path.is_dir():
-        raise ValueError(f"checkpoint {str(path)!r} is a folder: give a file path, e.g. {str(path / 'checkpoint.npz')!r}")
+        raise ValueError(f"checkpoint {str(path)!r} is a folder: give a file path, "
+                         f"e.g. {str(path / 'checkpoint.npz')!r}")
     try:
         _io.check_writable(path.parent, "checkpoint folder")
     except OSError as e:
@@ -194,8 +180,8 @@ def _check_long_run(o: FitOptions) -> FitOptions:
 
 
 class Every(NamedTuple):
-    """When to checkpoint: after ``steps`` more steps, or ``seconds`` more seconds, whichever
-    comes first (None: not by that measure). Checked only at chunk boundaries."""
+    """When to checkpoint: after ``steps`` more steps or ``seconds`` more seconds, whichever comes
+    first (None: not by that measure), checked at chunk boundaries."""
 
     steps: int | None = None
     seconds: float | None = None
@@ -211,17 +197,16 @@ def parse_every(value) -> Every:
         return Every(seconds=DEFAULT_EVERY_SECONDS)
     if isinstance(value, datetime.timedelta):
         value = Every(seconds=value.total_seconds())
-    elif isinstance(value, numbers.Integral) and not _is_bool(value):
+    elif _validation.is_int(value):
         value = Every(steps=int(value))
     if not isinstance(value, Every):
-        raise ValueError(
-            f"checkpoint_every must be a number of steps (int), a datetime.timedelta, or "
-            f"gradfit.checkpoint.Every(steps=..., seconds=...), got {value!r}"
-        )
+        raise ValueError(f"checkpoint_every must be a number of steps (int), a datetime.timedelta, or "
+                         f"gradfit.checkpoint.Every(steps=..., seconds=...), got {value!r}")
     steps, seconds = value
-    if steps is not None and (_is_bool(steps) or not isinstance(steps, numbers.Integral) or steps <= 0):
+    if steps is not None and (not _validation.is_int(steps) or steps <= 0):
         raise ValueError(f"checkpoint_every steps must be a positive integer, got {steps!r}")
-    if seconds is not None and (_is_bool(seconds) or not isinstance(seconds, numbers.Real) or not seconds > 0):
+    if seconds is not None and (_validation.is_bool(seconds) or not isinstance(seconds, numbers.Real)
+                                or not seconds > 0):
         raise ValueError(f"checkpoint_every seconds must be a positive number, got {seconds!r}")
     if steps is None and seconds is None:
         raise ValueError("checkpoint_every=Every() sets neither steps nor seconds: give at least one")
@@ -232,7 +217,8 @@ def check_program(loss: str, reduction: str, grad: str, spec: _optim.OptimizerSp
     """The rules on which loss, reduction, plan, optimizer and batching go together."""
     losses.check_model(loss, reduction, grad, _plan.GRAD_MODES)
     if batch_size is not None and spec.name in _optim.LINE_SEARCH:
-        raise ValueError("optimizer 'lbfgs' needs full batches: leave batch_size unset, or use 'sgd'/'adam' for minibatches")
+        raise ValueError("optimizer 'lbfgs' needs full batches: leave batch_size unset, or use 'sgd'/'adam' for "
+                         "minibatches")
     _plan.check(grad, loss=loss, batch_size=batch_size, line_search=spec.name in _optim.LINE_SEARCH)
 
 
@@ -245,25 +231,22 @@ def check(options: FitOptions | dict) -> Checked:
     batch_size = None if o.batch_size is None else _validation.positive_int(o.batch_size, "batch_size")
     n_rows = None if o.n_rows is None else _validation.positive_int(o.n_rows, "n_rows")
     if o.shuffle not in SHUFFLES:
-        raise ValueError(
-            f"unknown shuffle {o.shuffle!r}: use 'blocks' (contiguous batches in random order), 'rows' "
-            "(a permutation of the rows per epoch) or 'none' (batches in order)"
-        )
+        raise ValueError(f"unknown shuffle {o.shuffle!r}: use 'blocks' (contiguous batches in random order), "
+                         "'rows' (a permutation of the rows per epoch) or 'none' (batches in order)")
     for name in ("fit_intercept", "batched"):
-        if not _is_bool(getattr(o, name)):
+        if not _validation.is_bool(getattr(o, name)):
             raise ValueError(f"{name} must be True or False, got {getattr(o, name)!r}")
     _check_init(o.init)
     seed = _validation.seed(o.seed)
     lr, auto_step = _check_learning_rate(o)
     spec, traced = _optim.resolve(o.optimizer, o.optimizer_options, lr)
     check_program(o.loss, o.reduction, o.grad, spec, batch_size)
-    lr_arr = None if lr is None else _validation.hyperparameter(lr, "learning_rate", positive=True, allowed_ndims=(0, 1))
+    lr_arr = None if lr is None else _validation.hyperparameter(lr, "learning_rate", positive=True,
+                                                                allowed_ndims=(0, 1))
     l2 = _validation.hyperparameter(o.l2, "l2", positive=False, allowed_ndims=(0, 1))
     tol = np.asarray(-1.0) if o.tol is None else _validation.hyperparameter(o.tol, "tol", positive=False)
-    o = _check_long_run(o)._replace(
-        steps=steps, chunk_size=chunk_size, batch_size=batch_size, n_rows=n_rows, seed=seed,
-        fit_intercept=bool(o.fit_intercept), batched=bool(o.batched),
-    )
+    o = _check_long_run(o)._replace(steps=steps, chunk_size=chunk_size, batch_size=batch_size, n_rows=n_rows,
+                                    seed=seed, fit_intercept=bool(o.fit_intercept), batched=bool(o.batched))
     return Checked(o, spec, traced, lr_arr, auto_step, l2, tol)
 
 
@@ -272,24 +255,21 @@ def for_data(c: Checked, *, m: int, n: int, k: int | None, sharded: bool = False
     the plan the fit runs (:func:`gradfit._plan.choose`)."""
     o = c.options
     if o.batch_size is not None and o.batch_size > m:
-        raise ValueError(f"batch_size={o.batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None for full batches")
+        raise ValueError(f"batch_size={o.batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None "
+                         "for full batches")
     for name, value in (("learning_rate", c.learning_rate), ("l2", c.l2)):
         if value is not None and value.ndim == 1 and (k is None or value.shape != (k,)):
             expected = "()" if k is None else f"() or ({k},)"
             raise ValueError(f"{name} has shape {value.shape}: expected {expected}, one value per output column")
-    if isinstance(o.init, (Params, tuple)) and not isinstance(o.init, str):
+    if isinstance(o.init, tuple):  # Params included
         W, b = (np.shape(a) for a in o.init)
         out = () if k is None else (k,)
         if tuple(W) != (n, *out) or tuple(b) != out:
-            raise ValueError(
-                f"init has W {tuple(W)} and b {tuple(b)} but this problem needs W {(n, *out)} "
-                f"and b {out}: W is (n_features,) or (n_features, k), b is () or (k,)"
-            )
-    per_output = k is not None and ((c.learning_rate is not None and c.learning_rate.ndim == 1) or c.l2.ndim == 1)
-    return _plan.choose(
-        o.grad, loss=o.loss, m=m, n=n, k=k or 1, steps=o.steps, batch_size=o.batch_size,
-        line_search=c.line_search, sharded=sharded, members=members * (k if per_output else 1),
-    )
+            raise ValueError(f"init has W {tuple(W)} and b {tuple(b)} but this problem needs W {(n, *out)} "
+                             f"and b {out}: W is (n_features,) or (n_features, k), b is () or (k,)")
+    return _plan.choose(o.grad, loss=o.loss, m=m, n=n, k=k or 1, steps=o.steps, batch_size=o.batch_size,
+                        line_search=c.line_search, sharded=sharded,
+                        members=members * (k if k is not None and per_output(c) else 1))
 
 
 def per_output(c: Checked) -> bool:
@@ -299,14 +279,8 @@ def per_output(c: Checked) -> bool:
 
 def _documented() -> dict[str, str]:
     """:data:`DOCS` split into one entry per option (an entry starts at a line ``      name:``)."""
-    entries: dict[str, str] = {}
-    for line in DOCS.splitlines(keepends=True):
-        name = line.strip().split(":", 1)[0]
-        if not line.startswith("       ") and name in NAMES:
-            entries[name] = line
-        elif entries:
-            entries[next(reversed(entries))] += line
-    return entries
+    entries = re.split(r"^(?=      \w+:)", DOCS, flags=re.MULTILINE)
+    return {entry.split(":", 1)[0].strip(): entry for entry in entries if entry}
 
 
 def with_options_signature(fn, *, exclude=()):

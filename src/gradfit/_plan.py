@@ -140,19 +140,8 @@ def check(grad: str, *, loss: str, batch_size: int | None, line_search: bool) ->
         )
 
 
-def choose(
-    grad: str,
-    *,
-    loss: str,
-    m: int,
-    n: int,
-    k: int,
-    steps: int,
-    batch_size: int | None,
-    line_search: bool,
-    sharded: bool = False,
-    members: int = 1,
-) -> str:
+def choose(grad: str, *, loss: str, m: int, n: int, k: int, steps: int, batch_size: int | None, line_search: bool,
+           sharded: bool = False, members: int = 1) -> str:
     """Resolve ``grad`` ("auto" or a forced plan) to the plan a fit runs; ValueError if invalid.
 
     ``sharded``: the rows of X are split over several devices. "stats" and "onepass" walk the

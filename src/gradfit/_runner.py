@@ -1,9 +1,9 @@
 """A run as a user starts it: the driver with progress, checkpoints and callbacks.
 
-:func:`run` is what :func:`gradfit.fit`, :func:`gradfit.fit_streaming` and the sweep's groups
-call with their stepper: it resumes from a checkpoint when asked, and hands the driver its
-observers in a fixed order (the checkpoint first, so that a callback that raises finds the
-run saved; then the progress bar; then the user's callback).
+:func:`run` is what :func:`gradfit.fit` and :func:`gradfit.fit_streaming` call with their stepper:
+it resumes from a checkpoint when asked, and hands the driver its observers in a fixed order (the
+checkpoint first, so that a callback that raises finds the run saved; then the progress bar; then
+the user's callback).
 """
 
 from __future__ import annotations
@@ -18,24 +18,11 @@ from gradfit._options import Every
 from gradfit._types import Hyper, SolverState
 
 
-def run(
-    stepper,
-    state: SolverState,
-    hyper: Hyper,
-    *,
-    chunk_steps: int,
-    max_steps: int,
-    members: int = 1,
-    callback: Observer | None = None,
-    progress: bool = False,
-    desc: str = "fit",
-    observers: Sequence[Observer] = (),
-    checkpoint: Path | None = None,
-    every: Every | None = None,
-    resume: bool = False,
-    fingerprint: dict[str, str] | None = None,
-    meta: dict[str, Any] | None = None,
-) -> tuple[RunResult, dict[str, Any]]:
+def run(stepper, state: SolverState, hyper: Hyper, *, chunk_steps: int, max_steps: int, members: int = 1,
+        callback: Observer | None = None, progress: bool = False, desc: str = "fit",
+        observers: Sequence[Observer] = (), checkpoint: Path | None = None, every: Every | None = None,
+        resume: bool = False, fingerprint: dict[str, str] | None = None,
+        meta: dict[str, Any] | None = None) -> tuple[RunResult, dict[str, Any]]:
     """Drive ``stepper`` from ``state`` (or from the checkpoint at ``checkpoint`` when
     ``resume`` and it exists, after checking its ``fingerprint``). Returns the run and the
     checkpoint's stats (``checkpoint``, ``resumed_from_step``, ``checkpoints``,

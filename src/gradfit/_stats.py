@@ -156,13 +156,8 @@ def factor(gram: jax.Array, x_shift: jax.Array, y_shift: jax.Array, count: jax.A
     return Stats(x_shift, y_shift, count, gram, lam, Q, solution, rss)
 
 
-def sufficient_statistics(
-    X: jax.Array,
-    y: jax.Array,
-    sample_weight: jax.Array | None = None,
-    *,
-    block: int | None = None,
-) -> Stats:
+def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array | None = None, *,
+                          block: int | None = None) -> Stats:
     """Three chunked passes over the rows: the weighted means, the centred Gram matrix (then
     its factors), and the residual sum of squares at the least-squares solution.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import os
 
@@ -9,68 +10,55 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Rows checked at a time for NaN/inf, so that a check of a memory-mapped X never holds more
-# than one block of booleans.
-_CHECK_BLOCK_BYTES = 64 << 20
+_CHECK_BLOCK_BYTES = 64 << 20  # a block of rows checked at a time (a memory map holds one at a time)
+INT32_MAX = 2**31 - 1
 
 
 def as_numeric(a, name: str) -> np.ndarray | jax.Array:
     """Return ``a`` as a real numeric array (numpy, memory map or jax), or raise ValueError."""
-    if isinstance(a, jax.Array):
-        arr = a
-    elif isinstance(a, (str, os.PathLike)):
-        raise ValueError(
-            f"{name} is a path ({str(a)!r}), not an array: load it with np.load, or stream .npy files "
-            "bigger than memory with gradfit.fit_streaming(X_path, y_path, ...)"
-        )
-    else:
-        try:
-            arr = np.asarray(a)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{name} could not be read as a numeric array: {e}") from None
+    if isinstance(a, (str, os.PathLike)):
+        raise ValueError(f"{name} is a path ({str(a)!r}), not an array: load it with np.load, or stream .npy files "
+                         "bigger than memory with gradfit.fit_streaming(X_path, y_path, ...)")
+    try:
+        arr = a if isinstance(a, jax.Array) else np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} could not be read as a numeric array: {e}") from None
     kind = "f" if jnp.issubdtype(arr.dtype, jnp.floating) else np.dtype(arr.dtype).kind  # bfloat16 too
     if kind == "c":
-        raise ValueError(f"{name} is complex ({arr.dtype}): gradfit fits real-valued data; pass the real part or split real and imaginary parts into columns")
+        raise ValueError(f"{name} is complex ({arr.dtype}): gradfit fits real-valued data; pass the real part "
+                         "or split real and imaginary parts into columns")
     if kind not in "biuf":
-        raise ValueError(
-            f"{name} has dtype {arr.dtype}, not a real number type: convert it with "
-            f"np.asarray({name}, dtype=np.float32) after encoding any text or categorical columns"
-        )
+        raise ValueError(f"{name} has dtype {arr.dtype}, not a real number type: convert it with "
+                         f"np.asarray({name}, dtype=np.float32) after encoding any text or categorical columns")
     return arr
 
 
 def float_dtype(X) -> np.dtype:
-    """The compute dtype for data X: its own float dtype, or JAX's default float for ints, bools
-    and 16-bit floats (which gradfit stores X in but never computes in: :mod:`gradfit._precision`).
-
-    float64 input is kept only when ``jax_enable_x64`` is on (otherwise JAX computes in float32).
-    """
+    """The compute dtype for data X: its own float dtype (float64 only with ``jax_enable_x64``, else
+    float32), or JAX's default float for ints, bools and 16-bit floats (stored, never computed in)."""
     dt = np.dtype(X.dtype)
     if dt.kind != "f" or dt == np.float16:
         return np.dtype(jnp.result_type(float))
-    if dt == np.float64 and not jax.config.jax_enable_x64:
-        return np.dtype(np.float32)
-    return dt
+    return np.dtype(np.float32) if dt == np.float64 and not jax.config.jax_enable_x64 else dt
+
+
+def _row_blocks(a: np.ndarray):
+    """``a`` as (rows, rest) in blocks of at most ``_CHECK_BLOCK_BYTES``."""
+    rows = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
+    block = max(1, _CHECK_BLOCK_BYTES // max(1, rows.shape[1] * a.dtype.itemsize))
+    return (rows[i : i + block] for i in range(0, rows.shape[0], block))
 
 
 def check_finite(a, name: str) -> None:
     """Raise ValueError if ``a`` holds NaN or inf, checking in row blocks to bound memory."""
     if isinstance(a, jax.Array):
         bad = not bool(jnp.all(jnp.isfinite(a)))
-    elif not jnp.issubdtype(a.dtype, jnp.floating) or a.size == 0:
-        return
-    else:
-        flat_rows = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
-        row_bytes = max(1, flat_rows.shape[1] * a.dtype.itemsize)
-        block = max(1, _CHECK_BLOCK_BYTES // row_bytes)
-        bad = any(
-            not np.isfinite(flat_rows[i : i + block]).all() for i in range(0, flat_rows.shape[0], block)
-        )
+    else:  # numpy or a memory map: only floats can hold NaN or inf
+        bad = jnp.issubdtype(a.dtype, jnp.floating) and a.size > 0 and any(
+            not np.isfinite(b).all() for b in _row_blocks(a))
     if bad:
-        raise ValueError(
-            f"{name} contains NaN or inf: drop or impute those rows first "
-            f"(e.g. mask = np.isfinite({name}).all(axis=-1))"
-        )
+        raise ValueError(f"{name} contains NaN or inf: drop or impute those rows first "
+                         f"(e.g. mask = np.isfinite({name}).all(axis=-1))")
 
 
 def check_range(a, name: str, dtype) -> None:
@@ -80,38 +68,25 @@ def check_range(a, name: str, dtype) -> None:
     if src.kind != "f" or src.itemsize <= np.dtype(dtype).itemsize or a.size == 0:
         return
     limit = float(np.finfo(dtype).max)
-    if isinstance(a, jax.Array):
-        big = float(jnp.max(jnp.abs(a)))
-    else:
-        flat_rows = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
-        block = max(1, _CHECK_BLOCK_BYTES // max(1, flat_rows.shape[1] * src.itemsize))
-        big = max(float(np.max(np.abs(flat_rows[i : i + block]))) for i in range(0, flat_rows.shape[0], block))
+    big = float(jnp.max(jnp.abs(a)) if isinstance(a, jax.Array) else max(np.max(np.abs(b)) for b in _row_blocks(a)))
     if big > limit:
-        raise ValueError(
-            f"{name} has values up to {big:.3g}, beyond {np.dtype(dtype)}'s range ({limit:.3g}), where they would become inf: "
-            "rescale the data, or enable float64 with jax.config.update('jax_enable_x64', True)"
-        )
+        raise ValueError(f"{name} has values up to {big:.3g}, beyond {np.dtype(dtype)}'s range ({limit:.3g}), where "
+                         "they would become inf: rescale the data, or enable float64 with "
+                         "jax.config.update('jax_enable_x64', True)")
 
 
 def check_xy(X, y, *, loss: str, batched: bool = False):
-    """Validate the data of a fit and return (X, y) as arrays; raise ValueError before compute.
-
-    X is (m, n) (or (B, m, n) when ``batched``), y is (m,) or (m, k) (with the same leading B).
-    """
-    X = as_numeric(X, "X")
-    y = as_numeric(y, "y")
+    """Validate the data of a fit, X (m, n) and y (m,) or (m, k) (each with a leading B when
+    ``batched``), and return them as arrays; ValueError before any compute."""
+    X, y = as_numeric(X, "X"), as_numeric(y, "y")
     lead = 1 if batched else 0
+    if X.ndim == 1 + lead:
+        hint = "" if batched else "; a leading batch axis of problems makes X (B, m, n)"
+        raise ValueError(f"X has shape {X.shape}: expected a 2-d array (samples, features); for a single feature "
+                         f"use X.reshape(-1, 1){hint}")
     if X.ndim != 2 + lead:
-        if X.ndim == 1 + lead:
-            raise ValueError(
-                f"X has shape {X.shape}: expected a 2-d array (samples, features); "
-                "for a single feature use X.reshape(-1, 1)"
-                + ("; a leading batch axis of problems makes X (B, m, n)" if not batched else "")
-            )
-        raise ValueError(
-            f"X has shape {X.shape}: expected (m, n) rows of samples"
-            + (", or (B, m, n) for a batch of B problems" if X.ndim == 3 else "")
-        )
+        raise ValueError(f"X has shape {X.shape}: expected (m, n) rows of samples"
+                         + (", or (B, m, n) for a batch of B problems" if X.ndim == 3 else ""))
     if y.ndim not in (1 + lead, 2 + lead):
         raise ValueError(f"y has shape {y.shape}: expected (m,) for one output or (m, k) for k outputs")
     if batched and X.shape[0] != y.shape[0]:
@@ -127,19 +102,13 @@ def check_xy(X, y, *, loss: str, batched: bool = False):
         raise ValueError("y has zero output columns: give y as (m,) or (m, k) with k >= 1")
     check_finite(X, "X")
     check_finite(y, "y")
-    dtype = float_dtype(X)
-    check_range(X, "X", dtype)
-    check_range(y, "y", dtype)
+    check_range(X, "X", float_dtype(X))
+    check_range(y, "y", float_dtype(X))
     if loss == "bce":
-        if isinstance(y, jax.Array):
-            lo, hi = float(jnp.min(y)), float(jnp.max(y))
-        else:
-            lo, hi = float(np.min(y)), float(np.max(y))
+        lo, hi = float(y.min()), float(y.max())
         if lo < 0 or hi > 1:
-            raise ValueError(
-                f"bce needs targets in [0, 1] but y spans [{lo:g}, {hi:g}]: encode classes as 0/1 "
-                "(e.g. y = (labels == positive_label).astype(float))"
-            )
+            raise ValueError(f"bce needs targets in [0, 1] but y spans [{lo:g}, {hi:g}]: encode classes as 0/1 "
+                             "(e.g. y = (labels == positive_label).astype(float))")
     return X, y
 
 
@@ -148,23 +117,33 @@ def check_sample_weight(sw, y, batched: bool, dtype):
     otherwise. Returned in ``dtype`` (a global array stays on its devices)."""
     if sw is None:
         return None
-    lead = 1 if batched else 0
     sw = as_numeric(sw, "sample_weight")
-    if tuple(sw.shape) != tuple(y.shape[: lead + 1]):
-        raise ValueError(f"sample_weight has shape {tuple(sw.shape)}: expected {tuple(y.shape[: lead + 1])}, one weight per row")
+    want = tuple(y.shape[: 2 if batched else 1])
+    if tuple(sw.shape) != want:
+        raise ValueError(f"sample_weight has shape {tuple(sw.shape)}: expected {want}, one weight per row")
     check_finite(sw, "sample_weight")
-    host = sw if isinstance(sw, jax.Array) else np.asarray(sw)
-    if bool((host < 0).any()) or not bool((host.sum(axis=-1) > 0).all()):
+    if bool((sw < 0).any()) or not bool((sw.sum(axis=-1) > 0).all()):
         raise ValueError("sample_weight must be >= 0 with a positive sum")
     return jnp.asarray(sw, dtype)
 
 
-INT32_MAX = 2**31 - 1
+def is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not is_bool(value)
+
+
+def suggest(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a misspelt ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def positive_int(value, name: str) -> int:
     """``value`` as an int in [1, 2**31 - 1] (the loop counts in int32), or raise ValueError."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if not is_int(value):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value}")
@@ -175,7 +154,7 @@ def positive_int(value, name: str) -> int:
 
 def seed(value) -> int:
     """A PRNG seed: an integer in [-2**63, 2**63 - 1] (what ``jax.random.key`` takes)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if not is_int(value):
         raise ValueError(f"seed must be an integer, got {value!r}")
     if not -(2**63) <= value < 2**63:
         raise ValueError(f"seed={value} does not fit in 64 bits: use an integer in [-2**63, 2**63 - 1]")
@@ -184,15 +163,13 @@ def seed(value) -> int:
 
 def _show(value) -> str:
     """A value for an error message: arrays as plain lists, not ``array(...)``."""
-    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
-        return repr(np.asarray(value).tolist())
-    return repr(value)
+    return repr(np.asarray(value).tolist() if isinstance(value, (np.ndarray, np.generic, jax.Array)) else value)
 
 
 def hyperparameter(value, name: str, *, positive: bool, allowed_ndims: tuple[int, ...] = (0,)) -> np.ndarray:
     """Check a float hyperparameter (a scalar, or a 1-d array of per-output values where
     ``allowed_ndims`` has 1) and return it as a float64 numpy array."""
-    if isinstance(value, (bool, np.bool_)) or value is None:
+    if is_bool(value) or value is None:
         raise ValueError(f"{name} must be a number, got {value!r}")
     try:
         arr = np.asarray(value, dtype=np.float64)

@@ -1,29 +1,19 @@
 """Checkpoint and resume: a run's whole state, saved atomically at chunk boundaries.
 
-A checkpoint is one ``.npz`` file written with :mod:`gradfit._io` (a temporary file in the
-same folder, flushed, then renamed), so it is the previous checkpoint or the new one, never
-half of one. It holds:
+A checkpoint is one ``.npz`` file written by :mod:`gradfit._io` (temporary file, flush, rename:
+the previous checkpoint or the new one, never half of one): every leaf of the
+:class:`~gradfit.SolverState` pytree (the PRNG key as ``jax.random.key_data`` and its impl's name;
+with minibatches a step is an epoch and the key advances once per epoch, so step and key are the
+data position), the objective history (*members, steps), and a JSON header (format version,
+treedef, leaf shapes and dtypes, and a fingerprint of the problem so that it is never resumed
+into another problem).
 
-- every leaf of the :class:`~gradfit.SolverState` pytree (``jax.tree.flatten``):
-  params, the previous params, the optax state, the step count, the losses, the status
-  flags and the PRNG key (as ``jax.random.key_data`` plus its implementation's name). With
-  minibatches one step is one epoch and the key is advanced once per epoch, so the step
-  and the key are the data position;
-- the objective history so far, shape (*members, steps);
-- a JSON header: the format version, the treedef and each leaf's shape and dtype, and a
-  fingerprint of the problem (data, settings, optimizer, hyperparameters, chunk size and
-  starting point) so that a checkpoint is never resumed into a different problem.
-
-**Same bits.** Steps are deterministic on the CPU and the compiled chunk program is the
-same in every process, so a run resumed from a checkpoint ends with the same bits as one
-that never stopped. Checkpoints are taken only between chunks, and ``chunk_size`` is part
-of the fingerprint, so a resumed run has the same chunk boundaries (steps ``c * chunk_size``)
-as an uninterrupted one. Raising ``steps`` on a finished checkpoint continues it.
-
-Entry points: ``fit(..., checkpoint=path, checkpoint_every=..., resume=True)``, the same for
-``fit_streaming``, and :func:`gradfit.resume` (a fit from its checkpoint and the data). The
-pieces (:func:`fingerprint`, :func:`save`, :func:`load` and the :class:`Checkpointer` observer)
-serve every driver run the same way (:mod:`gradfit._runner`).
+**Same bits.** CPU steps are deterministic and the chunk program is the same in every process;
+checkpoints fall between chunks and ``chunk_size`` is in the fingerprint, so a resumed run has
+the same chunk boundaries and ends with the same bits as one that never stopped. Raising
+``steps`` on a finished checkpoint continues it. Used by ``fit(..., checkpoint=path,
+checkpoint_every=..., resume=True)``, ``fit_streaming`` and :func:`gradfit.resume`, through
+:mod:`gradfit._runner`.
 """
 
 from __future__ import annotations
@@ -60,6 +50,10 @@ _COMPONENTS = {
 }
 
 
+def _is_key(a) -> bool:
+    return jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
 # --------------------------------------------------------------------------- fingerprint
 def _sample(a) -> np.ndarray:
     """About 4096 elements of ``a`` on an evenly spaced grid (``4096 ** (1/ndim)`` indices per
@@ -68,88 +62,65 @@ def _sample(a) -> np.ndarray:
     for axis, size in enumerate(a.shape):
         if size > per_axis:
             index = np.unique(np.linspace(0, size - 1, per_axis).astype(np.int64))
-            a = np.take(a, index, axis=axis) if isinstance(a, np.ndarray) else jnp.take(a, jnp.asarray(index, jnp.int32), axis=axis)
+            a = (np.take(a, index, axis=axis) if isinstance(a, np.ndarray)
+                 else jnp.take(a, jnp.asarray(index, jnp.int32), axis=axis))
     return np.asarray(a)
 
 
 def _digest(*parts) -> str:
     h = hashlib.sha256()
     for part in parts:
-        if part is None:
-            h.update(b"None;")
-        elif isinstance(part, (np.ndarray, jax.Array)):
+        if isinstance(part, (np.ndarray, jax.Array)):
             arr = np.ascontiguousarray(np.asarray(part))
-            h.update(f"{arr.shape}{arr.dtype};".encode())
-            h.update(arr.tobytes())
-        else:
+            h.update(f"{arr.shape}{arr.dtype};".encode() + arr.tobytes())
+        else:  # None, a number, a tuple of settings: by its repr
             h.update(repr(part).encode() + b";")
     return h.hexdigest()[:16]
 
 
-def _keyless(a):
-    if a is not None and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(a)
-    return a
-
-
 def fingerprint(params, operand, hyper: Hyper, key, program: Program,
                 levels: tuple[Level, ...] = ()) -> dict[str, str]:
-    """A short hash per part of a problem (see ``_COMPONENTS``); equal dicts, same problem.
-
-    ``hyper.max_steps`` is left out: a finished run may be resumed with more steps. A
-    user's own ``optax.GradientTransformation`` is known by its type only.
-    """
+    """A short hash per part of a problem (``_COMPONENTS``); equal dicts, same problem. Leaves out
+    ``hyper.max_steps`` (a finished run may resume with more steps); a user's own
+    ``optax.GradientTransformation`` is known by its type only."""
     spec = program.optimizer
     if spec.transformation is not None:
         spec = spec._replace(transformation=type(spec.transformation).__qualname__)
-    arrays = lambda a: (tuple(a.shape), str(a.dtype), _sample(a)) if a is not None else (None,)  # noqa: E731
+    # The operand: the data, or the statistics of a plan-"stats" fit (a gradfit._stats.Stats).
+    arrays = (operand.X, operand.y, operand.sample_weight) if isinstance(operand, Data) else jax.tree.leaves(operand)
+    data = [part for a in arrays for part in ((None,) if a is None else (tuple(a.shape), str(a.dtype), _sample(a)))]
+    key = jax.random.key_data(key) if key is not None and _is_key(key) else key
     return {
-        # The operand: the data, or the statistics of a plan-"stats" fit (a gradfit._stats.Stats).
-        "data": _digest(*(part for a in ((operand.X, operand.y, operand.sample_weight) if isinstance(operand, Data)
-                                         else jax.tree.leaves(operand)) for part in arrays(a))),
+        "data": _digest(*data),
         "settings": _digest(program._replace(optimizer=None, chunk_size=None), levels),
         "optimizer": _digest(spec),
-        "hyperparameters": _digest(
-            hyper.learning_rate, hyper.l2, hyper.tol, *(v for _, v in sorted(hyper.optimizer.items()))
-        ),
+        "hyperparameters": _digest(hyper.learning_rate, hyper.l2, hyper.tol,
+                                   *(v for _, v in sorted(hyper.optimizer.items()))),
         "chunk_size": str(program.chunk_size),
-        "start": _digest(*jax.tree.leaves(params), _keyless(key)),
+        "start": _digest(*jax.tree.leaves(params), key),
     }
 
 
 # --------------------------------------------------------------------------- save / load
 def save(path: str | Path, state: SolverState, history: np.ndarray, *,
          fingerprint: dict[str, str], complete: bool = False, meta: dict | None = None) -> Path:
-    """Write ``state`` and ``history`` to ``path`` atomically; returns the path.
-
-    ``meta`` is extra JSON-able information kept in the header (e.g. the fit's arguments).
-    """
+    """Write ``state``, ``history`` and ``meta`` (JSON-able, e.g. the fit's arguments) to ``path`` atomically."""
     leaves, treedef = jax.tree.flatten(state)
-    arrays: dict[str, np.ndarray] = {}
-    specs = []
+    arrays, specs = {}, []
     for i, leaf in enumerate(leaves):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            specs.append({"shape": list(leaf.shape), "dtype": "key", "impl": str(jax.random.key_impl(leaf))})
-            arrays[f"leaf_{i:04d}"] = np.asarray(jax.random.key_data(leaf))
-        else:
-            arrays[f"leaf_{i:04d}"] = np.asarray(leaf)
-            specs.append({"shape": list(leaf.shape), "dtype": str(leaf.dtype)})
-    step = np.asarray(state.step)
+        spec = {"shape": list(leaf.shape), "dtype": str(leaf.dtype)}
+        if _is_key(leaf):
+            spec.update(dtype="key", impl=str(jax.random.key_impl(leaf)))
+            leaf = jax.random.key_data(leaf)
+        specs.append(spec)
+        arrays[f"leaf_{i:04d}"] = np.asarray(leaf)
     header = {
-        "format": FORMAT,
-        "version": VERSION,
-        "treedef": str(treedef),
-        "leaves": specs,
-        "fingerprint": fingerprint,
-        "step": int(step.max()),
-        "complete": bool(complete),
+        "format": FORMAT, "version": VERSION, "treedef": str(treedef), "leaves": specs,
+        "fingerprint": fingerprint, "step": int(np.asarray(state.step).max()), "complete": bool(complete),
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "backend": jax.default_backend(),
-        **(meta or {}),
+        "backend": jax.default_backend(), **(meta or {}),
     }
-    arrays["history"] = np.asarray(history)
-    arrays["header"] = np.asarray(json.dumps(header))
-    return _io.write_npz(path, **arrays)
+    return _io.write_npz(path, **arrays, history=np.asarray(history), header=np.asarray(json.dumps(header)))
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
@@ -161,69 +132,47 @@ def read_header(path: str | Path) -> dict[str, Any]:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"{path} is not a readable gradfit checkpoint ({type(e).__name__}: {e}): "
-            "point at another file, or delete it to start afresh"
-        ) from None
+        raise ValueError(f"{path} is not a readable gradfit checkpoint ({type(e).__name__}: {e}): "
+                         "point at another file, or delete it to start afresh") from None
     if header.get("format") != FORMAT:
         raise ValueError(f"{path} is not a gradfit checkpoint (no {FORMAT!r} header): point at another file")
     if header.get("version") != VERSION:
-        raise ValueError(
-            f"{path} is a version {header.get('version')} checkpoint; this gradfit reads version {VERSION}: "
-            "resume it with the gradfit that wrote it, or start afresh"
-        )
+        raise ValueError(f"{path} is a version {header.get('version')} checkpoint; this gradfit reads version "
+                         f"{VERSION}: resume it with the gradfit that wrote it, or start afresh")
     return header
 
 
 def load(path: str | Path, template: SolverState, fingerprint: dict[str, str] | None = None
          ) -> tuple[SolverState, np.ndarray, dict[str, Any]]:
-    """Read a checkpoint into the structure of ``template``: ``(state, history, header)``.
-
-    ``template`` is a state of the problem being resumed (e.g. its initial state); its
-    treedef, leaf shapes and dtypes must match the checkpoint's, and ``fingerprint`` (when
-    given) must equal the one saved. Arrays are placed with the template's shardings.
-
-    Raises:
-      ValueError: a missing or unreadable file, or a checkpoint of a different problem or
-        config (the message names what differs and how to resume or start afresh).
-    """
+    """Read a checkpoint into the structure of ``template`` (a state of the problem resumed, placed
+    with its shardings): ``(state, history, header)``. ValueError, naming what differs and the way
+    out, for a missing or unreadable file, or another treedef, leaf shape or dtype, or fingerprint."""
     path = Path(path)
     header = read_header(path)
     fresh = "or start afresh (resume=False, or another checkpoint path)"
-    if fingerprint is not None:
-        saved = header.get("fingerprint", {})
-        differ = [name for name in _COMPONENTS if saved.get(name) != fingerprint.get(name)]
-        if differ:
-            detail = "; ".join(f"{name}: {_COMPONENTS[name]}" for name in differ)
-            if "chunk_size" in differ:
-                detail += f"; the checkpoint used chunk_size={saved.get('chunk_size')}"
-            raise ValueError(
-                f"checkpoint {path} was written by a different problem or config. What differs: {detail}. "
-                f"Resume with the data and settings that wrote it, {fresh}"
-            )
+    saved = header.get("fingerprint", {})
+    differ = [] if fingerprint is None else [name for name in _COMPONENTS if saved.get(name) != fingerprint.get(name)]
+    if differ:
+        detail = "; ".join(f"{name}: {_COMPONENTS[name]}" for name in differ)
+        if "chunk_size" in differ:
+            detail += f"; the checkpoint used chunk_size={saved.get('chunk_size')}"
+        raise ValueError(f"checkpoint {path} was written by a different problem or config. What differs: {detail}. "
+                         f"Resume with the data and settings that wrote it, {fresh}")
     leaves, treedef = jax.tree.flatten(template)
     specs = header["leaves"]
     if header["treedef"] != str(treedef) or len(specs) != len(leaves):
-        raise ValueError(
-            f"checkpoint {path} holds a different solver state (another optimizer, loss or "
-            f"output shape): resume with the settings that wrote it, {fresh}"
-        )
+        raise ValueError(f"checkpoint {path} holds a different solver state (another optimizer, loss or output "
+                         f"shape): resume with the settings that wrote it, {fresh}")
     new_leaves = []
     with np.load(path, allow_pickle=False) as z:
         for i, (leaf, spec) in enumerate(zip(leaves, specs)):
             arr = z[f"leaf_{i:04d}"]
-            is_key = jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-            want = "key" if is_key else str(leaf.dtype)
+            want = "key" if _is_key(leaf) else str(leaf.dtype)
             if spec["dtype"] != want or tuple(spec["shape"]) != tuple(leaf.shape):
-                raise ValueError(
-                    f"checkpoint {path} leaf {i} is {spec['dtype']} {tuple(spec['shape'])} but this problem "
-                    f"needs {want} {tuple(leaf.shape)} (another dtype, size or number of members): "
-                    f"resume with the settings that wrote it, {fresh}"
-                )
-            if is_key:
-                value = jax.random.wrap_key_data(arr, impl=spec["impl"])
-            else:
-                value = np.asarray(arr, dtype=leaf.dtype)
+                raise ValueError(f"checkpoint {path} leaf {i} is {spec['dtype']} {tuple(spec['shape'])} but this "
+                                 f"problem needs {want} {tuple(leaf.shape)} (another dtype, size or number of "
+                                 f"members): resume with the settings that wrote it, {fresh}")
+            value = jax.random.wrap_key_data(arr, impl=spec["impl"]) if want == "key" else np.asarray(arr, leaf.dtype)
             new_leaves.append(jax.device_put(value, leaf.sharding))
         history = np.asarray(z["history"])
     return jax.tree.unflatten(treedef, new_leaves), history, header
@@ -231,27 +180,18 @@ def load(path: str | Path, template: SolverState, fingerprint: dict[str, str] | 
 
 # --------------------------------------------------------------------------- during a run
 class Checkpointer:
-    """A ``callback(state, history)`` that saves the run at chunk boundaries when due.
-
-    It saves when ``every.steps`` steps (the most any member has run) or ``every.seconds``
-    seconds have passed since the last save, and skips the last chunk of a run (call
-    :meth:`finish` with the final state instead). ``count`` and ``seconds`` report how many
-    checkpoints were written and the time spent writing them.
-    """
+    """A ``callback(state, history)`` that saves the run at chunk boundaries when ``every.steps``
+    steps (the most any member has run) or ``every.seconds`` seconds have passed since the last
+    save. It skips a run's last chunk (:meth:`finish` saves the final state). ``count`` and
+    ``seconds``: checkpoints written and the time spent writing them."""
 
     def __init__(self, path: str | Path, hyper: Hyper, fingerprint: dict[str, str], *,
                  every: Every | int | datetime.timedelta | None = None, meta: dict | None = None,
                  start_step: int = 0, clock: Callable[[], float] = time.monotonic):
-        self.path = Path(path)
-        self.hyper = hyper
-        self.fingerprint = fingerprint
-        self.every = parse_every(every)
-        self.meta = meta
-        self.clock = clock
-        self.last_step = start_step
-        self.last_time = clock()
-        self.count = 0
-        self.seconds = 0.0
+        self.path, self.hyper, self.fingerprint, self.meta = Path(path), hyper, fingerprint, meta
+        self.every, self.clock = parse_every(every), clock
+        self.last_step, self.last_time = start_step, clock()
+        self.count, self.seconds = 0, 0.0
 
     def __call__(self, state: SolverState, history: np.ndarray) -> None:
         if not active_host(state, self.hyper).any():
@@ -268,8 +208,7 @@ class Checkpointer:
         save(self.path, state, history[..., :step], fingerprint=self.fingerprint, complete=complete, meta=self.meta)
         self.seconds += time.perf_counter() - start
         self.count += 1
-        self.last_step = step
-        self.last_time = self.clock()
+        self.last_step, self.last_time = step, self.clock()
         return self.path
 
     def finish(self, state: SolverState, history: np.ndarray) -> Path:
@@ -279,26 +218,25 @@ class Checkpointer:
 
 def storable_arguments(arguments: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Split a fit's arguments into those that survive JSON unchanged and the names of the rest."""
-    stored, not_stored = {}, []
-    for name, value in arguments.items():
-        if isinstance(value, (np.ndarray, jax.Array)):
-            value = np.asarray(value).tolist()
-        try:
-            same = json.loads(json.dumps(value)) == value and _same_types(json.loads(json.dumps(value)), value)
-        except (TypeError, ValueError):
-            same = False
-        if same:
-            stored[name] = value
-        else:
-            not_stored.append(name)
-    return stored, not_stored
+    values = {name: np.asarray(v).tolist() if isinstance(v, (np.ndarray, jax.Array)) else v
+              for name, v in arguments.items()}
+    stored = {name: value for name, value in values.items() if _survives_json(value)}
+    return stored, [name for name in values if name not in stored]
 
 
-def _same_types(a, b) -> bool:
+def _survives_json(value) -> bool:
+    try:
+        return _same(json.loads(json.dumps(value)), value)
+    except (TypeError, ValueError):
+        return False
+
+
+def _same(a, b) -> bool:
+    """Equal, with the same types all the way down (JSON turns tuples into lists)."""
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same_types(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, list):
-        return len(a) == len(b) and all(_same_types(x, y) for x, y in zip(a, b))
-    return True
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)

@@ -1,11 +1,5 @@
-"""The ``gradfit`` command: thin wrappers that parse flags, call the library and write outputs.
-
-    gradfit fit --config configs/quickstart.toml [--set fit.learning_rate=0.1 ...] [--resume]
-    gradfit sweep --config configs/sweep_lr.toml
-    gradfit plot RUN_DIR
-    gradfit check-grads
-    gradfit info
-"""
+"""The ``gradfit`` command, ``fit``, ``sweep``, ``plot``, ``check-grads`` and ``info`` (``gradfit COMMAND
+--help`` lists the flags): thin wrappers that parse flags, call the library and write outputs."""
 
 from __future__ import annotations
 
@@ -22,18 +16,6 @@ import gradfit
 from gradfit import config, gradients, plotting, progress, runs
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="a TOML config (defaults are used without one)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set fit.learning_rate=0.1 (repeatable)",
-    )
-    p.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
-        help="show a progress bar on stderr (default: when stderr is a terminal and tqdm is installed)",
-    )
-
-
 def _progress(args) -> bool:
     if args.progress is None:  # on by default where someone watches
         return sys.stderr.isatty() and progress.available()
@@ -43,14 +25,13 @@ def _progress(args) -> bool:
 
 
 def cmd_fit(args) -> int:
-    cfg = config.load(args.config, args.overrides)
-    result = runs.fit_config(cfg, resume=args.resume, progress=_progress(args))
+    result = runs.fit_config(config.load(args.config, args.overrides), resume=args.resume, progress=_progress(args))
     return 1 if np.any(result.diverged) else 0
 
 
 def cmd_sweep(args) -> int:
     summary = runs.sweep_config(config.load(args.config, args.overrides), progress=_progress(args))
-    return 0 if len(summary["rows"]) > summary["diverged"] else 1
+    return 0 if len(summary["rows"]) > summary["diverged"] else 1  # 1: every member diverged
 
 
 def cmd_plot(args) -> int:
@@ -86,23 +67,27 @@ def cmd_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradfit", description="Linear models by compiled gradient descent (JAX).")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("fit", help="fit one model from a config")
-    _add_config_args(p)
-    p.add_argument(
+
+    def command(name: str, func, text: str, runs_config: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text)
+        p.set_defaults(func=func)
+        if runs_config:
+            p.add_argument("--config", "-c", help="a TOML config (defaults are used without one)")
+            p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                           help="override one config value, e.g. --set fit.learning_rate=0.1 (repeatable)")
+            p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="show a progress "
+                           "bar on stderr (default: when stderr is a terminal and tqdm is installed)")
+        return p
+
+    command("fit", cmd_fit, "fit one model from a config", runs_config=True).add_argument(
         "--resume", action="store_true",
-        help="continue from the checkpoint ([checkpoint] path, default <output.dir>/checkpoint.npz) if it exists",
-    )
-    p.set_defaults(func=cmd_fit)
-    p = sub.add_parser("sweep", help="fit every member of a [sweep] grid (one compile per group); resumable")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("plot", help="draw a fit or sweep output folder as PNG (needs matplotlib)")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the output.dir of a gradfit fit or gradfit sweep")
-    p.set_defaults(func=cmd_plot)
-    p = sub.add_parser("check-grads", help="compare the hand-derived gradients with jax.grad")
-    p.set_defaults(func=cmd_check_grads)
-    p = sub.add_parser("info", help="print the JAX backend and devices")
-    p.set_defaults(func=cmd_info)
+        help="continue from the checkpoint ([checkpoint] path, default <output.dir>/checkpoint.npz) if it exists")
+    command("sweep", cmd_sweep, "fit every member of a [sweep] grid (one compile per group); resumable",
+            runs_config=True)
+    command("plot", cmd_plot, "draw a fit or sweep output folder as PNG (needs matplotlib)").add_argument(
+        "run_dir", metavar="RUN_DIR", help="the output.dir of a gradfit fit or gradfit sweep")
+    command("check-grads", cmd_check_grads, "compare the hand-derived gradients with jax.grad")
+    command("info", cmd_info, "print the JAX backend and devices")
     return parser
 
 
@@ -111,17 +96,13 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning  # a warning is one line, no source excerpt
             return args.func(args)
-    except ValueError as e:  # user mistakes: one clear line, no traceback
-        print(f"gradfit {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # includes TimeoutError (a coordinator that never answered)
-        print(f"gradfit {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # user mistakes, unreadable files, a coordinator that never answered
+        print(f"gradfit {args.command}: error: {e}", file=sys.stderr)  # one clear line, no traceback
         return 2
 
 

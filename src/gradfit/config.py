@@ -1,9 +1,8 @@
 """TOML configs: defaults, a file that overrides them, and ``--set section.key=value``.
 
-A config has the sections of :data:`DEFAULTS`. Every key must be known (a typo gets a
-"did you mean"), and every value must have the type of its default (ints are accepted where
-floats are expected; a default of None accepts a number or a string).
-"""
+A config has the sections of :data:`DEFAULTS`. Every key must be known (a typo gets a "did you mean"),
+and every value must have the type of its default (or an int for a float; :data:`_OPEN_TYPES` for
+keys whose default is None or a dict)."""
 
 from __future__ import annotations
 
@@ -22,19 +21,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # "synthetic" (regression with known truth), "synthetic_classification",
         # "diabetes", "breast_cancer" (inside scikit-learn), or a path to .npy/.npz/.csv.
         "source": "synthetic",
-        "n_samples": 10_000,
-        "n_features": 16,
+        "n_samples": 10_000, "n_features": 16,
         "n_outputs": 0,  # 0: y is (m,); k > 0: y is (m, k)
-        "noise": 0.1,
-        "seed": 0,
-        "standardize": True,
-        "dtype": "float32",  # of X: "float32", "float64" (a float64 fit), "bfloat16"/"float16" (X in half the memory, fit in float32)
-        "target": None,  # for files: the target column's name or index (a list for k outputs), or the array name in .npz
+        "noise": 0.1, "seed": 0, "standardize": True,
+        # of X: "float32", "float64" (a float64 fit), "bfloat16"/"float16" (X in half the memory, fit in float32)
+        "dtype": "float32",
+        "target": None,  # for files: the target column's name or index (a list for k outputs), or the .npz array
         "features": None,  # for files: a list of column names or indices (None: all but the target)
-        # Data bigger than memory: stream X (data.source, a .npy file) and y (y_source, a .npy
-        # file) from disk in row chunks (gradfit.stream.fit_streaming; options in [stream]).
-        "stream": False,
-        "y_source": None,
+        # bigger than memory: stream X (source) and y (y_source), .npy files, in row chunks (see [stream])
+        "stream": False, "y_source": None,
     },
     # gradfit.fit's options (gradfit._options.FitOptions), less those of the Python API alone.
     "fit": {
@@ -46,27 +41,20 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # variables GRADFIT_COORDINATOR_ADDRESS, GRADFIT_NUM_PROCESSES, GRADFIT_PROCESS_ID.
     "distributed": {
         "coordinator_address": None,  # "host:port" of process 0
-        "num_processes": None,
-        "process_id": None,
+        "num_processes": None, "process_id": None,
         "initialization_timeout": 60,  # seconds for all processes to join, then a clear error
     },
-    "output": {
-        "dir": "runs/fit",
-    },
-    # gradfit sweep: the cartesian product of grid (keys as for gradfit.sweep), the other
-    # settings from [fit]; a grid key overrides the [fit] key of the same name.
+    "output": {"dir": "runs/fit"},
+    # gradfit sweep: the grid's cartesian product (keys as for gradfit.sweep; they override [fit]'s)
     "sweep": {
         "grid": {},  # e.g. {learning_rate = [0.01, 0.1], l2 = [0.0, 0.1]}
         "compact": True,  # run only still-active members between chunks
-        "memory_budget_mb": 0,  # per member chunk (0: half a GPU's free memory, or 2048); bigger grids run in member chunks
+        "memory_budget_mb": 0,  # per member chunk (0: half a GPU's free memory, or 2048); bigger grids: chunks
         "top": 5,  # members printed, best first
         "plot": True,  # loss_curves.png (needs matplotlib: pip install 'gradfit[plot]')
     },
     # data.stream = true: how the files are read (the plan, fit.grad, says what is computed).
-    "stream": {
-        "chunk_bytes": 64 << 20,  # bytes of X per chunk
-        "prefetch": 2,  # chunks read ahead
-    },
+    "stream": {"chunk_bytes": 64 << 20, "prefetch": 2},  # bytes of X per chunk; chunks read ahead
     "checkpoint": {
         # Saved atomically at chunk boundaries and at the end; `gradfit fit --resume` continues.
         "path": "",  # "": <output.dir>/checkpoint.npz
@@ -77,17 +65,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Keys whose default is None, or a dict, accept these types.
 _OPEN_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
-    ("data", "target"): (str, int, list),
-    ("data", "features"): (list,),
-    ("data", "y_source"): (str,),
+    ("data", "target"): (str, int, list), ("data", "features"): (list,), ("data", "y_source"): (str,),
     ("fit", "learning_rate"): (int, float, list, str),  # str: "auto"
-    ("fit", "tol"): (int, float),
-    ("fit", "batch_size"): (int,),
-    ("fit", "optimizer_options"): (dict,),
-    ("fit", "l2"): (int, float, list),
-    ("fit", "devices"): (int, list),
-    ("distributed", "coordinator_address"): (str,),
-    ("distributed", "num_processes"): (int,),
+    ("fit", "tol"): (int, float), ("fit", "batch_size"): (int,), ("fit", "optimizer_options"): (dict,),
+    ("fit", "l2"): (int, float, list), ("fit", "devices"): (int, list),
+    ("distributed", "coordinator_address"): (str,), ("distributed", "num_processes"): (int,),
     ("distributed", "process_id"): (int,),
 }
 
@@ -103,21 +85,13 @@ def _did_you_mean(word: str, choices) -> str:
 
 def _check_value(section: str, key: str, value: Any, where: str) -> Any:
     default = DEFAULTS[section][key]
-    allowed = _OPEN_TYPES.get((section, key))
-    if allowed is None:
-        allowed = (int, float) if isinstance(default, float) else (type(default),)
+    allowed = _OPEN_TYPES.get((section, key)) or ((int, float) if isinstance(default, float) else (type(default),))
     if value is None and (default is None or (section, key) in _OPEN_TYPES):
         return None
-    if isinstance(value, bool) and bool not in allowed:
-        ok = False
-    else:
-        ok = isinstance(value, allowed)
-    if not ok:
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         names = " or ".join(t.__name__ for t in allowed)
         raise ConfigError(f"{where}: {section}.{key} must be {names}, got {type(value).__name__} {value!r}")
-    if isinstance(default, float) and isinstance(value, int):
-        value = float(value)
-    return value
+    return float(value) if isinstance(default, float) and isinstance(value, int) else value
 
 
 def merge(base: dict[str, dict[str, Any]], override: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -125,15 +99,14 @@ def merge(base: dict[str, dict[str, Any]], override: dict[str, Any], where: str)
     out = copy.deepcopy(base)
     for section, values in override.items():
         if section not in DEFAULTS:
-            raise ConfigError(f"{where}: unknown section [{section}]{_did_you_mean(section, DEFAULTS)}; sections are {', '.join(DEFAULTS)}")
+            raise ConfigError(f"{where}: unknown section [{section}]{_did_you_mean(section, DEFAULTS)}; sections are "
+                              f"{', '.join(DEFAULTS)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: [{section}] must be a table of keys, got {values!r}")
         for key, value in values.items():
             if key not in DEFAULTS[section]:
-                raise ConfigError(
-                    f"{where}: unknown key {section}.{key}{_did_you_mean(key, DEFAULTS[section])}; "
-                    f"[{section}] takes {', '.join(DEFAULTS[section])}"
-                )
+                raise ConfigError(f"{where}: unknown key {section}.{key}{_did_you_mean(key, DEFAULTS[section])}; "
+                                  f"[{section}] takes {', '.join(DEFAULTS[section])}")
             out[section][key] = _check_value(section, key, value, where)
     return out
 
@@ -148,13 +121,10 @@ def parse_override(text: str) -> dict[str, Any]:
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"--set {text!r}: the name must be section.key, e.g. fit.steps=500")
     raw = raw.strip()
-    if raw.lower() in ("none", "null"):
-        value: Any = None
-    else:
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
+    try:
+        value = None if raw.lower() in ("none", "null") else tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
     return {parts[0]: {parts[1]: value}}
 
 
@@ -166,12 +136,12 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str,
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist: check the path (examples are in configs/)")
         try:
-            with path.open("rb") as f:
-                data = tomllib.load(f)
+            data = tomllib.loads(path.read_bytes().decode())  # as tomllib.load
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
         except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}): save the config as UTF-8 TOML") from None
+            raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}): save the config as "
+                              "UTF-8 TOML") from None
         except OSError as e:
             raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
         config = merge(config, data, str(path))

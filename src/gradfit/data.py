@@ -1,22 +1,20 @@
 """Loading the data a config names: a built-in problem or a file.
 
-| format | holds | features and target | notes |
-|---|---|---|---|
-| ``.npy`` | one 2-d numeric table (rows, columns) | column indices; target default: the last column | memory-mapped; a contiguous range of columns stays a view of the file |
-| ``.npz`` | named arrays | arrays ``X`` and ``y`` by default; otherwise array names (each a (m,) column or an (m, j) block) or indices in file order | |
-| ``.csv`` | a header row, then rows of numbers | column names or indices; target default: the last column | only the chosen columns are parsed, so text columns can be left out |
-| ``.parquet`` | a table | column names or indices; target default: the last column | needs pyarrow (``pip install 'gradfit[parquet]'``) |
+- ``.npy``: a 2-d numeric table, memory-mapped (a contiguous range of columns stays a view);
+- ``.npz``: arrays ``X`` and ``y``, or columns chosen by array name (an (m,) column or an (m, j)
+  block) or index in file order;
+- ``.csv``: a header row, then numbers; only the chosen columns are parsed (text ones can be left out);
+- ``.parquet``: a table; needs pyarrow (``pip install 'gradfit[parquet]'``).
 
-``target`` may be a list (k columns give y of shape (m, k)). ``features`` None means every
-column but the target. Every problem is a ``ValueError`` that names the file and the fix: a
-missing or empty file, an unknown column (listing the ones there are), a column both
-feature and target, and a non-numeric, empty or non-finite value (naming its column and row).
+Columns are chosen by name or index (``.npy``: index); ``target`` (default: the last column) may
+be a list, giving y of shape (m, k); ``features`` None means every column but the target. Every
+problem (a missing or empty file, an unknown column, a bad value) is a ``ValueError`` naming the
+file, the column and row, and the fix.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,18 +29,13 @@ FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")
 
 
 def load(section: dict[str, Any]) -> datasets.Dataset:
-    """Load X, y (and the truth of synthetic problems) as a ``[data]`` config section says.
-
-    ``dtype`` "bfloat16" or "float16" stores X in 16 bits (half the memory; the fit computes in
-    float32, :mod:`gradfit._precision`); y and the truth stay float32.
-    """
+    """Load X, y (and the truth of synthetic problems) as a ``[data]`` config section says. ``dtype``
+    "bfloat16" or "float16" stores X in 16 bits (the fit computes in float32); y and the truth stay float32."""
     if section["dtype"] not in FLOAT_DTYPES:
         raise ValueError(f"data.dtype {section['dtype']!r} is not supported: use one of {', '.join(FLOAT_DTYPES)}")
     x_dtype = np.dtype(jnp.bfloat16) if section["dtype"] == "bfloat16" else np.dtype(section["dtype"])
-    if x_dtype.itemsize > 2:
-        return _load(section, x_dtype)
-    ds = _load(section, np.dtype(np.float32))
-    return ds._replace(X=ds.X.astype(x_dtype))
+    ds = _load(section, x_dtype if x_dtype.itemsize > 2 else np.dtype(np.float32))
+    return ds if ds.X.dtype == x_dtype else ds._replace(X=ds.X.astype(x_dtype))
 
 
 def _load(section: dict[str, Any], dtype: np.dtype) -> datasets.Dataset:
@@ -52,24 +45,21 @@ def _load(section: dict[str, Any], dtype: np.dtype) -> datasets.Dataset:
             if section[key] <= 0:
                 raise ValueError(f"data.{key} must be a positive integer for a synthetic problem, got {section[key]}")
         if section["n_outputs"] < 0:
-            raise ValueError(f"data.n_outputs must be 0 (y is (m,)) or a positive number of outputs, got {section['n_outputs']}")
+            raise ValueError("data.n_outputs must be 0 (y is (m,)) or a positive number of outputs, "
+                             f"got {section['n_outputs']}")
         if section["noise"] < 0:
             raise ValueError(f"data.noise is a standard deviation, so it must be >= 0, got {section['noise']}")
-    if source == "synthetic":
-        return datasets.make_regression(
-            section["n_samples"], section["n_features"], n_outputs=section["n_outputs"] or None,
-            noise=section["noise"], seed=section["seed"], dtype=dtype,
-        )
-    if source == "synthetic_classification":
-        return datasets.make_classification(section["n_samples"], section["n_features"], seed=section["seed"], dtype=dtype)
+        shape = (section["n_samples"], section["n_features"])
+        if source == "synthetic_classification":
+            return datasets.make_classification(*shape, seed=section["seed"], dtype=dtype)
+        return datasets.make_regression(*shape, n_outputs=section["n_outputs"] or None, noise=section["noise"],
+                                        seed=section["seed"], dtype=dtype)
     if source in ("diabetes", "breast_cancer"):
         return datasets.BUILTIN[source](dtype=dtype)
     path = Path(source)
     if path.suffix.lower() not in FORMATS:
-        raise ValueError(
-            f"data.source {source!r} is neither a built-in data set ({', '.join(datasets.BUILTIN)}) "
-            f"nor a file of a known format ({', '.join(FORMATS)})"
-        )
+        raise ValueError(f"data.source {source!r} is neither a built-in data set "
+                         f"({', '.join(datasets.BUILTIN)}) nor a file of a known format ({', '.join(FORMATS)})")
     X, y = load_file(path, section["target"], section["features"])
     if section["standardize"]:
         X = datasets.standardize(np.asarray(X, np.float64))
@@ -77,21 +67,12 @@ def _load(section: dict[str, Any], dtype: np.dtype) -> datasets.Dataset:
 
 
 def load_file(path: str | Path, target=None, features: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``(X, y)`` from a ``.npy``, ``.npz``, ``.csv`` or ``.parquet`` file.
+    """Read ``(X, y)`` from a ``.npy``, ``.npz``, ``.csv`` or ``.parquet`` file (its suffix picks the format).
 
-    Args:
-      path: the file; its suffix picks the format (see the module's table).
-      target: the target column's name or index, or a list of them for k outputs; None: the
-        last column (arrays ``X`` and ``y`` for ``.npz``).
-      features: names or indices of the feature columns; None: all but the target.
-
-    Returns:
-      X (m, n) and y (m,) or (m, k), numeric (``.npy``: views of the memory map when the
-      columns are a contiguous range).
-
-    Raises:
-      ValueError: the file is missing, empty, unreadable, or lacks a column, or a chosen
-        column holds a non-numeric, empty or non-finite value (named by column and row).
+    ``target``: a column's name or index, or a list of them for k outputs (None: the last column;
+    arrays ``X`` and ``y`` for ``.npz``); ``features``: the feature columns (None: all but the target).
+    Returns numeric X (m, n) and y (m,) or (m, k) (``.npy``: views of the memory map when the columns
+    are a contiguous range). Raises ValueError as the module says.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -103,31 +84,29 @@ def load_file(path: str | Path, target=None, features: Sequence | None = None) -
         raise ValueError(f"data file {str(path)!r} is not a file: give the path of a {suffix} file")
     if path.stat().st_size == 0:
         raise ValueError(f"data file {path} is empty (0 bytes): it holds no rows")
-    _check_selection(target, "target")
+    if isinstance(target, list) and not target:
+        raise ValueError("target is an empty list: name one target column, or several for k outputs")
+    _check_names(target if isinstance(target, list) else [] if target is None else [target], "target")
     if features is not None:
-        if isinstance(features, (str, int)) or not isinstance(features, (list, tuple)):
+        if not isinstance(features, (list, tuple)):
             raise ValueError(f"features must be a list of column names or indices, got {features!r}")
         if not features:
-            raise ValueError("features is an empty list: name at least one feature column, or None for all but the target")
-        for f in features:
-            _check_selection(f, "features")
+            raise ValueError("features is an empty list: name at least one feature column, "
+                             "or None for all but the target")
+        _check_names(features, "features")
     reader = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
     try:
         X, y = reader(path, target, features)
     except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is not a readable {suffix} file ({type(e).__name__}: {e}): check that it is whole") from None
+        raise ValueError(f"{path} is not a readable {suffix} file ({type(e).__name__}: "
+                         f"{e}): check that it is whole") from None
     if X.shape[0] == 0:
         raise ValueError(f"{path} has no data rows: a fit needs at least one")
     return X, y
 
 
 # --------------------------------------------------------------------------- selecting columns
-def _check_selection(value, what: str) -> None:
-    if value is None and what == "target":
-        return
-    items = value if isinstance(value, list) and what == "target" else [value]
-    if what == "target" and isinstance(value, list) and not value:
-        raise ValueError("target is an empty list: name one target column, or several for k outputs")
+def _check_names(items, what: str) -> None:
     for item in items:
         if isinstance(item, bool) or not isinstance(item, (str, int, np.integer)):
             raise ValueError(f"{what} must name columns by name (str) or index (int), got {item!r}")
@@ -137,7 +116,8 @@ def _resolve(name, names: list[str] | None, n_cols: int, what: str, path: Path) 
     """The index of column ``name`` (a name or a possibly negative index) among ``n_cols``."""
     if isinstance(name, (int, np.integer)):
         if not -n_cols <= name < n_cols:
-            raise ValueError(f"{what} column index {name} is out of range: {path} has {n_cols} columns (0..{n_cols - 1})")
+            raise ValueError(f"{what} column index {name} is out of range: "
+                             f"{path} has {n_cols} columns (0..{n_cols - 1})")
         return int(name) % n_cols
     if names is None:
         raise ValueError(f"{path} has no column names: give {what} columns by index (0..{n_cols - 1})")
@@ -157,10 +137,9 @@ def _plan(path: Path, names: list[str] | None, n_cols: int, target, features) ->
             raise ValueError(f"{path} has no columns left for features once the target is taken: add feature columns")
     else:
         f = [_resolve(c, names, n_cols, "feature", path) for c in features]
-    both = sorted(set(f) & set(t))
-    if both:
-        label = names[both[0]] if names else both[0]
-        raise ValueError(f"column {label!r} of {path} is both a feature and the target: leave it out of features")
+    if both := sorted(set(f) & set(t)):
+        raise ValueError(f"column {_label(names, both[0])} of {path} is both a feature and the target: "
+                         "leave it out of features")
     for cols, what in ((f, "feature"), (t, "target")):
         if len(set(cols)) != len(cols):
             raise ValueError(f"a {what} column of {path} is chosen twice: list each column once")
@@ -178,25 +157,28 @@ def _label(names: list[str] | None, col: int) -> str:
     return repr(names[col]) if names else str(col)
 
 
-def _check_finite(path: Path, table: np.ndarray, names: list[str] | None, cols: list[int], row_name) -> None:
+def _finite_split(path: Path, table: np.ndarray, names: list[str], cols: list[int], n_features: int, single: bool,
+                  row_name) -> tuple[np.ndarray, np.ndarray]:
+    """Check that ``table`` (the columns ``cols``, features first) is finite; split it into X and y."""
     bad = ~np.isfinite(table)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise ValueError(
-            f"{path}: column {_label(names, cols[c])} {row_name(int(r))} is {table[r, c]}: "
-            "drop or impute missing and non-finite values first"
-        )
+        raise ValueError(f"{path}: column {_label(names, cols[c])} {row_name(int(r))} is {table[r, c]}: "
+                         "drop or impute missing and non-finite values first")
+    X, Y = table[:, :n_features], table[:, n_features:]
+    return X, Y[:, 0] if single else Y
 
 
 # --------------------------------------------------------------------------- formats
-def _magic(path: Path, prefix: bytes) -> bool:
+def _check_magic(path: Path, prefix: bytes, kind: str, what: str, save: str) -> None:
     with path.open("rb") as f:
-        return f.read(len(prefix)) == prefix
+        if f.read(len(prefix)) != prefix:
+            raise ValueError(f"{path} is not a readable {kind} file ({what}): "
+                             f"check that it is whole, or save it with {save}")
 
 
 def _read_npy(path: Path, target, features):
-    if not _magic(path, b"\x93NUMPY"):
-        raise ValueError(f"{path} is not a readable .npy file (no NumPy header): check that it is whole, or save it with np.save")
+    _check_magic(path, b"\x93NUMPY", ".npy", "no NumPy header", "np.save")
     try:
         table = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
@@ -210,8 +192,7 @@ def _read_npy(path: Path, target, features):
 
 
 def _read_npz(path: Path, target, features):
-    if not _magic(path, b"PK"):
-        raise ValueError(f"{path} is not a readable .npz file (not a zip archive): check that it is whole, or save it with np.savez")
+    _check_magic(path, b"PK", ".npz", "not a zip archive", "np.savez")
     try:
         z = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -220,41 +201,39 @@ def _read_npz(path: Path, target, features):
         raise ValueError(f"{path} holds one array, not an .npz archive: save it with np.savez(path, X=X, y=y)")
     with z:
         names = list(z.keys())
+        listed = ", ".join(map(repr, names))
         if not names:
             raise ValueError(f"{path} holds no arrays")
         if target is None and features is None:
             if not ("X" in names and "y" in names):
-                raise ValueError(
-                f"{path} holds the arrays {', '.join(map(repr, names))}: name them X and y, "
-                "or choose them with target= (and features=)"
-            )
-            target, features = "y", ["X"]
+                raise ValueError(f"{path} holds the arrays {listed}: name them X and y, "
+                                 "or choose them with target= (and features=)")
+            features = ["X"]
         if target is None:
             if "y" not in names:
-                raise ValueError(f"{path} has no array 'y': name the target array with target= (its arrays are {', '.join(map(repr, names))})")
+                raise ValueError(f"{path} has no array 'y': "
+                                 f"name the target array with target= (its arrays are {listed})")
             target = "y"
         f, t, single = _plan(path, names, len(names), target, features)
-        arrays = {i: _numeric_array(path, z, names[i]) for i in f + t}
+        arrays = {}
+        for i in f + t:
+            where = f"array {names[i]!r} of {path}"
+            try:
+                arrays[i] = z[names[i]]
+            except ValueError as e:
+                raise ValueError(f"{where} cannot be read without pickle ({e}): store numbers, not objects") from None
+            if arrays[i].dtype.kind not in "biuf":
+                raise ValueError(f"{where} has dtype {arrays[i].dtype}: encode it as numbers first")
     rows = {names[i]: a.shape[0] if a.ndim else 0 for i, a in arrays.items()}
     if len(set(rows.values())) != 1:
-        raise ValueError(f"the arrays of {path} have different numbers of rows: {rows}; each array needs one row per sample")
+        raise ValueError(f"the arrays of {path} have different numbers of rows: "
+                         f"{rows}; each array needs one row per sample")
     for i, a in arrays.items():
         if a.ndim not in (1, 2):
             raise ValueError(f"array {names[i]!r} of {path} has shape {a.shape}: expected (m,) or (m, j)")
     block = lambda cols: np.concatenate([arrays[i].reshape(len(arrays[i]), -1) for i in cols], axis=1)  # noqa: E731
     X = arrays[f[0]] if len(f) == 1 and arrays[f[0]].ndim == 2 else block(f)
-    y = arrays[t[0]] if single else block(t)
-    return X, y
-
-
-def _numeric_array(path: Path, z, name: str) -> np.ndarray:
-    try:
-        a = z[name]
-    except ValueError as e:
-        raise ValueError(f"array {name!r} of {path} cannot be read without pickle ({e}): store numbers, not objects") from None
-    if a.dtype.kind not in "biuf":
-        raise ValueError(f"array {name!r} of {path} has dtype {a.dtype}: encode it as numbers first")
-    return a
+    return X, arrays[t[0]] if single else block(t)
 
 
 def _read_csv(path: Path, target, features):
@@ -266,36 +245,31 @@ def _read_csv(path: Path, target, features):
             raise ValueError(f"{path} has a header but no data rows")
     names = [h.strip() for h in header]
     if all(_is_number(h) for h in names):
-        raise ValueError(f"the first line of {path} holds numbers, not column names: add a header row naming the columns")
+        raise ValueError(f"the first line of {path} holds numbers, "
+                         "not column names: add a header row naming the columns")
     f, t, single = _plan(path, names, len(names), target, features)
     cols = f + t
-    _check_field_counts(path, len(names))
+    _check_field_counts(path, names)
     try:
         table = np.loadtxt(path, delimiter=",", skiprows=1, usecols=cols, ndmin=2, quotechar='"', dtype=np.float64)
     except ValueError:
         _raise_first_bad_cell(path, names, cols)
         raise
-    line = lambda r: f"line {r + 2}"  # noqa: E731  (line 1 is the header)
-    _check_finite(path, table, names, cols, line)
-    X, Y = table[:, : len(f)], table[:, len(f) :]
-    return X, Y[:, 0] if single else Y
+    return _finite_split(path, table, names, cols, len(f), single, lambda r: f"line {r + 2}")  # line 1: the header
 
 
-def _check_field_counts(path: Path, n_cols: int) -> None:
-    """Every non-blank line must have ``n_cols`` fields (np.loadtxt ignores extra ones, which
+def _check_field_counts(path: Path, names: list[str]) -> None:
+    """Every non-blank line must have a field per column (np.loadtxt ignores extra ones, which
     would silently shift data). Vectorised over the bytes unless the file has quoted fields."""
-    raw = path.read_bytes()
+    raw, n_cols = path.read_bytes(), len(names)
     if b'"' in raw:
-        _raise_first_bad_cell(path, [str(i) for i in range(n_cols)], [])
+        _raise_first_bad_cell(path, names, [])
         return
     buf = np.frombuffer(raw, np.uint8)
-    newlines = np.flatnonzero(buf == ord("\n"))
-    starts = np.concatenate([[0], newlines + 1])
-    ends = np.concatenate([newlines, [buf.size]])
-    commas = np.bincount(np.searchsorted(newlines, np.flatnonzero(buf == ord(",")), side="left"), minlength=starts.size)
-    length = ends - starts
-    last = buf[np.maximum(ends - 1, 0)]
-    blank = (length == 0) | ((length == 1) & (last == ord("\r")))
+    ends = np.append(np.flatnonzero(buf == ord("\n")), buf.size)  # each line's end (its newline, or the file's end)
+    length = np.diff(ends, prepend=-1) - 1
+    commas = np.bincount(np.searchsorted(ends, np.flatnonzero(buf == ord(","))), minlength=ends.size)  # per line
+    blank = (length == 0) | ((length == 1) & (buf[np.maximum(ends - 1, 0)] == ord("\r")))
     bad = np.flatnonzero(~blank & (commas != n_cols - 1))
     if bad.size:
         line = int(bad[0])
@@ -319,20 +293,15 @@ def _raise_first_bad_cell(path: Path, names: list[str], cols: list[int]) -> None
             if not row:
                 continue
             if len(row) != len(names):
-                raise ValueError(f"{path} line {lineno} has {len(row)} fields but the header names {len(names)} columns")
+                raise ValueError(f"{path} line {lineno} has {len(row)} fields "
+                                 f"but the header names {len(names)} columns")
             for c in cols:
-                cell = row[c].strip()
-                if not cell:
-                    raise ValueError(
-                        f"{path}: column {names[c]!r} line {lineno} is empty: fill or drop rows with missing values first"
-                    )
-                try:
-                    float(cell)
-                except ValueError:
-                    raise ValueError(
-                        f"{path}: column {names[c]!r} line {lineno} holds {cell!r}, not a number: encode text "
-                        "as numbers first, or leave the column out of features"
-                    ) from None
+                where = f"{path}: column {names[c]!r} line {lineno}"
+                if not (cell := row[c].strip()):
+                    raise ValueError(f"{where} is empty: fill or drop rows with missing values first")
+                if not _is_number(cell):
+                    raise ValueError(f"{where} holds {cell!r}, not a number: "
+                                     "encode text as numbers first, or leave the column out of features") from None
 
 
 def _read_parquet(path: Path, target, features):
@@ -351,29 +320,21 @@ def _read_parquet(path: Path, target, features):
         raise ValueError(f"{path} has no columns")
     f, t, single = _plan(path, names, len(names), target, features)
     cols = f + t
-    table = pf.read(columns=[names[c] for c in cols])
-    m = table.num_rows
-    if m == 0:
-        raise ValueError(f"{path} has no data rows: a fit needs at least one")
-    out = np.empty((m, len(cols)), np.float64)
+    table = pf.read(columns=[names[c] for c in cols])  # no rows: load_file says so
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
+    out = np.empty((table.num_rows, len(cols)), np.float64)
     for j, c in enumerate(cols):
-        column = table.column(j)
+        column, where = table.column(j), f"{path}: column {names[c]!r}"
         if column.null_count:
             row = int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
-            raise ValueError(f"{path}: column {names[c]!r} row {row} is null: fill or drop rows with missing values first")
-        kind = column.type
-        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) or pa.types.is_decimal(kind):
+            raise ValueError(f"{where} row {row} is null: fill or drop rows with missing values first")
+        if any(is_kind(column.type) for is_kind in numeric):
             out[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
             continue
-        values = column.to_pylist()
-        for row, v in zip(itertools.count(), values):
+        for row, v in enumerate(column.to_pylist()):
             try:
                 out[row, j] = float(v)
             except (TypeError, ValueError):
-                raise ValueError(
-                    f"{path}: column {names[c]!r} ({kind}) row {row} holds {v!r}, not a number: encode it as "
-                    "numbers first, or leave the column out of features"
-                ) from None
-    _check_finite(path, out, names, cols, lambda r: f"row {r}")
-    X, Y = out[:, : len(f)], out[:, len(f) :]
-    return X, Y[:, 0] if single else Y
+                raise ValueError(f"{where} ({column.type}) row {row} holds {v!r}, not a number: "
+                                 "encode it as numbers first, or leave the column out of features") from None
+    return _finite_split(path, out, names, cols, len(f), single, lambda r: f"row {r}")

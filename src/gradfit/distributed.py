@@ -1,20 +1,12 @@
 """Several processes or hosts: ``jax.distributed`` set up with checks, and per-process loading.
 
 One process per host (or per GPU) runs the same script. :func:`initialize` connects them
-through JAX's coordination service (``jax.distributed.initialize``); after that
-``jax.devices()`` lists every process's devices, a row-sharded array spans them all, and
-:func:`gradfit.fit` runs the same compiled program on the global arrays, the gradient's
-row sum becoming an all-reduce across hosts. No gradfit-specific cluster layer.
-
-:func:`load_rows` gives each process only its own block of rows of ``.npy`` files
-(memory-mapped: only those pages are read) and assembles the global arrays with
-``jax.make_array_from_process_local_data``. Results are replicated on every process; write
-outputs from process 0 only (:func:`is_writer`).
-
-Settings come from arguments, else the ``[distributed]`` config section, else environment
-variables ``GRADFIT_COORDINATOR_ADDRESS`` ("host:port" of process 0),
-``GRADFIT_NUM_PROCESSES`` and ``GRADFIT_PROCESS_ID``. Mistakes (a process id out of range,
-an address without a port, an unresolvable host, a coordinator that never answers) raise a
+through JAX's coordination service; after that ``jax.devices()`` lists every process's devices,
+a row-sharded array spans them all, and :func:`gradfit.fit` runs the same compiled program on
+the global arrays (the gradient's row sum becomes an all-reduce across hosts). :func:`load_rows`
+gives each process only its own rows of ``.npy`` files. Results are replicated on every process;
+write outputs from process 0 only (:func:`is_writer`). Settings come from arguments, else the
+``[distributed]`` config section, else the environment variables :data:`ENV`; mistakes raise a
 clear error within ``initialization_timeout`` seconds instead of hanging.
 """
 
@@ -34,7 +26,7 @@ import numpy as np
 from gradfit import sharding
 from gradfit._types import Data
 
-ENV = {
+ENV = {  # coordinator_address is "host:port" of process 0
     "coordinator_address": "GRADFIT_COORDINATOR_ADDRESS",
     "num_processes": "GRADFIT_NUM_PROCESSES",
     "process_id": "GRADFIT_PROCESS_ID",
@@ -53,111 +45,81 @@ class Settings(NamedTuple):
 
 
 class Loaded(NamedTuple):
-    """What :func:`load_rows` returns: global arrays and the number of real rows.
-
-    ``data`` has ``ceil(m / d) * d`` rows for d devices; rows past ``n_rows`` are padding of
-    weight 0. Pass both on: ``fit(data.X, data.y, sample_weight=data.sample_weight,
-    n_rows=n_rows)``.
-    """
+    """Global arrays of ``ceil(m / d) * d`` rows for d devices (rows past ``n_rows`` are padding of weight 0).
+    Pass both on: ``fit(data.X, data.y, sample_weight=data.sample_weight, n_rows=n_rows)``."""
 
     data: Data
     n_rows: int
 
 
 def _int_setting(value, name: str, source: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} from {source} must be an integer, got {value!r}")
     try:
-        return int(str(value).strip()) if isinstance(value, str) else int(value)
+        if not isinstance(value, bool):
+            return int(value.strip()) if isinstance(value, str) else int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} from {source} must be an integer, got {value!r}") from None
+        pass
+    raise ValueError(f"{name} from {source} must be an integer, got {value!r}")
 
 
 def _split_address(address: str) -> tuple[str, int]:
     address = address.strip()
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port:
-        raise ValueError(
-            f"coordinator_address {address!r} must be host:port, e.g. 10.0.0.1:12345 or "
-            "[::1]:12345: the host of process 0 and a free port on it"
-        )
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+        raise ValueError(f"coordinator_address {address!r} must be host:port, "
+                         "e.g. 10.0.0.1:12345 or [::1]:12345: the host of process 0 and a free port on it")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"coordinator_address {address!r} has port {port!r}: use a number from 1 to 65535")
-    return host, int(port)
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host, int(port)
 
 
-def settings(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-) -> Settings | None:
-    """Check a multi-process configuration; None when nothing is set (a single process).
-
-    Each value comes from its argument, else its environment variable (:data:`ENV`).
-    Raises ValueError naming the problem and the fix: some but not all values set, a process
-    id outside ``0 .. num_processes - 1``, a bad or unresolvable address.
-    """
+def settings(coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+             *, environ: Mapping[str, str] | None = None) -> Settings | None:
+    """Check a multi-process configuration (each value from its argument, else its variable in :data:`ENV`);
+    None when nothing is set (a single process). Raises ValueError naming the problem and the fix: some
+    but not all values set, a process id outside ``0 .. num_processes - 1``, a bad or unresolvable address."""
     environ = os.environ if environ is None else environ
     given = {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
-    sources = {}
+    sources = dict.fromkeys(given, "the argument/config")
     for key, value in given.items():
-        sources[key] = "the argument/config"
         if value is None and environ.get(ENV[key], "").strip():
             given[key], sources[key] = environ[ENV[key]], f"${ENV[key]}"
     if all(v is None for v in given.values()):
         return None
-    missing = [k for k, v in given.items() if v is None]
-    if missing:
-        raise ValueError(
-            f"a multi-process run needs coordinator_address, num_processes and process_id; "
-            f"{', '.join(missing)} not set: give them in [distributed] or as "
-            + ", ".join(f"${ENV[k]}" for k in missing)
-        )
+    if missing := [k for k, v in given.items() if v is None]:
+        raise ValueError(f"a multi-process run needs coordinator_address, num_processes and process_id; "
+                         f"{', '.join(missing)} not set: give them in [distributed] or as "
+                         + ", ".join(f"${ENV[k]}" for k in missing))
     n = _int_setting(given["num_processes"], "num_processes", sources["num_processes"])
     pid = _int_setting(given["process_id"], "process_id", sources["process_id"])
     if n < 1:
         raise ValueError(f"num_processes from {sources['num_processes']} is {n}: it must be >= 1")
     if not 0 <= pid < n:
-        raise ValueError(
-            f"process_id {pid} (from {sources['process_id']}) is out of range for {n} processes: "
-            f"give each process a distinct id from 0 to {n - 1} (e.g. $SLURM_PROCID)"
-        )
+        raise ValueError(f"process_id {pid} (from {sources['process_id']}) is out of range for {n} processes: "
+                         f"give each process a distinct id from 0 to {n - 1} (e.g. $SLURM_PROCID)")
     address = str(given["coordinator_address"])
     host, port = _split_address(address)
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise ValueError(
-            f"coordinator_address {address!r}: host {host!r} cannot be resolved ({e.strerror}); "
-            "use process 0's IP address or a hostname every process can resolve"
-        ) from None
+        raise ValueError(f"coordinator_address {address!r}: host {host!r} cannot be resolved ({e.strerror}); "
+                         "use process 0's IP address or a hostname every process can resolve") from None
     return Settings(address.strip(), host, port, n, pid)
 
 
 def _wait_for_coordinator(s: Settings, timeout: float) -> float:
-    """Poll until process 0's port accepts a TCP connection; TimeoutError after ``timeout`` s.
-
-    Returns the seconds waited.
-    """
+    """Poll until process 0's port accepts a TCP connection; return the seconds waited, or
+    raise TimeoutError after ``timeout`` s."""
     start = time.monotonic()
-    deadline = time.monotonic() + timeout
-    last: OSError | None = None
     while True:
         try:
             with socket.create_connection((s.host, s.port), timeout=min(2.0, max(timeout, 0.1))):
                 return time.monotonic() - start
         except OSError as e:
             last = e
-        if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"process {s.process_id}: the coordinator {s.coordinator_address} did not answer within "
-                f"{timeout:g} s ({last}): start process 0 there, check the address and port, or raise "
-                "initialization_timeout"
-            )
+        if time.monotonic() >= start + timeout:
+            raise TimeoutError(f"process {s.process_id}: the coordinator {s.coordinator_address} did not answer within "
+                               f"{timeout:g} s ({last}): start process 0 there, check the address and port, or raise "
+                               "initialization_timeout")
         time.sleep(0.2)
 
 
@@ -168,66 +130,41 @@ def _check_port_free(s: Settings) -> None:
         try:
             sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", s.port))
         except OSError as e:
-            raise ValueError(
-                f"process 0 cannot serve the coordinator on port {s.port} ({e.strerror}): choose a free port "
-                f"in coordinator_address {s.coordinator_address!r}"
-            ) from None
+            raise ValueError(f"process 0 cannot serve the coordinator on port {s.port} ({e.strerror}): "
+                             f"choose a free port in coordinator_address {s.coordinator_address!r}") from None
 
 
-def initialize(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-    *,
-    initialization_timeout: int = DEFAULT_TIMEOUT,
-    local_device_ids: int | Sequence[int] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> Settings | None:
-    """Join a multi-process run: checks, then ``jax.distributed.initialize``.
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+               *, initialization_timeout: int = DEFAULT_TIMEOUT, local_device_ids: int | Sequence[int] | None = None,
+               environ: Mapping[str, str] | None = None) -> Settings | None:
+    """Join a multi-process run: the checks of :func:`settings`, then ``jax.distributed.initialize``.
 
-    Call it first, before any other JAX work, in every process. With nothing set (no
-    arguments, no environment variables) it does nothing and returns None: a single process.
-
-    Args:
-      coordinator_address: "host:port" where process 0 serves JAX's coordination service.
-      num_processes: how many processes take part (one per host, or one per GPU).
-      process_id: this process's id, 0 .. num_processes - 1 (process 0 is the coordinator).
-      initialization_timeout: seconds to wait for every process to join. A process whose
-        coordinator never answers raises TimeoutError after this long; if the coordinator is
-        up but some process never joins, JAX itself ends every process after this long
-        (a ``DEADLINE_EXCEEDED`` log and exit status 134) — bounded, never a hang.
-      local_device_ids: the local devices this process uses (e.g. its one GPU when running
-        one process per GPU); None: all of them.
-      environ: the environment to read (default ``os.environ``).
-
-    Returns:
-      The checked :class:`Settings`, or None when nothing was set.
-
-    Raises:
-      ValueError: bad settings (before any connection is tried).
-      TimeoutError: process 0 did not answer within ``initialization_timeout``.
-      RuntimeError: JAX already ran a computation or was already initialized in this process.
+    Call it first, before any other JAX work, in every process; with nothing set it does nothing
+    and returns None (a single process). Process 0 serves the coordination service at
+    ``coordinator_address``; ``local_device_ids``: the local devices to use (e.g. one GPU per
+    process; None: all). ``initialization_timeout`` bounds the wait for every process to join: a
+    process whose coordinator never answers raises TimeoutError after it; if the coordinator is up
+    but some process never joins, JAX itself ends every process after it (a ``DEADLINE_EXCEEDED``
+    log, exit status 134). ValueError for bad settings (before any connection); RuntimeError when
+    JAX already ran or was initialized in this process.
     """
-    if isinstance(initialization_timeout, bool) or not isinstance(initialization_timeout, int) or initialization_timeout < 1:
-        raise ValueError(f"initialization_timeout must be a positive number of seconds, got {initialization_timeout!r}")
+    timeout = initialization_timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
+        raise ValueError(f"initialization_timeout must be a positive number of seconds, got {timeout!r}")
     s = settings(coordinator_address, num_processes, process_id, environ=environ)
     if s is None:
         return None
-    remaining = initialization_timeout
+    remaining = timeout
     if s.process_id == 0:
         _check_port_free(s)
     else:  # the whole wait, this and JAX's, stays within initialization_timeout
-        remaining = max(1, round(initialization_timeout - _wait_for_coordinator(s, initialization_timeout)))
+        remaining = max(1, round(timeout - _wait_for_coordinator(s, timeout)))
     try:
-        jax.distributed.initialize(
-            s.coordinator_address, s.num_processes, s.process_id,
-            local_device_ids=local_device_ids, initialization_timeout=remaining,
-        )
+        jax.distributed.initialize(s.coordinator_address, s.num_processes, s.process_id,
+                                   local_device_ids=local_device_ids, initialization_timeout=remaining)
     except RuntimeError as e:
-        raise RuntimeError(
-            f"jax.distributed.initialize failed: {e}. Call gradfit.distributed.initialize once, at the "
-            "start of the program, before any JAX computation"
-        ) from None
+        raise RuntimeError(f"jax.distributed.initialize failed: {e}. Call gradfit.distributed.initialize once, "
+                           "at the start of the program, before any JAX computation") from None
     return s
 
 
@@ -264,10 +201,9 @@ def _open_tables(paths: Sequence[Path]) -> list[np.ndarray]:
     first = tables[0]
     for path, table in zip(paths[1:], tables[1:]):
         if table.shape[1] != first.shape[1] or table.dtype != first.dtype:
-            raise ValueError(
-                f"the shard files do not add up: {paths[0]} is {first.shape[1]} columns of {first.dtype} but "
-                f"{path} is {table.shape[1]} columns of {table.dtype}; every file must hold the same columns"
-            )
+            raise ValueError(f"the shard files do not add up: {paths[0]} is {first.shape[1]} columns of {first.dtype} "
+                             f"but {path} is {table.shape[1]} columns of {table.dtype}; "
+                             "every file must hold the same columns")
     return tables
 
 
@@ -275,11 +211,10 @@ def _read_rows(tables: list[np.ndarray], lo: int, hi: int) -> np.ndarray:
     """Rows lo..hi-1 of the row-wise concatenation of ``tables``, touching only those rows."""
     pieces, start = [], 0
     for table in tables:
-        stop = start + table.shape[0]
-        a, b = max(lo, start), min(hi, stop)
+        a, b = max(lo, start), min(hi, start + table.shape[0])
         if a < b:
             pieces.append(np.asarray(table[a - start : b - start]))
-        start = stop
+        start += table.shape[0]
     if not pieces:
         return np.zeros((0, tables[0].shape[1]), tables[0].dtype)
     return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
@@ -290,13 +225,10 @@ def _process_rows(row_sharding, shape: tuple[int, ...]) -> tuple[int, int]:
     spans = sorted(idx[0].indices(shape[0])[:2] for idx in row_sharding.addressable_devices_indices_map(shape).values())
     if not spans:  # none of this process's devices takes part
         return 0, 0
-    lo, hi = spans[0][0], spans[-1][1]
     if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
-        raise ValueError(
-            "this process's devices do not hold one contiguous block of rows: list the devices process "
-            "by process (as jax.devices() does)"
-        )
-    return lo, hi
+        raise ValueError("this process's devices do not hold one contiguous block of rows: "
+                         "list the devices process by process (as jax.devices() does)")
+    return spans[0][0], spans[-1][1]
 
 
 @jax.jit
@@ -305,74 +237,62 @@ def _standardize(X: jax.Array, valid: jax.Array) -> jax.Array:
     w = valid.astype(X.dtype)[:, None]
     count = jnp.sum(w)
     mean = jnp.sum(w * X, axis=0, keepdims=True) / count  # (1, n)
-    var = jnp.sum(w * (X - mean) ** 2, axis=0, keepdims=True) / count
-    std = jnp.sqrt(var)
+    std = jnp.sqrt(jnp.sum(w * (X - mean) ** 2, axis=0, keepdims=True) / count)
     return w * (X - mean) / jnp.where(std > 0, std, 1)
 
 
-def load_rows(
-    source: str | Path | Sequence[str | Path],
-    *,
-    target: int | None = None,
-    features: Sequence[int] | None = None,
-    dtype=np.float32,
-    standardize: bool = False,
-    devices: Any = None,
-) -> Loaded:
+def _is_column(c, n_cols: int) -> bool:
+    return not isinstance(c, bool) and isinstance(c, (int, np.integer)) and -n_cols <= c < n_cols
+
+
+def load_rows(source: str | Path | Sequence[str | Path], *, target: int | None = None,
+              features: Sequence[int] | None = None, dtype=np.float32, standardize: bool = False,
+              devices: Any = None) -> Loaded:
     """Load a ``.npy`` table split across processes: each reads only its own rows.
 
-    The table is one ``.npy`` file or a list of files holding consecutive row blocks of it
-    (same columns and dtype), visible to every process (a shared file system or a copy on
+    ``source`` is one ``.npy`` file or a list of files holding consecutive row blocks of the
+    table (same columns and dtype), visible to every process (a shared file system or a copy on
     each host). Each is memory-mapped; a process reads only the rows of its own devices, then
     ``jax.make_array_from_process_local_data`` assembles global arrays laid out as
-    :func:`gradfit.shard_rows` would: rows split over ``"rows"``, padded at the end to a
-    multiple of the device count with zero rows of weight 0.
-
-    Args:
-      source: a .npy path, or a list of .npy paths in row order.
-      target: the target column (default the last); y is (m,).
-      features: the feature columns (default all but the target).
-      dtype: the float dtype of X, y and the weights.
-      standardize: scale columns to mean 0, sd 1 over the real rows (on device, globally).
-      devices: as :func:`gradfit.sharding.resolve_devices`, but None means every device.
-
-    Returns:
-      :class:`Loaded` ``(data, n_rows)``; ``data.sample_weight`` is None when nothing was padded.
+    :func:`gradfit.shard_rows` would: rows split over ``"rows"``, padded at the end to a multiple
+    of the device count with zero rows of weight 0 (``data.sample_weight`` is None when nothing
+    was padded). ``target``: the target column (default the last; y is (m,)); ``features``: the
+    feature columns (default all but the target); ``dtype``: of X, y and the weights;
+    ``standardize``: columns to mean 0, sd 1 over the real rows (on device, globally);
+    ``devices``: as :func:`gradfit.sharding.resolve_devices`, but None means every device.
     """
     paths = [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source]
     if not paths:
         raise ValueError("source lists no files: give a .npy path or a list of them")
     tables = _open_tables(paths)
-    m = sum(t.shape[0] for t in tables)
-    n_cols = tables[0].shape[1]
+    m, n_cols = sum(t.shape[0] for t in tables), tables[0].shape[1]
     if m == 0:
         raise ValueError(f"{', '.join(map(str, paths))} hold no rows: a fit needs at least one")
+    columns = f"the table has {n_cols} columns (0..{n_cols - 1})"
     t = n_cols - 1 if target is None else target
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not -n_cols <= t < n_cols:
-        raise ValueError(f"target column {target!r} is out of range: the table has {n_cols} columns (0..{n_cols - 1})")
+    if not _is_column(t, n_cols):
+        raise ValueError(f"target column {target!r} is out of range: {columns}")
     t %= n_cols
     if features is None:
         cols = [c for c in range(n_cols) if c != t]
+    elif bad := [c for c in features if not _is_column(c, n_cols)]:
+        raise ValueError(f"feature columns {bad} are out of range: {columns}")
     else:
-        bad = [c for c in features if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not -n_cols <= c < n_cols]
-        if bad:
-            raise ValueError(f"feature columns {bad} are out of range: the table has {n_cols} columns (0..{n_cols - 1})")
         cols = [int(c) % n_cols for c in features]
     if not cols:
         raise ValueError("no feature columns: the table needs at least one column besides the target")
     devs = sharding.resolve_devices(len(jax.devices()) if devices is None else devices, m)
-    mesh = sharding.row_mesh(devs)
     rows = sharding.padded_rows(m, len(devs))
-    X_sharding, v_sharding = sharding.row_sharding(mesh), sharding.row_sharding(mesh)
-    lo, hi = _process_rows(X_sharding, (rows, len(cols)))
+    row_sharding = sharding.row_sharding(sharding.row_mesh(devs))
+    lo, hi = _process_rows(row_sharding, (rows, len(cols)))
     block = _read_rows(tables, min(lo, m), min(hi, m))
     pad = (hi - lo) - block.shape[0]
-    X_local = np.pad(np.asarray(block[:, cols], dtype), ((0, pad), (0, 0)))
-    y_local = np.pad(np.asarray(block[:, t], dtype), (0, pad))
-    w_local = np.pad(np.ones(block.shape[0], dtype), (0, pad))
-    X = jax.make_array_from_process_local_data(X_sharding, X_local, (rows, len(cols)))
-    y = jax.make_array_from_process_local_data(v_sharding, y_local, (rows,))
-    w = jax.make_array_from_process_local_data(v_sharding, w_local, (rows,))
+    local = {  # this process's rows, then padding
+        "X": np.pad(np.asarray(block[:, cols], dtype), ((0, pad), (0, 0))),
+        "y": np.pad(np.asarray(block[:, t], dtype), (0, pad)),
+        "w": np.pad(np.ones(block.shape[0], dtype), (0, pad)),
+    }
+    X, y, w = (jax.make_array_from_process_local_data(row_sharding, a, (rows, *a.shape[1:])) for a in local.values())
     if standardize:
         X = _standardize(X, w > 0)
     return Loaded(Data(X, y, None if rows == m else w), m)

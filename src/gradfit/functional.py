@@ -1,13 +1,7 @@
-"""The functional core: :func:`solve`, a pure fixed-step fit for research code.
-
-:func:`solve` runs ``steps`` iterations of :func:`gradfit._engine.update` (the very step that
-:func:`gradfit.fit` compiles, with its stopping and end-of-run rules) inside one ``lax.scan``. It does no Python-side work on
-values, so it can be called inside a user's ``jit``, ``vmap``-ed over data or
-hyperparameters, and differentiated through: the gradient of a validation loss with respect
-to ``l2``, ``learning_rate``, an optimizer option, ``X`` or ``params0`` is ``jax.grad`` of a
-function that calls ``solve``. Only static things (names, shapes, ``steps``) are checked,
-with ``ValueError``; values (NaN, targets outside [0, 1], negative ``l2``) are the caller's
-responsibility, as in any jitted code.
+"""The functional core: :func:`solve`, a pure fixed-step fit for research code: ``steps`` iterations of
+:func:`gradfit._engine.update` (:func:`gradfit.fit`'s step, with its stopping and end-of-run rules) in
+one ``lax.scan``, so it runs inside a user's ``jit``, under ``vmap``, and can be differentiated through.
+Only static things (names, shapes, ``steps``) are checked; values are the caller's responsibility.
 """
 
 from __future__ import annotations
@@ -24,19 +18,12 @@ from gradfit._types import Data, Hyper, Params, Program
 
 
 class Solution(NamedTuple):
-    """What :func:`solve` returns; every field is an array, so it passes through ``jit``/``vmap``.
-
-    params: the fitted :class:`~gradfit.Params`, W (n,) or (n, k), b () or (k,).
-    loss: () the objective ``J`` at ``params``.
-    losses: (steps,) the objective at the start of each step (with ``batch_size``, each
-      epoch's mean minibatch objective); NaN for steps after the fit stopped.
-    steps: () int32, the steps run (< ``steps`` only when ``tol`` was met or the fit diverged).
-    converged: () bool, the ``tol`` test passed.
-    diverged: () bool, the objective became non-finite or grew 1e6-fold; ``params`` are then
-      the last ones before that.
-
-    Under ``vmap`` every field gains the mapped axes in front.
-    """
+    """What :func:`solve` returns, all arrays (under ``vmap`` the mapped axes come first). params: the
+    fitted :class:`~gradfit.Params`, W (n,) or (n, k), b () or (k,). loss: () ``J`` at ``params``.
+    losses: (steps,) the objective at the start of each step (with ``batch_size``, each epoch's mean
+    minibatch objective), NaN after the fit stopped. steps: () int32, the steps run. converged: ()
+    the ``tol`` test passed. diverged: () the objective became non-finite or grew 1e6-fold;
+    ``params`` are then the last ones before that."""
 
     params: Params
     loss: jax.Array
@@ -48,94 +35,56 @@ class Solution(NamedTuple):
 
 def _static_int(value, name: str) -> int:
     if isinstance(value, jax.core.Tracer):
-        raise ValueError(
-            f"{name} is traced, but it fixes the length of the compiled loop: pass a Python int "
-            f"(under jax.jit, mark it static, e.g. jax.jit(f, static_argnames='{name}'))"
-        )
+        raise ValueError(f"{name} is traced, but it fixes the length of the compiled loop: pass a Python int "
+                         f"(under jax.jit, mark it static, e.g. jax.jit(f, static_argnames='{name}'))")
     return _validation.positive_int(value, name)
 
 
 def _scalar(value, name: str, dtype) -> jax.Array:
     if jnp.shape(value) != ():
-        raise ValueError(
-            f"{name} has shape {jnp.shape(value)}: solve takes a scalar; for one value per output or per "
-            "member, jax.vmap the call over them"
-        )
+        raise ValueError(f"{name} has shape {jnp.shape(value)}: solve takes a scalar; for one value per output or "
+                         "per member, jax.vmap the call over them")
     return jnp.asarray(value, dtype)
 
 
-def _split_options(optimizer, options: dict[str, Any] | None, learning_rate):
-    """Validate the optimizer by name; array-valued options (possibly traced) become traced inputs."""
-    options = dict(options or {})
-    arrays = {
-        key: value for key, value in options.items()
-        if isinstance(value, (jax.Array, np.ndarray, np.floating)) or isinstance(value, jax.core.Tracer)
-    }
-    probe = {key: (0.0 if key in arrays else value) for key, value in options.items()}
-    spec, traced = _optim.resolve(optimizer, probe, learning_rate)
-    traced.update(arrays)
-    return spec, traced
-
-
-def solve(
-    params0: Params | None,
-    X: jax.Array,
-    y: jax.Array,
-    *,
-    steps: int,
-    learning_rate: float | jax.Array | None = None,
-    l2: float | jax.Array = 0.0,
-    loss: str = "mse",
-    reduction: str = "mean",
-    optimizer: str | optax.GradientTransformation = "sgd",
-    optimizer_options: dict[str, Any] | None = None,
-    grad: str = "autodiff",
-    tol: float | jax.Array | None = None,
-    sample_weight: jax.Array | None = None,
-    fit_intercept: bool = True,
-    batch_size: int | None = None,
-    key: jax.Array | None = None,
-) -> Solution:
+def solve(params0: Params | None, X: jax.Array, y: jax.Array, *, steps: int,
+          learning_rate: float | jax.Array | None = None, l2: float | jax.Array = 0.0, loss: str = "mse",
+          reduction: str = "mean", optimizer: str | optax.GradientTransformation = "sgd",
+          optimizer_options: dict[str, Any] | None = None, grad: str = "autodiff", tol: float | jax.Array | None = None,
+          sample_weight: jax.Array | None = None, fit_intercept: bool = True, batch_size: int | None = None,
+          key: jax.Array | None = None) -> Solution:
     """Fit ``yhat = X @ W + b`` by ``steps`` gradient steps: a pure function of arrays.
 
-    Minimises ``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2`` (see
-    :mod:`gradfit.losses`) with ``steps`` iterations of the engine's step in one
-    ``lax.scan``, each an optax update of ``dJ/dp``. For ``optimizer="sgd"`` that is
-    ``p_{t+1} = p_t - learning_rate * dJ/dp(p_t)``. The result is differentiable in every
-    array argument (reverse mode needs an optimizer without a ``while_loop``: ``"lbfgs"``'s
-    line search supports forward mode, ``jax.jvp``, only).
+    Minimises ``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2`` (see :mod:`gradfit.losses`) by
+    ``steps`` optax updates of ``dJ/dp``; for ``optimizer="sgd"``, ``p_{t+1} = p_t - learning_rate *
+    dJ/dp(p_t)``. Differentiable in every array argument (reverse mode needs an optimizer without a
+    ``while_loop``: ``"lbfgs"``'s line search supports forward mode, ``jax.jvp``, only).
 
     Args:
       params0: the starting :class:`~gradfit.Params`, W (n,) with b () for y (m,), or
         W (n, k) with b (k,) for y (m, k); None starts from zeros.
-      X: (m, n) features, rows are samples. Its float dtype is the compute dtype
-        (float64 only when x64 is enabled); integer X computes in JAX's default float.
+      X: (m, n) features, rows are samples; its float dtype is the compute dtype (float64 only
+        with x64 enabled; integer X computes in JAX's default float).
       y: (m,) or (m, k) targets (in [0, 1] for ``loss="bce"``).
       steps: the number of steps (epochs with ``batch_size``), a Python int: the scan length.
       learning_rate: () step size; default 0.01, or the line search's for ``"lbfgs"``.
       l2: () penalty ``(l2/2) ||W||^2``, bias not penalised.
-      loss: ``"mse"`` or ``"bce"`` (logistic regression, from logits).
-      reduction: ``"mean"``, ``"half_mean"`` (mse only) or ``"sum"``.
-      optimizer: an optax alias name or an ``optax.GradientTransformation`` (then leave
-        ``learning_rate`` unset).
-      optimizer_options: options of the optax alias, e.g. ``{"momentum": 0.9}``; array or
-        float values are inputs of the program (traceable, differentiable).
-      grad: ``"autodiff"`` (``jax.grad``) or ``"hand"`` (:mod:`gradfit.gradients`).
-      tol: () freeze the fit once ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``;
-        None (default) runs all ``steps``. The scan always has ``steps`` iterations; later
-        ones leave the state unchanged.
+      loss, reduction, optimizer: as for :func:`gradfit.fit`.
+      optimizer_options: options of the optax alias, e.g. ``{"momentum": 0.9}``; array or float
+        values are traceable, differentiable inputs.
+      grad: ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`) or ``"onepass"``.
+      tol: () freeze the fit once ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None
+        (default) runs all ``steps``. The scan always has ``steps`` iterations.
       sample_weight: (m,) row weights, or None.
       fit_intercept: False keeps b at its value in ``params0``.
-      batch_size: minibatch steps over a fresh permutation of the rows every epoch, drawn
-        from ``key``; None is full-batch.
-      key: a PRNG key for the permutations; default ``jax.random.key(0)``.
+      batch_size: minibatch steps over a fresh permutation of the rows every epoch; None is full-batch.
+      key: the PRNG key of the permutations; default ``jax.random.key(0)``.
 
     Returns:
       A :class:`Solution` ``(params, loss, losses, steps, converged, diverged)``.
 
     Raises:
-      ValueError: for an unknown name, inconsistent shapes or a non-integer ``steps``
-        (checked while tracing, before any compute). Values are not checked.
+      ValueError: an unknown name, inconsistent shapes or a non-integer ``steps`` (while tracing).
 
     Example: the gradient of a validation loss with respect to ``l2``::
 
@@ -156,9 +105,8 @@ def solve(
     m, n = X.shape
     if y.ndim not in (1, 2) or y.shape[0] != m:
         raise ValueError(f"y has shape {y.shape} for X of shape {X.shape}: expected ({m},) or ({m}, k)")
-    out = y.shape[1:]
     dtype = _validation.float_dtype(X)
-    params0 = _params0(params0, n, out, dtype, X.shape, y.shape)
+    params0 = _params0(params0, n, y.shape[1:], dtype, X.shape, y.shape)
     if sample_weight is not None and jnp.shape(sample_weight) != (m,):
         raise ValueError(f"sample_weight has shape {jnp.shape(sample_weight)}: expected ({m},), one weight per row")
     if batch_size is not None:
@@ -167,17 +115,18 @@ def solve(
             raise ValueError(f"batch_size={batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None")
     if learning_rate is None and isinstance(optimizer, str) and optimizer not in _optim.LINE_SEARCH:
         learning_rate = _options.DEFAULT_LEARNING_RATE
-    spec, traced = _split_options(optimizer, optimizer_options, learning_rate)
+    options = dict(optimizer_options or {})  # array-valued (maybe traced) options are inputs of the program
+    arrays = {k: v for k, v in options.items()
+              if isinstance(v, (jax.Array, np.ndarray, np.floating, jax.core.Tracer))}
+    probe = {k: (0.0 if k in arrays else v) for k, v in options.items()}
+    spec, traced = _optim.resolve(optimizer, probe, learning_rate)
+    traced.update(arrays)
     _options.check_program(loss, reduction, grad, spec, batch_size)
-
     data = Data(X.astype(dtype), y.astype(dtype), None if sample_weight is None else jnp.asarray(sample_weight, dtype))
-    hyper = Hyper(
-        learning_rate=None if learning_rate is None else _scalar(learning_rate, "learning_rate", dtype),
-        l2=_scalar(l2, "l2", dtype),
-        tol=jnp.asarray(-1.0, dtype) if tol is None else _scalar(tol, "tol", dtype),
-        max_steps=jnp.asarray(steps, jnp.int32),
-        optimizer={name: _scalar(v, f"optimizer_options[{name!r}]", dtype) for name, v in traced.items()},
-    )
+    hyper = Hyper(None if learning_rate is None else _scalar(learning_rate, "learning_rate", dtype),
+                  _scalar(l2, "l2", dtype), jnp.asarray(-1.0, dtype) if tol is None else _scalar(tol, "tol", dtype),
+                  jnp.asarray(steps, jnp.int32),
+                  {name: _scalar(v, f"optimizer_options[{name!r}]", dtype) for name, v in traced.items()})
     program = Program(loss, reduction, grad, spec, learning_rate is not None, fit_intercept, batch_size, steps,
                       shuffle="rows")
     state = _engine.init_state(params0, hyper, jax.random.key(0) if key is None else key, program)
@@ -197,13 +146,10 @@ def solve(
 def _params0(params0, n: int, out: tuple[int, ...], dtype, x_shape, y_shape) -> Params:
     if params0 is None:
         return Params(jnp.zeros((n, *out), dtype), jnp.zeros(out, dtype))
-    if not isinstance(params0, Params):
-        if not (isinstance(params0, tuple) and len(params0) == 2):
-            raise ValueError(f"params0 must be gradfit.Params(W, b) or None, got {type(params0).__name__}")
-        params0 = Params(*params0)
+    if not isinstance(params0, tuple) or len(params0) != 2:  # Params, or a (W, b) pair
+        raise ValueError(f"params0 must be gradfit.Params(W, b) or None, got {type(params0).__name__}")
+    params0 = Params(*params0)
     if jnp.shape(params0.W) != (n, *out) or jnp.shape(params0.b) != out:
-        raise ValueError(
-            f"params0 has W {jnp.shape(params0.W)} and b {jnp.shape(params0.b)} but X {x_shape} and y {y_shape} "
-            f"need W {(n, *out)} and b {out}"
-        )
+        raise ValueError(f"params0 has W {jnp.shape(params0.W)} and b {jnp.shape(params0.b)} but X {x_shape} and "
+                         f"y {y_shape} need W {(n, *out)} and b {out}")
     return Params(jnp.asarray(params0.W, dtype), jnp.asarray(params0.b, dtype))

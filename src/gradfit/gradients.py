@@ -100,15 +100,8 @@ def _weighted_sum(per: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
     return jnp.sum(sample_weight * (per if per.ndim == 1 else jnp.sum(per, axis=-1)))
 
 
-def mse_value_and_grad(
-    params: Params,
-    X: jax.Array,
-    y: jax.Array,
-    *,
-    reduction: str = "mean",
-    sample_weight: jax.Array | None = None,
-    parts: int = 1,
-) -> tuple[jax.Array, Params]:
+def mse_value_and_grad(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean",
+                       sample_weight: jax.Array | None = None, parts: int = 1) -> tuple[jax.Array, Params]:
     """``(J, dJ/dp)`` of :func:`gradfit.losses.mse` in closed form, sharing ``yhat = X W + b``.
 
     With ``r = yhat - y`` and the reduction's scale c (1/N "mean", 1/(2N) "half_mean",
@@ -136,15 +129,8 @@ def mse_value_and_grad(
     return value, _linear_grad(X, (2 * scale) * wr, parts)
 
 
-def bce_value_and_grad(
-    params: Params,
-    X: jax.Array,
-    y: jax.Array,
-    *,
-    reduction: str = "mean",
-    sample_weight: jax.Array | None = None,
-    parts: int = 1,
-) -> tuple[jax.Array, Params]:
+def bce_value_and_grad(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean",
+                       sample_weight: jax.Array | None = None, parts: int = 1) -> tuple[jax.Array, Params]:
     """``(J, dJ/dp)`` of :func:`gradfit.losses.bce` in closed form (the notes seed).
 
     With ``z = X W + b`` and ``a = sigmoid(z)``, ``dJ/dz_i = c (a_i - y_i)`` because
@@ -165,27 +151,15 @@ def bce_value_and_grad(
     return scale * _weighted_sum(per, sample_weight), _linear_grad(X, scale * wr, parts)
 
 
-def mse(
-    params: Params,
-    X: jax.Array,
-    y: jax.Array,
-    *,
-    reduction: str = "mean",
-    sample_weight: jax.Array | None = None,
-) -> Params:
+def mse(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean",
+        sample_weight: jax.Array | None = None) -> Params:
     """Gradient of :func:`gradfit.losses.mse`, in closed form: ``(dW, db)`` of
     :func:`mse_value_and_grad` (``dW = 2c X^T r``, ``db = 2c sum_i r_i``, r = yhat - y)."""
     return mse_value_and_grad(params, X, y, reduction=reduction, sample_weight=sample_weight)[1]
 
 
-def bce(
-    params: Params,
-    X: jax.Array,
-    y: jax.Array,
-    *,
-    reduction: str = "mean",
-    sample_weight: jax.Array | None = None,
-) -> Params:
+def bce(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean",
+        sample_weight: jax.Array | None = None) -> Params:
     """Gradient of :func:`gradfit.losses.bce`, in closed form: ``(dW, db)`` of
     :func:`bce_value_and_grad` (``dW = c X^T (sigmoid(z) - y)``, ``db = c sum_i (sigmoid(z_i) - y_i)``)."""
     return bce_value_and_grad(params, X, y, reduction=reduction, sample_weight=sample_weight)[1]
@@ -201,7 +175,7 @@ VALUE_AND_GRADIENTS = {"mse": mse_value_and_grad, "bce": bce_value_and_grad}
 
 
 class GradientCheck(NamedTuple):
-    """One row of :func:`check_gradients`' table."""
+    """One row of :func:`check_gradients`' table (k is None for one output)."""
 
     loss: str
     reduction: str
@@ -221,13 +195,9 @@ def _relative_error(a: Params, b: Params) -> tuple[float, float]:
     return abs_err, abs_err / max(scale, np.finfo(np.float64).tiny)
 
 
-def check_gradients(
-    *,
-    shapes: tuple[tuple[int, int, int | None], ...] = ((7, 3, None), (16, 5, 1), (33, 4, 3)),
-    dtypes: tuple[str, ...] | None = None,
-    seed: int = 0,
-    rtol: dict[str, float] | None = None,
-) -> list[GradientCheck]:
+def check_gradients(*, shapes: tuple[tuple[int, int, int | None], ...] = ((7, 3, None), (16, 5, 1), (33, 4, 3)),
+                    dtypes: tuple[str, ...] | None = None, seed: int = 0,
+                    rtol: dict[str, float] | None = None) -> list[GradientCheck]:
     """Compare the hand-derived gradients with ``jax.grad`` of the losses.
 
     For every loss, reduction, dtype and ``(m, n, k)`` shape (k None for one output), draw
@@ -242,26 +212,18 @@ def check_gradients(
     tolerances = {"float32": 1e-4, "float64": 1e-10, **(rtol or {})}
     rng = np.random.default_rng(seed)
     rows = []
-    for (loss_name, reductions), dtype, (m, n, k) in itertools.product(
-        losses.REDUCTIONS.items(), dtypes, shapes
-    ):
+    for (loss_name, reductions), dtype, (m, n, k) in itertools.product(losses.REDUCTIONS.items(), dtypes, shapes):
         out = () if k is None else (k,)
         X = jnp.asarray(rng.standard_normal((m, n)), dtype)
         y = rng.standard_normal((m, *out))
         y = jnp.asarray(rng.random((m, *out)) if loss_name == "bce" else y, dtype)
-        params = Params(
-            jnp.asarray(rng.standard_normal((n, *out)), dtype),
-            jnp.asarray(rng.standard_normal(out), dtype),
-        )
+        params = Params(jnp.asarray(rng.standard_normal((n, *out)), dtype), jnp.asarray(rng.standard_normal(out), dtype))
         for reduction in reductions:
-            loss_fn = losses.LOSSES[loss_name]
-            auto = jax.grad(loss_fn)(params, X, y, reduction=reduction)
+            auto = jax.grad(losses.LOSSES[loss_name])(params, X, y, reduction=reduction)
             hand = GRADIENTS[loss_name](params, X, y, reduction=reduction)
             abs_err, rel_err = _relative_error(hand, auto)
             tol = tolerances[dtype]
-            rows.append(
-                GradientCheck(loss_name, reduction, dtype, m, n, k, abs_err, rel_err, tol, rel_err <= tol)
-            )
+            rows.append(GradientCheck(loss_name, reduction, dtype, m, n, k, abs_err, rel_err, tol, rel_err <= tol))
     return rows
 
 

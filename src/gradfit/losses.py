@@ -69,14 +69,8 @@ def squared_error(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:
     return sq if sq.ndim == 1 else jnp.sum(sq, axis=-1)
 
 
-def mse(
-    params: Params,
-    X: jax.Array,
-    y: jax.Array,
-    *,
-    reduction: str = "mean",
-    sample_weight: jax.Array | None = None,
-) -> jax.Array:
+def mse(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean", sample_weight: jax.Array | None = None
+        ) -> jax.Array:
     """Squared-error loss of ``yhat = X @ W + b``.
 
     ``J = c * sum_i ||y_i - yhat_i||^2`` with ``c = 1/m`` ("mean", the Q&A seed),
@@ -137,14 +131,8 @@ def binary_cross_entropy(params: Params, X: jax.Array, y: jax.Array) -> jax.Arra
     return per if per.ndim == 1 else jnp.sum(per, axis=-1)
 
 
-def bce(
-    params: Params,
-    X: jax.Array,
-    y: jax.Array,
-    *,
-    reduction: str = "mean",
-    sample_weight: jax.Array | None = None,
-) -> jax.Array:
+def bce(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean", sample_weight: jax.Array | None = None
+        ) -> jax.Array:
     """Binary cross-entropy of logistic regression, from logits.
 
     ``J = c * sum_i sum_j [ y_ij softplus(-z_ij) + (1 - y_ij) softplus(z_ij) ]`` with

@@ -1,15 +1,13 @@
 """PNG pictures of a run folder (matplotlib, the optional extra ``gradfit[plot]``).
 
-- a fit folder (``gradfit fit``: ``history.npz``, ``report.json``, ``predictions.npz``):
-  ``loss_curve.png`` (objective per step, log scale) and ``predictions.png``, the blog seed's
-  picture: target and prediction side by side for a few rows, their residuals
-  (target - prediction), and predicted against target for the saved sample;
-- a sweep folder (``gradfit sweep``: ``histories.npz``): ``loss_curves.png``, one curve per
-  member on a log scale, and ``heatmap.png``, the final loss over learning_rate x l2 (the
-  best over any other grid keys) when both are swept.
+- a fit folder (``history.npz``, ``report.json``, ``predictions.npz``): ``loss_curve.png``
+  (objective per step, log scale) and ``predictions.png``: target and prediction side by side
+  for a few rows, their residuals, and predicted against target for the saved sample;
+- a sweep folder (``histories.npz``): ``loss_curves.png``, one curve per member, and
+  ``heatmap.png``, the final loss over learning_rate x l2 (best over other grid keys) when both
+  are swept.
 
-Figures are drawn with matplotlib's object API on an Agg canvas (no global backend change,
-no display needed) and written atomically.
+Figures are drawn on an Agg canvas (no global backend change, no display) and written atomically.
 """
 
 from __future__ import annotations
@@ -23,7 +21,8 @@ import numpy as np
 from gradfit import _io
 
 
-def _figure(width: float, height: float):
+def _axes(width: float, height: float, n: int = 1):
+    """A new figure's ``n`` axes side by side (one Axes when n is 1)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -31,7 +30,7 @@ def _figure(width: float, height: float):
         raise ImportError("plots need matplotlib: pip install 'gradfit[plot]'") from None
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    return fig
+    return fig.add_subplot() if n == 1 else fig.subplots(1, n)
 
 
 def _save(fig, path: Path) -> Path:
@@ -56,10 +55,8 @@ def plot(run_dir) -> list[Path]:
         return plot_sweep(run_dir)
     if (run_dir / "history.npz").is_file():
         return plot_fit(run_dir)
-    raise ValueError(
-        f"{run_dir} holds neither a fit (history.npz) nor a sweep (histories.npz): "
-        "run gradfit fit or gradfit sweep with output.dir set to it first"
-    )
+    raise ValueError(f"{run_dir} holds neither a fit (history.npz) nor a sweep (histories.npz): "
+                     "run gradfit fit or gradfit sweep with output.dir set to it first")
 
 
 def plot_fit(run_dir) -> list[Path]:
@@ -68,31 +65,25 @@ def plot_fit(run_dir) -> list[Path]:
     with np.load(run_dir / "history.npz") as z:
         losses = np.asarray(z["losses"], np.float64)
     report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
-    written = []
-
-    fig = _figure(7, 4.2)
-    ax = fig.add_subplot()
+    ax = _axes(7, 4.2)
     curves = losses.reshape(-1, losses.shape[-1])
     for i, curve in enumerate(curves):
         ax.plot(np.arange(len(curve)), _positive(curve), lw=1.5, label=f"output {i}" if len(curves) > 1 else None)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("objective J (log scale)")
     title = "Loss vs step"
     if report:
         title += f": final {report.get('loss', float('nan')):.4g} after {report.get('steps')} steps"
         if report.get("optimum_loss") is not None:
             ax.axhline(report["optimum_loss"], color="k", ls=":", lw=1, label="least-squares optimum")
-    ax.set_title(title)
+    ax.set(yscale="log", xlabel="step", ylabel="objective J (log scale)", title=title)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    written.append(_save(fig, run_dir / "loss_curve.png"))
-
+    written = [_save(ax.figure, run_dir / "loss_curve.png")]
     if (run_dir / "predictions.npz").is_file():
         with np.load(run_dir / "predictions.npz") as z:
             target, prediction = np.asarray(z["target"], np.float64), np.asarray(z["prediction"], np.float64)
-        written.append(_plot_predictions(target, prediction, report.get("config", {}).get("fit", {}).get("loss", "mse"), run_dir))
+        loss = report.get("config", {}).get("fit", {}).get("loss", "mse")
+        written.append(_plot_predictions(target, prediction, loss, run_dir))
     return written
 
 
@@ -100,41 +91,30 @@ def _plot_predictions(target: np.ndarray, prediction: np.ndarray, loss: str, run
     """The blog seed's picture (target vs predicted bars, residual bars) plus a scatter."""
     t = target.reshape(len(target), -1)[:, 0]
     p = prediction.reshape(len(prediction), -1)[:, 0]
-    what = "P(y=1)" if loss == "bce" else "prediction"
-    fig = _figure(15, 4.4)
-    ax1, ax2, ax3 = fig.subplots(1, 3)
+    ax1, ax2, ax3 = _axes(15, 4.4, 3)
     rows = min(20, len(t))
     x = np.arange(rows)
     ax1.bar(x - 0.2, t[:rows], 0.4, label="target", color="steelblue")
-    ax1.bar(x + 0.2, p[:rows], 0.4, label=what, color="coral", alpha=0.9)
-    ax1.set_xlabel("sample (first rows of the saved sample)")
-    ax1.set_ylabel("value")
-    ax1.set_title("Target vs predicted")
+    ax1.bar(x + 0.2, p[:rows], 0.4, label="P(y=1)" if loss == "bce" else "prediction", color="coral", alpha=0.9)
+    ax1.set(xlabel="sample (first rows of the saved sample)", ylabel="value", title="Target vs predicted")
     ax1.legend()
-    ax1.grid(True, axis="y", alpha=0.3)
     ax2.bar(x, t[:rows] - p[:rows], color="gray")
     ax2.axhline(0, color="k", lw=0.5)
-    ax2.set_xlabel("sample")
-    ax2.set_ylabel("target - prediction")
-    ax2.set_title("Residuals")
-    ax2.grid(True, axis="y", alpha=0.3)
+    ax2.set(xlabel="sample", ylabel="target - prediction", title="Residuals")
+    for ax in (ax1, ax2):
+        ax.grid(True, axis="y", alpha=0.3)
     if loss == "bce":
         for cls, color in ((0, "steelblue"), (1, "coral")):
             ax3.hist(p[t == cls], bins=30, range=(0, 1), alpha=0.6, color=color, label=f"target {cls}")
-        ax3.set_xlabel("predicted P(y=1)")
-        ax3.set_ylabel("rows")
-        ax3.set_title(f"Predicted probability by class ({len(t)} rows)")
-        ax3.legend()
+        ax3.set(xlabel="predicted P(y=1)", ylabel="rows", title=f"Predicted probability by class ({len(t)} rows)")
     else:
         ax3.scatter(t, p, s=6, alpha=0.5)
         lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
         ax3.plot([lo, hi], [lo, hi], "k--", lw=1, label="prediction = target")
-        ax3.set_xlabel("target")
-        ax3.set_ylabel("prediction")
-        ax3.set_title(f"Predicted vs target ({len(t)} rows)")
-        ax3.legend()
+        ax3.set(xlabel="target", ylabel="prediction", title=f"Predicted vs target ({len(t)} rows)")
+    ax3.legend()
     ax3.grid(True, alpha=0.3)
-    return _save(fig, run_dir / "predictions.png")
+    return _save(ax1.figure, run_dir / "predictions.png")
 
 
 def _label(config: dict) -> str:
@@ -148,82 +128,66 @@ def plot_sweep(run_dir) -> list[Path]:
         h = {k: z[k] for k in z.files}
     keys = [str(k) for k in h["keys"]]
     K = len(h["final_loss"])
-    configs = [{k: _value(h[f"config_{k}"][i]) for k in keys} for i in range(K)]
+    configs = [{k: h[f"config_{k}"][i].item() for k in keys} for i in range(K)]
     losses = h["losses"].reshape(K, -1, h["losses"].shape[-1])[:, 0] if h["losses"].ndim == 3 else h["losses"]
     final, diverged = h["final_loss"], h["diverged"].astype(bool)
     order = np.argsort(np.where(diverged | ~np.isfinite(final), np.inf, final))
-    written = []
-
-    fig = _figure(9, 5.2)
-    ax = fig.add_subplot()
-    import matplotlib
-
-    cmap = matplotlib.colormaps["viridis"]
     rank = np.empty(K, int)
     rank[order] = np.arange(K)
     good = int((~diverged).sum())
-    show = order[: K if K <= 10 else 6].tolist()
+    show = order[: K if K <= 10 else 6].tolist()  # labelled, best first; then the rest
+    ax = _axes(9, 5.2)
+    import matplotlib  # after _axes, which says how to install it
+
+    cmap = matplotlib.colormaps["viridis"]
     steps = np.arange(1, losses.shape[-1] + 1)
     first_diverged = True
-    for i in sorted(range(K), key=lambda i: (i not in show, show.index(i) if i in show else i)):
+    for i in show + [i for i in range(K) if i not in show]:
         color = "red" if diverged[i] else cmap(0.9 * rank[i] / max(good - 1, 1))
         label = _label(configs[i]) if i in show and not diverged[i] else None
         if diverged[i] and first_diverged:
             label, first_diverged = f"diverged ({int(diverged.sum())} members)", False
-        ax.plot(steps, _positive(losses[i]), color=color, lw=1.2, ls="--" if diverged[i] else "-", alpha=0.9, label=label)
+        ax.plot(steps, _positive(losses[i]), color=color, lw=1.2, ls="--" if diverged[i] else "-", alpha=0.9,
+                label=label)
     ok = _positive(losses[~diverged]) if (~diverged).any() else _positive(losses)
     if np.isfinite(ok).any():  # a diverged member's blow-up must not flatten the others
         ax.set_ylim(np.nanmin(ok) / 2, np.nanmax(ok) * 5)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("step (log scale)")
-    ax.set_ylabel("objective J (log scale)")
-    ax.set_title(f"Sweep: {K} members (colour: rank by final loss, best dark; red dashed: diverged)")
+    ax.set(xscale="log", yscale="log", xlabel="step (log scale)", ylabel="objective J (log scale)",
+           title=f"Sweep: {K} members (colour: rank by final loss, best dark; red dashed: diverged)")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         title = "members, best first" if K <= 10 else "best members"
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title=title, title_fontsize=8)
-    written.append(_save(fig, run_dir / "loss_curves.png"))
-
+    written = [_save(ax.figure, run_dir / "loss_curves.png")]
     if "learning_rate" in keys and "l2" in keys:
         written.append(_heatmap(configs, final, diverged, run_dir))
     return written
 
 
-def _value(v):
-    v = v.item() if hasattr(v, "item") else v
-    return v
-
-
 def _heatmap(configs, final, diverged, run_dir: Path) -> Path:
+    import matplotlib
+    from matplotlib.colors import LogNorm
+
     lrs = sorted({c["learning_rate"] for c in configs})
     l2s = sorted({c["l2"] for c in configs})
     grid = np.full((len(l2s), len(lrs)), np.inf)
     for c, f, d in zip(configs, final, diverged):
         i, j = l2s.index(c["l2"]), lrs.index(c["learning_rate"])
-        value = np.inf if d or not np.isfinite(f) else float(f)
-        grid[i, j] = min(grid[i, j], value)
-    fig = _figure(1.2 + 0.9 * len(lrs), 1.2 + 0.6 * len(l2s))
-    ax = fig.add_subplot()
+        grid[i, j] = min(grid[i, j], np.inf if d or not np.isfinite(f) else float(f))
+    ax = _axes(1.2 + 0.9 * len(lrs), 1.2 + 0.6 * len(l2s))
     shown = np.where(np.isfinite(grid), grid, np.nan)
-    import matplotlib
-    from matplotlib.colors import LogNorm
-
     cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="lightgray")
     finite = shown[np.isfinite(shown) & (shown > 0)]
     norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if finite.size and finite.min() < finite.max() else None
     image = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, norm=norm, aspect="auto", origin="lower")
-    for i in range(len(l2s)):
-        for j in range(len(lrs)):
-            if not np.isfinite(grid[i, j]):
-                ax.text(j, i, "div.", ha="center", va="center", fontsize=7, color="red")
-                continue
-            dark = norm is not None and norm(grid[i, j]) > 0.6  # dark end of viridis_r
-            ax.text(j, i, f"{grid[i, j]:.4g}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isfinite(value):
+            ax.text(j, i, "div.", ha="center", va="center", fontsize=7, color="red")
+            continue
+        dark = norm is not None and norm(value) > 0.6  # dark end of viridis_r
+        ax.text(j, i, f"{value:.4g}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], rotation=45)
     ax.set_yticks(range(len(l2s)), [f"{v:g}" for v in l2s])
-    ax.set_xlabel("learning_rate")
-    ax.set_ylabel("l2")
-    ax.set_title("Final loss (best over other keys; grey: diverged)")
-    fig.colorbar(image, ax=ax, label="final objective")
-    return _save(fig, run_dir / "heatmap.png")
+    ax.set(xlabel="learning_rate", ylabel="l2", title="Final loss (best over other keys; grey: diverged)")
+    ax.figure.colorbar(image, ax=ax, label="final objective")
+    return _save(ax.figure, run_dir / "heatmap.png")

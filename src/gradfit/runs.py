@@ -1,22 +1,17 @@
 """Run folders: what a config's fit or sweep writes, every file atomically (:mod:`gradfit._io`).
 
-:func:`fit_config` (``gradfit fit``) fits in memory, streamed from files, or over several
-processes, and writes, all or none:
+:func:`fit_config` (``gradfit fit``) fits in memory, streamed from files, or over several processes, and writes,
+all or none: ``params.npz`` (``W``, ``b``), ``history.npz`` (``losses``), ``report.json`` (status, timings, plan,
+health, the config; for mse the distance to the least-squares optimum) and ``predictions.npz`` (a sample of rows
+with targets and predictions, for ``gradfit plot``).
 
-- ``params.npz`` (``W``, ``b``), ``history.npz`` (``losses``), ``report.json`` (status, timings,
-  plan, health, the config; for mse the distance to the least-squares optimum);
-- ``predictions.npz``: a sample of rows with targets and predictions, for ``gradfit plot``.
-
-:func:`sweep_config` (``gradfit sweep`` and ``scripts/sweep.py``) writes:
-
-- ``sweep.json``: the config, its fingerprint and the groups (one compiled program each);
-- ``group_NNN.npz``: each group's members as soon as the group finishes. A rerun of the same
-  config skips the groups already written; a different config in the same folder is an error;
-- ``results.csv``: one row per member: group, the grid's values, ``final_loss``, ``steps``,
-  ``converged``, ``diverged``, ``seconds`` (the member's run time) and ``group_wall_seconds``;
-- ``histories.npz``: ``losses`` (K, T) NaN-padded, the status columns and ``config_<key>``;
-- ``params.npz``: ``W`` (K, n[, k]) and ``b`` (K[, k]);
-- ``loss_curves.png`` (and ``heatmap.png`` for a learning_rate x l2 grid) with matplotlib.
+:func:`sweep_config` (``gradfit sweep``, ``scripts/sweep.py``) writes ``sweep.json`` (the config, its
+fingerprint, the groups); ``group_NNN.npz``, each group's members as soon as it finishes (a rerun of
+the same config skips those written; another config in the same folder is an error); ``results.csv``,
+one row per member (group, the grid's values, ``final_loss``, ``steps``, ``converged``, ``diverged``,
+``seconds``, ``group_wall_seconds``); ``histories.npz`` (``losses`` (K, T) NaN-padded, the status
+columns, ``config_<key>``); ``params.npz`` (``W`` (K, n[, k]), ``b`` (K[, k])); with matplotlib
+``loss_curves.png`` (and ``heatmap.png`` for a learning_rate x l2 grid).
 """
 
 from __future__ import annotations
@@ -43,10 +38,7 @@ Log = Callable[[str], None]
 # --------------------------------------------------------------------------- fit
 def _fit_options(cfg: dict, *, resume: bool, progress: bool, multi: bool, log: Log) -> dict:
     """fit's options from ``[fit]`` and ``[checkpoint]`` (checked before any compute)."""
-    f = dict(cfg["fit"])
-    for key in ("learning_rate", "l2"):
-        if isinstance(f.get(key), list):
-            f[key] = np.asarray(f[key])
+    f = {k: np.asarray(v) if k in ("learning_rate", "l2") and isinstance(v, list) else v for k, v in cfg["fit"].items()}
     ck = cfg["checkpoint"]
     for key in ("every_steps", "every_seconds"):
         if ck[key] < 0:
@@ -56,10 +48,8 @@ def _fit_options(cfg: dict, *, resume: bool, progress: bool, multi: bool, log: L
         raise config.ConfigError("--resume is not available with several processes yet: run without --resume")
     if multi or every == Every():
         if resume:
-            raise config.ConfigError(
-                "--resume needs checkpoints, but checkpoint.every_steps and checkpoint.every_seconds are both 0: "
-                "set one of them"
-            )
+            raise config.ConfigError("--resume needs checkpoints, but checkpoint.every_steps and "
+                                     "checkpoint.every_seconds are both 0: set one of them")
         return {**f, "progress": progress and distributed.is_writer()}
     path = Path(ck["path"]) if ck["path"] else Path(cfg["output"]["dir"]) / "checkpoint.npz"
     if resume and not path.exists():
@@ -69,75 +59,72 @@ def _fit_options(cfg: dict, *, resume: bool, progress: bool, multi: bool, log: L
 
 def fit_config(cfg: dict, *, resume: bool = False, progress: bool = False, log: Log = print) -> solver.FitResult:
     """Fit as a config says and write its run folder; return the result."""
-    if cfg["data"]["dtype"] == "float64" and not jax.config.jax_enable_x64:
+    d = cfg["data"]
+    if d["dtype"] == "float64" and not jax.config.jax_enable_x64:
         with jax.enable_x64(True):  # float64 data, float64 fit; the setting is restored afterwards
             return fit_config(cfg, resume=resume, progress=progress, log=log)
-    multi = not cfg["data"]["stream"] and distributed.initialize_from_config(cfg["distributed"]) is not None
+    multi = not d["stream"] and distributed.initialize_from_config(cfg["distributed"]) is not None
     out_dir = Path(cfg["output"]["dir"])
     _io.check_writable(out_dir)  # fail now, not after the fit
     options = _fit_options(cfg, resume=resume, progress=progress, multi=multi, log=log)
-    wall = time.perf_counter()
-    if cfg["data"]["stream"]:
-        result, ds = _fit_streamed(cfg, options, log), None
+    wall, ds = time.perf_counter(), None
+    if d["stream"]:
+        if d["y_source"] is None:
+            raise ValueError("data.stream = true needs data.y_source, the .npy file of targets (data.source is X)")
+        hosts = [v for k, v in cfg.get("distributed", {}).items() if k != "initialization_timeout"]
+        if options.pop("devices", None) is not None or any(v is not None for v in hosts):
+            raise ValueError("data.stream = true runs in one process on one device: leave fit.devices and "
+                             "[distributed] unset")
+        if d["standardize"]:
+            log("note: data.standardize is not applied to streamed data (the files are used as stored)")
+        log(f"data: streamed from {d['source']} and {d['y_source']}")
+        result = stream.fit_streaming(d["source"], d["y_source"], dtype=d["dtype"], **options, **cfg["stream"])
     else:
-        ds, extra = _load(cfg, options, multi)
-        log(f"data: {cfg['data']['source']}  X {ds.X.shape} {ds.X.dtype}  y {ds.y.shape}")
-        log(f"fit: {', '.join(f'{k}={options[k]}' for k in ('loss', 'reduction', 'optimizer', 'learning_rate', 'steps', 'tol', 'l2'))}")
+        if multi and str(d["source"]).endswith(".npy"):  # each process reads its own rows
+            loaded = distributed.load_rows(d["source"], target=d["target"], features=d["features"], dtype=d["dtype"],
+                                           standardize=d["standardize"], devices=options.pop("devices"))
+            ds = datasets.Dataset(loaded.data.X, loaded.data.y, None)
+            extra = {"sample_weight": loaded.data.sample_weight, "n_rows": loaded.n_rows}
+        else:
+            ds, extra = data.load(d), {}
+        log(f"data: {d['source']}  X {ds.X.shape} {ds.X.dtype}  y {ds.y.shape}")
+        shown = ("loss", "reduction", "optimizer", "learning_rate", "steps", "tol", "l2")
+        log(f"fit: {', '.join(f'{k}={options[k]}' for k in shown)}")
         result = solver.fit(ds.X, ds.y, **options, **extra)
     report = _report(result, cfg, time.perf_counter() - wall, ds, log)
     if distributed.is_writer():  # results are replicated: process 0 writes them once
-        files = {
-            out_dir / "params.npz": _io.npz_bytes(W=result.params.W, b=result.params.b),
-            out_dir / "history.npz": _io.npz_bytes(losses=result.losses),
-        }
-        if ds is not None and not multi:  # a sample of rows for gradfit plot
-            files[out_dir / "predictions.npz"] = _io.npz_bytes(**_prediction_sample(ds.X, ds.y, result, options["loss"]))
+        files = {out_dir / "params.npz": _io.npz_bytes(W=result.params.W, b=result.params.b),
+                 out_dir / "history.npz": _io.npz_bytes(losses=result.losses)}
+        if ds is not None and not multi:  # for gradfit plot: a fixed random sample of up to 1000 rows
+            rows = np.sort(np.random.default_rng(0).permutation(len(ds.X))[:1000])
+            pred = np.asarray(result.predict(np.asarray(ds.X[rows])), np.float64)
+            pred = 1 / (1 + np.exp(-pred)) if options["loss"] == "bce" else pred  # bce: the probability
+            target = np.asarray(ds.y[rows])
+            files[out_dir / "predictions.npz"] = _io.npz_bytes(rows=rows, target=target, prediction=pred)
         files[out_dir / "report.json"] = _io.json_bytes(report)
         _io.write_many(files)  # all or none: a failed write leaves the earlier outputs as they were
         log(f"wrote {out_dir}/{', '.join(p.name for p in files)}")
     return result
 
 
-def _load(cfg: dict, options: dict, multi: bool):
-    d = cfg["data"]
-    if multi and str(d["source"]).endswith(".npy"):  # each process reads its own rows
-        loaded = distributed.load_rows(d["source"], target=d["target"], features=d["features"], dtype=d["dtype"],
-                                       standardize=d["standardize"], devices=options.pop("devices"))
-        ds = datasets.Dataset(loaded.data.X, loaded.data.y, None)
-        return ds, {"sample_weight": loaded.data.sample_weight, "n_rows": loaded.n_rows}
-    return data.load(d), {}
-
-
-def _fit_streamed(cfg: dict, options: dict, log: Log) -> solver.FitResult:
-    d = cfg["data"]
-    if d["y_source"] is None:
-        raise ValueError("data.stream = true needs data.y_source, the .npy file of targets (data.source is X)")
-    if options.pop("devices", None) is not None or any(
-            v is not None for k, v in cfg.get("distributed", {}).items() if k != "initialization_timeout"):
-        raise ValueError("data.stream = true runs in one process on one device: leave fit.devices and [distributed] unset")
-    if d["standardize"]:
-        log("note: data.standardize is not applied to streamed data (the files are used as stored)")
-    log(f"data: streamed from {d['source']} and {d['y_source']}")
-    return stream.fit_streaming(d["source"], d["y_source"], dtype=d["dtype"], **options, **cfg["stream"])
-
-
 def _report(result: solver.FitResult, cfg: dict, wall: float, ds, log: Log) -> dict:
     """report.json: status, timings, plan, health, the distance to the optimum, the config."""
     st = result.stats
-    keys = ("compile_seconds", "run_seconds", "backend", "plan", "devices", "learning_rate", "condition_number",
-            "separable", "diverged_at_step", "suggested_learning_rate", "stream_seconds", "passes", "bytes_per_pass",
-            "chunk_rows", "n_chunks", "dtype")
+    keys = ("compile_seconds", "run_seconds", "backend", "plan", "learning_rate", "condition_number", "separable",
+            "diverged_at_step", "suggested_learning_rate", "stream_seconds", "passes", "bytes_per_pass", "chunk_rows",
+            "n_chunks", "dtype")
     report = {"loss": float(np.sum(result.loss)), "steps": result.steps, "converged": result.converged,
-              "diverged": result.diverged, "wall_seconds": wall, **{k: st[k] for k in keys if k in st}}
-    report["fit_devices"] = report.pop("devices")  # how many the rows were split over
-    report["devices"] = [str(d) for d in jax.devices()]
+              "diverged": result.diverged, "wall_seconds": wall, **{k: st[k] for k in keys if k in st},
+              "fit_devices": st["devices"], "devices": [str(d) for d in jax.devices()]}  # fit_devices: the rows' split
     if "checkpoint" in st:
-        report["checkpoint"] = {k: st[k] for k in ("checkpoint", "resumed_from_step", "checkpoints", "checkpoint_seconds")}
+        names = ("checkpoint", "resumed_from_step", "checkpoints", "checkpoint_seconds")
+        report["checkpoint"] = {k: st[k] for k in names}
         if st["resumed_from_step"]:
             log(f"resumed from step {st['resumed_from_step']} of {st['checkpoint']}")
     if "learning_rate" in st:
         log(f"learning_rate='auto': 1/L = {st['learning_rate']:.4g}")
-    log(f"loss {report['loss']:.6g} after {result.steps} steps (converged={result.converged}, diverged={result.diverged})")
+    log(f"loss {report['loss']:.6g} after {result.steps} steps (converged={result.converged}, "
+        f"diverged={result.diverged})")
     per_step = 1e3 * st["run_seconds"] / max(int(np.max(result.steps)), 1)
     log(f"time: compile {st['compile_seconds']:.3f} s, run {st['run_seconds']:.3f} s ({per_step:.3f} ms/step) "
         f"on {st['backend']}, plan {st['plan']!r}" + (f", {st['passes']} streamed passes" if "passes" in st else ""))
@@ -161,37 +148,24 @@ def _optimum(report: dict, result: solver.FitResult, cfg: dict, ds, log: Log) ->
             return
         with jax.enable_x64(True):
             stats = _stats.sufficient_statistics(jnp.asarray(ds.X, jnp.float64), jnp.asarray(ds.y, jnp.float64))
-    opt, j_opt = _stats.least_squares(stats, reduction=f["reduction"], l2=float(f["l2"]), fit_intercept=f["fit_intercept"])
-    W = np.asarray(result.params.W, np.float64)
-    dist = float(np.linalg.norm(W - opt.W) / max(np.linalg.norm(opt.W), 1e-300))
+    opt, j_opt = _stats.least_squares(stats, reduction=f["reduction"], l2=float(f["l2"]),
+                                      fit_intercept=f["fit_intercept"])
+    dist = float(np.linalg.norm(np.asarray(result.params.W, np.float64) - opt.W) / max(np.linalg.norm(opt.W), 1e-300))
     gap = (report["loss"] - j_opt) / max(abs(j_opt), 1e-300)
     report.update(optimum_loss=j_opt, relative_loss_gap=gap, relative_distance_to_optimum=dist)
     log(f"least-squares optimum: loss {j_opt:.6g}; relative gap {gap:.3e}; ||W - W*|| / ||W*|| = {dist:.3e}")
 
 
-def _prediction_sample(X, y, result, loss: str, size: int = 1000, seed: int = 0) -> dict:
-    """Up to ``size`` rows (a fixed random sample) with targets and predictions (``sigmoid`` of
-    ``X @ W + b``, a probability, for bce), for plots."""
-    rows = np.sort(np.random.default_rng(seed).permutation(len(X))[:size])
-    pred = np.asarray(result.predict(np.asarray(X[rows])), np.float64)
-    if loss == "bce":
-        pred = 1 / (1 + np.exp(-pred))
-    return {"rows": rows, "target": np.asarray(y[rows]), "prediction": pred}
-
-
 # --------------------------------------------------------------------------- sweep
-_MANIFEST = "sweep.json"
 _STATUS = ("final_loss", "steps", "converged", "diverged", "seconds", "group_wall_seconds")
 
 
 def sweep_options(fit_section: dict[str, Any], grid: dict[str, Any]) -> dict[str, Any]:
     """``[fit]`` as gradfit.sweep keywords: keys the grid sweeps are dropped (the grid wins);
     list-valued learning_rate/l2 (per-output) become arrays."""
-    options = {k: v for k, v in fit_section.items() if k not in grid}
+    options = {k: np.asarray(v) if k in ("learning_rate", "l2") and isinstance(v, list) else v
+               for k, v in fit_section.items() if k not in grid}
     options["optimizer_options"] = {k: v for k, v in options.get("optimizer_options", {}).items() if k not in grid}
-    for key in ("learning_rate", "l2"):
-        if isinstance(options.get(key), list):
-            options[key] = np.asarray(options[key])
     if options.get("learning_rate", 0) is None:
         del options["learning_rate"]
     return options
@@ -203,33 +177,13 @@ def fingerprint(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _save_group(path: Path, result, wall: float) -> None:
-    _io.write_npz(
-        path, configs=json.dumps(result.configs, default=str), W=result.params.W, b=result.params.b,
-        losses=result.losses, final_loss=result.final_loss, steps=result.steps, converged=result.converged,
-        diverged=result.diverged, seconds=result.seconds, group_wall_seconds=wall,
-        stats=json.dumps(result.stats, default=str),
-    )
-
-
-def _load_group(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as z:
-        out = {k: z[k] for k in z.files}
-    out["configs"] = json.loads(str(out["configs"]))
-    return out
-
-
 def sweep_config(cfg: dict[str, Any], *, log: Log = print, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep a config describes and write its folder; return a summary.
-
-    ``progress``: one bar per group over its members' steps (:class:`gradfit.progress.MemberBar`).
-    """
+    ``progress``: one bar per group over its members' steps (:class:`gradfit.progress.MemberBar`)."""
     grid = cfg["sweep"]["grid"]
     if not grid:
-        raise ValueError(
-            "the config has no [sweep] grid: add e.g. [sweep] grid = {learning_rate = [0.01, 0.1]} "
-            "(examples: configs/sweep_lr.toml)"
-        )
+        raise ValueError("the config has no [sweep] grid: add e.g. [sweep] grid = {learning_rate = [0.01, 0.1]} "
+                         "(examples: configs/sweep_lr.toml)")
     if cfg["sweep"]["memory_budget_mb"] < 0:
         raise ValueError(f"sweep.memory_budget_mb must be >= 0 (0: automatic), got {cfg['sweep']['memory_budget_mb']}")
     out_dir = Path(cfg["output"]["dir"])
@@ -238,18 +192,15 @@ def sweep_config(cfg: dict[str, Any], *, log: Log = print, progress: bool = Fals
     ds = data.load(cfg["data"])
     log(f"data: {cfg['data']['source']}  X {ds.X.shape} {ds.X.dtype}  y {ds.y.shape}")
     manifest = {"fingerprint": fingerprint(cfg), "groups": parts, "config": cfg}
-    manifest_path = out_dir / _MANIFEST
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("fingerprint") != manifest["fingerprint"]:
-            raise ValueError(
-                f"{out_dir} holds a sweep of a different config (fingerprint {old.get('fingerprint')} "
-                f"!= {manifest['fingerprint']}): choose another output.dir, or delete the folder to start over"
-            )
+    manifest_path = out_dir / "sweep.json"
+    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else manifest  # an earlier run's
+    if old.get("fingerprint") != manifest["fingerprint"]:
+        raise ValueError(f"{out_dir} holds a sweep of a different config (fingerprint {old.get('fingerprint')} != "
+                         f"{manifest['fingerprint']}): choose another output.dir, or delete the folder to start over")
     _io.write_json(manifest_path, manifest)
-    groups = [_sweep_group(i, part, parts, grid, ds, cfg, options, out_dir, log, progress) for i, part in enumerate(parts)]
-    rows, histories = _combine(groups)
-    _write_results(out_dir, rows, histories, list(grid))
+    groups = [_sweep_group(i, part, parts, grid, ds, cfg, options, out_dir, log, progress)
+              for i, part in enumerate(parts)]
+    rows = _write_results(out_dir, groups, list(grid))
     log(f"wrote {out_dir}/results.csv, histories.npz, params.npz ({len(rows)} members)")
     plots = []
     if cfg["sweep"]["plot"]:
@@ -265,65 +216,50 @@ def sweep_config(cfg: dict[str, Any], *, log: Log = print, progress: bool = Fals
 
 
 def _sweep_group(i, part, parts, grid, ds, cfg, options, out_dir: Path, log: Log, progress: bool) -> dict:
-    """Run group i (or read it back when a rerun finds it written)."""
+    """Run group i and write ``group_NNN.npz`` (a rerun finds it written and skips the run); read it back."""
     path = out_dir / f"group_{i:03d}.npz"
     label = {k: v[0] for k, v in part.items() if len(v) == 1 and len(grid[k]) > 1} or "all"
     if path.is_file():
         log(f"group {i + 1}/{len(parts)} {label}: already written, skipped")
-        return _load_group(path)
-    log(f"group {i + 1}/{len(parts)} {label}: {math.prod(len(v) for v in part.values())} members ...")
-    wall = time.perf_counter()
-    result = sweeps.sweep(
-        ds.X, ds.y, grid=part, compact=cfg["sweep"]["compact"],
-        memory_budget=int(cfg["sweep"]["memory_budget_mb"] * 2**20) or None, progress=progress, **options,
-    )
-    wall = time.perf_counter() - wall
-    st = result.stats
-    log(f"  compile {st['compile_seconds']:.2f} s, run {st['run_seconds']:.2f} s, wall {wall:.2f} s "
-        f"({st['programs']} programs, {st['member_chunks']} member chunks)")
-    _save_group(path, result, wall)
-    return _load_group(path)
+    else:
+        log(f"group {i + 1}/{len(parts)} {label}: {math.prod(len(v) for v in part.values())} members ...")
+        wall = time.perf_counter()
+        result = sweeps.sweep(ds.X, ds.y, grid=part, compact=cfg["sweep"]["compact"], progress=progress,
+                              memory_budget=int(cfg["sweep"]["memory_budget_mb"] * 2**20) or None, **options)
+        wall, st = time.perf_counter() - wall, result.stats
+        log(f"  compile {st['compile_seconds']:.2f} s, run {st['run_seconds']:.2f} s, wall {wall:.2f} s "
+            f"({st['programs']} programs, {st['member_chunks']} member chunks)")
+        _io.write_npz(path, configs=json.dumps(result.configs, default=str), W=result.params.W, b=result.params.b,
+                      losses=result.losses, **{k: getattr(result, k) for k in _STATUS[:-1]}, group_wall_seconds=wall,
+                      stats=json.dumps(st, default=str))
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    return {**out, "configs": json.loads(str(out["configs"]))}
 
 
-def _combine(groups: list[dict[str, Any]]):
-    rows = []
-    T = max(g["losses"].shape[-1] for g in groups)
-    losses, W, b, status = [], [], [], {k: [] for k in _STATUS}
+def _write_results(out_dir: Path, groups: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """results.csv, histories.npz and params.npz of every group's members; returns their rows
+    (:meth:`gradfit.sweeps.SweepResult.rows`, with ``group`` and ``group_wall_seconds``)."""
+    rows, T = [], max(g["losses"].shape[-1] for g in groups)
     for gi, g in enumerate(groups):
-        K = len(g["configs"])
-        pad = np.full((*g["losses"].shape[:-1], T - g["losses"].shape[-1]), np.nan, g["losses"].dtype)
-        losses.append(np.concatenate([g["losses"], pad], axis=-1))
-        W.append(g["W"])
-        b.append(g["b"])
-        steps = g["steps"].reshape(K, -1).max(axis=1)
-        converged = g["converged"].reshape(K, -1).all(axis=1)
-        diverged = g["diverged"].reshape(K, -1).any(axis=1)
-        for i, member in enumerate(g["configs"]):
-            row = {"group": gi, **member, "final_loss": float(g["final_loss"][i]), "steps": int(steps[i]),
-                   "converged": bool(converged[i]), "diverged": bool(diverged[i]),
-                   "seconds": float(g["seconds"][i]), "group_wall_seconds": float(g["group_wall_seconds"])}
-            rows.append(row)
-            for k in _STATUS:
-                status[k].append(row[k])
-    histories = {"losses": np.concatenate(losses), "W": np.concatenate(W), "b": np.concatenate(b)}
-    histories.update({k: np.asarray(v) for k, v in status.items()})
-    return rows, histories
+        result = sweeps.SweepResult(g["configs"], None, None, *(g[k] for k in _STATUS[:-1]), {})  # for its rows
+        rows += [{"group": gi, **r, "group_wall_seconds": float(g["group_wall_seconds"])} for r in result.rows()]
+    pad = lambda a: np.full((*a.shape[:-1], T - a.shape[-1]), np.nan, a.dtype)  # noqa: E731
+    losses = np.concatenate([np.concatenate([g["losses"], pad(g["losses"])], axis=-1) for g in groups])
+    W, b = (np.concatenate([g[name] for g in groups]) for name in ("W", "b"))
 
+    def config_column(k: str) -> np.ndarray:  # numbers as float64, anything else as text
+        values = [r[k] for r in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        return np.asarray(values, np.float64) if numeric else np.asarray([str(v) for v in values])
 
-def _column(values: list) -> np.ndarray:
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, np.float64)
-    return np.asarray([str(v) for v in values])
-
-
-def _write_results(out_dir: Path, rows: list[dict], histories: dict, keys: list[str]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
     _io.write_text(out_dir / "results.csv", buf.getvalue())
-    configs = {f"config_{k}": _column([r[k] for r in rows]) for k in keys}
-    _io.write_npz(out_dir / "histories.npz", losses=histories["losses"], keys=np.asarray(keys),
-                  **{k: histories[k] for k in _STATUS}, **configs)
-    _io.write_npz(out_dir / "params.npz", W=histories["W"], b=histories["b"])
+    _io.write_npz(out_dir / "histories.npz", losses=losses, keys=np.asarray(keys),
+                  **{k: np.asarray([r[k] for r in rows]) for k in _STATUS},
+                  **{f"config_{k}": config_column(k) for k in keys})
+    _io.write_npz(out_dir / "params.npz", W=W, b=b)
+    return rows

@@ -1,23 +1,15 @@
 """Rows sharded across devices: data parallelism on JAX's own SPMD machinery.
 
-The rows of X, y (and the row weights) are split over a 1-d :class:`jax.sharding.Mesh` with
-one axis, ``"rows"`` (``NamedSharding(mesh, P("rows"))``); parameters, hyperparameters and
-the optimizer state are replicated. The compiled loop is the *same* program as on one
-device: XLA's SPMD partitioner turns every sum over rows — ``X^T r`` in the gradient, the
-loss's ``sum_i`` — into per-device partial sums followed by one all-reduce of the result
-(n*k + k numbers for the gradient, one for the loss), so a step reads each device's rows
-once and communicates O(n*k), independent of m.
+The rows of X, y (and the row weights) are split over a 1-d mesh with one axis, ``"rows"``;
+parameters, hyperparameters and the optimizer state are replicated. The compiled loop is the
+*same* program as on one device: XLA's SPMD partitioner turns every sum over rows (``X^T r``,
+the loss's ``sum_i``) into per-device partial sums and one all-reduce, so a step reads each
+device's rows once and communicates O(n*k), independent of m.
 
-Row counts that do not divide evenly are padded at the end with zero rows of weight 0, and
-the real rows get weight 1 (or their own weight): every sum over rows is unchanged and
-``reduction="mean"`` still divides by ``sum(sample_weight) = m``, the true row count. No
-row is ever dropped. Minibatch epochs permute only the first m (real) rows, so a sharded
+Row counts that do not divide evenly are padded at the end with zero rows of weight 0 (real rows
+weigh 1, or their own weight), so every sum over rows is unchanged and ``reduction="mean"`` still
+divides by m; no row is ever dropped. Minibatch epochs permute only the m real rows, so a sharded
 minibatch fit draws the same batches as the unsharded one.
-
-Devices are chosen by :func:`resolve_devices`: ``None`` uses every device (of every process
-in a multi-process run) once m reaches :data:`AUTO_MIN_ROWS` rows or several processes take
-part, an int takes the first that many, a sequence names them (``jax.Device`` objects or
-ids), and ``1`` forces one.
 """
 
 from __future__ import annotations
@@ -36,21 +28,18 @@ from gradfit._types import Data
 
 AXIS = "rows"
 
-# ``devices=None`` shards only from this many rows on. Below it a step on one accelerator
-# takes microseconds and the per-step all-reduce (tens of microseconds across GPUs) would
-# cost more than the split saves. A rough guide, not a measured crossover: pass
-# ``devices=`` explicitly to decide.
+# ``devices=None`` shards only from this many rows on: below it a step on one accelerator takes
+# microseconds, less than the per-step all-reduce would cost. A rough guide, not a measured crossover.
 AUTO_MIN_ROWS = 1 << 20
 
 
 def resolve_devices(devices: Any, m: int) -> tuple[jax.Device, ...]:
     """The devices a fit of m rows runs on, from the ``devices=`` option; raise ValueError.
 
-    ``None``: every device (``jax.devices()``: all processes' in a multi-process run) when
-    there is more than one and ``m >= AUTO_MIN_ROWS`` or several processes take part, else
-    the first device. An int d: the
-    first d devices (d = 1 forces one device). A sequence: those devices, given as
-    ``jax.Device`` objects or as ids from ``jax.devices()``.
+    ``None``: every device (``jax.devices()``: all processes' in a multi-process run) when there
+    is more than one and ``m >= AUTO_MIN_ROWS`` or several processes take part, else the first
+    device. An int d: the first d devices (1 forces one device). A sequence: those devices, as
+    ``jax.Device`` objects or ids from ``jax.devices()``.
     """
     available = jax.devices()
     if devices is None:
@@ -60,18 +49,14 @@ def resolve_devices(devices: Any, m: int) -> tuple[jax.Device, ...]:
     if isinstance(devices, bool):
         raise ValueError(f"devices must be None, a device count or a list of devices, got {devices!r}")
     if isinstance(devices, (int, np.integer)):
-        count = int(devices)
-        if not 1 <= count <= len(available):
-            raise ValueError(
-                f"devices={count} but {len(available)} device(s) are available ({available[0].platform}): "
-                f"use an integer from 1 to {len(available)}, or None for all of them"
-            )
-        return tuple(available[:count])
+        if not 1 <= devices <= len(available):
+            raise ValueError(f"devices={int(devices)} but {len(available)} device(s) are available "
+                             f"({available[0].platform}): use an integer from 1 to {len(available)}, or None for all "
+                             "of them")
+        return tuple(available[: int(devices)])
     if isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence) or len(devices) == 0:
-        raise ValueError(
-            f"devices must be None, a positive device count, or a non-empty list of jax devices or "
-            f"device ids, got {devices!r}"
-        )
+        raise ValueError("devices must be None, a positive device count, "
+                         f"or a non-empty list of jax devices or device ids, got {devices!r}")
     by_id = {d.id: d for d in available}
     chosen = []
     for d in devices:
@@ -82,10 +67,8 @@ def resolve_devices(devices: Any, m: int) -> tuple[jax.Device, ...]:
         elif isinstance(d, (int, np.integer)) and not isinstance(d, bool) and int(d) in by_id:
             chosen.append(by_id[int(d)])
         else:
-            raise ValueError(
-                f"devices holds {d!r}, which is not a jax device or a device id; the ids are "
-                f"{sorted(by_id)}"
-            )
+            raise ValueError(f"devices holds {d!r}, which is not a jax device or a device id; "
+                             f"the ids are {sorted(by_id)}")
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"devices lists a device twice ({[d.id for d in chosen]}): give each device once")
     return tuple(chosen)
@@ -101,11 +84,6 @@ def row_sharding(mesh: Mesh, row_axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, P(*([None] * row_axis), AXIS))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-    """``NamedSharding(mesh, P())``: a full copy on every device of the mesh."""
-    return NamedSharding(mesh, P())
-
-
 def padded_rows(m: int, n_devices: int) -> int:
     """The smallest multiple of ``n_devices`` that is >= m: ``ceil(m / d) * d``."""
     return -(-m // n_devices) * n_devices
@@ -116,27 +94,26 @@ def is_sharded(a: Any) -> bool:
     return isinstance(a, jax.Array) and len(a.sharding.device_set) > 1
 
 
-def place_rows(a, sharding: NamedSharding, row_axis: int, rows: int, dtype=None) -> jax.Array:
-    """Put ``a`` on ``sharding`` with its row axis zero-padded to ``rows``.
+def _pad_axis(a, axis: int, size: int, pad=np.pad):
+    """``a`` with zeros appended along ``axis`` up to ``size``."""
+    if a.shape[axis] == size:
+        return a
+    return pad(a, [(0, size - a.shape[axis] if i == axis else 0) for i in range(a.ndim)])
 
-    Each device's block is cut from ``a`` by ``jax.make_array_from_callback``, so a host
-    array (or a memory map) is never copied whole and, in a multi-process run, each process
-    reads only the rows of its own devices.
-    """
+
+def place_rows(a, sharding: NamedSharding, row_axis: int, rows: int, dtype=None) -> jax.Array:
+    """Put ``a`` on ``sharding`` with its row axis zero-padded to ``rows``. A host array (or memory map)
+    is cut into each device's block by ``jax.make_array_from_callback``: never copied whole, and in a
+    multi-process run each process reads only the rows of its own devices."""
     dtype = np.dtype(a.dtype if dtype is None else dtype)
-    shape = tuple(a.shape[:row_axis]) + (rows,) + tuple(a.shape[row_axis + 1 :])
+    shape = (*a.shape[:row_axis], rows, *a.shape[row_axis + 1 :])
     if isinstance(a, jax.Array):
-        if not a.is_fully_addressable:
-            if tuple(a.shape) != shape:
-                raise ValueError(
-                    f"a global array of shape {tuple(a.shape)} cannot be padded to {rows} rows across "
-                    "processes: give each process's rows to shard_rows as host arrays, or pad before assembling"
-                )
-            return jax.device_put(a.astype(dtype), sharding)
-        if a.shape[row_axis] != rows:
-            pad = [(0, 0)] * a.ndim
-            pad[row_axis] = (0, rows - a.shape[row_axis])
-            a = jnp.pad(a.astype(dtype), pad)
+        if a.is_fully_addressable:
+            a = _pad_axis(a, row_axis, rows, jnp.pad)
+        elif tuple(a.shape) != shape:
+            raise ValueError(f"a global array of shape {tuple(a.shape)} cannot be padded to {rows} rows across "
+                             "processes: give each process's rows to shard_rows as host arrays, or pad before "
+                             "assembling")
         return jax.device_put(a.astype(dtype), sharding)
     m = a.shape[row_axis]
 
@@ -144,35 +121,21 @@ def place_rows(a, sharding: NamedSharding, row_axis: int, rows: int, dtype=None)
         lo, hi, _ = index[row_axis].indices(rows)
         take = list(index)
         take[row_axis] = slice(min(lo, m), min(hi, m))
-        piece = np.asarray(a[tuple(take)], dtype)
-        if hi - lo > piece.shape[row_axis]:
-            pad = [(0, 0)] * piece.ndim
-            pad[row_axis] = (0, hi - lo - piece.shape[row_axis])
-            piece = np.pad(piece, pad)
-        return piece
+        return _pad_axis(np.asarray(a[tuple(take)], dtype), row_axis, hi - lo)
 
     return jax.make_array_from_callback(shape, sharding, block)
 
 
 def shard_rows(data: Data, devices: Any = None, *, row_axis: int = 0, dtype=None) -> Data:
-    """Split the rows of ``data`` across ``devices``: X, y, sample_weight on ``P("rows")``.
+    """Split the rows of ``data`` across ``devices`` (as :func:`resolve_devices`): X, y, sample_weight on ``P("rows")``.
 
-    Args:
-      data: :class:`gradfit.solver.Data` of host arrays (numpy, memory maps) or jax arrays.
-        X is (m, n), y (m,) or (m, k), sample_weight (m,) or None; with ``row_axis=1`` each
-        gains a leading axis (B problems, shared by the devices).
-      devices: as :func:`resolve_devices` (None: all devices once m >= ``AUTO_MIN_ROWS``).
-      row_axis: the axis holding the rows (1 for a batch of problems).
-      dtype: cast X, y and the weights to this dtype while placing them (None keeps X's).
-        An X stored in a 16-bit float keeps its dtype (:mod:`gradfit._precision`).
-
-    Returns:
-      ``Data`` whose arrays are laid out over a 1-d mesh ``"rows"`` of d devices and have
-      ``M = ceil(m / d) * d`` rows. When ``M > m`` the rows m..M-1 are zeros with weight 0
-      and ``sample_weight`` is present (1 for real rows without weights), so sums over rows
-      and the weighted mean ``sum(w l) / sum(w)`` are those of the m real rows. Minibatch
-      fits of padded data need the true m: ``fit(..., n_rows=m)`` (:func:`gradfit.fit`
-      keeps it by itself when it pads).
+    ``data``: host arrays (numpy, memory maps) or jax arrays, X (m, n), y (m,) or (m, k),
+    sample_weight (m,) or None; with ``row_axis=1`` each has a leading axis of B problems.
+    ``dtype``: X, y and the weights are cast to it while placed (None keeps X's; a 16-bit X keeps
+    its dtype). The result has ``M = ceil(m / d) * d`` rows for d devices: rows m..M-1 are zeros of
+    weight 0, with ``sample_weight`` then present (1 for unweighted real rows), so sums over rows and
+    the weighted mean are those of the m real rows. Minibatch fits of padded data need the true m:
+    ``fit(..., n_rows=m)`` (:func:`gradfit.fit` keeps it by itself when it pads).
     """
     X, y, w = data
     m = X.shape[row_axis]
@@ -183,12 +146,11 @@ def shard_rows(data: Data, devices: Any = None, *, row_axis: int = 0, dtype=None
             + ": give one target and one weight per row"
         )
     devs = resolve_devices(devices, m)
-    mesh = row_mesh(devs)
     rows = padded_rows(m, len(devs))
     dtype = np.dtype(X.dtype if dtype is None else dtype)
     if w is None and rows != m:
         w = np.ones(tuple(y.shape[: row_axis + 1]), dtype)
-    sharding = row_sharding(mesh, row_axis)
+    sharding = row_sharding(row_mesh(devs), row_axis)
     return Data(
         place_rows(X, sharding, row_axis, rows, _precision.storage_dtype(X, dtype)),
         place_rows(y, sharding, row_axis, rows, dtype),
@@ -197,12 +159,9 @@ def shard_rows(data: Data, devices: Any = None, *, row_axis: int = 0, dtype=None
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Every array leaf of ``tree`` copied to all devices of ``mesh`` (parameters, hyperparameters).
-
-    In a multi-process run each process supplies the copies for its own devices (every
-    process must pass the same values, as it does when all run the same program).
-    """
-    sharding = replicated(mesh)
+    """Every array leaf of ``tree`` copied to all devices of ``mesh`` (parameters, hyperparameters);
+    in a multi-process run each process supplies its own devices' copies (all pass the same values)."""
+    sharding = NamedSharding(mesh, P())
 
     def one(x):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -218,6 +177,4 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def mesh_of(data: Data) -> Mesh | None:
     """The mesh of row-sharded ``data`` (from :func:`shard_rows`), or None if X is on one device."""
     sharding = getattr(data.X, "sharding", None)
-    if isinstance(sharding, NamedSharding) and len(sharding.device_set) > 1:
-        return sharding.mesh
-    return None
+    return sharding.mesh if isinstance(sharding, NamedSharding) and len(sharding.device_set) > 1 else None

@@ -1,19 +1,12 @@
 """scikit-learn estimators: :class:`GDRegressor` and :class:`GDClassifier`.
 
-Both fit a linear model by :func:`gradfit.fit` (the whole loop one compiled program) and
-follow scikit-learn's conventions: parameters stored untouched in ``__init__`` and checked
-in ``fit``; ``coef_``, ``intercept_``, ``n_iter_``, ``n_features_in_`` set by ``fit``;
-``ConvergenceWarning`` when ``max_iter`` runs out before ``tol`` is met. They pass
-``sklearn.utils.estimator_checks.parametrize_with_checks`` and work in ``Pipeline`` and
-``GridSearchCV``.
-
-The penalty ``alpha`` has the meaning of :class:`sklearn.linear_model.SGDRegressor`'s and
-:class:`~sklearn.linear_model.SGDClassifier`'s ``alpha``: it multiplies ``(1/2) ||W||^2``
-next to a per-sample mean loss, so it *is* gradfit's ``l2``. The docstrings give the mapping
-to ``Ridge(alpha)`` and ``LogisticRegression(C)``.
-
-Prediction is ``X @ coef_.T + intercept_`` in numpy: a new number of rows never compiles
-anything, and X is not copied to an accelerator only to be multiplied once.
+Both fit a linear model by :func:`gradfit.fit` (the whole loop one compiled program) and follow
+scikit-learn's conventions (parameters stored untouched in ``__init__``, checked in ``fit``;
+``ConvergenceWarning`` when ``max_iter`` runs out before ``tol`` is met); they pass
+``parametrize_with_checks`` and work in ``Pipeline`` and ``GridSearchCV``. ``alpha`` is
+``SGDRegressor``'s and ``SGDClassifier``'s, i.e. gradfit's ``l2``; the class docstrings map it to
+``Ridge(alpha)`` and ``LogisticRegression(C)``. Prediction is ``X @ coef_.T + intercept_`` in
+numpy: a new number of rows compiles nothing, and X is not copied to an accelerator.
 """
 
 from __future__ import annotations
@@ -36,7 +29,7 @@ except ImportError as e:  # absent, or older than 1.6 (no validate_data)
         f"gradfit.sklearn needs scikit-learn >= 1.6 ({e}): pip install 'gradfit[sklearn]'"
     ) from e
 
-from gradfit import _optim, solver
+from gradfit import _optim, _validation, solver
 from gradfit._types import Params
 
 __all__ = ["GDClassifier", "GDRegressor"]
@@ -48,25 +41,23 @@ def _is_real(value) -> bool:
 
 
 def _check_params(est) -> None:
-    """Check the parameters scikit-learn names (the rest are fit's options, which fit checks
-    before any compute), naming the parameter and the fix."""
+    """Check the parameters scikit-learn names (fit checks the rest before any compute)."""
     name = type(est).__name__
     lr = est.learning_rate
-    if lr is None:
-        if not (isinstance(est.optimizer, str) and est.optimizer in _optim.LINE_SEARCH):
-            raise ValueError(
-                f"{name}(learning_rate=None) is only meaningful with optimizer='lbfgs' (its line search "
-                "picks the step): give a positive float such as learning_rate=0.1"
-            )
-    elif not _is_real(lr) or lr <= 0:
+    if lr is None and not (isinstance(est.optimizer, str) and est.optimizer in _optim.LINE_SEARCH):
+        raise ValueError(
+            f"{name}(learning_rate=None) is only meaningful with optimizer='lbfgs' (its line search "
+            "picks the step): give a positive float such as learning_rate=0.1"
+        )
+    if lr is not None and (not _is_real(lr) or lr <= 0):
         raise ValueError(f"{name}: learning_rate must be a positive float (the step size), got {lr!r}; e.g. 0.1")
-    if isinstance(est.max_iter, bool) or not isinstance(est.max_iter, numbers.Integral) or est.max_iter < 1:
+    if not _validation.is_int(est.max_iter) or est.max_iter < 1:
         raise ValueError(f"{name}: max_iter must be a positive integer (the most steps), got {est.max_iter!r}")
     if est.tol is not None and (not _is_real(est.tol) or est.tol < 0):
         raise ValueError(f"{name}: tol must be a float >= 0, or None to always run max_iter steps; got {est.tol!r}")
     if not _is_real(est.alpha) or est.alpha < 0:
         raise ValueError(f"{name}: alpha must be a float >= 0 (the L2 penalty; 0 for none), got {est.alpha!r}")
-    if isinstance(est.verbose, bool) or not isinstance(est.verbose, numbers.Integral) or est.verbose < 0:
+    if not _validation.is_int(est.verbose) or est.verbose < 0:
         raise ValueError(f"{name}: verbose must be an integer >= 0, got {est.verbose!r}")
     if not isinstance(est.warm_start, (bool, np.bool_)):
         raise ValueError(f"{name}: warm_start must be True or False, got {est.warm_start!r}")
@@ -74,7 +65,7 @@ def _check_params(est) -> None:
 
 def _seed(random_state) -> int:
     """An int seed for gradfit from scikit-learn's ``random_state`` (None, int or RandomState)."""
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+    if _validation.is_int(random_state):
         return int(random_state) % (2**32)
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
@@ -86,9 +77,7 @@ def _sample_weight(sample_weight, n_samples: int, dtype) -> np.ndarray | None:
     if sw.ndim == 0:
         sw = np.full(n_samples, sw)
     if sw.shape != (n_samples,):
-        raise ValueError(
-            f"sample_weight has shape {sw.shape}: expected ({n_samples},), one weight per sample"
-        )
+        raise ValueError(f"sample_weight has shape {sw.shape}: expected ({n_samples},), one weight per sample")
     if sw.dtype.kind not in "biuf":
         raise ValueError(f"sample_weight has dtype {sw.dtype}: give real numbers >= 0")
     sw = sw.astype(dtype)
@@ -97,67 +86,68 @@ def _sample_weight(sample_weight, n_samples: int, dtype) -> np.ndarray | None:
     if (sw < 0).any():
         raise ValueError("sample_weight has negative entries: weights must be >= 0")
     if not sw.sum() > 0:
-        raise ValueError("sample_weight sums to zero (all weights are zero): give at least one sample a positive weight")
+        raise ValueError("sample_weight sums to zero (all weights are zero): give at least one sample a "
+                         "positive weight")
     return sw
 
 
+def _printer(name: str):
+    """``verbose``: a callback printing one line per compiled chunk (never per step)."""
+
+    def show(state, history) -> None:
+        step = int(np.max(np.asarray(state.step)))
+        last = np.asarray(history)[..., step - 1] if step else np.nan
+        print(f"[{name}] step {step}: objective {float(np.nansum(last)):.6g}", flush=True)
+
+    return show
+
+
 class _GDBase(BaseEstimator):
-    """What both estimators share: the parameter check and the call into :func:`gradfit.fit`."""
+    """What both estimators share: the call into :func:`gradfit.fit`, warm starts and scores."""
 
     _loss: str
 
-    def _run(self, X: np.ndarray, Y: np.ndarray, sample_weight, *, per_output: bool, warm: Params | None):
-        """Fit Y (m,) or (m, k) on X (m, n); returns the gradfit FitResult.
+    def _store(self, params: dict) -> None:
+        """``__init__``'s body: keep every parameter untouched (``params`` is its ``locals()``)."""
+        for name, value in params.items():
+            if name != "self":
+                setattr(self, name, value)
+
+    def _fit(self, X: np.ndarray, Y: np.ndarray, sample_weight, out: tuple[int, ...], *, per_output: bool):
+        """Fit Y (m,) or (m, k) (output shape ``out``) on X (m, n); returns the FitResult.
 
         ``per_output``: the k columns are independent problems, ``vmap``-ed in one program, each
         with its own stopping test (one-vs-rest).
         """
         m = X.shape[0]
+        warm = self._warm_params(X.shape[1], out)
+        sw = _sample_weight(sample_weight, m, X.dtype)
         batch_size = self.batch_size
-        if isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool) and batch_size > m:
-            warnings.warn(
-                f"batch_size={batch_size} is larger than the {m} samples: using full batches of {m}",
-                UserWarning,
-                stacklevel=3,
-            )
+        if _validation.is_int(batch_size) and batch_size > m:
+            warnings.warn(f"batch_size={batch_size} is larger than the {m} samples: using full batches of {m}",
+                          UserWarning, stacklevel=3)
             batch_size = m
-        alpha = float(self.alpha)
-        l2 = np.full(Y.shape[1], alpha) if per_output else alpha
-        callback = _Printer(type(self).__name__) if self.verbose else None
         return solver.fit(
-            X,
-            Y,
-            loss=self._loss,
-            reduction=self.reduction,
-            optimizer=self.optimizer,
+            X, Y, loss=self._loss, reduction=self.reduction, optimizer=self.optimizer,
             learning_rate=None if self.learning_rate is None else float(self.learning_rate),
-            steps=int(self.max_iter),
-            tol=None if self.tol is None else float(self.tol),
-            l2=l2,
-            init=warm,
-            batch_size=batch_size,
-            seed=_seed(self.random_state),
-            fit_intercept=self.fit_intercept,
-            sample_weight=sample_weight,
-            optimizer_options=self.optimizer_options,
-            callback=callback,
+            steps=int(self.max_iter), tol=None if self.tol is None else float(self.tol),
+            l2=np.full(Y.shape[1], float(self.alpha)) if per_output else float(self.alpha), init=warm,
+            batch_size=batch_size, seed=_seed(self.random_state), fit_intercept=self.fit_intercept,
+            sample_weight=sw, optimizer_options=self.optimizer_options,
+            callback=_printer(type(self).__name__) if self.verbose else None,
         )
 
-    def _finish(self, result) -> None:
+    def _finish(self, result):
         """Set ``n_iter_`` and warn like scikit-learn when ``max_iter`` ran out before ``tol``."""
-        steps = np.asarray(result.steps)
-        self.n_iter_ = int(steps.max())
-        if self.tol is None:
-            return
+        self.n_iter_ = int(np.asarray(result.steps).max())
         stopped = np.asarray(result.converged) | np.asarray(result.diverged)
-        if not stopped.all():
+        if self.tol is not None and not stopped.all():
             warnings.warn(
                 f"{type(self).__name__} did not converge in max_iter={self.max_iter} steps (tol={self.tol}): "
                 "increase max_iter, raise learning_rate, standardise X (e.g. StandardScaler), "
-                "or use optimizer='lbfgs'",
-                ConvergenceWarning,
-                stacklevel=3,
+                "or use optimizer='lbfgs'", ConvergenceWarning, stacklevel=3,
             )
+        return self
 
     def _warm_params(self, n_features: int, out: tuple[int, ...]) -> Params | None:
         """The fitted (W, b) to start from when ``warm_start`` (None for a cold start)."""
@@ -165,13 +155,11 @@ class _GDBase(BaseEstimator):
             return None
         coef = np.asarray(self.coef_)  # (n,), (1, n) or (k, n): the last axis is the features
         if coef.shape[-1] != n_features or coef.size != n_features * int(np.prod(out)):
-            raise ValueError(
-                f"warm_start=True but the previous fit had coef_ of shape {coef.shape}, which does not match "
-                f"this data ({n_features} features, {out[0] if out else 1} outputs): set warm_start=False"
-            )
+            raise ValueError(f"warm_start=True but the previous fit had coef_ of shape {coef.shape}, which does not "
+                             f"match this data ({n_features} features, {out[0] if out else 1} outputs): "
+                             "set warm_start=False")
         W = coef.T.reshape(n_features, *out)
-        b = np.asarray(self.intercept_, W.dtype).reshape(out)
-        return Params(W, b)
+        return Params(W, np.asarray(self.intercept_, W.dtype).reshape(out))
 
     def _scores(self, X) -> np.ndarray:
         check_is_fitted(self)
@@ -182,18 +170,6 @@ class _GDBase(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
         return tags
-
-
-class _Printer:
-    """``verbose``: one line per compiled chunk (never per step)."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __call__(self, state, history) -> None:
-        step = int(np.max(np.asarray(state.step)))
-        last = np.asarray(history)[..., step - 1] if step else np.nan
-        print(f"[{self.name}] step {step}: objective {float(np.nansum(last)):.6g}", flush=True)
 
 
 # --------------------------------------------------------------------------- regression
@@ -217,28 +193,27 @@ class GDRegressor(RegressorMixin, _GDBase):
     Parameters
     ----------
     learning_rate : float or None, default=0.1
-        The step size of the optimizer. None only with ``optimizer="lbfgs"`` (its line search
-        picks the step).
+        The optimizer's step size. None only with ``optimizer="lbfgs"`` (its line search).
     max_iter : int, default=1000
         The most steps (epochs when ``batch_size`` is set).
     tol : float or None, default=1e-6
-        Stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``. None always runs
-        ``max_iter`` steps (and never warns). A ``ConvergenceWarning`` is raised when
-        ``max_iter`` steps end before the test passes.
+        Stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)`` (``ConvergenceWarning`` if
+        ``max_iter`` steps end first); None always runs ``max_iter`` steps.
     alpha : float, default=1e-4
         L2 penalty ``(alpha/2) ||W||^2``; the intercept is not penalised.
     reduction : {"half_mean", "mean", "sum"}, default="half_mean"
         How the squared errors are summed (see above).
     optimizer : str or optax.GradientTransformation, default="sgd"
-        An optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or a transformation
-        (then set ``learning_rate=None``; it carries its own).
+        An optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or a transformation (then
+        ``learning_rate=None``: it carries its own).
     optimizer_options : dict or None, default=None
         Extra options of the optax alias, e.g. ``{"momentum": 0.9}``.
     fit_intercept : bool, default=True
         False fixes ``intercept_`` at 0.
     batch_size : int or None, default=None
-        Minibatch size (a fresh permutation of the rows every epoch); None is full-batch
-        gradient descent. Clipped, with a warning, to the number of samples.
+        Minibatch size (contiguous batches visited in a fresh random order every epoch: fit's
+        ``shuffle="blocks"``); None is full-batch gradient descent. Clipped, with a warning, to
+        the number of samples.
     random_state : int, RandomState or None, default=None
         Seeds the minibatch permutations.
     verbose : int, default=0
@@ -259,53 +234,21 @@ class GDRegressor(RegressorMixin, _GDBase):
 
     _loss = "mse"
 
-    def __init__(
-        self,
-        *,
-        learning_rate=0.1,
-        max_iter=1000,
-        tol=1e-6,
-        alpha=1e-4,
-        reduction="half_mean",
-        optimizer="sgd",
-        optimizer_options=None,
-        fit_intercept=True,
-        batch_size=None,
-        random_state=None,
-        verbose=0,
-        warm_start=False,
-    ):
-        self.learning_rate = learning_rate
-        self.max_iter = max_iter
-        self.tol = tol
-        self.alpha = alpha
-        self.reduction = reduction
-        self.optimizer = optimizer
-        self.optimizer_options = optimizer_options
-        self.fit_intercept = fit_intercept
-        self.batch_size = batch_size
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
+    def __init__(self, *, learning_rate=0.1, max_iter=1000, tol=1e-6, alpha=1e-4, reduction="half_mean",
+                 optimizer="sgd", optimizer_options=None, fit_intercept=True, batch_size=None,
+                 random_state=None, verbose=0, warm_start=False):
+        self._store(locals())
 
     def fit(self, X, y, sample_weight=None):
         """Fit on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_targets)."""
         _check_params(self)
-        X, y = validate_data(
-            self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=True
-        )
-        n = X.shape[1]
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=True)
         y = np.asarray(y, X.dtype)
-        out = () if y.ndim == 1 else (y.shape[1],)
-        warm = self._warm_params(n, out)
-        sw = _sample_weight(sample_weight, X.shape[0], X.dtype)
-        result = self._run(X, y, sw, per_output=False, warm=warm)
-        W = np.asarray(result.params.W)
+        result = self._fit(X, y, sample_weight, () if y.ndim == 1 else (y.shape[1],), per_output=False)
         b = np.asarray(result.params.b)
-        self.coef_ = W.T.copy()
+        self.coef_ = np.asarray(result.params.W).T.copy()
         self.intercept_ = b[()] if b.ndim == 0 else b.copy()
-        self._finish(result)
-        return self
+        return self._finish(result)
 
     def predict(self, X) -> np.ndarray:
         """``X @ coef_.T + intercept_``: shape (n_samples,) or (n_samples, n_targets)."""
@@ -332,9 +275,8 @@ class GDClassifier(ClassifierMixin, _GDBase):
     ``loss="log_loss"``. For m unweighted samples and ``reduction="mean"`` it is
     ``LogisticRegression(C=1 / (alpha * m))``.
 
-    Multiclass (k > 2 classes): one-vs-rest. y is one-hot encoded to T (m, k) and the k binary
-    problems are fitted in one compiled program, ``vmap``-ed over the columns of T, each with
-    its own stopping test: the same as k separate binary fits, i.e.
+    Multiclass (k > 2 classes): one-vs-rest on the one-hot T (m, k), its k binary problems
+    ``vmap``-ed in one program, each with its own stopping test: k separate binary fits, i.e.
     ``OneVsRestClassifier(LogisticRegression(C=1 / (alpha * m)))``. ``predict_proba``
     normalises the k sigmoids to sum to 1, as scikit-learn's one-vs-rest does.
 
@@ -355,71 +297,34 @@ class GDClassifier(ClassifierMixin, _GDBase):
 
     _loss = "bce"
 
-    def __init__(
-        self,
-        *,
-        learning_rate=0.1,
-        max_iter=1000,
-        tol=1e-6,
-        alpha=1e-4,
-        reduction="mean",
-        optimizer="sgd",
-        optimizer_options=None,
-        fit_intercept=True,
-        batch_size=None,
-        random_state=None,
-        verbose=0,
-        warm_start=False,
-    ):
-        self.learning_rate = learning_rate
-        self.max_iter = max_iter
-        self.tol = tol
-        self.alpha = alpha
-        self.reduction = reduction
-        self.optimizer = optimizer
-        self.optimizer_options = optimizer_options
-        self.fit_intercept = fit_intercept
-        self.batch_size = batch_size
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
+    def __init__(self, *, learning_rate=0.1, max_iter=1000, tol=1e-6, alpha=1e-4, reduction="mean",
+                 optimizer="sgd", optimizer_options=None, fit_intercept=True, batch_size=None,
+                 random_state=None, verbose=0, warm_start=False):
+        self._store(locals())
 
     def fit(self, X, y, sample_weight=None):
         """Fit on X (n_samples, n_features) and class labels y (n_samples,)."""
         _check_params(self)
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=True)
         check_classification_targets(y)
-        kind = type_of_target(y)
+        name, kind = type(self).__name__, type_of_target(y)
         if kind not in ("binary", "multiclass"):
-            raise ValueError(
-                f"{type(self).__name__} fits binary or multiclass labels, got {kind!r} targets: "
-                "give y as one label per sample"
-            )
+            raise ValueError(f"{name} fits binary or multiclass labels, got {kind!r} targets: "
+                             "give y as one label per sample")
         classes, index = np.unique(y, return_inverse=True)
         if len(classes) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs samples of at least 2 classes in y, got 1 class "
-                f"({classes[0]!r}): check the labels (or the split that produced them)"
-            )
-        n = X.shape[1]
+            raise ValueError(f"{name} needs samples of at least 2 classes in y, got 1 class ({classes[0]!r}): "
+                             "check the labels (or the split that produced them)")
+        if self.warm_start and hasattr(self, "classes_") and not np.array_equal(self.classes_, classes):
+            raise ValueError(f"warm_start=True but y has classes {classes!r} where the previous fit had "
+                             f"{self.classes_!r}: set warm_start=False")
         binary = len(classes) == 2
         T = (index == 1).astype(X.dtype) if binary else np.eye(len(classes), dtype=X.dtype)[index]
-        out = () if binary else (len(classes),)
-        if self.warm_start and hasattr(self, "classes_") and not np.array_equal(self.classes_, classes):
-            raise ValueError(
-                f"warm_start=True but y has classes {classes!r} where the previous fit had {self.classes_!r}: "
-                "set warm_start=False"
-            )
-        warm = self._warm_params(n, out)
-        sw = _sample_weight(sample_weight, X.shape[0], X.dtype)
-        result = self._run(X, T, sw, per_output=not binary, warm=warm)
-        W = np.asarray(result.params.W)
-        b = np.asarray(result.params.b)
+        result = self._fit(X, T, sample_weight, () if binary else (len(classes),), per_output=not binary)
         self.classes_ = classes
-        self.coef_ = W.reshape(n, -1).T.copy()
-        self.intercept_ = b.reshape(-1).copy()
-        self._finish(result)
-        return self
+        self.coef_ = np.asarray(result.params.W).reshape(X.shape[1], -1).T.copy()
+        self.intercept_ = np.asarray(result.params.b).reshape(-1).copy()
+        return self._finish(result)
 
     def decision_function(self, X) -> np.ndarray:
         """Logits ``X @ coef_.T + intercept_``: (n_samples,) for two classes, else (n_samples, n_classes)."""
@@ -433,9 +338,7 @@ class GDClassifier(ClassifierMixin, _GDBase):
         row divided by its sum.
         """
         p = expit(self.decision_function(X))
-        if p.ndim == 1:
-            return np.stack([1 - p, p], axis=1)
-        return p / p.sum(axis=1, keepdims=True)
+        return np.stack([1 - p, p], axis=1) if p.ndim == 1 else p / p.sum(axis=1, keepdims=True)
 
     def predict_log_proba(self, X) -> np.ndarray:
         """``log(predict_proba(X))``."""
@@ -444,5 +347,4 @@ class GDClassifier(ClassifierMixin, _GDBase):
     def predict(self, X) -> np.ndarray:
         """The most likely class of each sample, (n_samples,)."""
         scores = self.decision_function(X)
-        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-        return self.classes_[index]
+        return self.classes_[(scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)]

@@ -1,13 +1,7 @@
-""":func:`fit`: the front door of an in-memory fit, and :func:`resume`.
-
-A fit goes one way: the options are checked (:mod:`gradfit._options`), then the data
-(:func:`check_data`) and the shape-dependent options, all before any compute; the health check
-of the data's conditioning warns; the data are placed on the device(s) (:func:`place`) and the
-plan's operand made (the sufficient-statistics pass for ``"stats"``); ``learning_rate="auto"``
-is resolved to 1/L; then the engine's compiled loop runs chunk after chunk under the one driver
-(:mod:`gradfit._runner`), and the result is checked for separable classes and divergence.
-:func:`gradfit.sweep` uses the same pieces for each group of its grid.
-"""
+""":func:`fit`, the front door of an in-memory fit, and :func:`resume`: every check before any
+compute, the data placed and the plan's operand made, the engine run under the one driver
+(:mod:`gradfit._runner`), the result checked for separable classes and divergence.
+:func:`gradfit.sweep` uses the same pieces for each group of its grid."""
 
 from __future__ import annotations
 
@@ -28,29 +22,24 @@ from gradfit._precision import storage_dtype
 from gradfit._types import Data, Hyper, Level, Params, Program
 
 DIVERGENCE_FACTOR = _engine.DIVERGENCE_FACTOR
-DEFAULT_LEARNING_RATE = _options.DEFAULT_LEARNING_RATE
-DEFAULT_CHUNK_SIZE = _options.DEFAULT_CHUNK_SIZE
+DEFAULT_LEARNING_RATE, DEFAULT_CHUNK_SIZE = _options.DEFAULT_LEARNING_RATE, _options.DEFAULT_CHUNK_SIZE
 
 
 class FitResult(NamedTuple):
     """What :func:`fit` returns. Status is data; a diverged fit also warns.
 
-    params: the fitted :class:`Params`. loss: the objective at ``params``. losses: the
-    objective evaluated at the start of each step (with ``batch_size``, the mean minibatch
-    objective of each epoch), shape (steps,). steps: objective evaluations (epochs with
-    ``batch_size``). converged: the ``tol`` test passed. diverged: the loss became non-finite
-    or exploded; ``params`` are the last ones before that. stats: timings
-    (``compile_seconds``, ``run_seconds``), ``backend``, ``plan`` (how the gradient was
-    computed, :mod:`gradfit._plan`), the settings used, and numerical health
-    (:mod:`gradfit.health`, docs/faults.md): ``condition_number`` (estimated before the fit;
-    None for rows spread over several processes), ``separable`` (bce: the fit separates the
-    classes and l2 = 0, so no minimiser exists), ``learning_rate`` (with "auto"), and for a
-    diverged fit ``diverged_at_step`` (-1 for members that did not) and
-    ``suggested_learning_rate``. ``precompute_seconds``, the sufficient-statistics pass of
-    ``plan="stats"``, is part of ``run_seconds``.
+    params: the fitted :class:`Params`; loss: the objective at them; losses: (steps,) the objective
+    at the start of each step (with ``batch_size``, each epoch's mean minibatch objective); steps:
+    objective evaluations (epochs); converged: the ``tol`` test passed; diverged: the loss became
+    non-finite or exploded (``params`` are the last ones before that). stats: ``compile_seconds``,
+    ``run_seconds`` (with ``precompute_seconds``, the statistics pass), ``backend``, ``plan``
+    (:mod:`gradfit._plan`), the settings used, and health (docs/faults.md): ``condition_number``
+    (None for rows over several processes), ``separable`` (bce, l2 = 0: the fit separates the
+    classes, no minimiser exists), ``learning_rate`` (with "auto"), and when diverged
+    ``diverged_at_step`` (-1 for members that did not) and ``suggested_learning_rate``.
 
-    With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain
-    a leading axis (k or B) and ``losses`` is padded with NaN past each member's ``steps``.
+    With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain a
+    leading axis (k or B), and ``losses`` is NaN past each member's ``steps``.
     """
 
     params: Params
@@ -100,49 +89,40 @@ class Placed(NamedTuple):
     rows: int | None
 
 
-def _place_sharded(inputs: Inputs, n_rows, batch_size) -> Placed:
+def place(inputs: Inputs, o: _options.FitOptions) -> Placed:
+    """Put the data on one device, or split its rows over several (:mod:`gradfit.sharding`)."""
     X, y, sw = inputs.X, inputs.y, inputs.sample_weight
     lead = 1 if inputs.batched else 0
+    if not sharding.is_sharded(X):
+        if o.n_rows is not None:
+            raise ValueError("n_rows is only for X already padded and sharded (by gradfit.shard_rows); leave it unset")
+        devs = sharding.resolve_devices(o.devices, inputs.m)
+        if len(devs) == 1:
+            data = Data(jnp.asarray(X, storage_dtype(X, inputs.dtype)), jnp.asarray(y, inputs.dtype), sw)
+            return Placed(jax.device_put(data, devs[0]) if o.devices is not None else data, None, None)
+        data = sharding.shard_rows(Data(X, y, sw), devs, row_axis=lead, dtype=inputs.dtype)
+        return Placed(data, sharding.mesh_of(data), None if data.X.shape[lead] == inputs.m else inputs.m)
+    if o.devices is not None:
+        raise ValueError("X is already sharded across devices: leave devices=None to keep its layout, or pass "
+                         "host arrays to let devices= choose one")
     mesh = sharding.mesh_of(Data(X, y, sw))
     if mesh is None:
         raise ValueError("X is sharded without a jax.sharding.NamedSharding: lay it out with gradfit.shard_rows")
 
-    def place(a):  # y and the weights follow X's row layout (a host array is cut into the same blocks)
+    def rows(a):  # y and the weights follow X's row layout (a host array is cut into the same blocks)
         if a is None or sharding.is_sharded(a):
             return a
         return sharding.place_rows(a, sharding.row_sharding(mesh, lead), lead, inputs.m, inputs.dtype)
 
-    data = Data(jnp.asarray(X, storage_dtype(X, inputs.dtype)), jnp.asarray(place(y), inputs.dtype), place(sw))
-    if n_rows is not None:
-        if n_rows > inputs.m or (n_rows < inputs.m and sw is None):
-            raise ValueError(
-                f"n_rows={n_rows} does not fit X's {inputs.m} rows: give the real rows (<= {inputs.m}); padding "
-                "rows after them need sample_weight 0, as gradfit.shard_rows makes"
-            )
-        if batch_size is not None and batch_size > n_rows:
-            raise ValueError(f"batch_size={batch_size} is larger than the {n_rows} real rows: use batch_size <= {n_rows}")
-    return Placed(data, mesh, None if n_rows == inputs.m else n_rows)
-
-
-def place(inputs: Inputs, o: _options.FitOptions) -> Placed:
-    """Put the data on one device, or split its rows over several (:mod:`gradfit.sharding`)."""
-    X, y, sw = inputs.X, inputs.y, inputs.sample_weight
-    if sharding.is_sharded(X):
-        if o.devices is not None:
-            raise ValueError(
-                "X is already sharded across devices: leave devices=None to keep its layout, or pass "
-                "host arrays to let devices= choose one"
-            )
-        return _place_sharded(inputs, o.n_rows, o.batch_size)
+    data = Data(jnp.asarray(X, storage_dtype(X, inputs.dtype)), jnp.asarray(rows(y), inputs.dtype), rows(sw))
     if o.n_rows is not None:
-        raise ValueError("n_rows is only for X already padded and sharded (by gradfit.shard_rows); leave it unset")
-    devs = sharding.resolve_devices(o.devices, inputs.m)
-    if len(devs) == 1:
-        data = Data(jnp.asarray(X, storage_dtype(X, inputs.dtype)), jnp.asarray(y, inputs.dtype), sw)
-        return Placed(jax.device_put(data, devs[0]) if o.devices is not None else data, None, None)
-    data = sharding.shard_rows(Data(X, y, sw), devs, row_axis=1 if inputs.batched else 0, dtype=inputs.dtype)
-    padded = data.X.shape[1 if inputs.batched else 0]
-    return Placed(data, sharding.mesh_of(data), None if padded == inputs.m else inputs.m)
+        if o.n_rows > inputs.m or (o.n_rows < inputs.m and sw is None):
+            raise ValueError(f"n_rows={o.n_rows} does not fit X's {inputs.m} rows: give the real rows (<= {inputs.m}); "
+                             "padding rows after them need sample_weight 0, as gradfit.shard_rows makes")
+        if o.batch_size is not None and o.batch_size > o.n_rows:
+            raise ValueError(f"batch_size={o.batch_size} is larger than the {o.n_rows} real rows: "
+                             f"use batch_size <= {o.n_rows}")
+    return Placed(data, mesh, None if o.n_rows == inputs.m else o.n_rows)
 
 
 def initial_params(init, seed: int, n: int, out: tuple[int, ...], dtype) -> tuple[Params, jax.Array]:
@@ -153,8 +133,7 @@ def initial_params(init, seed: int, n: int, out: tuple[int, ...], dtype) -> tupl
         return Params(jnp.zeros((n, *out), dtype), jnp.zeros(out, dtype)), run_key
     if isinstance(init, str):  # "normal" (checked by _options)
         return Params(jax.random.normal(init_key, (n, *out), dtype) / math.sqrt(n), jnp.zeros(out, dtype)), run_key
-    W = _validation.as_numeric(init[0], "init.W")
-    b = _validation.as_numeric(init[1], "init.b")
+    W, b = _validation.as_numeric(init[0], "init.W"), _validation.as_numeric(init[1], "init.b")
     _validation.check_finite(W, "init.W")
     _validation.check_finite(b, "init.b")
     return Params(jnp.asarray(W, dtype), jnp.asarray(b, dtype)), run_key
@@ -179,15 +158,13 @@ class Problem(NamedTuple):
 
 def hyper_axes(hyper: Hyper, axis) -> Hyper:
     """A :class:`Hyper` of vmap axes: ``axis`` for every field that is there."""
-    return Hyper(None if hyper.learning_rate is None else axis, axis, axis, axis, {name: axis for name in hyper.optimizer})
+    return Hyper(None if hyper.learning_rate is None else axis, axis, axis, axis, dict.fromkeys(hyper.optimizer, axis))
 
 
 def hyper_arrays(learning_rate, l2, tol, steps: int, traced: dict[str, Any], dtype) -> Hyper:
     """Checked host values as the loop's :class:`Hyper` arrays (floats in ``dtype``, steps int32)."""
-    return Hyper(
-        None if learning_rate is None else jnp.asarray(learning_rate, dtype), jnp.asarray(l2, dtype),
-        jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32), {k: jnp.asarray(v, dtype) for k, v in traced.items()},
-    )
+    f = lambda v: None if v is None else jnp.asarray(v, dtype)  # noqa: E731
+    return Hyper(f(learning_rate), f(l2), f(tol), jnp.asarray(steps, jnp.int32), {k: f(v) for k, v in traced.items()})
 
 
 def _statistics_pass(data: Data) -> _stats.Stats:
@@ -210,12 +187,10 @@ def operand(placed: Placed, plan: str, batched: bool) -> tuple[Any, float, float
 def auto_step(c: _options.Checked, inputs: Inputs, placed: Placed, op) -> float:
     """``learning_rate="auto"``: 1/L, exactly from the statistics when the plan made them, else by
     power iterations on the placed X (padding rows have weight 0)."""
-    o = c.options
+    o, data = c.options, placed.data
     kwargs = dict(loss=o.loss, reduction=o.reduction, l2=c.l2, fit_intercept=o.fit_intercept)
-    if isinstance(op, _stats.Stats):
-        L = health.lipschitz_from_stats(op, **kwargs)
-    else:
-        L = health.lipschitz(placed.data.X, sample_weight=placed.data.sample_weight, batched=inputs.batched, **kwargs)
+    L = (health.lipschitz_from_stats(op, **kwargs) if isinstance(op, _stats.Stats) else
+         health.lipschitz(data.X, sample_weight=data.sample_weight, batched=inputs.batched, **kwargs))
     if not L > 0:
         raise ValueError("X and the sample weights give zero curvature (every column is 0): there is nothing to fit")
     return 1.0 / L
@@ -223,31 +198,21 @@ def auto_step(c: _options.Checked, inputs: Inputs, placed: Placed, op) -> float:
 
 def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, operands: dict | None = None) -> Problem:
     """The :class:`Problem` of one fit on placed data: operand, params, hyperparameters, levels.
-
-    ``operands`` caches ``plan -> (operand, compile s, run s)`` across the groups of a sweep,
-    so the statistics pass runs once."""
+    ``operands`` caches ``plan -> (operand, compile s, run s)`` over a sweep's groups (one statistics pass)."""
     o = c.options
     operands = {} if operands is None else operands
     if plan not in operands:
         operands[plan] = operand(placed, plan, inputs.batched)
     op, pre_compile, pre_run = operands[plan]
-    lr = c.learning_rate
-    if c.auto_step:
-        lr = np.asarray(auto_step(c, inputs, placed, op))
-    out = () if inputs.k is None else (inputs.k,)
-    params, key = initial_params(o.init, o.seed, inputs.n, out, inputs.dtype)
+    lr = np.asarray(auto_step(c, inputs, placed, op)) if c.auto_step else c.learning_rate
+    params, key = initial_params(o.init, o.seed, inputs.n, () if inputs.k is None else (inputs.k,), inputs.dtype)
     hyper = hyper_arrays(lr, c.l2, c.tol, o.steps, c.traced, inputs.dtype)
-    mesh = placed.mesh
     program = Program(o.loss, o.reduction, plan, c.optimizer, lr is not None, o.fit_intercept, o.batch_size,
-                      o.chunk_size, placed.rows, o.shuffle, 1 if mesh is None else mesh.size)
+                      o.chunk_size, placed.rows, o.shuffle, 1 if placed.mesh is None else placed.mesh.size)
     levels: list[Level] = []
     if inputs.batched:
-        B = inputs.X.shape[0]
-        params = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), params)
-        if plan == "stats":
-            axes = jax.tree.map(lambda _: 0, op)
-        else:
-            axes = Data(0, 0, None if op.sample_weight is None else 0)
+        params = jax.tree.map(lambda a: jnp.broadcast_to(a, (inputs.X.shape[0], *a.shape)), params)
+        axes = jax.tree.map(lambda _: 0, op) if plan == "stats" else Data(0, 0, None if op.sample_weight is None else 0)
         levels.append(Level(axes, hyper_axes(hyper, None), 0, None))
     per_output = inputs.k is not None and _options.per_output(c)
     if per_output:  # columns become problems: y (.., m, k) -> (.., k, m), W (.., n, k) -> (.., k, n)
@@ -256,22 +221,14 @@ def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, operan
         else:
             op, axes = op._replace(y=jnp.moveaxis(op.y, -1, -2)), Data(None, 0, None)
         params = Params(jnp.moveaxis(params.W, -1, -2), params.b)
-        k = inputs.k
-        hyper = hyper._replace(
-            learning_rate=None if hyper.learning_rate is None else jnp.broadcast_to(hyper.learning_rate, (k,)),
-            l2=jnp.broadcast_to(hyper.l2, (k,)),
-        )
+        per_k = lambda a: None if a is None else jnp.broadcast_to(a, (inputs.k,))  # noqa: E731
+        hyper = hyper._replace(learning_rate=per_k(hyper.learning_rate), l2=per_k(hyper.l2))
         level_hyper = hyper_axes(hyper, None)._replace(learning_rate=None if lr is None else 0, l2=0)
         levels.append(Level(axes, level_hyper, 0, None))
-    if mesh is not None:  # parameters, hyperparameters and the PRNG key on every device
-        params, hyper, key = sharding.replicate((params, hyper, key), mesh)
-    learning_rate = float(lr) if c.auto_step else o.learning_rate
-    return Problem(params, op, hyper, key, program, tuple(levels), per_output, placed, learning_rate,
-                   (pre_compile, pre_run))
-
-
-def members(inputs: Inputs, per_output: bool) -> int:
-    return (inputs.X.shape[0] if inputs.batched else 1) * (inputs.k if per_output else 1)
+    if placed.mesh is not None:  # parameters, hyperparameters and the PRNG key on every device
+        params, hyper, key = sharding.replicate((params, hyper, key), placed.mesh)
+    return Problem(params, op, hyper, key, program, tuple(levels), per_output, placed,
+                   float(lr) if c.auto_step else o.learning_rate, (pre_compile, pre_run))
 
 
 # --------------------------------------------------------------------------- fit
@@ -311,125 +268,88 @@ def fit(X, y, *, sample_weight=None, **options) -> FitResult:
       sample_weight: (m,) non-negative row weights ("mean" divides by their sum).
 {options}
     Returns:
-      A :class:`FitResult`. Hyperparameters are arrays inside the program: a second fit on
-      the same shapes with new values compiles nothing (``stats["compile_seconds"] == 0``).
-      With ``checkpoint``, ``stats`` also holds ``checkpoint`` (the path),
-      ``resumed_from_step`` (0 for a fresh start), ``checkpoints`` (files written) and
-      ``checkpoint_seconds`` (time spent writing them).
+      A :class:`FitResult`. Hyperparameters are arrays inside the program: a second fit on the
+      same shapes with new values compiles nothing (``stats["compile_seconds"] == 0``). With
+      ``checkpoint``, ``stats`` also holds ``checkpoint`` (the path), ``resumed_from_step`` (0 for
+      a fresh start), ``checkpoints`` (files written) and ``checkpoint_seconds``.
 
     Raises:
       ValueError: for bad input, before any compute (docs/faults.md lists every case).
 
-    Warns:
-      gradfit.health.IllConditionedWarning: the data's condition number is too large for
-        the dtype (estimated from a sample of rows before the fit), with the remedy.
-      gradfit.health.SeparableWarning: bce with ``l2=0`` on classes the fit separates; no
-        minimiser exists, so the fit is reported as not converged.
+    Warns (docs/faults.md):
+      gradfit.health.IllConditionedWarning: the condition number (estimated from a sample of
+        rows) is too large for the dtype; says the remedy.
+      gradfit.health.SeparableWarning: bce, ``l2=0``, classes the fit separates: not converged.
       RuntimeWarning: the fit diverged; names the step and suggests a learning rate.
     """
     c, inputs, placed, plan = prepared = prepare(X, y, sample_weight=sample_weight, **options)
     o = c.options
-    condition = health.check_conditioning(
-        inputs.X, inputs.dtype, batched=inputs.batched, fit_intercept=o.fit_intercept, l2=c.l2, loss=o.loss,
-        reduction=o.reduction, sample_weight=inputs.sample_weight, stacklevel=2,
-    )
+    condition = health.check_conditioning(inputs.X, inputs.dtype, batched=inputs.batched, fit_intercept=o.fit_intercept,
+                                          l2=c.l2, loss=o.loss, reduction=o.reduction,
+                                          sample_weight=inputs.sample_weight, stacklevel=2)
     problem = build(*prepared)
     stepper = CompiledStepper(problem.operand, problem.hyper, problem.program, problem.levels)
-    state = stepper.init(problem.params, problem.key)
     stored, not_stored = checkpoint.storable_arguments({k: v for k, v in o._asdict().items() if k not in _NOT_STORED})
     meta = {"fit": stored, "fit_not_stored": not_stored, "every": list(o.checkpoint_every or ())}
     fingerprint = None if o.checkpoint is None else checkpoint.fingerprint(
         problem.params, problem.operand, problem.hyper, problem.key, problem.program, problem.levels)
-    run, info = _runner.run(
-        stepper, state, problem.hyper, chunk_steps=o.chunk_size, max_steps=o.steps,
-        members=members(inputs, problem.per_output), callback=o.callback, progress=o.progress,
-        checkpoint=o.checkpoint, every=o.checkpoint_every, resume=o.resume, fingerprint=fingerprint, meta=meta,
-    )
+    members = (inputs.X.shape[0] if inputs.batched else 1) * (inputs.k if problem.per_output else 1)
+    run, info = _runner.run(stepper, stepper.init(problem.params, problem.key), problem.hyper, chunk_steps=o.chunk_size,
+                            max_steps=o.steps, members=members, callback=o.callback, progress=o.progress,
+                            checkpoint=o.checkpoint, every=o.checkpoint_every, resume=o.resume,
+                            fingerprint=fingerprint, meta=meta)
     return finish(problem, run, c, inputs, condition, info)
 
 
 fit = _options.with_options_signature(fit)
 
 
-def run_stats(problem: Problem, run: RunResult, inputs: Inputs, condition: float) -> dict:
-    """The ``stats`` both :class:`FitResult` and the sweep report (one vocabulary)."""
-    pre_compile, pre_run = problem.precompute
-    mesh = problem.placed.mesh
-    return {
-        "compile_seconds": run.compile_seconds + pre_compile,
-        "run_seconds": run.run_seconds + pre_run,
-        "precompute_seconds": pre_run,
-        "plan": problem.program.plan,
-        "chunks": run.chunks,
-        "backend": jax.default_backend(),
-        "dtype": str(inputs.dtype),
-        "devices": 1 if mesh is None else mesh.size,
-        "condition_number": condition if np.isfinite(condition) else None,  # None: not checked
-    }
-
-
 def finish(problem: Problem, run: RunResult, c: _options.Checked, inputs: Inputs, condition: float,
            info: dict) -> FitResult:
     """The :class:`FitResult` of a run: params in the caller's layout, status, health after the fit."""
-    o = c.options
-    state, per_output = run.state, problem.per_output
-    params = state.params
-    if per_output:
-        params = Params(jnp.moveaxis(params.W, -2, -1), params.b)
+    o, state, per_output = c.options, run.state, problem.per_output
+    params = Params(jnp.moveaxis(state.params.W, -2, -1), state.params.b) if per_output else state.params
     final_loss = jnp.sum(run.final_loss, axis=-1) if per_output else run.final_loss  # the joint objective
     steps, converged, diverged = (np.asarray(a) for a in (state.step, state.converged, state.diverged))
+    pre_compile, pre_run = problem.precompute
     stats = {
-        **run_stats(problem, run, inputs, condition), "loss": o.loss, "reduction": o.reduction,
-        "optimizer": c.optimizer.name or type(o.optimizer).__name__, "grad": o.grad,
-        "shuffle": o.shuffle if o.batch_size is not None else None,
+        "compile_seconds": run.compile_seconds + pre_compile, "run_seconds": run.run_seconds + pre_run,
+        "precompute_seconds": pre_run, "plan": problem.program.plan, "chunks": run.chunks,
+        "backend": jax.default_backend(), "dtype": str(inputs.dtype),
+        "devices": 1 if problem.placed.mesh is None else problem.placed.mesh.size,
+        "condition_number": condition if np.isfinite(condition) else None,  # None: not checked
+        "loss": o.loss, "reduction": o.reduction, "optimizer": c.optimizer.name or type(o.optimizer).__name__,
+        "grad": o.grad, "shuffle": o.shuffle if o.batch_size is not None else None,
         "vmapped": [name for name, on in (("problems", inputs.batched), ("outputs", per_output)) if on], **info,
     }
     if c.auto_step:
         stats["learning_rate"] = problem.learning_rate
-    converged = _separable_check(problem, params, inputs, c, converged, stats)
+    if o.loss == "bce" and np.any(c.l2):
+        stats["separable"] = False  # with a penalty the minimiser exists
+    elif o.loss == "bce":  # no minimiser on classes the fit separates: never converged (health.separated)
+        data = problem.placed.data
+        sep = health.separated(params, data.X, data.y, batched=inputs.batched, sample_weight=data.sample_weight)
+        sep = sep if per_output or sep.ndim == converged.ndim else sep.any(axis=-1)
+        if sep.any():
+            converged = converged & ~sep
+            warnings.warn(health.separable_message(float(jnp.linalg.norm(params.W))), health.SeparableWarning,
+                          stacklevel=3)
+        stats["separable"] = sep.tolist()
     if not problem.levels:
         steps, converged, diverged = int(steps), bool(converged), bool(diverged)
-    if np.any(diverged):
-        _diverged_stats(problem, run, c, steps, diverged, stats)
+    if np.any(diverged):  # the first bad objective evaluation: steps when it came after the last step
+        bad_at = np.asarray(steps) + np.asarray(run.diverged_at_end, int)
+        stats["diverged_at_step"] = np.where(diverged, bad_at - 1, -1).tolist()
+        lr, suggestion, data = problem.learning_rate, None, problem.placed.data
+        if c.optimizer.name == "sgd":  # 1/L, the safe step of gradient descent, costs a few dozen passes
+            suggestion = health.safe_learning_rate(data.X, loss=o.loss, reduction=o.reduction, l2=c.l2,
+                                                   sample_weight=data.sample_weight, fit_intercept=o.fit_intercept,
+                                                   batched=o.batched)
+        elif isinstance(lr, (int, float, np.ndarray, list)):
+            suggestion = float(np.min(lr)) / 10
+        stats["suggested_learning_rate"] = suggestion
+        warn_divergence(bad_at, diverged, None if isinstance(lr, str) else lr, suggestion, stacklevel=4)
     return FitResult(params, final_loss, run.history, steps, converged, diverged, stats)
-
-
-def _separable_check(problem: Problem, params: Params, inputs: Inputs, c: _options.Checked, converged, stats):
-    """bce without a penalty on classes the fit separates has no minimiser: never report such a
-    fit as converged (:func:`gradfit.health.separated`)."""
-    if c.options.loss != "bce":
-        return converged
-    if np.any(c.l2):
-        stats["separable"] = False  # with a penalty the minimiser exists
-        return converged
-    data = problem.placed.data
-    y_rows = data.y
-    sep = health.separated(params, data.X, y_rows, batched=inputs.batched, sample_weight=data.sample_weight)
-    sep = sep if problem.per_output or sep.ndim == converged.ndim else sep.any(axis=-1)
-    if sep.any():
-        converged = converged & ~sep
-        warnings.warn(health.separable_message(float(jnp.linalg.norm(params.W))), health.SeparableWarning, stacklevel=4)
-    stats["separable"] = sep.tolist()
-    return converged
-
-
-def _diverged_stats(problem: Problem, run: RunResult, c: _options.Checked, steps, diverged, stats) -> None:
-    """``diverged_at_step``, ``suggested_learning_rate`` and the warning of a diverged fit."""
-    # The index of the first bad objective evaluation (steps when it came after the last step).
-    bad_at = np.asarray(steps) + np.asarray(run.diverged_at_end, int)
-    stats["diverged_at_step"] = np.where(diverged, bad_at - 1, -1).tolist()
-    lr, suggestion = problem.learning_rate, None
-    o = c.options
-    if c.optimizer.name == "sgd":  # 1/L, the safe step of gradient descent, costs a few dozen passes
-        data = problem.placed.data
-        suggestion = health.safe_learning_rate(
-            data.X, loss=o.loss, reduction=o.reduction, l2=c.l2, sample_weight=data.sample_weight,
-            fit_intercept=o.fit_intercept, batched=o.batched,
-        )
-    elif isinstance(lr, (int, float, np.ndarray, list)):
-        suggestion = float(np.min(lr)) / 10
-    stats["suggested_learning_rate"] = suggestion
-    warn_divergence(bad_at, diverged, None if isinstance(lr, str) else lr, suggestion, stacklevel=5)
 
 
 def warn_divergence(steps, diverged, learning_rate, suggestion=None, stacklevel: int = 3) -> None:
@@ -437,54 +357,34 @@ def warn_divergence(steps, diverged, learning_rate, suggestion=None, stacklevel:
     from 0) and a step size to try (``suggestion``: 1/L for sgd, else a tenth of the rate)."""
     at = int(np.max(np.where(diverged, steps, 0))) - 1
     if at == 0:
-        hint = (
-            ": the objective is not finite at the initial params, so the data overflow "
-            "the dtype; rescale X and y (standardise) or fit in float64"
-        )
+        hint = (": the objective is not finite at the initial params, so the data overflow the dtype; rescale X "
+                "and y (standardise) or fit in float64")
     else:
         hint = ": returning the last params before it"
         if suggestion is not None:
-            hint += f"; try learning_rate={suggestion:.3g}"
-            if learning_rate is not None:
-                hint += f" (was {float(np.min(learning_rate)):g})"
-            hint += ", or standardise X"
+            was = "" if learning_rate is None else f" (was {float(np.min(learning_rate)):g})"
+            hint += f"; try learning_rate={suggestion:.3g}{was}, or standardise X"
         elif learning_rate is not None:
             hint += "; try a smaller learning_rate, or standardise X"
-    warnings.warn(
-        f"the fit diverged at step {at} (the loss became non-finite or grew {DIVERGENCE_FACTOR:g}-fold){hint}",
-        RuntimeWarning,
-        stacklevel=stacklevel,
-    )
+    grew = f"the loss became non-finite or grew {DIVERGENCE_FACTOR:g}-fold"
+    warnings.warn(f"the fit diverged at step {at} ({grew}){hint}", RuntimeWarning, stacklevel=stacklevel)
 
 
 def resume(path: str | Path, X, y, *, sample_weight=None, **overrides) -> FitResult:
-    """Continue the fit that wrote the checkpoint at ``path``, on the same data.
-
-    The fit's arguments are read from the checkpoint; pass again any it could not store
-    (a custom optax transformation, ``init`` as Params, a callback), and any you want to
-    change (e.g. a larger ``steps``, ``progress=True``). A finished checkpoint returns its
-    result without running more steps (unless ``steps`` grew).
-
-    Raises:
-      ValueError: a missing or unreadable checkpoint, one not written by :func:`gradfit.fit`,
-        a missing argument, or different data or settings.
-    """
+    """Continue the fit that wrote the checkpoint at ``path``, on the same data: its arguments are
+    read from the checkpoint; pass again any it could not store (a custom optax transformation,
+    ``init`` as Params, a callback) and any to change (e.g. a larger ``steps``; a finished checkpoint
+    returns its result without more steps otherwise). ValueError: a missing or unreadable checkpoint,
+    one not written by :func:`gradfit.fit`, a missing argument, or different data or settings."""
     header = checkpoint.read_header(path)
     if "fit" not in header:
-        raise ValueError(
-            f"checkpoint {path} was not written by gradfit.fit (it has no fit arguments): resume it "
-            "with the code that wrote it"
-        )
-    kwargs = dict(header["fit"])
+        raise ValueError(f"checkpoint {path} was not written by gradfit.fit (it has no fit arguments): resume it "
+                         "with the code that wrote it")
     missing = [name for name in header.get("fit_not_stored", []) if name not in overrides]
     if missing:
-        raise ValueError(
-            f"checkpoint {path} could not store the fit arguments {', '.join(missing)} (not JSON): "
-            f"pass them again, e.g. gradfit.resume(path, X, y, {missing[0]}=...)"
-        )
+        raise ValueError(f"checkpoint {path} could not store the fit arguments {', '.join(missing)} (not JSON): "
+                         f"pass them again, e.g. gradfit.resume(path, X, y, {missing[0]}=...)")
     every = header.get("every")
-    kwargs["checkpoint_every"] = checkpoint.Every(*every) if every else None
-    kwargs.update(overrides)
-    kwargs.pop("checkpoint", None)
-    kwargs.pop("resume", None)
+    kwargs = {**header["fit"], "checkpoint_every": checkpoint.Every(*every) if every else None, **overrides}
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("checkpoint", "resume")}  # given below
     return fit(X, y, sample_weight=sample_weight, checkpoint=path, resume=True, **kwargs)
