@@ -329,7 +329,6 @@ def main(argv=None) -> int:
     for plan in ("autodiff", "hand", "onepass"):
         with PeakRSS() as rss:
             per, extra = gradfit_step_time(Xj, y_mse, reps=reps, steps=args.steps, grad=plan, learning_rate=lr)
-            res = extra["result"]
         mse_rows.append(row(f"gradfit grad='{plan}'", compile_s=extra["compile_seconds"], step_s=per,
                             steps_to_tol=steps_to_tol, time_to_tol=None if steps_to_tol is None else per * steps_to_tol,
                             bytes_per_step=(1 if plan == "onepass" else 2) * nbytes, floor=floor, rss=rss.peak,

@@ -63,7 +63,8 @@ def test_auto_learning_rate_is_one_over_L_and_descends(x64, rng):
     X = rng.standard_normal((80, 4)) * np.array([1.0, 3.0, 0.3, 2.0]) + 0.5
     y = X @ rng.standard_normal(4) + 0.1 * rng.standard_normal(80)
     L = np.linalg.eigvalsh(_hessian(X))[-1]
-    r = gradfit.fit(X, y, learning_rate="auto", steps=20_000)
+    # L is the raw Hessian's: gradient descent on raw (W, b), every step (as before the optimality test)
+    r = gradfit.fit(X, y, learning_rate="auto", steps=20_000, standardize=False, tol=None)
     np.testing.assert_allclose(r.stats["learning_rate"], 1 / L, rtol=1e-3)
     assert np.all(np.diff(r.losses) <= 1e-12)
     ref = np.linalg.lstsq(np.c_[X, np.ones(80)], y, rcond=None)[0]
@@ -76,11 +77,11 @@ def test_a_step_past_two_over_L_diverges(x64, rng):
     y = X @ np.ones(3)
     L = np.linalg.eigvalsh(_hessian(X))[-1]
     with pytest.warns(RuntimeWarning, match="diverged"):
-        r = gradfit.fit(X, y, learning_rate=2.2 / L, steps=5000)
+        r = gradfit.fit(X, y, learning_rate=2.2 / L, steps=5000, standardize=False)  # L: the raw Hessian's
     assert r.diverged
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not gradfit.fit(X, y, learning_rate=1.9 / L, steps=500).diverged
+        assert not gradfit.fit(X, y, learning_rate=1.9 / L, steps=500, standardize=False).diverged
 
 
 # --------------------------------------------------------------------------- divergence
@@ -111,7 +112,8 @@ def test_divergence_is_caught_in_the_chunk_it_happens_and_named(x64, rng):
     assert 10 < t_ref < 200
     chunks_seen = []
     with pytest.warns(RuntimeWarning, match=rf"at step {t_ref} \(.*\): returning the last params before it; try learning_rate=(\S+)") as rec:
-        r = gradfit.fit(X, y, learning_rate=lr, steps=10_000, chunk_size=8, callback=lambda s, h: chunks_seen.append(1))
+        r = gradfit.fit(X, y, learning_rate=lr, steps=10_000, chunk_size=8, standardize=False,  # the raw numpy loop
+                        callback=lambda s, h: chunks_seen.append(1))
     assert r.diverged and not r.converged
     assert r.steps == t_ref + 1 and r.stats["diverged_at_step"] == t_ref
     # Caught inside the chunk where it happened: no chunk ran after it.
@@ -190,9 +192,16 @@ def test_ill_conditioned_float32_warns_with_standardise(rng):
     X = (rng.standard_normal((200, 3)) * np.array([1.0, 300.0, 1.0])).astype(np.float32)
     y = X @ np.ones(3, np.float32)
     assert _condition_ref(X) > health.condition_limit(np.float32)
+    # the raw problem is what gradient descent on raw (W, b) sees
     with pytest.warns(health.IllConditionedWarning, match=r"condition number ~.* standardise X.*float64.*2/L"):
-        r = gradfit.fit(X, y, steps=3, learning_rate=1e-6)
+        r = gradfit.fit(X, y, steps=3, learning_rate=1e-6, standardize=False)
     np.testing.assert_allclose(r.stats["condition_number"], _condition_ref(X), rtol=1e-5)
+    # standardize=True (the default) optimises the standardised problem, which is well conditioned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = gradfit.fit(X, y, steps=3, learning_rate=1e-6)
+    Xs = (X.astype(np.float64) - X.mean(0)) / X.std(0)
+    np.testing.assert_allclose(r.stats["condition_number"], _condition_ref(Xs), rtol=1e-5)
 
 
 def test_standardised_or_float64_data_do_not_warn(rng):

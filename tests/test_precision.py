@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gradfit
-from gradfit import _engine, _precision, data, gradients, losses, solver
+from gradfit import _engine, _precision, data, gradients, losses
 from gradfit._params import Params, matmul
 
 M, N = 16_384, 32  # X: 1 MiB in bfloat16, 2 MiB as a float32 copy
@@ -118,7 +118,7 @@ def test_sweep_members_with_bfloat16_X_equal_fits(problem):
 
 def test_config_dtype_bfloat16_stores_X_only():
     section = {"source": "synthetic", "n_samples": 500, "n_features": 4, "n_outputs": 0, "noise": 0.1, "seed": 0,
-               "standardize": True, "dtype": "bfloat16", "target": None, "features": None}
+               "dtype": "bfloat16", "target": None, "features": None}
     ds = data.load(section)
     full = data.load({**section, "dtype": "float32"})
     assert ds.X.dtype == jnp.bfloat16 and ds.y.dtype == np.float32

@@ -13,11 +13,11 @@ from gradfit import datasets, progress
 from gradfit._types import SolverState
 
 
-def _state(step, converged=False, diverged=False, loss=1.0):
+def _state(step, converged=False, diverged=False, loss=1.0, stalled=False):
     step = np.asarray(step, np.int32)
     full = lambda v, dt: np.broadcast_to(np.asarray(v, dt), step.shape)  # noqa: E731
     return SolverState(None, None, None, step, full(loss, np.float32), None, full(converged, bool),
-                       full(diverged, bool), None)
+                       full(diverged, bool), None, full(stalled, bool), full(np.inf, np.float32))
 
 
 def test_the_bar_shows_the_mean_progress_of_members_stopped_ones_counting_as_done():
@@ -33,6 +33,15 @@ def test_the_bar_shows_the_mean_progress_of_members_stopped_ones_counting_as_don
         assert "2/4 running, best loss 0.5" in out.getvalue()
         cb(_state([100, 20, 20, 100], converged=[False, True, False, False], diverged=[False, False, True, False]), None)
         assert bar.bar.n == 100
+
+
+def test_a_stalled_member_counts_as_done():
+    out = io.StringIO()
+    with progress.Progress(100, members=2, file=out, mininterval=0) as bar:
+        cb = bar.callback()
+        cb(_state([30, 30], stalled=[True, False]), None)
+        assert bar.bar.n == (100 + 30) // 2
+        assert "1/2 running" in out.getvalue()
 
 
 def test_one_bar_follows_several_runs_of_a_sweep():

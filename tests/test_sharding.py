@@ -69,7 +69,9 @@ def test_one_named_device_matches_numpy_gradient_descent():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((50, 3))
     y = X @ np.array([1.0, -2.0, 0.5]) + 0.3
-    result = gradfit.fit(X.astype(np.float32), y.astype(np.float32), learning_rate=0.1, steps=20, devices=[jax.devices()[0].id])
+    # standardize=False, tol=None: the raw (W, b) iterates of the numpy loop, all 20 steps
+    result = gradfit.fit(X.astype(np.float32), y.astype(np.float32), learning_rate=0.1, steps=20, devices=[jax.devices()[0].id],
+                         standardize=False, tol=None)
     W, b = np.zeros(3), 0.0
     for _ in range(20):  # dW = (2/m) X^T r, db = (2/m) sum r (the Q&A seed)
         r = X @ W + b - y
@@ -113,10 +115,11 @@ FOUR_DEVICES = textwrap.dedent(
     y = (X @ rng.standard_normal(6) + 0.5 + 0.1 * rng.standard_normal(1001)).astype(np.float32)
     Xc = rng.standard_normal((1003, 6)).astype(np.float32)
     yc = (rng.random(1003) < 1 / (1 + np.exp(-Xc @ rng.standard_normal(6)))).astype(np.float32)
+    raw = dict(standardize=False, tol=None)  # full batch: every step of the raw (W, b) iterates of numpy_gd
     cases = {
-        "mse": (X, y, dict(loss="mse", learning_rate=0.1, steps=60)),
-        "mse_hand": (X, y, dict(loss="mse", learning_rate=0.1, steps=60, grad="hand")),
-        "bce": (Xc, yc, dict(loss="bce", learning_rate=0.5, steps=60)),
+        "mse": (X, y, dict(loss="mse", learning_rate=0.1, steps=60, **raw)),
+        "mse_hand": (X, y, dict(loss="mse", learning_rate=0.1, steps=60, grad="hand", **raw)),
+        "bce": (Xc, yc, dict(loss="bce", learning_rate=0.5, steps=60, **raw)),
         "mse_minibatch": (X, y, dict(loss="mse", learning_rate=0.05, steps=5, batch_size=100, seed=3)),
         "bce_minibatch": (Xc, yc, dict(loss="bce", learning_rate=0.2, steps=5, batch_size=128, seed=1)),
     }
@@ -191,8 +194,8 @@ FOUR_DEVICES = textwrap.dedent(
     four = gradfit.fit(Xh, yc, loss="bce", learning_rate=0.5, steps=20, devices=4)
     out["bfloat16"] = {"W_diff": diff(one.params.W, four.params.W), "W_dtype": str(four.params.W.dtype),
                        "devices": four.stats["devices"]}
-    # A second sharded fit with a new learning rate compiles nothing.
-    again = gradfit.fit(X, y, loss="mse", learning_rate=0.07, steps=60, devices=4)
+    # A second sharded fit with a new learning rate compiles nothing (the "mse" case's program).
+    again = gradfit.fit(X, y, loss="mse", learning_rate=0.07, steps=60, devices=4, standardize=False)
     out["recompile_seconds"] = again.stats["compile_seconds"]
     print("RESULT" + json.dumps(out))
     """

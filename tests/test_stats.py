@@ -186,9 +186,9 @@ def test_invalid_stats_requests():
 @pytest.mark.parametrize("plan", ["stats", "onepass"])
 def test_plans_vmap_over_hyperparameters(x64, plan):
     """A sweep vmaps the same step over learning rates and l2: each member equals its own fit."""
-    from gradfit import _optim
+    from gradfit import _optim, health
     from gradfit._driver import CompiledStepper, drive
-    from gradfit._types import Data, Hyper, Level, Program
+    from gradfit._types import Data, Hyper, Level, Program, Scaling
 
     rng = np.random.default_rng(8)
     X, y, _ = _problem(rng, m=120, offset=0.5)
@@ -198,12 +198,18 @@ def test_plans_vmap_over_hyperparameters(x64, plan):
     data = Data(jnp.asarray(X), jnp.asarray(y))
     if plan == "stats":
         data = _stats.sufficient_statistics(data.X, data.y)
-    hyper = Hyper(jnp.asarray(lrs), jnp.asarray(l2s), jnp.full(3, -1.0), jnp.full(3, 30, jnp.int32), {})
+    # the problem's scaling (standardized coordinates, fit's default), shared by the members; no
+    # tol/ftol test (-1): every member runs its 30 steps
+    scaling = Scaling(*map(jnp.asarray, health.scaling(X, y, loss="mse", reduction="mean", fit_intercept=True,
+                                                       dtype=np.float64)))
+    hyper = Hyper(jnp.asarray(lrs), jnp.asarray(l2s), jnp.full(3, -1.0), jnp.full(3, 30, jnp.int32), {},
+                  jnp.full(3, -1.0), scaling)
     params = Params(jnp.zeros(X.shape[1]), jnp.zeros(()))
-    stepper = CompiledStepper(data, hyper, program, (Level(None, Hyper(0, 0, 0, 0, {}), None, None),))
+    level = Level(None, Hyper(0, 0, 0, 0, {}, 0, Scaling(None, None, None, None)), None, None)
+    stepper = CompiledStepper(data, hyper, program, (level,))
     out = drive(stepper, stepper.init(params, jax.random.key(0)), hyper, chunk_steps=64)
     for i in range(3):
-        ref = gradfit.fit(X, y, grad="autodiff", learning_rate=lrs[i], l2=l2s[i], steps=30)
+        ref = gradfit.fit(X, y, grad="autodiff", learning_rate=lrs[i], l2=l2s[i], steps=30, tol=None)
         np.testing.assert_allclose(out.state.params.W[i], ref.params.W, rtol=1e-9, atol=1e-12)
 
 

@@ -42,8 +42,9 @@ CASES = {
                              options=dict(optimizer="sgd", learning_rate=0.05, batch_size=32, shuffle="blocks",
                                           seed=5, steps=24)),
     "statistics": dict(dtype="float64", target="real",
+                       # tol=None: the whole budget runs (the default tol converges it at step 155)
                        options=dict(loss="mse", grad="stats", optimizer="sgd", learning_rate=0.05, steps=240,
-                                    chunk_size=8)),
+                                    chunk_size=8, tol=None)),
 }
 EXPECTED_PLAN = {"passes": "hand", "minibatch_epochs": "hand", "statistics": "stats"}
 CHUNK_ROWS = 64  # 300 rows: five chunks, the last one short (44 rows)

@@ -25,7 +25,7 @@ seed = 3
 
 [fit]
 steps = 200
-tol = 1e-7
+tol = 1e-4
 
 [sweep]
 grid = {{ optimizer = ["sgd", "adam"], learning_rate = [0.01, 0.1, 50.0] }}
@@ -54,14 +54,21 @@ def test_cli_sweep_writes_results_matching_separate_fits(tmp_path, capsys):
     rows = _read_csv(out / "results.csv")
     assert [r["optimizer"] for r in rows] == ["sgd"] * 3 + ["adam"] * 3
     assert list(rows[0]) == ["group", "optimizer", "learning_rate", "final_loss", "steps", "converged",
-                             "diverged", "seconds", "group_wall_seconds"]
+                             "diverged", "status", "seconds", "group_wall_seconds"]
     d = datasets.make_regression(300, 4, seed=3)
     for r in rows:
         with pytest.warns(RuntimeWarning) if r["diverged"] == "True" else contextlib.nullcontext():
-            fit = gradfit.fit(d.X, d.y, steps=200, tol=1e-7, optimizer=r["optimizer"], learning_rate=float(r["learning_rate"]))
+            fit = gradfit.fit(d.X, d.y, steps=200, tol=1e-4, optimizer=r["optimizer"], learning_rate=float(r["learning_rate"]))
         assert int(r["steps"]) == fit.steps
         assert r["diverged"] == str(fit.diverged)
-        np.testing.assert_allclose(float(r["final_loss"]), fit.loss, rtol=1e-5)
+        assert r["converged"] == str(fit.converged) and r["status"] == fit.status
+        # float32, standardized coordinates (the default): a member vmapped with others rounds the
+        # map to and from those coordinates differently from a lone fit, ~1e-8 of W per step; after
+        # 200 steps far from the optimum (sgd, learning_rate=0.01) the losses differ by ~2.5e-5
+        np.testing.assert_allclose(float(r["final_loss"]), fit.loss, rtol=1e-4)
+    # tol is the optimality test (G <= 1e-4, within float32's reach): sgd at 0.1 and adam at 0.1
+    # converge before the budget, 50.0 diverges, the rest run out of steps
+    assert [r["status"] for r in rows] == ["max_steps", "converged", "diverged", "max_steps", "converged", "max_steps"]
     with np.load(out / "histories.npz") as h:
         assert h["losses"].shape == (6, 200)
         assert list(h["config_optimizer"]) == ["sgd"] * 3 + ["adam"] * 3
@@ -138,7 +145,7 @@ def test_sigkill_during_a_sweep_then_rerun_gives_the_same_bits(tmp_path):
 
     grid = '{{ optimizer = ["sgd", "adam", "rmsprop"], learning_rate = [0.01, 0.1] }}'
     text = CONFIG.replace('{{ optimizer = ["sgd", "adam"], learning_rate = [0.01, 0.1, 50.0] }}', grid)
-    text = text.replace("steps = 200", "steps = 20000").replace("tol = 1e-7", "tol = 0.0")
+    text = text.replace("steps = 200", "steps = 20000").replace("tol = 1e-4", "tol = 0.0")
     runs = {}
     for name in ("killed", "whole"):
         out = tmp_path / name

@@ -19,6 +19,7 @@ Public surface::
     gradfit.resume(path, X, y)        -> FitResult      (continue a checkpointed fit)
     gradfit.checkpoint / progress                       (long runs: checkpoints, progress bars)
     gradfit.fit_streaming("X.npy", "y.npy", ...)        (data bigger than memory, streamed)
+    gradfit.Interrupted                                 (Ctrl-C/SIGTERM: the run saved where it stopped)
 
 Importing gradfit changes no JAX setting; enable float64 yourself with
 ``jax.config.update("jax_enable_x64", True)``. The input dtype is respected: float64 X is fitted
@@ -36,6 +37,7 @@ from gradfit import losses as losses
 from gradfit import progress as progress
 from gradfit import stream as stream
 from gradfit import sweeps as sweeps
+from gradfit._driver import Interrupted as Interrupted
 from gradfit._params import predict as predict
 from gradfit._types import Data as Data
 from gradfit._types import Params as Params
@@ -53,7 +55,7 @@ from gradfit.sweeps import sweep as sweep
 __version__ = "0.1.0"
 
 __all__ = [
-    "Data", "FitResult", "Params", "Solution", "SweepResult", "check_gradients", "checkpoint", "data", "datasets",
+    "Data", "FitResult", "Interrupted", "Params", "Solution", "SweepResult", "check_gradients", "checkpoint", "data", "datasets",
     "distributed", "fit", "fit_streaming", "gradients", "health", "losses", "predict", "progress", "resume",
     "shard_rows", "solve", "stream", "sweep", "sweeps",
 ]

@@ -1,6 +1,6 @@
 """The one host driver: chunk after chunk until every member has stopped.
 
-A *stepper* runs one chunk of a fit and evaluates the objective at given params:
+A *stepper* runs one chunk of a fit and evaluates the objective and its optimality at given params:
 
 - :class:`CompiledStepper`: up to ``chunk_size`` steps of :func:`gradfit._engine.run_chunk`
   in one compiled program, over data in memory (or their sufficient statistics);
@@ -17,6 +17,10 @@ objective history and the timings and calls the observers ``observer(state, hist
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -48,7 +52,8 @@ def active_host(state: SolverState, hyper: Hyper) -> np.ndarray:
     step = np.asarray(state.step)
     max_steps = np.asarray(hyper.max_steps)
     max_steps = max_steps.reshape(max_steps.shape + (1,) * (step.ndim - max_steps.ndim))
-    return ~np.asarray(state.converged) & ~np.asarray(state.diverged) & (step < max_steps)
+    stopped = np.asarray(state.converged) | np.asarray(state.diverged) | np.asarray(state.stalled)
+    return ~stopped & (step < max_steps)
 
 
 class History:
@@ -79,15 +84,21 @@ class History:
 
 class CompiledStepper:
     """Chunks of :func:`gradfit._engine.run_chunk` over one operand (data in memory, or their
-    statistics), compiled once per shape and ``vmap``-ed over ``levels``."""
+    statistics), compiled once per shape and ``vmap``-ed over ``levels``.
 
-    def __init__(self, operand, hyper: Hyper, program: Program, levels: tuple[Level, ...] = ()):
+    ``check``: ``(operand, program, levels)`` of the final evaluation when it must read other
+    data than the steps (the statistics plan checks the returned params on the data themselves).
+    """
+
+    def __init__(self, operand, hyper: Hyper, program: Program, levels: tuple[Level, ...] = (), check=None):
         self.operand, self.hyper, self.program, self.levels = operand, hyper, program, levels
+        self.check = (operand, program, levels) if check is None else check
         self.compile_seconds = 0.0
         self.programs = 0
 
-    def _compiled(self, fn, roles, args):
-        exe, seconds = _engine.compiled(fn, roles, self.program, self.levels, args)
+    def _compiled(self, fn, roles, args, program=None, levels=None):
+        program, levels = program or self.program, self.levels if levels is None else levels
+        exe, seconds = _engine.compiled(fn, roles, program, levels, args)
         self.compile_seconds += seconds
         self.programs += seconds > 0
         return exe
@@ -101,9 +112,15 @@ class CompiledStepper:
         state, history = self._compiled(_engine.run_chunk, ("state", "data", "hyper", None), args)(*args)
         return state, np.asarray(history)[..., :limit]
 
-    def evaluate(self, state: SolverState):
-        args = (state, self.operand, self.hyper)
-        return self._compiled(_engine.final_objective, ("state", "data", "hyper"), args)(*args)
+    def evaluate(self, state: SolverState, hyper: Hyper | None = None):
+        """The objective and the optimality at the state's params (:func:`gradfit._engine.final_check`)."""
+        operand, program, levels = self.check
+        args = (state, operand, self.hyper if hyper is None else hyper)
+        value, optimality = self._compiled(_engine.final_check, ("state", "data", "hyper"), args, program, levels)(*args)
+        if operand is self.operand and program.batch_size is None:  # stopped members sit where the loop evaluated
+            stopped = state.converged | state.stalled
+            value, optimality = jnp.where(stopped, state.loss, value), jnp.where(stopped, state.optimality, optimality)
+        return value, optimality
 
 
 def _take(tree, idx):
@@ -159,36 +176,102 @@ class Compacting:
         return self.stepper.evaluate(state)
 
 
+CHUNK_SECONDS = 1.0  # a chunk's wall time: an interrupt is answered within about this long
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM at a chunk boundary: ``signum``, and the ``state`` and
+    ``history`` it stopped at (a checkpoint of them resumes to the same bits)."""
+
+    def __init__(self, signum: int, state: SolverState, history: np.ndarray):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {int(np.max(state.step))}")
+        self.signum, self.state, self.history = signum, state, history
+
+
+_CAUGHT: list[list[int]] = []  # the signals caught while runs are driven (the innermost run's last)
+
+
+def interrupt_requested() -> bool:
+    """Whether the run being driven was asked to stop (a stepper may give up its chunk early)."""
+    return bool(_CAUGHT and _CAUGHT[-1])
+
+
+class StopChunk(Exception):
+    """Raised by a stepper that gave up its chunk to answer an interrupt (its state unchanged)."""
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """While a run is driven from the main thread, SIGINT and SIGTERM ask it to stop at the next
+    chunk boundary (said at once on stderr); a second SIGINT stops it at once. Restored after."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def ask(signum, frame):
+        if caught and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        caught.append(signum)
+        print(f"gradfit: {signal.Signals(signum).name}: stopping at the end of this chunk (press Ctrl-C again "
+              "to stop at once)", file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    _CAUGHT.append(caught)
+    try:
+        yield caught
+    finally:
+        _CAUGHT.pop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def drive(stepper, state: SolverState, hyper: Hyper, *, observers: Sequence[Observer | None] = (),
           history: np.ndarray | None = None, chunk_steps: int) -> RunResult:
     """Run ``stepper`` chunk after chunk from ``state`` until every member has stopped, then
     apply the end-of-run rule.
 
     ``observers`` are called as ``observer(state, history_so_far)`` after every chunk, in
-    order. ``history`` (*levels, steps_so_far) continues an earlier run (a checkpoint); each
-    chunk runs at most ``chunk_steps`` steps.
+    order. ``history`` (*levels, steps_so_far) continues an earlier run (a checkpoint). A chunk
+    runs at most ``chunk_steps`` steps (chosen to last about :data:`CHUNK_SECONDS`,
+    :func:`gradfit._plan.chunk_steps`), fewer once a chunk took over twice that (the same compiled
+    program: the result has the same bits). SIGINT or SIGTERM raise :class:`Interrupted` at the
+    next chunk boundary, after the observers.
     """
     observers = [o for o in observers if o is not None]
     histories = History(history)
     finished = np.full(np.shape(state.step), np.nan)
     compile_before = _compile_seconds(stepper)
-    chunks = 0
+    chunks, limit = 0, chunk_steps
     start = time.perf_counter()
     active = active_host(state, hyper)
-    while active.any():
-        state, chunk_history = stepper.chunk(state, chunk_steps)
-        chunks += 1
-        histories.append(chunk_history)
-        active = active_host(state, hyper)
-        elapsed = time.perf_counter() - start - (_compile_seconds(stepper) - compile_before)
-        finished[~active & np.isnan(finished)] = elapsed
-        for observer in observers:
-            observer(state, histories.view())
-    final = stepper.evaluate(state)
-    state, end = _engine.finalize(state, final)
+    with _interruptible() as caught:
+        while active.any():
+            began, compiled = time.perf_counter(), _compile_seconds(stepper)
+            try:
+                state, chunk_history = stepper.chunk(state, limit)
+            except StopChunk:  # the stepper gave the chunk up: stop at the state before it
+                steps = int(np.max(np.asarray(state.step)))
+                raise Interrupted(caught[0], state, histories.view()[..., :steps].copy()) from None
+            chunks += 1
+            histories.append(chunk_history)
+            active = active_host(state, hyper)
+            elapsed = time.perf_counter() - start - (_compile_seconds(stepper) - compile_before)
+            finished[~active & np.isnan(finished)] = elapsed
+            for observer in observers:
+                observer(state, histories.view())
+            if caught:
+                steps = int(np.max(np.asarray(state.step)))
+                raise Interrupted(caught[0], state, histories.view()[..., :steps].copy())
+            took = time.perf_counter() - began - (_compile_seconds(stepper) - compiled)
+            if took > 2 * CHUNK_SECONDS:  # steps slower than the chunk size promised: shorter chunks
+                limit = max(1, int(limit * CHUNK_SECONDS / took))
+    final, optimality = stepper.evaluate(state)
+    state, end = _engine.finalize(state, final, optimality, hyper)
     end = np.asarray(end)
     if end.any():  # the fallen-back members' objective at their params
-        final = stepper.evaluate(state)
+        final, optimality = stepper.evaluate(state)
+        state = state._replace(optimality=optimality)
     jax.block_until_ready(final)
     run_seconds = time.perf_counter() - start - (_compile_seconds(stepper) - compile_before)
     steps_run = int(np.max(np.asarray(state.step), initial=0))

@@ -7,17 +7,25 @@ runs these functions and no others:
   at ``p_t`` by the plan (:mod:`gradfit._plan`), apply the optax update, and decide, by
   :func:`advance`, whether to go on. With ``batch_size`` one step is one epoch of minibatch
   updates (:func:`minibatch_step`), its objective the epoch's mean.
-- :func:`advance` is the stopping rule, from data alone:
+- :func:`advance` is the stopping rule, from data alone (``G`` is :func:`optimality`, the scaled
+  gradient norm at ``p_t``):
 
-  - **converged** when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)`` (scipy's ``ftol``
-    test; a tol below the dtype's resolution, about 1e-7 for float32, is met only by a loss
-    that repeats exactly); the params ``p_t`` are kept;
+  - **converged** when ``G <= tol``: the params ``p_t`` are at the optimum to the tolerance;
+  - **stalled** when the step left the params unchanged, or ``|J_{t-1} - J_t| <= ftol *
+    max(|J_{t-1}|, |J_t|, floor)`` (an ``ftol`` given), while ``G > tol``: the fit stopped
+    moving away from the optimum, reported as such, never as converged;
   - **diverged** when ``J_t`` is not finite or exceeds ``1e6 * max(J_0, eps)``; the last params
     whose objective passed that test are kept.
 
 - :func:`finalize` is the end-of-run rule: the loop evaluates J *before* each update, so the
-  objective after the last update is checked by the same divergence test; a bad one falls back
-  to the params before it and reports divergence.
+  params after the last update are evaluated once more (:func:`final_check`): a bad objective
+  falls back to the params before it and reports divergence, and ``converged`` is the optimality
+  test at the params returned, whatever stopped the loop.
+
+The optimizer works in the fit's coordinates (:func:`to_fit`): the coefficients of the centred
+and scaled columns, ``W' = W sigma``, ``b' = b + mu W`` (``mu``, ``sigma`` the columns' means and
+standard deviations, :class:`~gradfit._types.Scaling`), so that units and offsets of X never reach
+it; the state holds the model's params. ``program.standardize=False`` optimises ``(W, b)`` itself.
 
 :func:`run_chunk` runs steps inside one ``lax.while_loop``; :func:`compiled` compiles it (and
 every other program) ahead of time, ``vmap``-ed over the fit's :class:`~gradfit._types.Level` s,
@@ -35,7 +43,7 @@ import jax.numpy as jnp
 import optax
 
 from gradfit import _optim, _plan, _precision, gradients, losses
-from gradfit._types import Data, Hyper, Level, Params, Program, SolverState
+from gradfit._types import Data, Hyper, Level, Params, Program, Scaling, SolverState
 
 DIVERGENCE_FACTOR = 1e6
 
@@ -57,6 +65,54 @@ def value_and_grad(params: Params, operand, l2, program: Program) -> tuple[jax.A
     return value, g
 
 
+# --------------------------------------------------------------------------- the fit's coordinates
+def _col(v: jax.Array, like: jax.Array) -> jax.Array:
+    """A per-feature vector (n,) laid out to broadcast against W (n,) or (n, k)."""
+    return v if like.ndim == 1 else v[:, None]
+
+
+def to_fit(params: Params, s: Scaling) -> Params:
+    """``(W sigma, b + mu W)``: the coefficients of the centred and scaled columns
+    ``(x_j - mu_j) / sigma_j``, which give the same predictions."""
+    return Params(params.W * _col(s.scale, params.W), params.b + s.shift @ params.W)
+
+
+def to_model(theta: Params, s: Scaling) -> Params:
+    """The inverse of :func:`to_fit`: ``W = W' / sigma``, ``b = b' - mu W``."""
+    W = theta.W / _col(s.scale, theta.W)
+    return Params(W, theta.b - s.shift @ W)
+
+
+def in_fit(g: Params, s: Scaling) -> Params:
+    """A gradient in the fit's coordinates, by the chain rule through :func:`to_model`:
+    ``dJ/dW'_j = (dJ/dW_j - mu_j dJ/db) / sigma_j``, ``dJ/db' = dJ/db``."""
+    outer = s.shift * g.b if g.b.ndim == 0 else s.shift[:, None] * g.b[None, :]
+    return Params((g.W - outer) / _col(s.scale, g.W), g.b)
+
+
+def optimality(value: jax.Array, g: Params, hyper: Hyper) -> jax.Array:
+    """``G``, the scaled gradient norm the stopping test compares with ``tol``:
+
+        G^2 = [ sum_j ||g'_Wj||^2 / (h + l2 / sigma_j^2) + ||g'_b||^2 / h ] / (2 max(|J|, floor))
+
+    with ``g'`` the penalised gradient in the fit's coordinates (:func:`in_fit`) and ``h`` the
+    curvature of the loss along each of them (``hyper.scaling.curvature``: ``2 c N`` for mse,
+    ``c N / 4`` for bce, N the sum of the row weights, c the reduction's scale). The numerator is
+    twice the objective decrease a Newton step on the diagonal of the Hessian would make, so
+    ``G^2`` estimates the relative distance ``(J - J*) / J`` to the optimum; for mse without a
+    penalty, ``G`` is the norm of the correlations of the residual with the columns (and the
+    constant). It does not depend on the units of X or y. ``floor`` (``eps^(1/4)`` times the
+    objective of the best constant model) makes the test absolute for a fit that explains almost
+    all of y, whose loss would otherwise be compared with its own rounding. k outputs that share
+    hyperparameters are one objective and one test; per-output hyperparameters give each its own.
+    """
+    s = hyper.scaling
+    gs = in_fit(g, s)
+    h_W = s.curvature + hyper.l2 / (s.scale * s.scale)
+    decrease = jnp.sum(gs.W * gs.W / _col(h_W, gs.W)) + jnp.sum(gs.b * gs.b) / s.curvature
+    return jnp.sqrt(decrease / (2 * jnp.maximum(jnp.abs(value), s.floor)))
+
+
 def optimizer(program: Program, hyper: Hyper):
     """The optax transformation, built inside the traced program from array hyperparameters."""
     lr = hyper.learning_rate if program.has_learning_rate else None
@@ -64,36 +120,56 @@ def optimizer(program: Program, hyper: Hyper):
 
 
 # --------------------------------------------------------------------------- one update
+def _coordinates(program: Program, hyper: Hyper):
+    """``(to fit, to model, gradient into fit)`` maps of this program (identities without
+    ``standardize``)."""
+    s = hyper.scaling
+    if not program.standardize:
+        same = lambda p: p  # noqa: E731
+        return same, same, same
+    return (lambda p: to_fit(p, s)), (lambda t: to_model(t, s)), (lambda g: in_fit(g, s))
+
+
 def propose(params: Params, opt_state, operand, hyper: Hyper, program: Program):
-    """Evaluate J and dJ at ``params`` and apply one optimizer update: ``(J, new params,
-    new optimizer state)``. A line search evaluates J at trial points through the plan."""
+    """Evaluate J and dJ at ``params`` and apply one optimizer update in the fit's coordinates:
+    ``(J, dJ/dp, new params, new optimizer state)``. A line search evaluates J at trial points
+    through the plan."""
     value, g = value_and_grad(params, operand, hyper.l2, program)
+    fit, model, gradient = _coordinates(program, hyper)
     plan = _plan.PLANS[program.plan]
-    value_fn = None if plan.value is None else (lambda p: objective(p, operand, hyper.l2, program))
+    value_fn = None if plan.value is None else (lambda t: objective(model(t), operand, hyper.l2, program))
+    theta, g_fit = fit(params), gradient(g)
     updates, opt_state = optimizer(program, hyper).update(
-        g, opt_state, params, value=value, grad=g, value_fn=value_fn
+        g_fit, opt_state, theta, value=value, grad=g_fit, value_fn=value_fn
     )
-    return value, optax.apply_updates(params, updates), opt_state
+    still = jnp.all(jnp.stack([jnp.all(u == 0) for u in jax.tree.leaves(updates)]))
+    new = model(optax.apply_updates(theta, updates))  # not exactly params when still: round-off
+    return value, g, jax.tree.map(lambda p, q: jnp.where(still, p, q), params, new), opt_state
 
 
 def minibatch_step(carry, batch: Data, hyper: Hyper, program: Program):
     """One minibatch update, accumulating the epoch's objective.
 
-    ``carry`` is ``(params, opt_state, sum of J_batch * batch weight, sum of batch weights)``
-    (for ``reduction="sum"`` the plain sum of J_batch). A batch whose weights are all 0
-    (padding only, in a streamed chunk) changes nothing.
+    ``carry`` is ``(params, opt_state, sum of J_batch * batch weight, sum of batch weights,
+    sum of dJ_batch * batch weight)`` (for ``reduction="sum"`` the plain sums). A batch whose
+    weights are all 0 (padding only, in a streamed chunk) changes nothing.
     """
-    params, opt_state, value_sum, count_sum = carry
-    value, new_params, new_state = propose(params, opt_state, batch, hyper, program)
+    params, opt_state, value_sum, count_sum, grad_sum = carry
+    value, g, new_params, new_state = propose(params, opt_state, batch, hyper, program)
     count = jnp.sum(batch.sample_weight)
     keep = count > 0
     params, opt_state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), (new_params, new_state), (params, opt_state))
-    weighted = value if program.reduction == "sum" else value * count
-    return params, opt_state, value_sum + jnp.where(keep, weighted, 0), count_sum + count
+    weight = jnp.where(keep, 1 if program.reduction == "sum" else count, 0)
+    def add(total, term):  # a batch made only of padding has value 0/0: mask, don't multiply by zero
+        return total + jnp.where(keep, weight * term, 0)
+
+    grad_sum = jax.tree.map(add, grad_sum, g)
+    return params, opt_state, add(value_sum, value), count_sum + count, grad_sum
 
 
 def epoch_value(value_sum, count_sum, program: Program) -> jax.Array:
-    """The objective recorded for an epoch: the batches' sum ("sum") or weighted mean."""
+    """The objective recorded for an epoch: the batches' sum ("sum") or weighted mean (likewise
+    the epoch's gradient from the batches' gradients)."""
     return value_sum if program.reduction == "sum" else value_sum / count_sum
 
 
@@ -139,15 +215,17 @@ def _batches(data: Data, key: jax.Array, program: Program):
 def epoch_start(state: SolverState):
     """The carry of :func:`minibatch_step` at the start of an epoch."""
     zero = jnp.zeros((), state.loss.dtype)
-    return state.params, state.opt_state, zero, zero
+    return state.params, state.opt_state, zero, zero, jax.tree.map(jnp.zeros_like, state.params)
 
 
 def end_epoch(state: SolverState, carry, key, hyper: Hyper, program: Program) -> tuple[SolverState, jax.Array]:
-    """Close an epoch of minibatch steps: its objective is the batches' (weighted) mean, and the
-    stopping rule falls back to the params at the epoch's start if that is bad."""
-    params, opt_state, value_sum, count_sum = carry
+    """Close an epoch of minibatch steps: its objective and gradient are the batches' (weighted)
+    means (the gradient test is confirmed on the full data at the end, :func:`finalize`), and the
+    stopping rule falls back to the params at the epoch's start if the objective is bad."""
+    params, opt_state, value_sum, count_sum, grad_sum = carry
     value = epoch_value(value_sum, count_sum, program)
-    return advance(state, hyper, value, params, opt_state, state.params, key), value
+    g = jax.tree.map(lambda total: epoch_value(total, count_sum, program), grad_sum)
+    return advance(state, hyper, value, g, params, opt_state, state.params, key), value
 
 
 def update(state: SolverState, operand, hyper: Hyper, program: Program) -> tuple[SolverState, jax.Array]:
@@ -156,8 +234,8 @@ def update(state: SolverState, operand, hyper: Hyper, program: Program) -> tuple
     Returns the new state and the objective value recorded for this step.
     """
     if program.batch_size is None:
-        value, candidate, opt_state = propose(state.params, state.opt_state, operand, hyper, program)
-        return advance(state, hyper, value, candidate, opt_state, state.prev_params, state.key), value
+        value, g, candidate, opt_state = propose(state.params, state.opt_state, operand, hyper, program)
+        return advance(state, hyper, value, g, candidate, opt_state, state.prev_params, state.key), value
     key, sub = jax.random.split(state.key)
     fetch, xs = _batches(operand, sub, program)
 
@@ -174,59 +252,73 @@ def _is_bad(value: jax.Array, initial: jax.Array) -> jax.Array:
     return ~jnp.isfinite(value) | (value > DIVERGENCE_FACTOR * jnp.maximum(initial, eps))
 
 
-def advance(state: SolverState, hyper: Hyper, value, candidate: Params, opt_state, fallback: Params, key) -> SolverState:
+def advance(state: SolverState, hyper: Hyper, value, g: Params, candidate: Params, opt_state, fallback: Params,
+            key) -> SolverState:
     """The stopping rule (module docstring), applied to one evaluated step.
 
-    ``value`` is J_t (evaluated at ``state.params``, or the epoch's mean objective);
-    ``candidate`` the proposed p_{t+1}; ``fallback`` the params kept if J_t is bad. A
-    finished state is returned unchanged.
+    ``value`` and ``g`` are J_t and dJ/dp at ``state.params`` (or the epoch's means); ``candidate``
+    the proposed p_{t+1}; ``fallback`` the params kept if J_t is bad. A finished state is returned
+    unchanged.
     """
     first = state.step == 0
     initial = jnp.where(first, value, state.initial_loss)
     bad = _is_bad(value, initial)
-    scale = jnp.maximum(jnp.maximum(jnp.abs(state.loss), jnp.abs(value)), 1)
-    converged = ~first & ~bad & (jnp.abs(state.loss - value) <= hyper.tol * scale)
-    params = jax.tree.map(
-        lambda fb, cur, new: jnp.where(bad, fb, jnp.where(converged, cur, new)), fallback, state.params, candidate
-    )
-    new = SolverState(params, state.params, opt_state, state.step + 1, value, initial, converged, bad, key)
+    G = optimality(value, g, hyper)
+    converged = ~bad & (G <= hyper.tol)
+    changes = [jnp.any(new != old) for new, old in zip(jax.tree.leaves(candidate), jax.tree.leaves(state.params))]
+    moved = jnp.any(jnp.stack(changes))
+    scale = jnp.maximum(jnp.maximum(jnp.abs(state.loss), jnp.abs(value)), hyper.scaling.floor)
+    flat = ~first & (jnp.abs(state.loss - value) <= hyper.ftol * scale)
+    stalled = ~bad & ~converged & (~moved | flat)
+    params = jax.tree.map(lambda fb, cur, new: jnp.where(bad, fb, jnp.where(converged | stalled, cur, new)),
+                          fallback, state.params, candidate)
+    new = SolverState(params, state.params, opt_state, state.step + 1, value, initial, converged, bad, key, stalled,
+                      G.astype(value.dtype))
     active = is_active(state, hyper)
     return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
 
 
 def is_active(state: SolverState, hyper: Hyper) -> jax.Array:
-    """True while a state still has steps to run: not converged, not diverged, within budget."""
-    return ~state.converged & ~state.diverged & (state.step < hyper.max_steps)
+    """True while a state still has steps to run: not stopped by a rule, within budget."""
+    return ~state.converged & ~state.diverged & ~state.stalled & (state.step < hyper.max_steps)
 
 
-def finalize(state: SolverState, final_value: jax.Array) -> tuple[SolverState, jax.Array]:
-    """The end-of-run rule: where the objective at the final params (``final_value``, one more
-    evaluation) fails the divergence test, fall back to the params before the last update and
-    report divergence. Returns the state and that mask (the members diverged at the end).
+def _lead(a, like) -> jax.Array:
+    """``a`` (its axes leading ``like``'s) with trailing axes to broadcast against ``like``."""
+    a = jnp.asarray(a)
+    return jnp.reshape(a, a.shape + (1,) * (jnp.ndim(like) - a.ndim))
 
-    Works on states with leading member axes (they broadcast) and inside ``jit``.
+
+def finalize(state: SolverState, final_value: jax.Array, final_g: jax.Array, hyper: Hyper):
+    """The end-of-run rule, from one more evaluation at the final params (:func:`final_check`:
+    the objective ``final_value`` and the optimality ``final_g``).
+
+    Where the objective fails the divergence test, fall back to the params before the last
+    update and report divergence; everywhere else ``converged`` is the optimality test at the
+    params returned, and a run the loop stopped early (by its own test, which a minibatch epoch
+    or the statistics only estimate, or as stalled) that fails it is ``stalled``. Returns the
+    state and the mask of members diverged at the end. Works on states with leading member axes
+    (they broadcast) and inside ``jit``.
     """
     end = ~state.diverged & (state.step > 0) & _is_bad(final_value, state.initial_loss)
-
-    def pick(fallback, current):
-        return jnp.where(jnp.reshape(end, end.shape + (1,) * (current.ndim - end.ndim)), fallback, current)
-
-    state = state._replace(
-        params=jax.tree.map(pick, state.prev_params, state.params),
-        diverged=state.diverged | end,
-        converged=state.converged & ~end,
-    )
+    params = jax.tree.map(lambda fb, cur: jnp.where(_lead(end, cur), fb, cur), state.prev_params, state.params)
+    diverged = state.diverged | end
+    converged = ~diverged & (final_g <= _lead(hyper.tol, final_g))
+    stalled = (state.converged | state.stalled) & ~converged & ~diverged
+    state = state._replace(params=params, diverged=diverged, converged=converged, stalled=stalled,
+                           optimality=final_g.astype(state.loss.dtype))
     return state, end
 
 
 def init_state(params: Params, hyper: Hyper, key: jax.Array, program: Program) -> SolverState:
     """The state before step 0 (params as given, optimizer state fresh), with no weakly typed
     leaves, so every chunk finds the program compiled for the first."""
-    opt_state = optimizer(program, hyper).init(params)
+    opt_state = optimizer(program, hyper).init(_coordinates(program, hyper)[0](params))
     opt_state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), opt_state)
     zero = jnp.zeros((), params.W.dtype)
     false = jnp.zeros((), bool)
-    return SolverState(params, params, opt_state, jnp.zeros((), jnp.int32), zero, zero, false, false, key)
+    return SolverState(params, params, opt_state, jnp.zeros((), jnp.int32), zero, zero, false, false, key, false,
+                       jnp.full((), jnp.inf, params.W.dtype))
 
 
 def run_chunk(state: SolverState, operand, hyper: Hyper, limit: jax.Array, program: Program):
@@ -250,9 +342,11 @@ def run_chunk(state: SolverState, operand, hyper: Hyper, limit: jax.Array, progr
     return state, history
 
 
-def final_objective(state: SolverState, operand, hyper: Hyper, program: Program) -> jax.Array:
-    """The objective at the state's params (one more evaluation)."""
-    return objective(state.params, operand, hyper.l2, program)
+def final_check(state: SolverState, operand, hyper: Hyper, program: Program) -> tuple[jax.Array, jax.Array]:
+    """The objective and the optimality ``G`` at the state's params (one more evaluation, for
+    :func:`finalize`)."""
+    value, g = value_and_grad(state.params, operand, hyper.l2, program)
+    return value, optimality(value, g, hyper)
 
 
 # --------------------------------------------------------------------------- compiling

@@ -22,7 +22,7 @@ from gradfit import _io, _optim, _plan, _validation, losses
 from gradfit._types import Params
 
 DEFAULT_LEARNING_RATE = 0.01
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_TOL = 1e-4  # G^2 ~ (J - J*)/J = 1e-8: below float32's resolution of J
 SHUFFLES = ("blocks", "rows", "none")
 AUTO = "auto"
 
@@ -35,7 +35,8 @@ class FitOptions(NamedTuple):
     optimizer: Any = "sgd"
     learning_rate: Any = None
     steps: int = 1000
-    tol: float | None = None
+    tol: float | None = DEFAULT_TOL
+    ftol: float | None = None
     l2: Any = 0.0
     grad: str = "auto"
     init: Any = None
@@ -43,9 +44,10 @@ class FitOptions(NamedTuple):
     shuffle: str = "blocks"
     seed: int = 0
     fit_intercept: bool = True
+    standardize: bool = True
     optimizer_options: dict | None = None
     batched: bool = False
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_size: int | None = None
     devices: Any = None
     n_rows: int | None = None
     callback: Any = None
@@ -64,7 +66,15 @@ DOCS = """\
         gives each output column its own rate (vmapped). ``"auto"`` (with ``optimizer="sgd"``): ``1/L``,
         see :func:`gradfit.health.safe_learning_rate` (exact from the statistics with plan "stats").
       steps: most steps to run (epochs with ``batch_size``).
-      tol: stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None never stops early.
+      tol: converged, and stop, when the scaled gradient norm ``G <= tol`` (default 1e-4): ``G^2``
+        estimates the relative distance ``(J - J*) / J`` to the optimum, independent of the units of X
+        and y (for mse, ``G`` is the norm of the residual's correlations with the columns; the formula
+        is :func:`gradfit._engine.optimality`). The default puts J within ~1e-8 of J*, below float32's
+        resolution; G itself rounds at ~1e-6 in float32, ~1e-15 in float64, so smaller ``tol`` needs
+        float64. ``converged`` always means this test passed at the params returned;
+        ``stats["grad_norm"]`` is ``G`` there. None: no test, run every step.
+      ftol: also stop, as "stalled" unless the ``tol`` test passes, when the objective changes by at
+        most ``ftol * max(|J_{t-1}|, |J_t|)`` in a step (scipy's ``ftol``); None (default): no such test.
       l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
         See :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
       grad: the plan (:mod:`gradfit._plan`): ``"auto"`` (default: ``"stats"`` for a full-batch MSE
@@ -82,10 +92,15 @@ DOCS = """\
         epoch, ``docs/benchmarks.md``). ``"none"``: the contiguous batches in order.
       seed: seeds the minibatch order and ``init="normal"``.
       fit_intercept: False fixes b at its initial value (0).
+      standardize: optimise in the coordinates of the centred and scaled columns (``W' = W sigma``,
+        ``b' = b + mu W``, from a sample of rows) and map back exactly, so units and offsets of X never
+        reach the optimizer (default); the objective and the answer are the same. False: optimise
+        ``(W, b)`` themselves (the seeds' iterates exactly; ``learning_rate`` then in X's units).
       optimizer_options: extra options of the optax alias, e.g. ``{"momentum": 0.9}``;
         float values are traced (new values do not recompile).
       batched: X has a leading axis of B independent problems, fitted under ``vmap``.
-      chunk_size: steps per compiled chunk; Python runs only between chunks.
+      chunk_size: steps per compiled chunk; Python runs only between chunks (progress, checkpoints, an
+        interrupt). None (default): as many as take about a second by the size of X, at most 256.
       callback: ``callback(state, history)`` between chunks.
       devices: split the rows across devices (:mod:`gradfit.sharding`): None uses every device once
         m >= ``gradfit.sharding.AUTO_MIN_ROWS`` (one device below that), an int d the first d
@@ -116,7 +131,8 @@ class Checked(NamedTuple):
     learning_rate: np.ndarray | None  # float64; None: the line search's step; 1.0 for "auto"
     auto_step: bool  # learning_rate="auto": 1/L replaces it once the data are placed
     l2: np.ndarray
-    tol: np.ndarray  # -1 for tol=None (no tolerance test)
+    tol: np.ndarray  # -1 for tol=None (no optimality test)
+    ftol: np.ndarray  # -1 for ftol=None
 
     @property
     def line_search(self) -> bool:
@@ -227,13 +243,13 @@ def check(options: FitOptions | dict) -> Checked:
     o = FitOptions(**options) if isinstance(options, dict) else options
     losses.check_model(o.loss, o.reduction, o.grad, _plan.GRAD_MODES)
     steps = _validation.positive_int(o.steps, "steps")
-    chunk_size = _validation.positive_int(o.chunk_size, "chunk_size")
+    chunk_size = None if o.chunk_size is None else _validation.positive_int(o.chunk_size, "chunk_size")
     batch_size = None if o.batch_size is None else _validation.positive_int(o.batch_size, "batch_size")
     n_rows = None if o.n_rows is None else _validation.positive_int(o.n_rows, "n_rows")
     if o.shuffle not in SHUFFLES:
         raise ValueError(f"unknown shuffle {o.shuffle!r}: use 'blocks' (contiguous batches in random order), "
                          "'rows' (a permutation of the rows per epoch) or 'none' (batches in order)")
-    for name in ("fit_intercept", "batched"):
+    for name in ("fit_intercept", "batched", "standardize"):
         if not _validation.is_bool(getattr(o, name)):
             raise ValueError(f"{name} must be True or False, got {getattr(o, name)!r}")
     _check_init(o.init)
@@ -244,10 +260,28 @@ def check(options: FitOptions | dict) -> Checked:
     lr_arr = None if lr is None else _validation.hyperparameter(lr, "learning_rate", positive=True,
                                                                 allowed_ndims=(0, 1))
     l2 = _validation.hyperparameter(o.l2, "l2", positive=False, allowed_ndims=(0, 1))
-    tol = np.asarray(-1.0) if o.tol is None else _validation.hyperparameter(o.tol, "tol", positive=False)
+    tol, ftol = (np.asarray(-1.0) if v is None else _validation.hyperparameter(v, name, positive=False)
+                 for name, v in (("tol", o.tol), ("ftol", o.ftol)))
     o = _check_long_run(o)._replace(steps=steps, chunk_size=chunk_size, batch_size=batch_size, n_rows=n_rows,
-                                    seed=seed, fit_intercept=bool(o.fit_intercept), batched=bool(o.batched))
-    return Checked(o, spec, traced, lr_arr, auto_step, l2, tol)
+                                    seed=seed, fit_intercept=bool(o.fit_intercept), batched=bool(o.batched),
+                                    standardize=bool(o.standardize))
+    return Checked(o, spec, traced, lr_arr, auto_step, l2, tol, ftol)
+
+
+def check_step(c: Checked, curvature: float, dtype) -> None:
+    """Refuse a learning rate that cannot move the parameters in ``dtype``: one that rounds to 0,
+    or (plain gradient descent) one whose step ``lr * curvature`` along a standardised column is
+    below the dtype's resolution."""
+    if c.learning_rate is None or c.auto_step:
+        return
+    lr = float(np.min(c.learning_rate))
+    finfo = np.finfo(dtype)
+    if lr < float(finfo.tiny) or (c.optimizer.name == "sgd" and lr * float(curvature) < float(finfo.eps)):
+        raise ValueError(
+            f"learning_rate={lr:g} is below {np.dtype(dtype)}'s resolution for this problem: a step would move "
+            f"the parameters by less than one part in {1 / float(finfo.eps):.0e} of the optimal step "
+            f"(1/curvature = {1 / float(curvature):.3g}); use a larger learning_rate, or learning_rate='auto'"
+        )
 
 
 def for_data(c: Checked, *, m: int, n: int, k: int | None, sharded: bool = False, members: int = 1) -> str:

@@ -165,3 +165,18 @@ def choose(grad: str, *, loss: str, m: int, n: int, k: int, steps: int, batch_si
         if cost_stats(m, n, k, evals) < cost_direct(m, n, k, evals):
             return "stats"
     return MEMBERS_DIRECT if members > 1 else DIRECT
+
+
+CHUNK_SECONDS = 1.0  # the wall time a compiled chunk of steps should take (an interrupt waits for it)
+BYTES_PER_SECOND = 1e10  # a conservative read rate of X, to size chunks (the development machine: ~7e10)
+MAX_CHUNK = 256
+
+
+def chunk_steps(plan: str, *, m: int, n: int, itemsize: int, members: int = 1, line_search: bool = False) -> int:
+    """Steps per compiled chunk when the user gives none: as many as take about
+    :data:`CHUNK_SECONDS` at :data:`BYTES_PER_SECOND` (X read twice per step by a direct plan,
+    once by ``"onepass"``, not at all by the statistics; twice as often with a line search; once
+    per member vmapped over X), at least 1 and at most :data:`MAX_CHUNK`."""
+    reads = {"stats": 0.0, "onepass": 1.0}.get(plan, 2.0) * (2 if line_search else 1) * members
+    seconds = reads * m * n * itemsize / BYTES_PER_SECOND
+    return int(max(1, min(MAX_CHUNK, CHUNK_SECONDS // seconds if seconds > 0 else MAX_CHUNK)))

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from gradfit import checkpoint as checkpoints
 from gradfit import progress as progress_bars
-from gradfit._driver import Observer, RunResult, drive
+from gradfit._driver import Interrupted, Observer, RunResult, drive
 from gradfit._options import Every
 from gradfit._types import Hyper, SolverState
 
@@ -37,6 +37,11 @@ def run(stepper, state: SolverState, hyper: Hyper, *, chunk_steps: int, max_step
     try:
         result = drive(stepper, state, hyper, observers=[saver, bar, *observers, callback],
                        history=history, chunk_steps=chunk_steps)
+    except Interrupted as stop:  # save where it stopped, whatever the interval: --resume continues from here
+        if saver is not None:
+            saver.save(stop.state, stop.history)
+        stop.checkpoint = checkpoint
+        raise
     finally:
         if bar is not None:
             bar.close()

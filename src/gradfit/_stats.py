@@ -61,6 +61,9 @@ from gradfit._types import Params
 # Rows per block of the Gram pass: about this many bytes of augmented rows, so a block stays
 # in cache while its Gram product is formed.
 _BLOCK_BYTES = 4 << 20
+# In memory, up to this many elements of [X, 1, y] the least-squares solution comes from the
+# rows themselves (an SVD), not from the Gram: its error is eps * cond(X), not eps * cond(X)^2.
+QR_ELEMENTS = 1 << 22
 
 
 class Stats(NamedTuple):
@@ -75,10 +78,11 @@ class Stats(NamedTuple):
     y_mean: jax.Array  # () [or (k,)] the shift nu of y (its weighted means)
     count: jax.Array  # () sum of weights N (m without sample_weight)
     gram: jax.Array  # (p, p) weighted Gram of [X - mu, 1, y - nu], see the module docstring
-    eigvals: jax.Array  # (q,) eigenvalues of A = gram[:q, :q], small ones set to 0
-    eigvecs: jax.Array  # (q, q) orthonormal eigenvectors of A (columns)
+    eigvals: jax.Array  # (q,) eigenvalues of A scaled to a unit diagonal, D^-1 A D^-1; small ones set to 0
+    eigvecs: jax.Array  # (q, q) their orthonormal eigenvectors (columns)
     solution: jax.Array  # (q,) [or (q, k)] v* = A^+ c: the least-squares [W; bh]
     rss: jax.Array  # () [or (k,)] residual sum of squares at v* (per output), >= 0
+    diag: jax.Array  # (q,) the scaling D: the square roots of A's diagonal (1 where it is 0)
 
     @property
     def dtype(self):
@@ -139,21 +143,26 @@ def residual_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, stats: Stats
 
 
 def factor(gram: jax.Array, x_shift: jax.Array, y_shift: jax.Array, count: jax.Array, one_output: bool) -> Stats:
-    """Eigen-factor ``A = gram[:q, :q] = Q diag(lam) Q^T`` (eigenvalues below ``p eps max(lam)``
-    set to 0) and solve ``v* = A^+ c``, ``c = gram[:q, q:]``. ``rss`` is left 0: the caller
-    adds it from one more read of the rows (:func:`residual_block`)."""
+    """Eigen-factor ``A = gram[:q, :q]`` scaled to a unit diagonal, ``D^-1 A D^-1 = Q diag(lam) Q^T``
+    (``D = diag(sqrt(A_jj))``; eigenvalues below ``p eps max(lam)`` set to 0), and solve
+    ``v* = A^+ c = D^-1 Q diag(lam)^+ Q^T D^-1 c``, ``c = gram[:q, q:]``. Scaling first makes the
+    cutoff relative to the columns' correlation, not their units: no column (the intercept's
+    included) is dropped because another is large. ``rss`` is left 0: the caller adds it from one
+    more read of the rows (:func:`residual_block`)."""
     gram = 0.5 * (gram + gram.T)
     q = x_shift.shape[0] + 1
-    lam, Q = jnp.linalg.eigh(gram[:q, :q])
+    d = jnp.sqrt(jnp.diagonal(gram)[:q])
+    d = jnp.where(d > 0, d, 1)
+    lam, Q = jnp.linalg.eigh(gram[:q, :q] / (d[:, None] * d[None, :]))
     keep = lam > gram.shape[0] * jnp.finfo(gram.dtype).eps * jnp.max(jnp.abs(lam))
     lam = jnp.where(keep, lam, 0)
     inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
-    solution = Q @ (inv[:, None] * (Q.T @ gram[:q, q:]))
+    solution = (Q @ (inv[:, None] * (Q.T @ (gram[:q, q:] / d[:, None])))) / d[:, None]
     k = gram.shape[0] - q
     rss = jnp.zeros((k,), gram.dtype)
     if one_output:
         y_shift, solution, rss = jnp.reshape(y_shift, ()), solution[:, 0], rss[0]
-    return Stats(x_shift, y_shift, count, gram, lam, Q, solution, rss)
+    return Stats(x_shift, y_shift, count, gram, lam, Q, solution, rss, d)
 
 
 def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array | None = None, *,
@@ -187,8 +196,24 @@ def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array |
     gram_fn = lambda Xb, Yb, wb: gram_block(Xb, Yb, wb, x_mean, y_mean)  # noqa: E731
     gram, _ = block_sums(gram_fn, X, Y, w, block, (zero, zero), add=kahan_add)
     stats = factor(gram, x_mean, y_mean, count, y.ndim == 1)
+    if m * (n + 1 + k) <= QR_ELEMENTS:  # accurate to eps * cond(X), not its square
+        stats = stats._replace(solution=_solution_from_rows(X.astype(dtype), Y, w, stats, y.ndim == 1))
     rss = block_sums(lambda Xb, Yb, wb: residual_block(Xb, Yb, wb, stats), X, Y, w, block, jnp.zeros(k, dtype))
     return stats._replace(rss=rss[0] if y.ndim == 1 else rss)
+
+
+def _solution_from_rows(X, Y, w, stats: Stats, one_output: bool) -> jax.Array:
+    """``v*`` by least squares on the rows themselves, ``[X - mu, 1] D^-1 (D v) ~ Y - nu`` weighted
+    by ``sqrt(w)`` (an SVD: the accuracy of the data, where the Gram's eigenvectors have that of
+    its square)."""
+    m = X.shape[0]
+    Z = jnp.concatenate([X - stats.x_mean[None, :], jnp.ones((m, 1), X.dtype)], axis=1) / stats.diag[None, :]
+    R = Y - jnp.reshape(stats.y_mean, (1, -1))
+    if w is not None:
+        root = jnp.sqrt(w)[:, None]
+        Z, R = Z * root, R * root
+    v = jnp.linalg.lstsq(Z, R)[0] / stats.diag[:, None]
+    return v[:, 0] if one_output else v
 
 
 def _centred(params: Params, stats: Stats) -> jax.Array:
@@ -197,10 +222,14 @@ def _centred(params: Params, stats: Stats) -> jax.Array:
     return jnp.concatenate([params.W, bh[None]], axis=0)
 
 
+def _scaled(diff: jax.Array, stats: Stats) -> jax.Array:
+    """``t = Q^T D (v - v*)``, the distance to the solution in the scaled eigenbasis."""
+    return stats.eigvecs.T @ (diff * (stats.diag if diff.ndim == 1 else stats.diag[:, None]))
+
+
 def squared_error_sum(params: Params, stats: Stats) -> jax.Array:
-    """``S = sum_i w_i ||x_i W + b - y_i||^2 = sum_j lam_j ||(Q^T (v - v*))_j||^2 + sum(rss)``."""
-    d = _centred(params, stats) - stats.solution
-    t = stats.eigvecs.T @ d
+    """``S = sum_i w_i ||x_i W + b - y_i||^2 = sum_j lam_j ||(Q^T D (v - v*))_j||^2 + sum(rss)``."""
+    t = _scaled(_centred(params, stats) - stats.solution, stats)
     lam = stats.eigvals if t.ndim == 1 else stats.eigvals[:, None]
     return jnp.sum(lam * t * t) + jnp.sum(stats.rss)
 
@@ -213,17 +242,17 @@ def loss(params: Params, stats: Stats, *, reduction: str = "mean") -> jax.Array:
 def value_and_grad(params: Params, stats: Stats, *, reduction: str = "mean") -> tuple[jax.Array, Params]:
     """``(J, dJ/dp)`` of the MSE from the statistics, in closed form (module docstring).
 
-    ``dS/dv = 2 Q diag(lam) Q^T (v - v*)``; ``dJ/dW = c (dS/dv[:n] + mu^T dS/dv[n])``,
+    ``dS/dv = 2 D Q diag(lam) Q^T D (v - v*)``; ``dJ/dW = c (dS/dv[:n] + mu^T dS/dv[n])``,
     ``dJ/db = c dS/dv[n]`` with c the reduction's scale. Shapes: dW like W, db like b.
     """
     scale = losses.reduction_scale(reduction, stats.count)
     n = params.W.shape[0]
-    d = _centred(params, stats) - stats.solution
-    t = stats.eigvecs.T @ d
+    t = _scaled(_centred(params, stats) - stats.solution, stats)
     lam = stats.eigvals if t.ndim == 1 else stats.eigvals[:, None]
     lt = lam * t
     value = scale * (jnp.sum(lt * t) + jnp.sum(stats.rss))
     gv = (2 * scale) * (stats.eigvecs @ lt)
+    gv = gv * (stats.diag if gv.ndim == 1 else stats.diag[:, None])
     g_b = gv[n]
     g_W = gv[:n] + (stats.x_mean * g_b if gv.ndim == 1 else stats.x_mean[:, None] * g_b[None, :])
     return value, Params(g_W, g_b)
@@ -236,7 +265,7 @@ def per_output(stats: Stats) -> tuple[Stats, Stats]:
     are mapped along axis 0, the rest is shared. Works under a leading batch axis too.
     """
     moved = stats._replace(solution=jnp.moveaxis(stats.solution, -1, -2))
-    axes = Stats(None, 0, None, None, None, None, 0, 0)
+    axes = Stats(None, 0, None, None, None, None, 0, 0, None)
     return moved, axes
 
 

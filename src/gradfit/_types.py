@@ -4,6 +4,7 @@
 ``Params``         the model's pytree, ``yhat = X @ W + b``
 ``Data``           the rows a fit reads: X, y and the row weights
 ``Hyper``          hyperparameters as arrays (traced: new values never recompile)
+``Scaling``        the columns' shift and scale, and the scales of the stopping test
 ``Program``        everything that shapes the compiled program (hashable, static)
 ``SolverState``    the loop's carry; every field has a fixed shape and dtype
 ``Level``          one ``vmap`` level (problems, output columns, sweep members)
@@ -42,14 +43,26 @@ class Data(NamedTuple):
     sample_weight: jax.Array | None = None
 
 
+class Scaling(NamedTuple):
+    """Constants of a problem that set its coordinates and the scale of its stopping test
+    (:func:`gradfit.health.scaling`; traced like the hyperparameters)."""
+
+    shift: jax.Array  # (n,) the columns' means mu (0 without an intercept)
+    scale: jax.Array  # (n,) their spread sigma about mu (1 for a constant column)
+    curvature: jax.Array  # () the loss's curvature along a standardised column: 2 c N (mse), c N / 4 (bce)
+    floor: jax.Array  # () eps^(1/4) times the objective of the best constant model
+
+
 class Hyper(NamedTuple):
     """Hyperparameters as arrays (traced: new values never recompile)."""
 
     learning_rate: jax.Array | None  # () float; None: the line search picks the step
     l2: jax.Array  # () float, >= 0
-    tol: jax.Array  # () float; < 0 means no tolerance test
+    tol: jax.Array  # () float: converged when the optimality G <= tol; < 0: never
     max_steps: jax.Array  # () int32
     optimizer: dict[str, jax.Array]  # the optimizer's float options, () each
+    ftol: jax.Array  # () float: stalled when the objective changes by less; < 0: no such test
+    scaling: Scaling
 
 
 class Program(NamedTuple):
@@ -67,6 +80,7 @@ class Program(NamedTuple):
     rows: int | None = None  # real rows when X was padded for sharding (the rest have weight 0)
     shuffle: str = "blocks"  # minibatch order: "blocks", "rows" or "none"
     parts: int = 1  # devices the rows are split over (gradients.block_rows keeps blocks whole per device)
+    standardize: bool = True  # optimise the coefficients of the centred and scaled columns
 
 
 class SolverState(NamedTuple):
@@ -81,6 +95,8 @@ class SolverState(NamedTuple):
     converged: jax.Array  # () bool
     diverged: jax.Array  # () bool
     key: jax.Array  # () PRNG key, advanced once per minibatch epoch
+    stalled: jax.Array  # () bool: stopped moving while not at the optimum
+    optimality: jax.Array  # () the scaled gradient norm G at the last evaluation (inf before any)
 
 
 class Level(NamedTuple):

@@ -36,7 +36,7 @@ from gradfit._options import DEFAULT_EVERY_SECONDS, Every, parse_every  # noqa: 
 from gradfit._types import Data, Hyper, Level, Program, SolverState
 
 FORMAT = "gradfit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the solver state holds the stalled flag and the optimality
 
 # What each fingerprint component covers, and how to make a resume match it.
 _COMPONENTS = {
@@ -94,7 +94,7 @@ def fingerprint(params, operand, hyper: Hyper, key, program: Program,
         "data": _digest(*data),
         "settings": _digest(program._replace(optimizer=None, chunk_size=None), levels),
         "optimizer": _digest(spec),
-        "hyperparameters": _digest(hyper.learning_rate, hyper.l2, hyper.tol,
+        "hyperparameters": _digest(hyper.learning_rate, hyper.l2, hyper.tol, hyper.ftol,
                                    *(v for _, v in sorted(hyper.optimizer.items()))),
         "chunk_size": str(program.chunk_size),
         "start": _digest(*jax.tree.leaves(params), key),

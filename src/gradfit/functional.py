@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import _engine, _optim, _options, _validation
-from gradfit._types import Data, Hyper, Params, Program
+from gradfit import _engine, _optim, _options, _validation, health
+from gradfit._types import Data, Hyper, Params, Program, Scaling
 
 
 class Solution(NamedTuple):
@@ -22,8 +22,9 @@ class Solution(NamedTuple):
     fitted :class:`~gradfit.Params`, W (n,) or (n, k), b () or (k,). loss: () ``J`` at ``params``.
     losses: (steps,) the objective at the start of each step (with ``batch_size``, each epoch's mean
     minibatch objective), NaN after the fit stopped. steps: () int32, the steps run. converged: ()
-    the ``tol`` test passed. diverged: () the objective became non-finite or grew 1e6-fold;
-    ``params`` are then the last ones before that."""
+    the optimality test ``G <= tol`` passed at ``params``. diverged: () the objective became
+    non-finite or grew 1e6-fold; ``params`` are then the last ones before that. stalled: () stopped
+    moving (or by ``ftol``) away from the optimum. grad_norm: () ``G`` at ``params``."""
 
     params: Params
     loss: jax.Array
@@ -31,6 +32,8 @@ class Solution(NamedTuple):
     steps: jax.Array
     converged: jax.Array
     diverged: jax.Array
+    stalled: jax.Array
+    grad_norm: jax.Array
 
 
 def _static_int(value, name: str) -> int:
@@ -52,7 +55,7 @@ def solve(params0: Params | None, X: jax.Array, y: jax.Array, *, steps: int,
           reduction: str = "mean", optimizer: str | optax.GradientTransformation = "sgd",
           optimizer_options: dict[str, Any] | None = None, grad: str = "autodiff", tol: float | jax.Array | None = None,
           sample_weight: jax.Array | None = None, fit_intercept: bool = True, batch_size: int | None = None,
-          key: jax.Array | None = None) -> Solution:
+          key: jax.Array | None = None, ftol: float | jax.Array | None = None, standardize: bool = False) -> Solution:
     """Fit ``yhat = X @ W + b`` by ``steps`` gradient steps: a pure function of arrays.
 
     Minimises ``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2`` (see :mod:`gradfit.losses`) by
@@ -73,15 +76,18 @@ def solve(params0: Params | None, X: jax.Array, y: jax.Array, *, steps: int,
       optimizer_options: options of the optax alias, e.g. ``{"momentum": 0.9}``; array or float
         values are traceable, differentiable inputs.
       grad: ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`) or ``"onepass"``.
-      tol: () freeze the fit once ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)``; None
-        (default) runs all ``steps``. The scan always has ``steps`` iterations.
+      tol, ftol: () freeze the fit once the optimality test passes (``G <= tol``), or as stalled by
+        ``ftol``, as :func:`gradfit.fit`; None (default) runs all ``steps``. The scan always has
+        ``steps`` iterations.
+      standardize: optimise in the coordinates of the centred and scaled columns (from all rows,
+        in the program); False (default) runs the seeds' iterates on ``(W, b)`` exactly.
       sample_weight: (m,) row weights, or None.
       fit_intercept: False keeps b at its value in ``params0``.
       batch_size: minibatch steps over a fresh permutation of the rows every epoch; None is full-batch.
       key: the PRNG key of the permutations; default ``jax.random.key(0)``.
 
     Returns:
-      A :class:`Solution` ``(params, loss, losses, steps, converged, diverged)``.
+      A :class:`Solution` ``(params, loss, losses, steps, converged, diverged, stalled, grad_norm)``.
 
     Raises:
       ValueError: an unknown name, inconsistent shapes or a non-integer ``steps`` (while tracing).
@@ -96,8 +102,9 @@ def solve(params0: Params | None, X: jax.Array, y: jax.Array, *, steps: int,
     """
     if grad in ("stats", "auto"):
         raise ValueError(f"solve reads X at every step: use grad='autodiff', 'hand' or 'onepass', not {grad!r}")
-    if not isinstance(fit_intercept, bool):
-        raise ValueError(f"fit_intercept must be True or False, got {fit_intercept!r}")
+    for name, value in (("fit_intercept", fit_intercept), ("standardize", standardize)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
     steps = _static_int(steps, "steps")
     X, y = jnp.asarray(X), jnp.asarray(y)
     if X.ndim != 2:
@@ -123,12 +130,17 @@ def solve(params0: Params | None, X: jax.Array, y: jax.Array, *, steps: int,
     traced.update(arrays)
     _options.check_program(loss, reduction, grad, spec, batch_size)
     data = Data(X.astype(dtype), y.astype(dtype), None if sample_weight is None else jnp.asarray(sample_weight, dtype))
+    w = jnp.ones(m, dtype) if data.sample_weight is None else data.sample_weight
+    finfo = jnp.finfo(dtype)
+    scaling = health.scaling_of(jnp, data.X, data.y.reshape(m, -1), w, jnp.sum(w), loss=loss, reduction=reduction,
+                                fit_intercept=fit_intercept, per_output=False, eps=float(finfo.eps), tiny=float(finfo.tiny))
+    optional = lambda v, name: jnp.asarray(-1.0, dtype) if v is None else _scalar(v, name, dtype)  # noqa: E731
     hyper = Hyper(None if learning_rate is None else _scalar(learning_rate, "learning_rate", dtype),
-                  _scalar(l2, "l2", dtype), jnp.asarray(-1.0, dtype) if tol is None else _scalar(tol, "tol", dtype),
-                  jnp.asarray(steps, jnp.int32),
-                  {name: _scalar(v, f"optimizer_options[{name!r}]", dtype) for name, v in traced.items()})
+                  _scalar(l2, "l2", dtype), optional(tol, "tol"), jnp.asarray(steps, jnp.int32),
+                  {name: _scalar(v, f"optimizer_options[{name!r}]", dtype) for name, v in traced.items()},
+                  optional(ftol, "ftol"), Scaling(*(jnp.asarray(v, dtype) for v in scaling)))
     program = Program(loss, reduction, grad, spec, learning_rate is not None, fit_intercept, batch_size, steps,
-                      shuffle="rows")
+                      shuffle="rows", standardize=standardize)
     state = _engine.init_state(params0, hyper, jax.random.key(0) if key is None else key, program)
 
     def body(state, _):
@@ -137,10 +149,12 @@ def solve(params0: Params | None, X: jax.Array, y: jax.Array, *, steps: int,
         return state, jnp.where(active, value, jnp.nan)
 
     state, history = jax.lax.scan(body, state, None, length=steps)
-    final = _engine.final_objective(state, data, hyper, program)
-    state, end = _engine.finalize(state, final)
-    final = jnp.where(end, _engine.final_objective(state, data, hyper, program), final)
-    return Solution(state.params, final, history, state.step, state.converged, state.diverged)
+    final, optimality = _engine.final_check(state, data, hyper, program)
+    state, end = _engine.finalize(state, final, optimality, hyper)
+    again, optimality = _engine.final_check(state, data, hyper, program)  # at the params returned
+    final = jnp.where(end, again, final)
+    return Solution(state.params, final, history, state.step, state.converged, state.diverged, state.stalled,
+                    optimality)
 
 
 def _params0(params0, n: int, out: tuple[int, ...], dtype, x_shape, y_shape) -> Params:

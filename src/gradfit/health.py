@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import _precision, _validation, gradients
+from gradfit import _precision, _validation, gradients, losses
 from gradfit._params import matmul, predict
-from gradfit._types import Params
+from gradfit._types import Params, Scaling
 
 CONDITION_ROWS = 2048  # rows read by conditioning()
 CONDITION_MAX_COLUMNS = 256  # most columns n + 1 of its exact eigenvalue estimate
@@ -68,14 +68,18 @@ def power_iterations(n_features: int) -> int:
     return max(20, math.ceil(2.5 * math.log(n_features + 1)) + 1)
 
 
-def _top_eigenvalue(X, sample_weight, intercept, key, iters):
-    """Rayleigh quotient of ``A^T D A`` (``A = [X, intercept * 1]``) after ``iters`` power steps."""
+def _top_eigenvalue(X, sample_weight, intercept, shift, inv_scale, key, iters):
+    """Rayleigh quotient of ``(A S)^T D (A S)`` after ``iters`` power steps: ``A = [X, intercept 1]``,
+    ``S`` the map from a standardised fit's coordinates (``u = v_W * inv_scale``, ``b = v_b - shift u``;
+    :func:`gradfit._engine.to_model`), the identity for ``shift = 0``, ``inv_scale = 1``."""
     n = X.shape[1]
     v = jax.random.normal(key, (n + 1,), intercept.dtype).at[n].multiply(intercept)  # X may be 16-bit
 
     def apply(v):
-        du = sample_weight * (matmul(X, v[:n]) + intercept * v[n])  # D A v, (m,)
-        return jnp.concatenate([gradients.xt_dot(X, du), intercept * jnp.sum(du)[None]])
+        u = v[:n] * inv_scale
+        du = sample_weight * (matmul(X, u) + intercept * v[n] - shift @ u)  # D A S v, (m,)
+        total = jnp.sum(du)
+        return jnp.concatenate([(gradients.xt_dot(X, du) - shift * total) * inv_scale, intercept * total[None]])
 
     def body(_, v):
         w = apply(v)
@@ -88,25 +92,29 @@ def _top_eigenvalue(X, sample_weight, intercept, key, iters):
 @functools.cache
 def _power_program(iters: int, options: tuple[tuple[str, str], ...]):
     """:func:`_top_eigenvalue` vmapped over problems, jitted with :mod:`gradfit._precision`'s XLA options."""
-    fn = jax.vmap(functools.partial(_top_eigenvalue, iters=iters), in_axes=(0, 0, None, 0))
+    fn = jax.vmap(functools.partial(_top_eigenvalue, iters=iters), in_axes=(0, 0, None, 0, 0, 0))
     return jax.jit(fn, compiler_options=dict(options) or None)
 
 
 def lipschitz(X, *, loss: str = "mse", reduction: str = "mean", l2=0.0, sample_weight=None,
-              fit_intercept: bool = True, batched: bool = False, seed: int = 0) -> float:
+              fit_intercept: bool = True, batched: bool = False, seed: int = 0, scaling: Scaling | None = None) -> float:
     """Estimate ``L``, the largest eigenvalue of the objective's Hessian (module doc).
 
     ``L = c * lambda_max(A^T D A) + max(l2)``, ``lambda_max`` from :func:`power_iterations` power
     steps on device in X's dtype (each reads X twice, as a gradient does). Exact for mse up to the
     power method; for bce an upper bound at every W. ``batched`` (X (B, m, n)): the largest L.
+    ``scaling`` (:func:`scaling`): L in the coordinates a fit with ``standardize=True`` steps in,
+    ``c * lambda_max(S^T A^T D A S) + max(l2 / sigma^2)``.
     """
     X = jnp.asarray(X)
     dtype = _validation.float_dtype(X)
     X = X.astype(_precision.storage_dtype(X, dtype))
     X = X if batched else X[None]
-    shape = X.shape[:2]
+    shape, n = X.shape[:2], X.shape[2]
     w = jnp.ones(shape, dtype) if sample_weight is None else jnp.broadcast_to(jnp.asarray(sample_weight, dtype), shape)
-    penalty = float(np.max(np.asarray(l2, np.float64)))
+    shift, scale = (np.zeros(n), np.ones(n)) if scaling is None else (scaling.shift, scaling.scale)
+    shift, scale = (np.broadcast_to(np.asarray(a, np.float64), (shape[0], n)) for a in (shift, scale))
+    penalty = float(np.max(np.asarray(l2, np.float64)) * np.max(1.0 / scale**2))
     # Power iterations on A / 2^e with 2^e ~ max |A| (exact scaling), so that A^T D A v cannot
     # overflow the dtype; lambda_max(A^T D A) = 4^e lambda_max((A/2^e)^T D (A/2^e)).
     # The weights are scaled to max 1 the same way: lambda_max scales by max(w).
@@ -119,7 +127,8 @@ def lipschitz(X, *, loss: str = "mse", reduction: str = "mean", l2=0.0, sample_w
     intercept = jnp.asarray((1.0 if fit_intercept else 0.0) * 2.0**-e, dtype)
     keys = jax.random.split(jax.random.key(seed), X.shape[0])
     options = tuple(sorted(_precision.compiler_options(X).items()))
-    lam = _power_program(power_iterations(X.shape[2]), options)(X, w / w_top, intercept, keys)
+    lam = _power_program(power_iterations(X.shape[2]), options)(
+        X, w / w_top, intercept, jnp.asarray(shift * 2.0**-e, dtype), jnp.asarray(1 / scale, dtype), keys)
     lam = np.asarray(lam, np.float64) * 4.0**e * w_top
     c = np.array([_curvature_scale(loss, reduction, t) for t in np.asarray(jnp.sum(w, axis=1), np.float64)])
     return float(np.max(c * lam) + penalty)
@@ -170,7 +179,7 @@ def _blas_controller():
 
 
 def conditioning(X, *, fit_intercept: bool = True, l2=0.0, loss: str = "mse", reduction: str = "mean",
-                 sample_weight=None, max_rows: int = CONDITION_ROWS) -> Conditioning:
+                 sample_weight=None, max_rows: int = CONDITION_ROWS, standardize: bool = False) -> Conditioning:
     """Estimate how hard the data make gradient descent, cheaply and before any fit.
 
     Reads ``s = min(m, max_rows)`` evenly spaced rows of X (m, n) into float64 on the host and
@@ -178,27 +187,52 @@ def conditioning(X, *, fit_intercept: bool = True, l2=0.0, loss: str = "mse", re
     W = 0 is ``H = c' G + l2 P`` (module doc; ``c'`` is c times ``sum(D)``); ``condition`` is its
     eigenvalue ratio. Cost: ``s (n+1)^2 + (n+1)^3`` flops for n + 1 <= 256, ``s n`` above (the
     diagonal bound): independent of m, and under one pass over X once ``m >= s (n + 1)``.
+    ``standardize``: estimate it in the coordinates a standardised fit works in (the columns
+    centred and scaled), where only their correlation remains.
     """
     # BLAS on one thread for these small host matrices: on a few busy cores OpenBLAS's threads
     # contend with XLA's, and a 1 ms product can take 100 ms (see scripts/bench_health.py).
     controller = _blas_controller()
     with contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas"):
-        return _conditioning(X, fit_intercept, l2, loss, reduction, sample_weight, max_rows)
+        return _conditioning(X, fit_intercept, l2, loss, reduction, sample_weight, max_rows, standardize)
 
 
-def _conditioning(X, fit_intercept, l2, loss, reduction, sample_weight, max_rows) -> Conditioning:
+def _host_rows(a, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of ``a`` in float64 on the host: a memory map reads only them, and a jax array
+    spread over several processes is gathered (every process gets the same rows)."""
+    if not isinstance(a, jax.Array):
+        return np.asarray(a[idx], np.float64)
+    if a.is_fully_addressable:
+        return np.asarray(jnp.take(a, jnp.asarray(idx), axis=0), np.float64)
+    everywhere = jax.sharding.NamedSharding(a.sharding.mesh, jax.sharding.PartitionSpec())
+    taken = jax.jit(lambda v: jnp.take(v, jnp.asarray(idx), axis=0), out_shardings=everywhere)(a)
+    return np.asarray(taken.addressable_data(0), np.float64)
+
+
+def _sample(X, sample_weight, max_rows: int):
+    """At most ``max_rows`` evenly spaced rows of X (deterministic; a memory map reads only these)
+    in float64, their weights, and the weighted column means and spreads about them."""
     m = X.shape[0]
-    # Evenly spaced rows (deterministic; a memory map reads only these).
     idx = np.arange(m) if m <= max_rows else np.unique(np.linspace(0, m - 1, max_rows).round().astype(np.int64))
-    s = len(idx)
-    Xs = np.asarray(jnp.take(X, jnp.asarray(idx), axis=0) if isinstance(X, jax.Array) else X[idx], np.float64)
-    w = np.ones(s) if sample_weight is None else np.asarray(sample_weight, np.float64)[idx]
-    total = w.sum()
-    if not total > 0:
-        w, total = np.ones(s), float(s)
-    mean = w @ Xs / total
-    std = np.sqrt(np.maximum(w @ (Xs - mean) ** 2 / total, 0.0))
+    Xs = _host_rows(X, idx)
+    w = np.ones(len(idx)) if sample_weight is None else _host_rows(sample_weight, idx)
+    if not w.sum() > 0:
+        w = np.ones(len(idx))
+    mean = w @ Xs / w.sum()
+    std = np.sqrt(np.maximum(w @ (Xs - mean) ** 2 / w.sum(), 0.0))
+    return idx, Xs, w, mean, std
+
+
+def _conditioning(X, fit_intercept, l2, loss, reduction, sample_weight, max_rows, standardize) -> Conditioning:
+    m = X.shape[0]
+    idx, Xs, w, mean, std = _sample(X, sample_weight, max_rows)
+    s, total = len(idx), w.sum()
     flat = (std == 0) | (std <= 1e-12 * np.abs(mean))
+    if standardize:  # the fit's own coordinates: units and offsets of the columns do not reach it
+        s_ = scaling_of(np, Xs, np.zeros((len(Xs), 1)), w, 1.0, loss=loss, reduction="mean",
+                        fit_intercept=fit_intercept, per_output=False, eps=0.0, tiny=0.0)
+        Xs = (Xs - s_.shift) / s_.scale
+        mean, std = w @ Xs / total, np.sqrt(np.maximum(w @ (Xs - w @ Xs / total) ** 2 / total, 0.0))
     # With an intercept a constant column duplicates the bias; without one only a zero column
     # is degenerate. Either way gradient descent from zeros never moves along it.
     drop = flat if fit_intercept else flat & (mean == 0)
@@ -227,6 +261,70 @@ def _conditioning(X, fit_intercept, l2, loss, reduction, sample_weight, max_rows
     ev = np.linalg.eigvalsh(H)[int(np.sum(unit <= unit[-1] * A.shape[1] * eps * 16)):]
     condition = float(ev[-1] / max(ev[0], ev[-1] * eps)) if ev[-1] > 0 else 1.0
     return Conditioning(condition, True, spread, offset, dropped, s)
+
+
+SCALING_ROWS = 4096  # rows read by scaling()
+
+
+def scaling(X, y, sample_weight=None, *, loss: str, reduction: str, fit_intercept: bool, per_output: bool = False,
+            count=None, dtype=np.float32, max_rows: int = SCALING_ROWS) -> Scaling:
+    """The :class:`~gradfit._types.Scaling` of a problem, from ``s = min(m, max_rows)`` evenly
+    spaced rows (in float64 on the host; a memory map reads only those rows):
+
+    - ``shift`` and ``scale``: the columns' weighted means and standard deviations (with an
+      intercept), or 0 and their root mean squares (without); a constant column gets scale 1;
+    - ``curvature = c' N``: the curvature of the loss along a standardised column (module doc;
+      2 for mse "mean", 1 for "half_mean", 2N for "sum"; a quarter of c N for bce);
+    - ``floor = eps^(1/4) * (J_const + eps * J_0)``: ``J_const`` is the objective of the best
+      constant model (``c N var(y)`` for mse with an intercept, ``c N H(mean(y))`` for bce, H the
+      binary entropy; without an intercept the model 0), ``J_0`` that of the zero model. One
+      entry per output column with ``per_output``, else their sum.
+
+    ``count`` is the sum of the row weights over all m rows (default: m, or the weights' sum).
+    Raises ValueError for a column whose squares overflow ``dtype``.
+    """
+    m = X.shape[0]
+    idx, Xs, w, _, _ = _sample(X, sample_weight, max_rows)
+    Y = _host_rows(y, idx).reshape(len(idx), -1)
+    # Non-finite values are the data checks' to report, with their row; here they only must not crash.
+    Xs, Y = (np.where(np.isfinite(a), a, 0) for a in (Xs, Y))
+    if count is None:
+        count = m if sample_weight is None else float(_host_rows(sample_weight, np.arange(m)).sum())
+    big = np.max(np.abs(Xs), axis=0) if len(Xs) else np.zeros(Xs.shape[1])
+    finfo = np.finfo(dtype)
+    if np.any(big * big * count > float(finfo.max)):
+        j = int(np.argmax(big))
+        raise ValueError(
+            f"column {j} of X has values up to {big[j]:.3g}, whose squares summed over {count:g} rows overflow "
+            f"{np.dtype(dtype)}: rescale that column (e.g. divide it by {10 ** int(np.log10(big[j])):.0e}) or fit "
+            "in float64 (jax_enable_x64)"
+        )
+    s = scaling_of(np, Xs, Y, w, count, loss=loss, reduction=reduction, fit_intercept=fit_intercept,
+                   per_output=per_output, eps=float(finfo.eps), tiny=float(finfo.tiny))
+    return Scaling(*(np.asarray(v, dtype) for v in s))
+
+
+def scaling_of(xp, X, Y, w, count, *, loss, reduction, fit_intercept, per_output, eps, tiny) -> Scaling:
+    """The formulas of :func:`scaling` on rows X (s, n), targets Y (s, k) and weights w (s,), with
+    ``xp`` numpy (a sample, on the host) or jax.numpy (every row, traced: :func:`gradfit.solve`)."""
+    total = xp.sum(w)
+    mean = w @ X / total
+    std = xp.sqrt(xp.maximum(w @ (X - mean[None, :]) ** 2 / total, 0.0))
+    spread = std if fit_intercept else xp.sqrt(mean**2 + std**2)
+    flat = (spread == 0) | (spread <= 1e-12 * xp.abs(mean))
+    c_n = losses.reduction_scale(reduction, count) * count  # c N
+    ybar = w @ Y / total
+    if loss == "mse":
+        zero = w @ Y**2 / total
+        const = w @ (Y - ybar[None, :]) ** 2 / total if fit_intercept else zero
+    else:
+        p = xp.clip(ybar, 0.0, 1.0)
+        safe = lambda q: xp.log(xp.where(q > 0, q, 1.0))  # noqa: E731 (0 log 0 = 0)
+        zero = xp.full_like(p, xp.log(2.0))
+        const = -(p * safe(p) + (1 - p) * safe(1 - p)) if fit_intercept else zero
+    floor = eps**0.25 * c_n * (const + eps * zero)
+    return Scaling(mean if fit_intercept else xp.zeros_like(mean), xp.where(flat, 1.0, spread),
+                   (2.0 if loss == "mse" else 0.25) * c_n, xp.maximum(floor if per_output else xp.sum(floor), tiny))
 
 
 def condition_limit(dtype) -> float:
@@ -296,22 +394,29 @@ def separable_message(W_norm: float) -> str:
 
 
 def lipschitz_from_stats(stats, *, loss: str = "mse", reduction: str = "mean", l2=0.0,
-                         fit_intercept: bool = True) -> float:
+                         fit_intercept: bool = True, scaling: Scaling | None = None) -> float:
     """``L`` exactly, from the sufficient statistics of the ``"stats"`` plan: no pass over X.
 
     The statistics hold ``A = [X - mu, 1]^T D [X - mu, 1]`` (:mod:`gradfit._stats`); in the fit's
     coordinates ``(W, b)`` the Gram is ``T^T A T`` with ``T = [[I, 0], [mu^T, 1]]`` (``[I; mu^T]``
     without an intercept), so ``H = c T^T A T + l2 P`` (module doc) and L is its top eigenvalue,
-    O(n^3) on the host. A leading batch axis gives the largest L over the problems.
+    O(n^3) on the host. A leading batch axis gives the largest L over the problems. ``scaling``:
+    in a standardised fit's coordinates, ``T = [[diag(1/sigma), 0], [(mu - shift) / sigma, 1]]``
+    and ``P = diag(1/sigma^2)``.
     """
     gram, mu, count = (np.asarray(a, np.float64) for a in (stats.gram, stats.x_mean, stats.count))
+    n = mu.shape[-1]
+    shift, scale = (np.zeros(n), np.ones(n)) if scaling is None else (scaling.shift, scaling.scale)
+    shift, scale = (np.asarray(a, np.float64).reshape(-1, n) for a in (shift, scale))
     penalty = float(np.max(np.asarray(l2, np.float64)))
     worst = 0.0
-    for G, x_mean, total in zip(gram.reshape(-1, *gram.shape[-2:]), mu.reshape(-1, mu.shape[-1]), count.reshape(-1)):
-        n = x_mean.shape[0]
+    for i, (G, x_mean, total) in enumerate(zip(gram.reshape(-1, *gram.shape[-2:]), mu.reshape(-1, n),
+                                               count.reshape(-1))):
+        sigma, offset = scale[i % len(scale)], shift[i % len(shift)]
         T = np.eye(n + 1, n + int(fit_intercept))
-        T[n, :n] = x_mean
-        P = np.diag([1.0] * n + [0.0] * int(fit_intercept))
+        T[:n, :n] /= sigma[:, None]
+        T[n, :n] = (x_mean - offset) / sigma
+        P = np.diag([*(1.0 / sigma**2)] + [0.0] * int(fit_intercept))
         H = _curvature_scale(loss, reduction, float(total)) * (T.T @ G[: n + 1, : n + 1] @ T) + penalty * P
         worst = max(worst, float(np.linalg.eigvalsh(H)[-1]))
     return worst

@@ -2,7 +2,7 @@
 
 The compiled loop hands control back to Python only at chunk boundaries, so a bar is a
 ``callback(state, history)`` for the driver (:func:`gradfit._driver.drive`). A stopped member
-(converged, diverged or at its budget) counts as done, so a bar ends exactly when every member
+(converged, diverged, stalled or at its budget) counts as done, so a bar ends exactly when every member
 has stopped. tqdm is optional (``pip install 'gradfit[progress]'``, :func:`available`); bars
 write to stderr unless given another ``file``.
 """
@@ -95,7 +95,8 @@ class Progress(_Bar):
         return update
 
     def _active(self, state) -> np.ndarray:
-        return ~np.asarray(state.converged) & ~np.asarray(state.diverged) & (np.asarray(state.step) < self.max_steps)
+        stopped = np.asarray(state.converged) | np.asarray(state.diverged) | np.asarray(state.stalled)
+        return ~stopped & (np.asarray(state.step) < self.max_steps)
 
     def _refresh(self, now: float) -> None:
         """Read the pending states, move the bar and set its text."""

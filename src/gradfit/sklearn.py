@@ -6,14 +6,17 @@ scikit-learn's conventions (parameters stored untouched in ``__init__``, checked
 ``parametrize_with_checks`` and work in ``Pipeline`` and ``GridSearchCV``. ``alpha`` is
 ``SGDRegressor``'s and ``SGDClassifier``'s, i.e. gradfit's ``l2``; the class docstrings map it to
 ``Ridge(alpha)`` and ``LogisticRegression(C)``. Prediction is ``X @ coef_.T + intercept_`` in
-numpy: a new number of rows compiles nothing, and X is not copied to an accelerator.
+numpy: a new number of rows compiles nothing, and X is not copied to an accelerator. float64
+input is fitted in float64 (x64 turned on for the fit alone), float32 in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import warnings
 
+import jax
 import numpy as np
 
 
@@ -127,6 +130,11 @@ class _GDBase(BaseEstimator):
             warnings.warn(f"batch_size={batch_size} is larger than the {m} samples: using full batches of {m}",
                           UserWarning, stacklevel=3)
             batch_size = m
+        # float64 input is fitted in float64 without turning x64 on for the whole session (and float32 in float32)
+        with jax.enable_x64(True) if X.dtype == np.float64 else contextlib.nullcontext():
+            return self._call_fit(X, Y, sw, warm, batch_size, per_output)
+
+    def _call_fit(self, X, Y, sw, warm, batch_size, per_output: bool):
         return solver.fit(
             X, Y, loss=self._loss, reduction=self.reduction, optimizer=self.optimizer,
             learning_rate=None if self.learning_rate is None else float(self.learning_rate),
@@ -142,9 +150,11 @@ class _GDBase(BaseEstimator):
         self.n_iter_ = int(np.asarray(result.steps).max())
         stopped = np.asarray(result.converged) | np.asarray(result.diverged)
         if self.tol is not None and not stopped.all():
+            why = "stalled away from the optimum" if "stalled" in np.ravel(result.status) else \
+                f"did not converge in max_iter={self.max_iter} steps"
             warnings.warn(
-                f"{type(self).__name__} did not converge in max_iter={self.max_iter} steps (tol={self.tol}): "
-                "increase max_iter, raise learning_rate, standardise X (e.g. StandardScaler), "
+                f"{type(self).__name__} {why} (tol={self.tol}, scaled gradient norm "
+                f"{float(np.max(result.stats['grad_norm'])):.3g}): increase max_iter, raise learning_rate, "
                 "or use optimizer='lbfgs'", ConvergenceWarning, stacklevel=3,
             )
         return self
@@ -196,9 +206,10 @@ class GDRegressor(RegressorMixin, _GDBase):
         The optimizer's step size. None only with ``optimizer="lbfgs"`` (its line search).
     max_iter : int, default=1000
         The most steps (epochs when ``batch_size`` is set).
-    tol : float or None, default=1e-6
-        Stop when ``|J_{t-1} - J_t| <= tol * max(|J_{t-1}|, |J_t|, 1)`` (``ConvergenceWarning`` if
-        ``max_iter`` steps end first); None always runs ``max_iter`` steps.
+    tol : float or None, default=1e-4
+        Converged, and stop, when the scaled gradient norm ``G <= tol`` (:func:`gradfit.fit`'s
+        ``tol``: ``G^2`` estimates ``(J - J*) / J``, in any units); a ``ConvergenceWarning`` names G
+        when ``max_iter`` steps end first or the fit stalls. None always runs ``max_iter`` steps.
     alpha : float, default=1e-4
         L2 penalty ``(alpha/2) ||W||^2``; the intercept is not penalised.
     reduction : {"half_mean", "mean", "sum"}, default="half_mean"
@@ -234,7 +245,7 @@ class GDRegressor(RegressorMixin, _GDBase):
 
     _loss = "mse"
 
-    def __init__(self, *, learning_rate=0.1, max_iter=1000, tol=1e-6, alpha=1e-4, reduction="half_mean",
+    def __init__(self, *, learning_rate=0.1, max_iter=1000, tol=1e-4, alpha=1e-4, reduction="half_mean",
                  optimizer="sgd", optimizer_options=None, fit_intercept=True, batch_size=None,
                  random_state=None, verbose=0, warm_start=False):
         self._store(locals())
@@ -297,7 +308,7 @@ class GDClassifier(ClassifierMixin, _GDBase):
 
     _loss = "bce"
 
-    def __init__(self, *, learning_rate=0.1, max_iter=1000, tol=1e-6, alpha=1e-4, reduction="mean",
+    def __init__(self, *, learning_rate=0.1, max_iter=1000, tol=1e-4, alpha=1e-4, reduction="mean",
                  optimizer="sgd", optimizer_options=None, fit_intercept=True, batch_size=None,
                  random_state=None, verbose=0, warm_start=False):
         self._store(locals())

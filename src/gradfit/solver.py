@@ -15,31 +15,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import _engine, _options, _runner, _stats, _validation, checkpoint, health, sharding
+from gradfit import _engine, _options, _plan, _runner, _stats, _validation, checkpoint, health, sharding
 from gradfit._driver import CompiledStepper, RunResult
 from gradfit._params import predict
 from gradfit._precision import storage_dtype
-from gradfit._types import Data, Hyper, Level, Params, Program
+from gradfit._types import Data, Hyper, Level, Params, Program, Scaling
 
 DIVERGENCE_FACTOR = _engine.DIVERGENCE_FACTOR
-DEFAULT_LEARNING_RATE, DEFAULT_CHUNK_SIZE = _options.DEFAULT_LEARNING_RATE, _options.DEFAULT_CHUNK_SIZE
+DEFAULT_LEARNING_RATE = _options.DEFAULT_LEARNING_RATE
 
 
 class FitResult(NamedTuple):
     """What :func:`fit` returns. Status is data; a diverged fit also warns.
 
-    params: the fitted :class:`Params`; loss: the objective at them; losses: (steps,) the objective
-    at the start of each step (with ``batch_size``, each epoch's mean minibatch objective); steps:
-    objective evaluations (epochs); converged: the ``tol`` test passed; diverged: the loss became
-    non-finite or exploded (``params`` are the last ones before that). stats: ``compile_seconds``,
-    ``run_seconds`` (with ``precompute_seconds``, the statistics pass), ``backend``, ``plan``
-    (:mod:`gradfit._plan`), the settings used, and health (docs/faults.md): ``condition_number``
-    (None for rows over several processes), ``separable`` (bce, l2 = 0: the fit separates the
-    classes, no minimiser exists), ``learning_rate`` (with "auto"), and when diverged
-    ``diverged_at_step`` (-1 for members that did not) and ``suggested_learning_rate``.
+    params: the fitted :class:`Params`. loss: the objective at ``params``. losses: the objective
+    at the start of each step (with ``batch_size``, each epoch's mean minibatch objective), shape
+    (steps,). steps: objective evaluations (epochs). converged: the optimality test ``G <= tol``
+    passed at ``params`` (:func:`gradfit._engine.optimality`). diverged: the loss became
+    non-finite or exploded; ``params`` are the last ones before that. status: ``"converged"``,
+    ``"diverged"``, ``"stalled"`` (stopped moving, or by ``ftol``, away from the optimum) or
+    ``"max_steps"``. stats: timings (``compile_seconds``, ``run_seconds``; ``precompute_seconds``,
+    the statistics pass, is part of ``run_seconds``), ``backend``, ``plan``
+    (:mod:`gradfit._plan`), the settings, ``grad_norm`` (G at ``params``), and numerical health
+    (docs/faults.md): ``condition_number`` (None: not checked), ``separable`` (bce, l2 = 0, the fit
+    separates the classes: no minimiser exists), ``learning_rate`` (with "auto"), and when
+    diverged ``diverged_at_step`` (-1 for members that did not) and ``suggested_learning_rate``.
 
-    With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain a
-    leading axis (k or B), and ``losses`` is NaN past each member's ``steps``.
+    With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain
+    a leading axis (k or B) and ``losses`` is padded with NaN past each member's ``steps``.
     """
 
     params: Params
@@ -49,6 +52,7 @@ class FitResult(NamedTuple):
     converged: Any
     diverged: Any
     stats: dict
+    status: Any = "max_steps"
 
     def predict(self, X) -> jax.Array:
         """``X @ W + b`` (logits for bce; apply ``jax.nn.sigmoid`` for probabilities)."""
@@ -154,17 +158,40 @@ class Problem(NamedTuple):
     placed: Placed
     learning_rate: Any  # as resolved (float, (k,) array, or None)
     precompute: tuple[float, float]  # the statistics pass: (compile s, run s)
+    check: Any  # (operand, program, levels) of the final check on the data; None: the operand's own
 
 
-def hyper_axes(hyper: Hyper, axis) -> Hyper:
-    """A :class:`Hyper` of vmap axes: ``axis`` for every field that is there."""
-    return Hyper(None if hyper.learning_rate is None else axis, axis, axis, axis, dict.fromkeys(hyper.optimizer, axis))
+def hyper_axes(hyper: Hyper, axis, scaling=None) -> Hyper:
+    """A :class:`Hyper` of vmap axes: ``axis`` for every field that is there (``scaling``: its own)."""
+    return Hyper(None if hyper.learning_rate is None else axis, axis, axis, axis, dict.fromkeys(hyper.optimizer, axis),
+                 axis, Scaling(*([axis] * 4)) if scaling is None else scaling)
 
 
-def hyper_arrays(learning_rate, l2, tol, steps: int, traced: dict[str, Any], dtype) -> Hyper:
+def hyper_arrays(c: _options.Checked, learning_rate, scaling: Scaling, dtype) -> Hyper:
     """Checked host values as the loop's :class:`Hyper` arrays (floats in ``dtype``, steps int32)."""
     f = lambda v: None if v is None else jnp.asarray(v, dtype)  # noqa: E731
-    return Hyper(f(learning_rate), f(l2), f(tol), jnp.asarray(steps, jnp.int32), {k: f(v) for k, v in traced.items()})
+    return Hyper(f(learning_rate), f(c.l2), f(c.tol), jnp.asarray(c.options.steps, jnp.int32),
+                 {k: f(v) for k, v in c.traced.items()}, f(c.ftol), Scaling(*(f(v) for v in scaling)))
+
+
+def scaling(c: _options.Checked, inputs: Inputs, members=()) -> Scaling:
+    """The problem's :class:`~gradfit._types.Scaling` (:func:`gradfit.health.scaling`, from a sample
+    of rows; per problem when batched), and the learning rate (and each of a sweep group's
+    ``members``') checked against its curvature."""
+    o = c.options
+    per_output = inputs.k is not None and _options.per_output(c)
+    one = lambda X, y, w: health.scaling(X, y, w, loss=o.loss, reduction=o.reduction,  # noqa: E731
+                                         fit_intercept=o.fit_intercept, per_output=per_output, dtype=inputs.dtype)
+    sw = inputs.sample_weight
+    if inputs.batched:
+        parts = [one(inputs.X[i], inputs.y[i], None if sw is None else sw[i]) for i in range(inputs.X.shape[0])]
+        s = Scaling(*(np.stack(field) for field in zip(*parts)))
+    else:
+        s = one(inputs.X, inputs.y, sw)
+    raw = np.max(np.asarray(s.scale, np.float64) ** 2 + np.asarray(s.shift, np.float64) ** 2, initial=1.0)
+    for member in (c, *members):
+        _options.check_step(member, np.max(s.curvature) * (1.0 if o.standardize else raw), inputs.dtype)
+    return s
 
 
 def _statistics_pass(data: Data) -> _stats.Stats:
@@ -184,11 +211,13 @@ def operand(placed: Placed, plan: str, batched: bool) -> tuple[Any, float, float
     return stats, compile_seconds, time.perf_counter() - start
 
 
-def auto_step(c: _options.Checked, inputs: Inputs, placed: Placed, op) -> float:
-    """``learning_rate="auto"``: 1/L, exactly from the statistics when the plan made them, else by
-    power iterations on the placed X (padding rows have weight 0)."""
+def auto_step(c: _options.Checked, inputs: Inputs, placed: Placed, op, scale: Scaling) -> float:
+    """``learning_rate="auto"``: 1/L in the coordinates the fit steps in, exactly from the
+    statistics when the plan made them, else by power iterations on the placed X (padding rows
+    have weight 0)."""
     o, data = c.options, placed.data
-    kwargs = dict(loss=o.loss, reduction=o.reduction, l2=c.l2, fit_intercept=o.fit_intercept)
+    kwargs = dict(loss=o.loss, reduction=o.reduction, l2=c.l2, fit_intercept=o.fit_intercept,
+                  scaling=scale if o.standardize else None)
     L = (health.lipschitz_from_stats(op, **kwargs) if isinstance(op, _stats.Stats) else
          health.lipschitz(data.X, sample_weight=data.sample_weight, batched=inputs.batched, **kwargs))
     if not L > 0:
@@ -196,39 +225,56 @@ def auto_step(c: _options.Checked, inputs: Inputs, placed: Placed, op) -> float:
     return 1.0 / L
 
 
-def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, operands: dict | None = None) -> Problem:
+def _levels(op, inputs: Inputs, hyper: Hyper, per_output: bool, lr) -> tuple[Any, tuple[Level, ...]]:
+    """The operand laid out for its vmap levels (a batch of problems; then output columns, whose
+    y moves to (.., k, m)), and the levels."""
+    levels = []
+    stats = isinstance(op, _stats.Stats)
+    if inputs.batched:
+        axes = jax.tree.map(lambda _: 0, op) if stats else Data(0, 0, None if op.sample_weight is None else 0)
+        levels.append(Level(axes, hyper_axes(hyper, None, Scaling(0, 0, 0, 0)), 0, None))
+    if per_output:
+        op, axes = _stats.per_output(op) if stats else (op._replace(y=jnp.moveaxis(op.y, -1, -2)), Data(None, 0, None))
+        level_hyper = hyper_axes(hyper, None)._replace(learning_rate=None if lr is None else 0, l2=0,
+                                                      scaling=Scaling(None, None, None, 0))
+        levels.append(Level(axes, level_hyper, 0, None))
+    return op, tuple(levels)
+
+
+def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, scale: Scaling,
+          operands: dict | None = None, members: int = 1) -> Problem:
     """The :class:`Problem` of one fit on placed data: operand, params, hyperparameters, levels.
-    ``operands`` caches ``plan -> (operand, compile s, run s)`` over a sweep's groups (one statistics pass)."""
+    ``operands`` caches ``plan -> (operand, compile s, run s)`` over a sweep's groups (one statistics
+    pass); ``members`` vmapped over X (a sweep group's) size the chunks with the problems' own."""
     o = c.options
     operands = {} if operands is None else operands
     if plan not in operands:
         operands[plan] = operand(placed, plan, inputs.batched)
     op, pre_compile, pre_run = operands[plan]
-    lr = np.asarray(auto_step(c, inputs, placed, op)) if c.auto_step else c.learning_rate
+    lr = np.asarray(auto_step(c, inputs, placed, op, scale)) if c.auto_step else c.learning_rate
     params, key = initial_params(o.init, o.seed, inputs.n, () if inputs.k is None else (inputs.k,), inputs.dtype)
-    hyper = hyper_arrays(lr, c.l2, c.tol, o.steps, c.traced, inputs.dtype)
+    hyper = hyper_arrays(c, lr, scale, inputs.dtype)
+    per_output = inputs.k is not None and _options.per_output(c)
+    problems = members * (inputs.X.shape[0] if inputs.batched else 1) * (inputs.k if per_output else 1)
+    chunk = o.chunk_size or _plan.chunk_steps(plan, m=inputs.m, n=inputs.n, itemsize=placed.data.X.dtype.itemsize,
+                                              members=problems, line_search=c.line_search)
     program = Program(o.loss, o.reduction, plan, c.optimizer, lr is not None, o.fit_intercept, o.batch_size,
-                      o.chunk_size, placed.rows, o.shuffle, 1 if placed.mesh is None else placed.mesh.size)
-    levels: list[Level] = []
+                      chunk, placed.rows, o.shuffle, 1 if placed.mesh is None else placed.mesh.size, o.standardize)
     if inputs.batched:
         params = jax.tree.map(lambda a: jnp.broadcast_to(a, (inputs.X.shape[0], *a.shape)), params)
-        axes = jax.tree.map(lambda _: 0, op) if plan == "stats" else Data(0, 0, None if op.sample_weight is None else 0)
-        levels.append(Level(axes, hyper_axes(hyper, None), 0, None))
-    per_output = inputs.k is not None and _options.per_output(c)
-    if per_output:  # columns become problems: y (.., m, k) -> (.., k, m), W (.., n, k) -> (.., k, n)
-        if plan == "stats":
-            op, axes = _stats.per_output(op)
-        else:
-            op, axes = op._replace(y=jnp.moveaxis(op.y, -1, -2)), Data(None, 0, None)
+    if per_output:  # columns become problems: W (.., n, k) -> (.., k, n)
         params = Params(jnp.moveaxis(params.W, -1, -2), params.b)
         per_k = lambda a: None if a is None else jnp.broadcast_to(a, (inputs.k,))  # noqa: E731
         hyper = hyper._replace(learning_rate=per_k(hyper.learning_rate), l2=per_k(hyper.l2))
-        level_hyper = hyper_axes(hyper, None)._replace(learning_rate=None if lr is None else 0, l2=0)
-        levels.append(Level(axes, level_hyper, 0, None))
+    op, levels = _levels(op, inputs, hyper, per_output, lr)
+    check = None
+    if plan == "stats":  # the returned params are checked on the data themselves, not the statistics
+        data, data_levels = _levels(placed.data, inputs, hyper, per_output, lr)
+        check = (data, program._replace(plan=_plan.DIRECT), data_levels)
     if placed.mesh is not None:  # parameters, hyperparameters and the PRNG key on every device
         params, hyper, key = sharding.replicate((params, hyper, key), placed.mesh)
-    return Problem(params, op, hyper, key, program, tuple(levels), per_output, placed,
-                   float(lr) if c.auto_step else o.learning_rate, (pre_compile, pre_run))
+    return Problem(params, op, hyper, key, program, levels, per_output, placed,
+                   float(lr) if c.auto_step else o.learning_rate, (pre_compile, pre_run), check)
 
 
 # --------------------------------------------------------------------------- fit
@@ -239,6 +285,7 @@ class Prepared(NamedTuple):
     inputs: Inputs
     placed: Placed
     plan: str
+    scaling: Scaling
 
 
 def prepare(X, y, *, sample_weight=None, **options) -> Prepared:
@@ -248,7 +295,8 @@ def prepare(X, y, *, sample_weight=None, **options) -> Prepared:
     c = _options.check(options)
     inputs = check_data(X, y, sample_weight, c)
     plan = _options.for_data(c, m=inputs.m, n=inputs.n, k=inputs.k, sharded=will_shard(inputs, c.options))
-    return Prepared(c, inputs, place(inputs, c.options), plan)
+    scale = scaling(c, inputs)
+    return Prepared(c, inputs, place(inputs, c.options), plan, scale)
 
 
 def will_shard(inputs: Inputs, o: _options.FitOptions) -> bool:
@@ -282,20 +330,20 @@ def fit(X, y, *, sample_weight=None, **options) -> FitResult:
       gradfit.health.SeparableWarning: bce, ``l2=0``, classes the fit separates: not converged.
       RuntimeWarning: the fit diverged; names the step and suggests a learning rate.
     """
-    c, inputs, placed, plan = prepared = prepare(X, y, sample_weight=sample_weight, **options)
+    c, inputs, placed, plan, scale = prepared = prepare(X, y, sample_weight=sample_weight, **options)
     o = c.options
     condition = health.check_conditioning(inputs.X, inputs.dtype, batched=inputs.batched, fit_intercept=o.fit_intercept,
                                           l2=c.l2, loss=o.loss, reduction=o.reduction,
-                                          sample_weight=inputs.sample_weight, stacklevel=2)
+                                          sample_weight=inputs.sample_weight, standardize=o.standardize, stacklevel=2)
     problem = build(*prepared)
-    stepper = CompiledStepper(problem.operand, problem.hyper, problem.program, problem.levels)
+    stepper = CompiledStepper(problem.operand, problem.hyper, problem.program, problem.levels, problem.check)
     stored, not_stored = checkpoint.storable_arguments({k: v for k, v in o._asdict().items() if k not in _NOT_STORED})
     meta = {"fit": stored, "fit_not_stored": not_stored, "every": list(o.checkpoint_every or ())}
     fingerprint = None if o.checkpoint is None else checkpoint.fingerprint(
         problem.params, problem.operand, problem.hyper, problem.key, problem.program, problem.levels)
     members = (inputs.X.shape[0] if inputs.batched else 1) * (inputs.k if problem.per_output else 1)
-    run, info = _runner.run(stepper, stepper.init(problem.params, problem.key), problem.hyper, chunk_steps=o.chunk_size,
-                            max_steps=o.steps, members=members, callback=o.callback, progress=o.progress,
+    run, info = _runner.run(stepper, stepper.init(problem.params, problem.key), problem.hyper,
+                            chunk_steps=problem.program.chunk_size, max_steps=o.steps, members=members, callback=o.callback, progress=o.progress,
                             checkpoint=o.checkpoint, every=o.checkpoint_every, resume=o.resume,
                             fingerprint=fingerprint, meta=meta)
     return finish(problem, run, c, inputs, condition, info)
@@ -310,7 +358,7 @@ def finish(problem: Problem, run: RunResult, c: _options.Checked, inputs: Inputs
     o, state, per_output = c.options, run.state, problem.per_output
     params = Params(jnp.moveaxis(state.params.W, -2, -1), state.params.b) if per_output else state.params
     final_loss = jnp.sum(run.final_loss, axis=-1) if per_output else run.final_loss  # the joint objective
-    steps, converged, diverged = (np.asarray(a) for a in (state.step, state.converged, state.diverged))
+    converged = np.asarray(state.converged)
     pre_compile, pre_run = problem.precompute
     stats = {
         "compile_seconds": run.compile_seconds + pre_compile, "run_seconds": run.run_seconds + pre_run,
@@ -335,21 +383,37 @@ def finish(problem: Problem, run: RunResult, c: _options.Checked, inputs: Inputs
             warnings.warn(health.separable_message(float(jnp.linalg.norm(params.W))), health.SeparableWarning,
                           stacklevel=3)
         stats["separable"] = sep.tolist()
-    if not problem.levels:
-        steps, converged, diverged = int(steps), bool(converged), bool(diverged)
+    data = problem.placed.data
+    safe = None  # 1/L, the safe step of gradient descent, costs a few dozen passes: only when diverged
+    if c.optimizer.name == "sgd":
+        safe = lambda: health.safe_learning_rate(  # noqa: E731
+            data.X, loss=o.loss, reduction=o.reduction, l2=c.l2, sample_weight=data.sample_weight,
+            fit_intercept=o.fit_intercept, batched=o.batched, scaling=problem.hyper.scaling if o.standardize else None)
+    outcome = report(run, converged, problem.learning_rate, safe, stats, scalar=not problem.levels, stacklevel=5)
+    steps, converged, diverged, status = outcome
+    return FitResult(params, final_loss, run.history, steps, converged, diverged, stats, status)
+
+
+def report(run: RunResult, converged, learning_rate, safe_step, stats: dict, *, scalar: bool, stacklevel: int):
+    """The outcome of a run, the same for every front door: ``(steps, converged, diverged, status)``
+    (scalars for one problem), ``grad_norm`` in ``stats``, and for a diverged fit
+    ``diverged_at_step``, ``suggested_learning_rate`` (``safe_step()``, else a tenth of the rate)
+    and the warning. ``converged`` is the state's, less any health check's veto."""
+    state = run.state
+    steps, diverged = np.asarray(state.step), np.asarray(state.diverged)
+    stalled = np.asarray(state.stalled) & ~converged
+    status = np.where(diverged, "diverged", np.where(converged, "converged", np.where(stalled, "stalled", "max_steps")))
+    stats["grad_norm"] = np.asarray(state.optimality, np.float64).tolist()
     if np.any(diverged):  # the first bad objective evaluation: steps when it came after the last step
-        bad_at = np.asarray(steps) + np.asarray(run.diverged_at_end, int)
+        bad_at = steps + np.asarray(run.diverged_at_end, int)
         stats["diverged_at_step"] = np.where(diverged, bad_at - 1, -1).tolist()
-        lr, suggestion, data = problem.learning_rate, None, problem.placed.data
-        if c.optimizer.name == "sgd":  # 1/L, the safe step of gradient descent, costs a few dozen passes
-            suggestion = health.safe_learning_rate(data.X, loss=o.loss, reduction=o.reduction, l2=c.l2,
-                                                   sample_weight=data.sample_weight, fit_intercept=o.fit_intercept,
-                                                   batched=o.batched)
-        elif isinstance(lr, (int, float, np.ndarray, list)):
-            suggestion = float(np.min(lr)) / 10
+        lr = None if isinstance(learning_rate, str) or learning_rate is None else learning_rate
+        suggestion = safe_step() if safe_step is not None else None if lr is None else float(np.min(lr)) / 10
         stats["suggested_learning_rate"] = suggestion
-        warn_divergence(bad_at, diverged, None if isinstance(lr, str) else lr, suggestion, stacklevel=4)
-    return FitResult(params, final_loss, run.history, steps, converged, diverged, stats)
+        warn_divergence(bad_at, diverged, lr, suggestion, stacklevel=stacklevel)
+    if scalar:
+        return int(steps), bool(converged), bool(diverged), str(status)
+    return steps, converged, diverged, status
 
 
 def warn_divergence(steps, diverged, learning_rate, suggestion=None, stacklevel: int = 3) -> None:

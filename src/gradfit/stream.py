@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit import _engine, _options, _plan, _runner, _stats, _validation, checkpoint, health, solver
-from gradfit._driver import CompiledStepper
+from gradfit._driver import CompiledStepper, StopChunk, interrupt_requested
 from gradfit._reader import (  # noqa: F401 (public here)
     DEFAULT_CHUNK_BYTES, DEFAULT_PREFETCH, Prefetcher, StreamedData, chunk_ok, each_chunk, open_array, row_range,
 )
@@ -99,16 +99,6 @@ def _pass_chunk(total: _plan.Sums, params: Params, X, y, weight, program: Progra
     return total, chunk_ok(X, y, program.loss)
 
 
-def _value_chunk(total: _plan.Sums, params: Params, X, y, weight, program: Program):
-    value = _plan.PLANS[program.plan].value(params, Data(X, y, weight), program._replace(reduction="sum"))
-    return total._replace(value=total.value + value, count=total.count + jnp.sum(weight)), jnp.ones((), bool)
-
-
-def _finish_value(sums: _plan.Sums, params: Params, hyper: Hyper, program: Program):
-    """The objective from a value pass's sums: scale, plus the L2 term."""
-    return _engine.value_and_grad(params, sums, hyper.l2, program)[0]
-
-
 def _epoch_chunk(carry, X, y, weight, order, hyper: Hyper, program: Program):
     """The engine's minibatch updates over one chunk's batches, in ``order``."""
     def one(c, j):
@@ -133,9 +123,16 @@ class PassStepper:
         return exe
 
     def _each(self, carry, step, **kwargs):
+        """One streamed pass of ``step`` over the chunks; an interrupt gives the pass up between chunks."""
+
+        def interruptible(*args):
+            if interrupt_requested():
+                raise StopChunk
+            return step(*args)
+
         start = time.perf_counter()
         check = None if self.passes else self.program.loss  # the data do not change between passes: check once
-        carry = each_chunk(self.data, carry, step, prefetch=self.prefetch, check=check, **kwargs)
+        carry = each_chunk(self.data, carry, interruptible, prefetch=self.prefetch, check=check, **kwargs)
         self.passes += 1
         self.stream_seconds += time.perf_counter() - start
         return carry
@@ -173,10 +170,26 @@ class PassStepper:
         return self._compiled(_engine.init_state, self.program, params, self.hyper, key)(params, self.hyper, key)
 
     def evaluate(self, state: SolverState):
-        if self.program.batch_size is None and bool(np.all(np.asarray(state.converged))):
-            return state.loss  # the params are p_t, where J_t was evaluated
-        args = (self._sums(_value_chunk, state.params), state.params, self.hyper)
-        return self._compiled(_finish_value, self.summed, *args)(*args)
+        stopped = np.asarray(state.converged) | np.asarray(state.stalled)
+        if self.program.batch_size is None and bool(np.all(stopped)):
+            return state.loss, state.optimality  # the params are p_t, where J_t and G_t were evaluated
+        return self.check(state)
+
+    def check(self, state: SolverState):
+        """The objective and the optimality at the state's params, from one streamed pass."""
+        args = (state, self._sums(_pass_chunk, state.params), self.hyper)
+        return self._compiled(_engine.final_check, self.summed, *args)(*args)
+
+
+class _StatisticsStepper(CompiledStepper):
+    """Steps on the statistics in memory; the returned params are checked on the files (one pass)."""
+
+    def __init__(self, stats, hyper: Hyper, program: Program, reader: PassStepper):
+        super().__init__(stats, hyper, program)
+        self.stepper = reader  # (the driver counts its compile time too)
+
+    def evaluate(self, state: SolverState):
+        return self.stepper.check(state)
 
 
 # --------------------------------------------------------------------------- fit_streaming
@@ -225,44 +238,57 @@ def fit_streaming(X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, prefetch: int
             raise ValueError("learning_rate='auto' needs the statistics of the data (grad='stats', mse): give a number")
         plan = "hand" if o.grad == "auto" else o.grad
     params, key = solver.initial_params(o.init, o.seed, data.X.shape[1], tuple(data.y.shape[1:]), data.dtype)
+    scale = health.scaling(data.X[data.start:data.stop], data.y[data.start:data.stop], loss=o.loss,
+                           reduction=o.reduction, fit_intercept=o.fit_intercept, dtype=data.dtype)
+    raw = np.max(np.asarray(scale.scale, np.float64) ** 2 + np.asarray(scale.shift, np.float64) ** 2, initial=1.0)
+    _options.check_step(c, float(scale.curvature) * (1.0 if o.standardize else raw), data.dtype)
     lr, extra, pre = c.learning_rate, {}, (0.0, 0.0, 0)  # pre: the statistics passes' (compile s, run s, passes)
+    lipschitz = lambda: health.lipschitz_from_stats(  # noqa: E731
+        operand, loss=o.loss, reduction=o.reduction, l2=c.l2, fit_intercept=o.fit_intercept,
+        scaling=scale if o.standardize else None)
     if plan == "stats":
         start = time.perf_counter()
         operand, pre_compile = _statistics(data, prefetch)
         if c.auto_step:
-            lr = np.asarray(1.0 / health.lipschitz_from_stats(operand, loss=o.loss, reduction=o.reduction, l2=c.l2,
-                                                               fit_intercept=o.fit_intercept))
+            lr = np.asarray(1.0 / lipschitz())
             extra["learning_rate"] = float(lr)
         extra["sufficient_statistics"] = operand
         pre = (pre_compile, time.perf_counter() - start - pre_compile, 2)
     else:
         operand = Data(data.X[data.start:data.stop], data.y[data.start:data.stop])
-    hyper = solver.hyper_arrays(lr, c.l2, c.tol, o.steps, c.traced, data.dtype)
+    hyper = solver.hyper_arrays(c, lr, scale, data.dtype)
     program = Program(o.loss, o.reduction, plan, c.optimizer, lr is not None, o.fit_intercept, o.batch_size,
-                      o.chunk_size, None, o.shuffle)
-    stepper = (CompiledStepper(operand, hyper, program) if plan == "stats" else
-               PassStepper(data, hyper, program, prefetch=prefetch, seed=o.seed))
+                      o.chunk_size or (_plan.MAX_CHUNK if plan == "stats" else 1), None, o.shuffle,
+                      standardize=o.standardize)
+    stepper = PassStepper(data, hyper, program._replace(plan=_plan.DIRECT if plan == "stats" else plan),
+                          prefetch=prefetch, seed=o.seed)
+    if plan == "stats":
+        stepper = _StatisticsStepper(operand, hyper, program, stepper)
     fingerprint = None if o.checkpoint is None else checkpoint.fingerprint(params, operand, hyper, key, program)
     if fingerprint is not None:  # the chunks' rows decide sums and batches: a resume needs the same
         fingerprint["chunk_size"] += f", chunk_rows={data.chunk_rows}"
-    run, info = _runner.run(stepper, stepper.init(params, key), hyper, chunk_steps=o.chunk_size, max_steps=o.steps,
+    passes = stepper.stepper if plan == "stats" else stepper
+    run, info = _runner.run(stepper, stepper.init(params, key), hyper, chunk_steps=program.chunk_size, max_steps=o.steps,
                             callback=o.callback, progress=o.progress, desc="fit (streamed)", checkpoint=o.checkpoint,
                             every=o.checkpoint_every, resume=o.resume, fingerprint=fingerprint,
                             meta={"fit_streaming": True})
-    steps, converged, diverged = int(run.state.step), bool(run.state.converged), bool(run.state.diverged)
     stats = {
         "compile_seconds": run.compile_seconds + pre[0], "run_seconds": run.run_seconds + pre[1],
-        "stream_seconds": getattr(stepper, "stream_seconds", 0.0) + pre[1],
-        "passes": getattr(stepper, "passes", 0) + pre[2], "plan": plan, "chunks": run.chunks,
+        "stream_seconds": passes.stream_seconds + pre[1], "passes": passes.passes + pre[2], "plan": plan,
+        "chunks": run.chunks,
         "backend": jax.default_backend(), "dtype": str(data.dtype), "devices": 1, "loss": o.loss,
         "reduction": o.reduction, "optimizer": c.optimizer.name or type(o.optimizer).__name__, "grad": o.grad,
         "shuffle": o.shuffle if o.batch_size is not None else None, "vmapped": [],
         "bytes_per_pass": data.bytes_per_pass, "chunk_rows": data.chunk_rows, "n_chunks": data.n_chunks,
         "rows": (data.start, data.stop), **extra, **info,
     }
-    if diverged:
-        solver.warn_divergence(steps + int(np.asarray(run.diverged_at_end)), diverged, c.learning_rate, stacklevel=3)
-    return solver.FitResult(run.state.params, run.final_loss, run.history, steps, converged, diverged, stats)
+    safe = None  # 1/L exactly, with the statistics
+    if plan == "stats" and c.optimizer.name == "sgd":
+        safe = lambda: 1.0 / lipschitz()  # noqa: E731
+    learning_rate = extra.get("learning_rate", o.learning_rate)
+    steps, converged, diverged, status = solver.report(run, np.asarray(run.state.converged), learning_rate, safe,
+                                                       stats, scalar=True, stacklevel=4)
+    return solver.FitResult(run.state.params, run.final_loss, run.history, steps, converged, diverged, stats, status)
 
 
 fit_streaming = _options.with_options_signature(fit_streaming, exclude=_NOT_STREAMED)

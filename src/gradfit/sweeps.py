@@ -31,11 +31,12 @@ from gradfit import _optim, _options, progress as progress_bars, solver
 from gradfit._driver import CompiledStepper, Compacting, RunResult, active_host, bucket, drive
 from gradfit._types import Level, Params
 
-TRACED_KEYS = ("learning_rate", "l2", "tol", "steps", "seed")  # array inputs: one program for any values
-PROGRAM_KEYS = ("optimizer", "loss", "reduction", "grad", "batch_size", "fit_intercept", "init")  # one per value
+TRACED_KEYS = ("learning_rate", "l2", "tol", "ftol", "steps", "seed")  # array inputs: one program for any values
+PROGRAM_KEYS = ("optimizer", "loss", "reduction", "grad", "batch_size", "fit_intercept", "init",
+                "standardize")  # one program per value
 _NOT_SWEPT = ("sample_weight", "optimizer_options", "batched", "chunk_size", "callback", "devices", "n_rows",
               "progress", "checkpoint", "checkpoint_every", "resume", "shuffle")
-_HYPER_FIELD = {"learning_rate": "learning_rate", "l2": "l2", "tol": "tol", "steps": "max_steps"}
+_HYPER_FIELD = {"learning_rate": "learning_rate", "l2": "l2", "tol": "tol", "ftol": "ftol", "steps": "max_steps"}
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes for one member chunk when the device does not say
 
@@ -59,7 +60,9 @@ class SweepResult(NamedTuple):
     losses: (K, T) objective histories (each member's ``FitResult.losses``), T the most steps
       any member ran, NaN past a member's own ``steps``; (K, k, T) with per-output hyperparameters.
     final_loss: (K,) the objective at each member's params (summed over outputs).
-    steps, converged, diverged: (K,) status per member ((K, k) when per-output).
+    steps, converged, diverged: (K,) status per member ((K, k) when per-output); status: the same as
+      ``FitResult.status`` ("converged", "diverged", "stalled" or "max_steps"), and ``grad_norm`` in
+      ``stats`` the optimality ``G`` at each member's params.
     seconds: (K,) run time from the start of the member's group until the chunk boundary at
       which the member was seen finished (members of a group run together).
     stats: ``compile_seconds``, ``run_seconds``, ``groups``, ``programs``, ``member_chunks``,
@@ -76,6 +79,7 @@ class SweepResult(NamedTuple):
     diverged: np.ndarray
     seconds: np.ndarray
     stats: dict
+    status: np.ndarray | None = None
 
     @property
     def best_index(self) -> int | None:
@@ -90,12 +94,15 @@ class SweepResult(NamedTuple):
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per member: its config, ``final_loss``, ``steps``, ``converged``, ``diverged``,
-        ``seconds`` (per-output status summarised: most steps, all converged, any diverged)."""
+        ``status``, ``seconds`` (per-output status summarised: most steps, all converged, any diverged,
+        the first status that is not "converged")."""
         steps, converged = _per_member(self.steps, np.max), _per_member(self.converged, np.all)
         diverged = _per_member(self.diverged, np.any)
+        status = self.status if self.status is not None else np.where(converged, "converged", "max_steps")
+        status = [next((s for s in np.ravel(row) if s != "converged"), "converged") for row in status]
         return [{**config, "final_loss": float(self.final_loss[i]), "steps": int(steps[i]),
-                 "converged": bool(converged[i]), "diverged": bool(diverged[i]), "seconds": float(self.seconds[i])}
-                for i, config in enumerate(self.configs)]
+                 "converged": bool(converged[i]), "diverged": bool(diverged[i]), "status": status[i],
+                 "seconds": float(self.seconds[i])} for i, config in enumerate(self.configs)]
 
     def table(self, top: int | None = None) -> str:
         """The rows as aligned text, best first (diverged and non-finite members last)."""
@@ -285,7 +292,8 @@ def _run_group(group: Group, checked: list[_options.Checked], problem: solver.Pr
         pad = width - len(ids)
         rows = [checked[i] for i in ids] + [checked[ids[0]]] * pad  # padding: copies of the first member
         params, hyper, key, level = _stack(problem, rows, swept, inputs, pad)
-        stepper = CompiledStepper(problem.operand, hyper, problem.program, (level, *problem.levels))
+        check = None if problem.check is None else (*problem.check[:2], (level, *problem.check[2]))
+        stepper = CompiledStepper(problem.operand, hyper, problem.program, (level, *problem.levels), check)
         runner = Compacting(stepper, level.hyper) if compact else stepper
         global_ids = np.asarray(group.members)[ids]
 
@@ -310,7 +318,7 @@ _FIT_ONLY = ("callback", "batched", "progress", "checkpoint", "checkpoint_every"
 
 def _plan_groups(configs, groups: list[Group], options, X, y, sample_weight):
     """Check every member of every group, then the data once: all before any compute. Returns
-    ``[(group, its members' checked options, plan)]``, the checked inputs and the placed data."""
+    ``[(group, its members' checked options, plan, scaling)]``, the checked inputs and the placed data."""
     checked = []
     for group in groups:
         checked.append([])
@@ -332,7 +340,11 @@ def _plan_groups(configs, groups: list[Group], options, X, y, sample_weight):
             plan = _options.for_data(c, m=inputs.m, n=inputs.n, k=inputs.k, sharded=sharded, members=len(cs))
         except ValueError as e:
             raise ValueError(f"grid group {group.fixed or configs[group.members[0]]}: {e}") from None
-        planned.append((group, cs, plan))
+        try:
+            scale = solver.scaling(cs[0], inputs, cs[1:])
+        except ValueError as e:
+            raise ValueError(f"grid group {group.fixed or configs[group.members[0]]}: {e}") from None
+        planned.append((group, cs, plan, scale))
     return planned, inputs, solver.place(inputs, checked[0][0].options)
 
 
@@ -377,12 +389,12 @@ def sweep(X, y, *, grid: dict[str, Any], compact: bool = True, memory_budget: in
     budget = int(memory_budget or default_memory_budget())
     configs, groups = expand(grid, **options)
     planned, inputs, placed = _plan_groups(configs, groups, options, X, y, sample_weight)
-    budgets = {i: c.options.steps for g, cs, _ in planned for i, c in zip(g.members, cs)}  # product order
+    budgets = {i: c.options.steps for g, cs, _, _ in planned for i, c in zip(g.members, cs)}  # product order
     bar = progress_bars.MemberBar([budgets[i] for i in range(len(configs))]) if progress else None
     results, operands, plans = [], {}, []
     try:
-        for group, checked, plan in planned:
-            problem = solver.build(checked[0], inputs, placed, plan, operands)
+        for group, checked, plan, scale in planned:
+            problem = solver.build(checked[0], inputs, placed, plan, scale, operands, members=len(checked))
             plans.append(problem.program.plan)
             swept = [k for k in configs[0] if k not in group.fixed]
             for chunk in _run_group(group, checked, problem, inputs, swept=swept, budget=budget, compact=compact,
@@ -422,10 +434,14 @@ def _assemble(configs, results, inputs: solver.Inputs, placed, plans, operands, 
         "chunks": sum(run.chunks for run in runs), "lane_steps": sum(i["lane_steps"] for i in infos),
         "batch_sizes": [s for i in infos for s in i["batch_sizes"]], "backend": jax.default_backend(),
         "dtype": str(inputs.dtype), "devices": 1 if placed.mesh is None else placed.mesh.size, "compact": compact,
+        "grad_norm": gather(lambda r: r.state.optimality).astype(np.float64),
     }
+    converged, diverged = gather(lambda r: r.state.converged), gather(lambda r: r.state.diverged)
+    stalled = gather(lambda r: r.state.stalled)
+    status = np.where(diverged, "diverged", np.where(converged, "converged", np.where(stalled, "stalled", "max_steps")))
     return SweepResult(
         configs, Params(W, gather(lambda r: r.state.params.b)), gather(lambda r: padded(r.history)),
         gather(lambda r: _per_member(r.final_loss, np.sum)),  # per-output: the joint objective
-        gather(lambda r: r.state.step).astype(np.int64), gather(lambda r: r.state.converged),
-        gather(lambda r: r.state.diverged), gather(lambda r: _per_member(r.finished_seconds, np.max)), stats,
+        gather(lambda r: r.state.step).astype(np.int64), converged, diverged,
+        gather(lambda r: _per_member(r.finished_seconds, np.max)), stats, status,
     )
