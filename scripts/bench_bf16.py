@@ -18,17 +18,15 @@ Writes ``--md`` (default docs/bfloat16.md) and ``--json``; prints the same table
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import gradfit
-from gradfit import _engine, _io, datasets, solver
+from gradfit import _engine, _io, datasets
 
 
 L2 = {"mse": 0.0, "bce": 1e-3}  # bce: a small ridge, so that separable data (breast cancer) has an optimum

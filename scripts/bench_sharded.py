@@ -13,7 +13,6 @@ Speed-ups need devices with their own compute and memory bandwidth (several GPUs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -116,7 +116,7 @@ def test_parquet_integer_bool_and_numeric_string_columns(tmp_path):
 def test_a_config_loads_a_csv_by_names(tmp_path):
     path = _csv(tmp_path / "d.csv")
     cfg = config.merge(config.DEFAULTS, {"data": {"source": str(path), "target": ["t", "a"], "features": ["b", "c"],
-                                                  "standardize": False, "dtype": "float64"}}, "test")
+                                                  "dtype": "float64"}}, "test")
     ds = data.load(cfg["data"])
     np.testing.assert_array_equal(ds.X, TABLE[:, [1, 2]])
     np.testing.assert_array_equal(ds.y, TABLE[:, [3, 0]])

@@ -21,7 +21,7 @@ from gradfit import _io, cli
 SRC = str(Path(gradfit.__file__).resolve().parents[1])
 SMALL = ["--set", "data.n_samples=200", "--set", "data.n_features=3", "--set", "fit.steps=30",
          "--set", "fit.learning_rate=0.1", "--set", "fit.chunk_size=10", "--no-progress"]
-OUTPUTS = ("params.npz", "history.npz", "predictions.npz", "report.json")
+OUTPUTS = ("params.npz", "model.json", "history.npz", "predictions.npz", "report.json")
 
 
 def _fit(out_dir, *extra) -> int:
@@ -74,7 +74,7 @@ def test_a_write_error_midway_leaves_every_earlier_output_intact(tmp_path, capsy
 
     def failing_fsync(fd):  # the disk fills up while the second output is written
         calls[0] += 1
-        if calls[0] == 2:  # checkpoints are off: 1 is params.npz, 2 is history.npz
+        if calls[0] == 3:  # checkpoints are off: params.npz, model.json, then history.npz
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 

@@ -1,10 +1,13 @@
-"""The ``gradfit`` command, ``fit``, ``sweep``, ``plot``, ``check-grads`` and ``info`` (``gradfit COMMAND
---help`` lists the flags): thin wrappers that parse flags, call the library and write outputs."""
+"""The ``gradfit`` command, ``fit``, ``predict``, ``sweep``, ``plot``, ``check-grads`` and ``info``
+(``gradfit COMMAND --help`` lists the flags): thin wrappers that parse flags, call the library and write outputs."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
+import threading
 import warnings
 
 import jax
@@ -27,6 +30,13 @@ def _progress(args) -> bool:
 def cmd_fit(args) -> int:
     result = runs.fit_config(config.load(args.config, args.overrides), resume=args.resume, progress=_progress(args))
     return 1 if np.any(result.diverged) else 0
+
+
+def cmd_predict(args) -> int:
+    out = runs.predict_run(args.run_dir, args.data, args.output)
+    if args.output != "-":
+        print(f"wrote {args.output} ({len(out)} rows)", file=sys.stderr)
+    return 0
 
 
 def cmd_sweep(args) -> int:
@@ -82,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("fit", cmd_fit, "fit one model from a config", runs_config=True).add_argument(
         "--resume", action="store_true",
         help="continue from the checkpoint ([checkpoint] path, default <output.dir>/checkpoint.npz) if it exists")
+    p = command("predict", cmd_predict, "apply a fitted run folder's model to the rows of a data file")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the output.dir of a gradfit fit")
+    p.add_argument("data", metavar="DATA", help="a .csv, .parquet, .npz or .npy file with the model's feature columns")
+    p.add_argument("--output", "-o", default="-", help="write the predictions (probabilities for bce) to a .csv or .npy file "
+                   "(default: CSV on stdout)")
     command("sweep", cmd_sweep, "fit every member of a [sweep] grid (one compile per group); resumable",
             runs_config=True)
     command("plot", cmd_plot, "draw a fit or sweep output folder as PNG (needs matplotlib)").add_argument(
@@ -95,8 +110,39 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"gradfit: warning: {message}", file=sys.stderr if file is None else file)
 
 
+def _interrupted(args, argv: list[str], stop: KeyboardInterrupt) -> int:
+    """One line on stderr saying where the run stopped and how to continue; exit 128 + the signal."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    words = ["gradfit", *argv]
+    if args.command == "fit" and getattr(stop, "checkpoint", None) is not None:
+        again = " ".join(map(shlex.quote, words + ([] if args.resume else ["--resume"])))
+        how = f"saved {stop.checkpoint}; continue with: {again}"
+    elif args.command == "fit":
+        how = "no checkpoint was saved (checkpoint.every_steps and every_seconds are 0): a rerun starts afresh"
+    elif args.command == "sweep":
+        how = f"the groups written are kept; continue with: {' '.join(map(shlex.quote, words))}"
+    else:
+        how = "nothing was written"
+    print(f"gradfit {args.command}: {stop or 'interrupted'}; {how}", file=sys.stderr)
+    return 128 + signum
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a run's loop (loading, compiling, writing): stop as Ctrl-C would."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame):
+    raise Terminated("terminated by SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    own = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if own:  # a run's loop takes it over (gradfit._driver), then gives it back; main gives back its own
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning  # a warning is one line, no source excerpt
@@ -104,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # user mistakes, unreadable files, a coordinator that never answered
         print(f"gradfit {args.command}: error: {e}", file=sys.stderr)  # one clear line, no traceback
         return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the run saved where it stopped (gradfit._driver)
+        return _interrupted(args, argv, stop)
+    finally:
+        if own:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

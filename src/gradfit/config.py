@@ -23,7 +23,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "source": "synthetic",
         "n_samples": 10_000, "n_features": 16,
         "n_outputs": 0,  # 0: y is (m,); k > 0: y is (m, k)
-        "noise": 0.1, "seed": 0, "standardize": True,
+        "noise": 0.1, "seed": 0,
         # of X: "float32", "float64" (a float64 fit), "bfloat16"/"float16" (X in half the memory, fit in float32)
         "dtype": "float32",
         "target": None,  # for files: the target column's name or index (a list for k outputs), or the .npz array
@@ -63,11 +63,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Keys that no longer exist, with what replaced them.
+_REMOVED = {("data", "standardize"): "fits standardise the columns internally (fit.standardize, default true) and "
+            "report W and b in the data's own units, so gradfit predict applies them to raw rows: drop the key"}
+
 # Keys whose default is None, or a dict, accept these types.
 _OPEN_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
     ("data", "target"): (str, int, list), ("data", "features"): (list,), ("data", "y_source"): (str,),
     ("fit", "learning_rate"): (int, float, list, str),  # str: "auto"
-    ("fit", "tol"): (int, float), ("fit", "batch_size"): (int,), ("fit", "optimizer_options"): (dict,),
+    ("fit", "tol"): (int, float), ("fit", "ftol"): (int, float), ("fit", "batch_size"): (int,),
+    ("fit", "chunk_size"): (int,), ("fit", "optimizer_options"): (dict,),
     ("fit", "l2"): (int, float, list), ("fit", "devices"): (int, list),
     ("distributed", "coordinator_address"): (str,), ("distributed", "num_processes"): (int,),
     ("distributed", "process_id"): (int,),
@@ -104,6 +109,8 @@ def merge(base: dict[str, dict[str, Any]], override: dict[str, Any], where: str)
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: [{section}] must be a table of keys, got {values!r}")
         for key, value in values.items():
+            if (section, key) in _REMOVED:
+                raise ConfigError(f"{where}: {section}.{key} was removed: {_REMOVED[section, key]}")
             if key not in DEFAULTS[section]:
                 raise ConfigError(f"{where}: unknown key {section}.{key}{_did_you_mean(key, DEFAULTS[section])}; "
                                   f"[{section}] takes {', '.join(DEFAULTS[section])}")

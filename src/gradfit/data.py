@@ -6,10 +6,12 @@
 - ``.csv``: a header row, then numbers; only the chosen columns are parsed (text ones can be left out);
 - ``.parquet``: a table; needs pyarrow (``pip install 'gradfit[parquet]'``).
 
-Columns are chosen by name or index (``.npy``: index); ``target`` (default: the last column) may
-be a list, giving y of shape (m, k); ``features`` None means every column but the target. Every
-problem (a missing or empty file, an unknown column, a bad value) is a ``ValueError`` naming the
-file, the column and row, and the fix.
+Columns are chosen by name or index (``.npy``: index); ``target`` (default: the last column; a
+config must name a CSV's or parquet's) may be a list, giving y of shape (m, k); ``features`` None means every column
+but the target. Every problem (a missing or empty file, an unknown column, a bad value) is a
+``ValueError`` naming the file, the column and row, and the fix. :func:`read_columns` also returns
+the columns' names (``"0"``, ``"1"``, ... for ``.npy``), which a run folder records for
+``gradfit predict``.
 """
 
 from __future__ import annotations
@@ -17,28 +19,54 @@ from __future__ import annotations
 import csv
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from gradfit import datasets
+from gradfit._types import Params
 
 FORMATS = (".npy", ".npz", ".csv", ".parquet")
 FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")
+NAMED = (".csv", ".parquet")  # tables with named columns, whose target a config must name (no silent last column)
 
 
-def load(section: dict[str, Any]) -> datasets.Dataset:
+class Columns(NamedTuple):
+    """What :func:`read_columns` read: X (m, n), y (m,) or (m, k) (``(m, 0)`` when no target was
+    asked for), and the names of the feature and target columns."""
+
+    X: np.ndarray
+    y: np.ndarray
+    features: list[str]
+    target: list[str]
+
+
+class Loaded(NamedTuple):
+    """A :class:`~gradfit.datasets.Dataset` with the names of its columns, as a ``[data]`` section loads it."""
+
+    X: np.ndarray  # (m, n)
+    y: np.ndarray  # (m,) or (m, k)
+    truth: Params | None  # generating weights of a synthetic problem
+    features: list[str] | None = None
+    target: list[str] | None = None
+
+
+def load(section: dict[str, Any]) -> Loaded:
     """Load X, y (and the truth of synthetic problems) as a ``[data]`` config section says. ``dtype``
     "bfloat16" or "float16" stores X in 16 bits (the fit computes in float32); y and the truth stay float32."""
     if section["dtype"] not in FLOAT_DTYPES:
         raise ValueError(f"data.dtype {section['dtype']!r} is not supported: use one of {', '.join(FLOAT_DTYPES)}")
     x_dtype = np.dtype(jnp.bfloat16) if section["dtype"] == "bfloat16" else np.dtype(section["dtype"])
     ds = _load(section, x_dtype if x_dtype.itemsize > 2 else np.dtype(np.float32))
+    if ds.features is None:  # generated or built-in: columns by position
+        k = 0 if ds.y.ndim == 1 else ds.y.shape[1]
+        ds = ds._replace(features=[f"x{j}" for j in range(ds.X.shape[1])], target=["y"] if not k else
+                         [f"y{j}" for j in range(k)])
     return ds if ds.X.dtype == x_dtype else ds._replace(X=ds.X.astype(x_dtype))
 
 
-def _load(section: dict[str, Any], dtype: np.dtype) -> datasets.Dataset:
+def _load(section: dict[str, Any], dtype: np.dtype) -> Loaded:
     source = section["source"]
     if source in ("synthetic", "synthetic_classification"):
         for key in ("n_samples", "n_features"):
@@ -51,19 +79,59 @@ def _load(section: dict[str, Any], dtype: np.dtype) -> datasets.Dataset:
             raise ValueError(f"data.noise is a standard deviation, so it must be >= 0, got {section['noise']}")
         shape = (section["n_samples"], section["n_features"])
         if source == "synthetic_classification":
-            return datasets.make_classification(*shape, seed=section["seed"], dtype=dtype)
-        return datasets.make_regression(*shape, n_outputs=section["n_outputs"] or None, noise=section["noise"],
-                                        seed=section["seed"], dtype=dtype)
+            return Loaded(*datasets.make_classification(*shape, seed=section["seed"], dtype=dtype))
+        return Loaded(*datasets.make_regression(*shape, n_outputs=section["n_outputs"] or None,
+                                                noise=section["noise"], seed=section["seed"], dtype=dtype))
     if source in ("diabetes", "breast_cancer"):
-        return datasets.BUILTIN[source](dtype=dtype)
+        return Loaded(*datasets.BUILTIN[source](dtype=dtype), datasets.feature_names(source), ["target"])
     path = Path(source)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"data.source {source!r} is neither a built-in data set "
                          f"({', '.join(datasets.BUILTIN)}) nor a file of a known format ({', '.join(FORMATS)})")
-    X, y = load_file(path, section["target"], section["features"])
-    if section["standardize"]:
-        X = datasets.standardize(np.asarray(X, np.float64))
-    return datasets.Dataset(np.asarray(X, dtype), np.asarray(y, dtype), None)
+    target = section["target"]
+    if section.get("y_source") is not None:  # X and y in two files, as streamed fits take them
+        X, y = load_pair(path, section["y_source"], section["features"])
+        return Loaded(np.asarray(X.X, dtype), np.asarray(y, dtype), None, X.features, ["y"])
+    if target is None and path.suffix.lower() in NAMED:
+        names = column_names(path)
+        raise ValueError(f"data.target is not set: name the target column of {path} (its columns are "
+                         f"{', '.join(map(repr, names))}), e.g. --set data.target={names[-1]}")
+    cols = read_columns(path, target, section["features"])
+    return Loaded(np.asarray(cols.X, dtype), np.asarray(cols.y, dtype), None, cols.features, cols.target)
+
+
+def load_pair(x_path, y_path, features=None) -> tuple[Columns, np.ndarray]:
+    """X from ``x_path`` (every column, or ``features``) and y from ``y_path``, a ``.npy`` of shape
+    (m,) or (m, k): the two files of a streamed fit, read into memory."""
+    X = read_columns(x_path, [], features)
+    y_path = Path(y_path)
+    if y_path.suffix.lower() != ".npy" or not y_path.is_file():
+        raise ValueError(f"data.y_source {str(y_path)!r} must be an existing .npy file of targets, (m,) or (m, k)")
+    y = np.load(y_path, mmap_mode="r", allow_pickle=False)
+    if y.ndim not in (1, 2) or y.shape[0] != X.X.shape[0] or y.dtype.kind not in "biuf":
+        raise ValueError(f"{y_path} holds {y.dtype} {y.shape}: expected numbers of shape ({X.X.shape[0]},) or "
+                         f"({X.X.shape[0]}, k), a row per row of {x_path}")
+    return X, y
+
+
+def column_names(path) -> list[str]:
+    """The column names of a table file (``"0"``, ``"1"``, ... for ``.npy``), reading only its header."""
+    path = _checked_path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return [str(j) for j in range(np.load(path, mmap_mode="r").shape[-1])]
+        if suffix == ".csv":
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                return [h.strip() for h in next(csv.reader(fh), [])]
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        return list(np.load(path).keys())
+    except (OSError, EOFError, ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable {suffix} file ({type(e).__name__}: {e}): "
+                         "check that it is whole") from None
 
 
 def load_file(path: str | Path, target=None, features: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +142,12 @@ def load_file(path: str | Path, target=None, features: Sequence | None = None) -
     Returns numeric X (m, n) and y (m,) or (m, k) (``.npy``: views of the memory map when the columns
     are a contiguous range). Raises ValueError as the module says.
     """
+    if isinstance(target, list) and not target:
+        raise ValueError("target is an empty list: name one target column, or several for k outputs")
+    return read_columns(path, target, features)[:2]
+
+
+def _checked_path(path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -84,8 +158,13 @@ def load_file(path: str | Path, target=None, features: Sequence | None = None) -
         raise ValueError(f"data file {str(path)!r} is not a file: give the path of a {suffix} file")
     if path.stat().st_size == 0:
         raise ValueError(f"data file {path} is empty (0 bytes): it holds no rows")
-    if isinstance(target, list) and not target:
-        raise ValueError("target is an empty list: name one target column, or several for k outputs")
+    return path
+
+
+def read_columns(path: str | Path, target=None, features: Sequence | None = None) -> Columns:
+    """:func:`load_file` with the columns' names; ``target=[]`` reads the features alone (y (m, 0))."""
+    path = _checked_path(path)
+    suffix = path.suffix.lower()
     _check_names(target if isinstance(target, list) else [] if target is None else [target], "target")
     if features is not None:
         if not isinstance(features, (list, tuple)):
@@ -96,13 +175,13 @@ def load_file(path: str | Path, target=None, features: Sequence | None = None) -
         _check_names(features, "features")
     reader = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
     try:
-        X, y = reader(path, target, features)
+        X, y, f, t = reader(path, target, features)
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} is not a readable {suffix} file ({type(e).__name__}: "
                          f"{e}): check that it is whole") from None
     if X.shape[0] == 0:
         raise ValueError(f"{path} has no data rows: a fit needs at least one")
-    return X, y
+    return Columns(X, y, f, t)
 
 
 # --------------------------------------------------------------------------- selecting columns
@@ -128,7 +207,7 @@ def _resolve(name, names: list[str] | None, n_cols: int, what: str, path: Path) 
 
 def _plan(path: Path, names: list[str] | None, n_cols: int, target, features) -> tuple[list[int], list[int], bool]:
     """Feature and target column indices, and whether y is 1-d."""
-    single = not isinstance(target, list)
+    single = not isinstance(target, list)  # target [] (features alone, for predictions): y (m, 0)
     targets = [n_cols - 1 if target is None else target] if single else target
     t = [_resolve(c, names, n_cols, "target", path) for c in targets]
     if features is None:
@@ -148,6 +227,8 @@ def _plan(path: Path, names: list[str] | None, n_cols: int, target, features) ->
 
 def _take(table: np.ndarray, cols: list[int]) -> np.ndarray:
     """``table[:, cols]``, as a view (no copy of a memory map) when cols is a contiguous range."""
+    if not cols:
+        return table[:, :0]
     if cols == list(range(cols[0], cols[0] + len(cols))):
         return table[:, cols[0] : cols[0] + len(cols)]
     return table[:, cols]
@@ -155,6 +236,11 @@ def _take(table: np.ndarray, cols: list[int]) -> np.ndarray:
 
 def _label(names: list[str] | None, col: int) -> str:
     return repr(names[col]) if names else str(col)
+
+
+def _names(names: list[str] | None, f: list[int], t: list[int]) -> tuple[list[str], list[str]]:
+    """The feature and target columns' names (indices as text for a table without names)."""
+    return [names[c] if names else str(c) for c in f], [names[c] if names else str(c) for c in t]
 
 
 def _finite_split(path: Path, table: np.ndarray, names: list[str], cols: list[int], n_features: int, single: bool,
@@ -166,7 +252,7 @@ def _finite_split(path: Path, table: np.ndarray, names: list[str], cols: list[in
         raise ValueError(f"{path}: column {_label(names, cols[c])} {row_name(int(r))} is {table[r, c]}: "
                          "drop or impute missing and non-finite values first")
     X, Y = table[:, :n_features], table[:, n_features:]
-    return X, Y[:, 0] if single else Y
+    return (X, Y[:, 0] if single else Y, *_names(names, cols[:n_features], cols[n_features:]))
 
 
 # --------------------------------------------------------------------------- formats
@@ -188,7 +274,7 @@ def _read_npy(path: Path, target, features):
     if table.ndim != 2:
         raise ValueError(f"{path} holds an array of shape {table.shape}: expected a 2-d table (rows, columns)")
     f, t, single = _plan(path, None, table.shape[1], target, features)
-    return _take(table, f), table[:, t[0]] if single else _take(table, t)
+    return _take(table, f), table[:, t[0]] if single else _take(table, t), *_names(None, f, t)
 
 
 def _read_npz(path: Path, target, features):
@@ -231,9 +317,13 @@ def _read_npz(path: Path, target, features):
     for i, a in arrays.items():
         if a.ndim not in (1, 2):
             raise ValueError(f"array {names[i]!r} of {path} has shape {a.shape}: expected (m,) or (m, j)")
-    block = lambda cols: np.concatenate([arrays[i].reshape(len(arrays[i]), -1) for i in cols], axis=1)  # noqa: E731
+    m = next(iter(arrays.values())).shape[0]
+
+    def block(cols):
+        return np.concatenate([arrays[i].reshape(m, -1) for i in cols], axis=1) if cols else np.empty((m, 0))
+
     X = arrays[f[0]] if len(f) == 1 and arrays[f[0]].ndim == 2 else block(f)
-    return X, arrays[t[0]] if single else block(t)
+    return X, arrays[t[0]] if single else block(t), *_names(names, f, t)
 
 
 def _read_csv(path: Path, target, features):

@@ -62,6 +62,13 @@ def _sklearn(name: str, dtype) -> Dataset:
     return Dataset(standardize(d.data).astype(dtype), d.target.astype(dtype), None)
 
 
+def feature_names(name: str) -> list[str]:
+    """The column names of the built-in real data set ``name`` ("diabetes" or "breast_cancer")."""
+    from sklearn import datasets
+
+    return [str(c) for c in getattr(datasets, f"load_{name}")().feature_names]
+
+
 def load_diabetes(*, dtype=np.float32) -> Dataset:
     """scikit-learn's diabetes regression data (442 x 10), X standardised, y as given."""
     return _sklearn("diabetes", dtype)

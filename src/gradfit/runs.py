@@ -1,9 +1,11 @@
 """Run folders: what a config's fit or sweep writes, every file atomically (:mod:`gradfit._io`).
 
 :func:`fit_config` (``gradfit fit``) fits in memory, streamed from files, or over several processes, and writes,
-all or none: ``params.npz`` (``W``, ``b``), ``history.npz`` (``losses``), ``report.json`` (status, timings, plan,
-health, the config; for mse the distance to the least-squares optimum) and ``predictions.npz`` (a sample of rows
-with targets and predictions, for ``gradfit plot``).
+all or none: ``params.npz`` (``W``, ``b``, in the units of the data as loaded), ``model.json`` (loss, link,
+dtype, the feature and target columns: what :func:`predict_run`, ``gradfit predict``, needs to apply the
+model to raw rows), ``history.npz`` (``losses``), ``report.json`` (status, timings, plan, health, the config;
+for mse the distance to the least-squares optimum) and ``predictions.npz`` (a sample of rows with targets and
+predictions, for ``gradfit plot``).
 
 :func:`sweep_config` (``gradfit sweep``, ``scripts/sweep.py``) writes ``sweep.json`` (the config, its
 fingerprint, the groups); ``group_NNN.npz``, each group's members as soon as it finishes (a rerun of
@@ -21,6 +23,7 @@ import hashlib
 import io
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,8 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import _io, _stats, config, data, datasets, distributed, plotting, solver, stream, sweeps
+from gradfit import _io, _stats, config, data, distributed, plotting, solver, stream, sweeps
 from gradfit._options import Every
+from gradfit._params import predict
+from gradfit._types import Params
 
 Log = Callable[[str], None]
 
@@ -75,25 +80,36 @@ def fit_config(cfg: dict, *, resume: bool = False, progress: bool = False, log: 
         if options.pop("devices", None) is not None or any(v is not None for v in hosts):
             raise ValueError("data.stream = true runs in one process on one device: leave fit.devices and "
                              "[distributed] unset")
-        if d["standardize"]:
-            log("note: data.standardize is not applied to streamed data (the files are used as stored)")
-        log(f"data: streamed from {d['source']} and {d['y_source']}")
+        if d["features"] is not None or d["target"] is not None:
+            raise ValueError("data.stream = true reads every column of data.source as features and data.y_source as "
+                             "the target: leave data.features and data.target unset")
         result = stream.fit_streaming(d["source"], d["y_source"], dtype=d["dtype"], **options, **cfg["stream"])
+        names = (data.column_names(d["source"]), ["y"] if result.params.b.ndim == 0 else
+                 [f"y{j}" for j in range(result.params.b.shape[0])])
+        log(f"data: streamed from {d['source']} and {d['y_source']}; {_columns(*names)}")
     else:
         if multi and str(d["source"]).endswith(".npy"):  # each process reads its own rows
             loaded = distributed.load_rows(d["source"], target=d["target"], features=d["features"], dtype=d["dtype"],
-                                           standardize=d["standardize"], devices=options.pop("devices"))
-            ds = datasets.Dataset(loaded.data.X, loaded.data.y, None)
+                                           devices=options.pop("devices"))
+            n_cols = len(data.column_names(d["source"]))
+            target = (-1 if d["target"] is None else d["target"]) % n_cols
+            columns = d["features"] or [j for j in range(n_cols) if j != target]
+            ds = data.Loaded(loaded.data.X, loaded.data.y, None, [str(j) for j in columns], [str(target)])
             extra = {"sample_weight": loaded.data.sample_weight, "n_rows": loaded.n_rows}
         else:
             ds, extra = data.load(d), {}
-        log(f"data: {d['source']}  X {ds.X.shape} {ds.X.dtype}  y {ds.y.shape}")
+        names = ds.features, ds.target
+        log(f"data: {d['source']}  X {ds.X.shape} {ds.X.dtype}  y {ds.y.shape}; {_columns(*names)}")
         shown = ("loss", "reduction", "optimizer", "learning_rate", "steps", "tol", "l2")
         log(f"fit: {', '.join(f'{k}={options[k]}' for k in shown)}")
         result = solver.fit(ds.X, ds.y, **options, **extra)
     report = _report(result, cfg, time.perf_counter() - wall, ds, log)
     if distributed.is_writer():  # results are replicated: process 0 writes them once
+        model = {"loss": options["loss"], "link": "sigmoid" if options["loss"] == "bce" else "identity",
+                 "dtype": d["dtype"], "features": names[0], "target": names[1], "source": d["source"],
+                 "standardized_by_loader": d["source"] in ("diabetes", "breast_cancer")}
         files = {out_dir / "params.npz": _io.npz_bytes(W=result.params.W, b=result.params.b),
+                 out_dir / "model.json": _io.json_bytes(model),
                  out_dir / "history.npz": _io.npz_bytes(losses=result.losses)}
         if ds is not None and not multi:  # for gradfit plot: a fixed random sample of up to 1000 rows
             rows = np.sort(np.random.default_rng(0).permutation(len(ds.X))[:1000])
@@ -107,14 +123,69 @@ def fit_config(cfg: dict, *, resume: bool = False, progress: bool = False, log: 
     return result
 
 
+def _columns(features: list[str], target: list[str]) -> str:
+    """``features 'a', 'b', ... (n); target 'y'``: what the log says the fit used."""
+    shown = ", ".join(map(repr, features[:8])) + (f", ... ({len(features)})" if len(features) > 8 else "")
+    return f"features {shown}; target {', '.join(map(repr, target))}"
+
+
+def predict_run(run_dir: str | Path, source: str | Path, output: str | Path | None = None) -> np.ndarray:
+    """Apply the model of a ``gradfit fit`` run folder to the rows of a data file (``gradfit predict``).
+
+    Reads ``model.json`` and ``params.npz``, takes the model's feature columns from ``source`` by
+    name (by index for ``.npy``; the target column need not be there), in the fit's dtype, and
+    returns ``X @ W + b`` (``FitResult.predict``), or ``sigmoid`` of it, the probability of class 1,
+    for bce: (m,) or (m, k). ``output``: a ``.csv`` (a header, then a row per row) or ``.npy`` file,
+    written atomically, or ``"-"``, the CSV on stdout.
+    """
+    run_dir = Path(run_dir)
+    try:
+        model = json.loads((run_dir / "model.json").read_text())
+        with np.load(run_dir / "params.npz", allow_pickle=False) as z:
+            W, b = z["W"], z["b"]
+    except FileNotFoundError as e:
+        raise ValueError(f"{run_dir} is not the output.dir of a gradfit fit ({Path(e.filename).name} is missing): "
+                         "give the folder a fit wrote (a sweep folder holds many models)") from None
+    if output not in (None, "-") and Path(output).suffix.lower() not in (".csv", ".npy"):
+        raise ValueError(f"--output {str(output)!r}: write predictions to a .csv or .npy file")
+    features = model["features"]
+    if Path(source).suffix.lower() == ".npy":
+        features = [int(c) for c in features] if all(c.isdigit() for c in features) else None
+        if features is None:
+            raise ValueError(f"{source} is a .npy table without column names, but the model's features are named "
+                             f"({', '.join(model['features'][:4])}, ...): give a .csv, .parquet or .npz with them")
+    X = data.read_columns(source, [], features).X
+    x_dtype = np.dtype(jnp.bfloat16) if model["dtype"] == "bfloat16" else np.dtype(model["dtype"])
+    with jax.enable_x64(W.dtype == np.float64):  # as the fit computed: FitResult.predict's product
+        scores = np.asarray(predict(Params(jnp.asarray(W), jnp.asarray(b)), jnp.asarray(_as_loaded(X, x_dtype))))
+    out = 1 / (1 + np.exp(-scores.astype(np.float64))) if model["link"] == "sigmoid" else scores
+    if output is not None and str(output).lower().endswith(".npy"):
+        buf = io.BytesIO()
+        np.save(buf, out)
+        _io.write_bytes(output, buf.getvalue())
+    elif output is not None:
+        names = ["probability"] if model["link"] == "sigmoid" else [f"predicted_{t}" for t in model["target"]]
+        text = io.StringIO()
+        np.savetxt(text, out.reshape(len(out), -1), delimiter=",", header=",".join(names), comments="",
+                   fmt="%.17g" if W.dtype == np.float64 else "%.9g")  # every digit of the dtype
+        sys.stdout.write(text.getvalue()) if output == "-" else _io.write_text(output, text.getvalue())
+    return out
+
+
+def _as_loaded(X, x_dtype: np.dtype) -> np.ndarray:
+    """X as :func:`gradfit.data.load` stores it: 16-bit floats by way of float32, as the fit saw them."""
+    return np.asarray(X, x_dtype if x_dtype.itemsize > 2 else np.float32).astype(x_dtype)
+
+
 def _report(result: solver.FitResult, cfg: dict, wall: float, ds, log: Log) -> dict:
     """report.json: status, timings, plan, health, the distance to the optimum, the config."""
     st = result.stats
     keys = ("compile_seconds", "run_seconds", "backend", "plan", "learning_rate", "condition_number", "separable",
             "diverged_at_step", "suggested_learning_rate", "stream_seconds", "passes", "bytes_per_pass", "chunk_rows",
             "n_chunks", "dtype")
-    report = {"loss": float(np.sum(result.loss)), "steps": result.steps, "converged": result.converged,
-              "diverged": result.diverged, "wall_seconds": wall, **{k: st[k] for k in keys if k in st},
+    report = {"loss": float(np.sum(result.loss)), "steps": result.steps, "status": result.status,
+              "converged": result.converged, "diverged": result.diverged, "grad_norm": st["grad_norm"],
+              "wall_seconds": wall, **{k: st[k] for k in keys if k in st},
               "fit_devices": st["devices"], "devices": [str(d) for d in jax.devices()]}  # fit_devices: the rows' split
     if "checkpoint" in st:
         names = ("checkpoint", "resumed_from_step", "checkpoints", "checkpoint_seconds")
@@ -123,8 +194,8 @@ def _report(result: solver.FitResult, cfg: dict, wall: float, ds, log: Log) -> d
             log(f"resumed from step {st['resumed_from_step']} of {st['checkpoint']}")
     if "learning_rate" in st:
         log(f"learning_rate='auto': 1/L = {st['learning_rate']:.4g}")
-    log(f"loss {report['loss']:.6g} after {result.steps} steps (converged={result.converged}, "
-        f"diverged={result.diverged})")
+    log(f"loss {report['loss']:.6g} after {result.steps} steps: {result.status} (scaled gradient norm "
+        f"{np.max(st['grad_norm']):.3g})")
     per_step = 1e3 * st["run_seconds"] / max(int(np.max(result.steps)), 1)
     log(f"time: compile {st['compile_seconds']:.3f} s, run {st['run_seconds']:.3f} s ({per_step:.3f} ms/step) "
         f"on {st['backend']}, plan {st['plan']!r}" + (f", {st['passes']} streamed passes" if "passes" in st else ""))
@@ -157,7 +228,7 @@ def _optimum(report: dict, result: solver.FitResult, cfg: dict, ds, log: Log) ->
 
 
 # --------------------------------------------------------------------------- sweep
-_STATUS = ("final_loss", "steps", "converged", "diverged", "seconds", "group_wall_seconds")
+_STATUS = ("final_loss", "steps", "converged", "diverged", "status", "seconds", "group_wall_seconds")
 
 
 def sweep_options(fit_section: dict[str, Any], grid: dict[str, Any]) -> dict[str, Any]:
@@ -242,7 +313,7 @@ def _write_results(out_dir: Path, groups: list[dict[str, Any]], keys: list[str])
     (:meth:`gradfit.sweeps.SweepResult.rows`, with ``group`` and ``group_wall_seconds``)."""
     rows, T = [], max(g["losses"].shape[-1] for g in groups)
     for gi, g in enumerate(groups):
-        result = sweeps.SweepResult(g["configs"], None, None, *(g[k] for k in _STATUS[:-1]), {})  # for its rows
+        result = sweeps.SweepResult(g["configs"], None, None, stats={}, **{k: g[k] for k in _STATUS[:-1]})  # its rows
         rows += [{"group": gi, **r, "group_wall_seconds": float(g["group_wall_seconds"])} for r in result.rows()]
     pad = lambda a: np.full((*a.shape[:-1], T - a.shape[-1]), np.nan, a.dtype)  # noqa: E731
     losses = np.concatenate([np.concatenate([g["losses"], pad(g["losses"])], axis=-1) for g in groups])
