@@ -28,6 +28,7 @@ FITS = {
     "lbfgs, grad=auto": dict(optimizer="lbfgs", grad="auto"),
     "lbfgs, grad=hand": dict(optimizer="lbfgs", grad="hand"),
     "lbfgs, raw (standardize=False)": dict(optimizer="lbfgs", grad="auto", standardize=False),
+    "gd, auto step (the default optimizer)": dict(optimizer="sgd", learning_rate="auto"),
 }
 
 

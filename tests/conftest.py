@@ -53,3 +53,10 @@ def compile_counter():
     finally:
         with contextlib.suppress(Exception):
             jax.monitoring.unregister_event_duration_listener(counter)
+
+
+@pytest.fixture
+def data(rng):
+    """A small float32 regression problem (30, 3) with an intercept, for fault tests."""
+    X = rng.standard_normal((30, 3)).astype(np.float32)
+    return X, (X @ np.array([1.0, -2.0, 0.5]) + 0.3).astype(np.float32)

@@ -253,11 +253,11 @@ def test_bad_checkpoint_arguments_fail_before_compute(tmp_path, reg, kwargs, mat
 def test_unreadable_and_missing_checkpoints_give_clear_errors(tmp_path, reg):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip file at all")
-    with pytest.raises(ValueError, match="not a readable gradfit checkpoint"):
+    with pytest.raises(ValueError, match="is not a gradfit checkpoint: choose another checkpoint path"):
         gradfit.fit(reg.X, reg.y, learning_rate=0.01, steps=10, checkpoint=bad, resume=True)
     other = tmp_path / "other.npz"
     np.savez(other, a=np.zeros(3))
-    with pytest.raises(ValueError, match="not a readable gradfit checkpoint"):
+    with pytest.raises(ValueError, match="is not a gradfit checkpoint"):
         checkpoint.read_header(other)
     with pytest.raises(ValueError, match="does not exist"):
         gradfit.resume(tmp_path / "missing.npz", reg.X, reg.y)

@@ -42,6 +42,7 @@ def test_fit_real_data_sets(tmp_path, capsys):
     assert json.loads((tmp_path / "report.json").read_text())["loss"] < 0.1
 
 
+@pytest.mark.slow  # CI runs `gradfit check-grads` itself
 def test_check_grads_and_info(capsys):
     assert cli.main(["check-grads"]) == 0
     out = capsys.readouterr().out

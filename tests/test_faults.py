@@ -33,11 +33,6 @@ def raises_before_compute(compile_counter, match: str):
     assert compile_counter.count == before, "the error came after something was compiled"
 
 
-@pytest.fixture
-def data(rng):
-    X = rng.standard_normal((30, 3)).astype(np.float32)
-    y = (X @ np.array([1.0, -2.0, 0.5]) + 0.3).astype(np.float32)
-    return X, y
 
 
 @pytest.fixture

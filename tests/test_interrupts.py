@@ -57,6 +57,30 @@ def test_fit_stops_saves_and_resumes_to_the_same_bits(tmp_path, signum):
     np.testing.assert_array_equal(resumed.losses, whole.losses)
 
 
+def test_a_stepper_that_gives_up_its_first_chunk_raises_interrupted():
+    """No chunk ran yet (no history at all): the driver still stops with Interrupted at step 0."""
+    from gradfit._driver import StopChunk, drive
+
+    X, y = _problem()
+    first = {}
+    gradfit.fit(X, y, **OPTIONS, callback=lambda s, h: first.setdefault("state", s))
+    state = first["state"]._replace(step=np.zeros((), np.int32))
+
+    class GivesUp:
+        compile_seconds = 0.0
+
+        def chunk(self, state, limit):
+            os.kill(os.getpid(), signal.SIGINT)  # answered between bytecodes, before the raise below
+            raise StopChunk
+
+    class Budget:
+        max_steps = 60
+
+    with pytest.raises(Interrupted, match="SIGINT at step 0") as stop:
+        drive(GivesUp(), state, Budget(), chunk_steps=5)
+    assert stop.value.history.shape == (0,)
+
+
 def test_a_streamed_fit_stops_between_file_chunks_and_resumes(tmp_path):
     X, y = _problem(m=240)
     np.save(tmp_path / "X.npy", X)
@@ -78,7 +102,7 @@ def _command(tmp_path: Path, *extra: str) -> list[str]:
             "--set", "fit.grad='hand'", "--set", f"output.dir='{tmp_path / 'run'}'", *extra]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_the_command_exits_128_plus_signal_and_says_how_to_resume(tmp_path, signum):
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
     saved = tmp_path / "run" / "checkpoint.npz"
@@ -94,15 +118,19 @@ def test_the_command_exits_128_plus_signal_and_says_how_to_resume(tmp_path, sign
     assert time.monotonic() - start < 20  # within a few chunks of ~1 s
     line = err.strip().splitlines()[-1]
     assert "continue with:" in line and line.endswith("--resume"), line
-    step = checkpoint.read_header(saved)["step"]
-    assert step > 0
-    # resume with a few more steps, and compare with a run of that many steps that never stopped
-    more = f"fit.steps={step + 50}"
-    done = subprocess.run(_command(tmp_path, "--set", more, "--resume"), cwd=tmp_path, env=env,
+    assert checkpoint.read_header(saved)["step"] > 0
+    resume_equals_unbroken(_command, tmp_path, env, checkpoint.read_header(saved)["step"] + 50)
+
+
+def resume_equals_unbroken(command, tmp_path: Path, env: dict, steps: int) -> None:
+    """``command(tmp_path, *extra)`` resumed to ``steps`` ends with the bits of a run of ``steps`` that never
+    stopped (written to tmp_path/whole)."""
+    step = checkpoint.read_header(tmp_path / "run" / "checkpoint.npz")["step"]
+    done = subprocess.run(command(tmp_path, "--set", f"fit.steps={steps}", "--resume"), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"resumed from step {step}" in done.stdout
-    whole = subprocess.run(_command(tmp_path, "--set", more, "--set", f"output.dir='{tmp_path / 'whole'}'"),
+    assert done.returncode == 0 and f"resumed from step {step}" in done.stdout, done.stderr[-2000:]
+    whole = subprocess.run(command(tmp_path, "--set", f"fit.steps={steps}", "--set",
+                                   f"output.dir='{tmp_path / 'whole'}'"),
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
     with np.load(tmp_path / "run" / "params.npz") as a, np.load(tmp_path / "whole" / "params.npz") as b:

@@ -134,6 +134,7 @@ def test_script_is_the_same_entry_point(tmp_path):
     assert json.loads((out / "sweep.json").read_text())["groups"] == [{"learning_rate": [0.01, 0.1]}]
 
 
+@pytest.mark.slow  # a real process killed; tests/test_run_faults.py interrupts a sweep by signal
 def test_sigkill_during_a_sweep_then_rerun_gives_the_same_bits(tmp_path):
     """Kill `gradfit sweep` once its first group is on disk; the rerun skips that group,
     redoes the rest, and every member's params and history equal an uninterrupted sweep's."""

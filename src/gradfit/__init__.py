@@ -21,11 +21,8 @@ Public surface::
     gradfit.fit_streaming("X.npy", "y.npy", ...)        (data bigger than memory, streamed)
     gradfit.Interrupted                                 (Ctrl-C/SIGTERM: the run saved where it stopped)
 
-Importing gradfit changes no JAX setting; enable float64 yourself with
-``jax.config.update("jax_enable_x64", True)``. The input dtype is respected: float64 X is fitted
-in float64 under x64, and a bfloat16 or float16 X stays 16-bit on the device while the fit
-computes in float32 (half the memory; ``gradfit._precision``).
-"""
+Importing gradfit changes no JAX setting (float64: ``jax.config.update("jax_enable_x64", True)``). The input dtype is
+respected; a 16-bit X stays 16-bit on the device (``gradfit._precision``)."""
 
 from gradfit import checkpoint as checkpoint
 from gradfit import data as data
@@ -55,7 +52,7 @@ from gradfit.sweeps import sweep as sweep
 __version__ = "0.1.0"
 
 __all__ = [
-    "Data", "FitResult", "Interrupted", "Params", "Solution", "SweepResult", "check_gradients", "checkpoint", "data", "datasets",
-    "distributed", "fit", "fit_streaming", "gradients", "health", "losses", "predict", "progress", "resume",
-    "shard_rows", "solve", "stream", "sweep", "sweeps",
+    "Data", "FitResult", "Interrupted", "Params", "Solution", "SweepResult", "check_gradients", "checkpoint", "data",
+    "datasets", "distributed", "fit", "fit_streaming", "gradients", "health", "losses", "predict", "progress",
+    "resume", "shard_rows", "solve", "stream", "sweep", "sweeps",
 ]

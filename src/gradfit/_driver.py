@@ -1,18 +1,4 @@
-"""The one host driver: chunk after chunk until every member has stopped.
-
-A *stepper* runs one chunk of a fit and evaluates the objective and its optimality at given params:
-
-- :class:`CompiledStepper`: up to ``chunk_size`` steps of :func:`gradfit._engine.run_chunk`
-  in one compiled program, over data in memory (or their sufficient statistics);
-- :class:`Compacting`: the same over a sweep group's K members, running only the members still
-  active, gathered into a batch of a power-of-two size (a scheduling policy, not a loop);
-- the streamed steppers of :mod:`gradfit.stream`: one streamed pass (a full-batch step) or one
-  streamed epoch per chunk.
-
-:func:`drive` runs a stepper to the end. Between chunks, and never inside one, it keeps the
-objective history and the timings and calls the observers ``observer(state, history)``
-(progress bars, checkpoints, user callbacks). At the end it applies the end-of-run rule,
-:func:`gradfit._engine.finalize`, the same for every entry point.
+"""The one host driver, :func:`drive`: a *stepper* runs chunks and evaluates the objective; observers run between.
 """
 
 from __future__ import annotations
@@ -57,22 +43,18 @@ def active_host(state: SolverState, hyper: Hyper) -> np.ndarray:
 
 
 class History:
-    """The objective history of a run, grown in place (amortised doubling along the step axis)
-    so that handing the history so far to an observer at every chunk costs no copy."""
+    """The objective history (*levels, steps), grown in place by doubling: views of it cost no copy."""
 
-    def __init__(self, prefix: np.ndarray | None = None):
-        self.buffer: np.ndarray | None = None
-        self.size = 0
+    def __init__(self, levels: tuple[int, ...], prefix: np.ndarray | None = None):
+        self.buffer, self.size = np.zeros(levels + (0,)), 0
         if prefix is not None:
             self.append(np.asarray(prefix))
 
     def append(self, chunk: np.ndarray) -> None:
         need = self.size + chunk.shape[-1]
-        if self.buffer is None or need > self.buffer.shape[-1]:
-            capacity = max(need, 2 * (0 if self.buffer is None else self.buffer.shape[-1]))
-            grown = np.empty(chunk.shape[:-1] + (capacity,), chunk.dtype)
-            if self.buffer is not None:
-                grown[..., : self.size] = self.buffer[..., : self.size]
+        if need > self.buffer.shape[-1]:
+            grown = np.empty(chunk.shape[:-1] + (max(need, 2 * self.buffer.shape[-1]),), chunk.dtype)
+            grown[..., : self.size] = self.buffer[..., : self.size]
             self.buffer = grown
         self.buffer[..., self.size : need] = chunk
         self.size = need
@@ -83,18 +65,12 @@ class History:
 
 
 class CompiledStepper:
-    """Chunks of :func:`gradfit._engine.run_chunk` over one operand (data in memory, or their
-    statistics), compiled once per shape and ``vmap``-ed over ``levels``.
-
-    ``check``: ``(operand, program, levels)`` of the final evaluation when it must read other
-    data than the steps (the statistics plan checks the returned params on the data themselves).
-    """
+    """:func:`gradfit._engine.run_chunk` vmapped over ``levels``; ``check``: (operand, program, levels) to evaluate."""
 
     def __init__(self, operand, hyper: Hyper, program: Program, levels: tuple[Level, ...] = (), check=None):
         self.operand, self.hyper, self.program, self.levels = operand, hyper, program, levels
         self.check = (operand, program, levels) if check is None else check
-        self.compile_seconds = 0.0
-        self.programs = 0
+        self.compile_seconds, self.programs = 0.0, 0
 
     def _compiled(self, fn, roles, args, program=None, levels=None):
         program, levels = program or self.program, self.levels if levels is None else levels
@@ -123,14 +99,6 @@ class CompiledStepper:
         return value, optimality
 
 
-def _take(tree, idx):
-    return jax.tree.map(lambda a: a[idx], tree)
-
-
-def _put(tree, part, idx):
-    return jax.tree.map(lambda a, b: a.at[idx].set(b), tree, part)
-
-
 def bucket(count: int, largest: int) -> int:
     """The smallest batch of members >= count: a power of two below ``largest``, or ``largest``."""
     size = 1 << max(0, (count - 1).bit_length())
@@ -138,16 +106,20 @@ def bucket(count: int, largest: int) -> int:
 
 
 class Compacting:
-    """Run a :class:`CompiledStepper` over K members (its first level) on the still-active
-    members only: between chunks they are gathered into a batch whose size is a power of two
-    (at most ``log2(K) + 1`` chunk programs) and scattered back. Finished members are frozen
-    by the loop's masking, so gathering them or not gives the same bits."""
+    """A :class:`CompiledStepper` over K members run on the active ones only, gathered into a :func:`bucket`."""
 
     def __init__(self, stepper: CompiledStepper, hyper_axes: Hyper):
-        self.stepper = stepper
-        self.hyper_axes = hyper_axes
+        self.stepper, self.hyper_axes = stepper, hyper_axes
         self.batch_sizes: list[int] = []
         self.compile_seconds = 0.0
+
+    @staticmethod
+    def _take(tree, idx):
+        return jax.tree.map(lambda a: a[idx], tree)
+
+    @staticmethod
+    def _put(tree, part, idx):
+        return jax.tree.map(lambda a, b: a.at[idx].set(b), tree, part)
 
     def _mover(self, fn, args):
         exe, seconds = _engine.compiled(fn, (), None, (), args)
@@ -165,12 +137,12 @@ class Compacting:
         idx = np.concatenate([np.flatnonzero(active), np.flatnonzero(~active)])[:size]
         rows = jnp.asarray(idx)
         mapped = jax.tree.map(lambda a, ax: a if ax == 0 else None, hyper, self.hyper_axes, is_leaf=lambda x: x is None)
-        taken = self._mover(_take, (mapped, rows))
+        taken = self._mover(self._take, (mapped, rows))
         sub_hyper = jax.tree.map(lambda t, a: a if t is None else t, taken, hyper, is_leaf=lambda x: x is None)
-        part, history = self.stepper.chunk(self._mover(_take, (state, rows)), limit, sub_hyper)
+        part, history = self.stepper.chunk(self._mover(self._take, (state, rows)), limit, sub_hyper)
         full = np.full((K, *history.shape[1:]), np.nan, history.dtype)
         full[idx] = history
-        return self._mover(_put, (state, part, rows)), full
+        return self._mover(self._put, (state, part, rows)), full
 
     def evaluate(self, state: SolverState):
         return self.stepper.evaluate(state)
@@ -180,12 +152,12 @@ CHUNK_SECONDS = 1.0  # a chunk's wall time: an interrupt is answered within abou
 
 
 class Interrupted(KeyboardInterrupt):
-    """A run stopped by SIGINT or SIGTERM at a chunk boundary: ``signum``, and the ``state`` and
-    ``history`` it stopped at (a checkpoint of them resumes to the same bits)."""
+    """A run stopped by SIGINT or SIGTERM at a chunk boundary: ``signum``, ``state`` and ``history`` (to its step)."""
 
     def __init__(self, signum: int, state: SolverState, history: np.ndarray):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {int(np.max(state.step))}")
-        self.signum, self.state, self.history = signum, state, history
+        step = int(np.max(np.asarray(state.step)))
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.state, self.history = signum, state, history[..., :step].copy()
 
 
 _CAUGHT: list[list[int]] = []  # the signals caught while runs are driven (the innermost run's last)
@@ -202,8 +174,7 @@ class StopChunk(Exception):
 
 @contextlib.contextmanager
 def _interruptible():
-    """While a run is driven from the main thread, SIGINT and SIGTERM ask it to stop at the next
-    chunk boundary (said at once on stderr); a second SIGINT stops it at once. Restored after."""
+    """In the main thread, SIGINT and SIGTERM stop the run at the next chunk boundary; a second SIGINT at once."""
     caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield caught
@@ -215,7 +186,6 @@ def _interruptible():
         caught.append(signum)
         print(f"gradfit: {signal.Signals(signum).name}: stopping at the end of this chunk (press Ctrl-C again "
               "to stop at once)", file=sys.stderr, flush=True)
-
     previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
     _CAUGHT.append(caught)
     try:
@@ -228,18 +198,11 @@ def _interruptible():
 
 def drive(stepper, state: SolverState, hyper: Hyper, *, observers: Sequence[Observer | None] = (),
           history: np.ndarray | None = None, chunk_steps: int) -> RunResult:
-    """Run ``stepper`` chunk after chunk from ``state`` until every member has stopped, then
-    apply the end-of-run rule.
-
-    ``observers`` are called as ``observer(state, history_so_far)`` after every chunk, in
-    order. ``history`` (*levels, steps_so_far) continues an earlier run (a checkpoint). A chunk
-    runs at most ``chunk_steps`` steps (chosen to last about :data:`CHUNK_SECONDS`,
-    :func:`gradfit._plan.chunk_steps`), fewer once a chunk took over twice that (the same compiled
-    program: the result has the same bits). SIGINT or SIGTERM raise :class:`Interrupted` at the
-    next chunk boundary, after the observers.
-    """
+    """Run ``stepper`` from ``state`` (and ``history``) until every member has stopped, then the end-of-run rule,
+    calling ``observer(state, history_so_far)`` after every chunk of at most ``chunk_steps`` steps (fewer once one
+    took over twice :data:`CHUNK_SECONDS`). SIGINT or SIGTERM raise :class:`Interrupted` at a chunk boundary."""
     observers = [o for o in observers if o is not None]
-    histories = History(history)
+    histories = History(np.shape(state.step), history)
     finished = np.full(np.shape(state.step), np.nan)
     compile_before = _compile_seconds(stepper)
     chunks, limit = 0, chunk_steps
@@ -251,8 +214,7 @@ def drive(stepper, state: SolverState, hyper: Hyper, *, observers: Sequence[Obse
             try:
                 state, chunk_history = stepper.chunk(state, limit)
             except StopChunk:  # the stepper gave the chunk up: stop at the state before it
-                steps = int(np.max(np.asarray(state.step)))
-                raise Interrupted(caught[0], state, histories.view()[..., :steps].copy()) from None
+                raise Interrupted(caught[0], state, histories.view()) from None
             chunks += 1
             histories.append(chunk_history)
             active = active_host(state, hyper)
@@ -261,8 +223,7 @@ def drive(stepper, state: SolverState, hyper: Hyper, *, observers: Sequence[Obse
             for observer in observers:
                 observer(state, histories.view())
             if caught:
-                steps = int(np.max(np.asarray(state.step)))
-                raise Interrupted(caught[0], state, histories.view()[..., :steps].copy())
+                raise Interrupted(caught[0], state, histories.view())
             took = time.perf_counter() - began - (_compile_seconds(stepper) - compiled)
             if took > 2 * CHUNK_SECONDS:  # steps slower than the chunk size promised: shorter chunks
                 limit = max(1, int(limit * CHUNK_SECONDS / took))
@@ -275,11 +236,9 @@ def drive(stepper, state: SolverState, hyper: Hyper, *, observers: Sequence[Obse
     jax.block_until_ready(final)
     run_seconds = time.perf_counter() - start - (_compile_seconds(stepper) - compile_before)
     steps_run = int(np.max(np.asarray(state.step), initial=0))
-    out = histories.view()[..., :steps_run].copy() if histories.buffer is not None else np.zeros(np.shape(state.step) + (0,))
-    return RunResult(state, final, out, _compile_seconds(stepper), run_seconds, chunks, end,
-                     np.where(np.isnan(finished), run_seconds, finished))
+    return RunResult(state, final, histories.view()[..., :steps_run].copy(), _compile_seconds(stepper), run_seconds,
+                     chunks, end, np.where(np.isnan(finished), run_seconds, finished))
 
 
 def _compile_seconds(stepper) -> float:
-    inner = getattr(stepper, "stepper", None)
-    return stepper.compile_seconds + (0.0 if inner is None else inner.compile_seconds)
+    return stepper.compile_seconds + getattr(getattr(stepper, "stepper", None), "compile_seconds", 0.0)

@@ -1,37 +1,20 @@
 """The engine: one step, one stopping rule, one end-of-run rule, and the compiled chunk.
 
-Every entry point (``fit``, ``sweep``, ``solve``, both streamed methods, a resumed checkpoint)
-runs these functions and no others:
+Every entry point (``fit``, ``sweep``, ``solve``, streamed fits, a resumed checkpoint) runs these:
 
-- :func:`update` is *the* step: evaluate ``J(p) = loss(p) + (l2/2) ||W||^2`` and its gradient
-  at ``p_t`` by the plan (:mod:`gradfit._plan`), apply the optax update, and decide, by
-  :func:`advance`, whether to go on. With ``batch_size`` one step is one epoch of minibatch
-  updates (:func:`minibatch_step`), its objective the epoch's mean.
-- :func:`advance` is the stopping rule, from data alone (``G`` is :func:`optimality`, the scaled
-  gradient norm at ``p_t``):
+- :func:`update`, the step: ``J(p) = loss(p) + (l2/2) ||W||^2`` and its gradient at ``p_t`` by
+  the plan (:mod:`gradfit._plan`), one optax update, then :func:`advance`. With ``batch_size``
+  a step is one epoch of :func:`minibatch_step` updates, its objective the epoch's mean.
+- :func:`advance`, the stopping rule (``G`` = :func:`optimality` at ``p_t``): **converged** when
+  ``G <= tol``; **stalled** when ``G > tol`` and the step left the params unchanged or
+  ``|J_{t-1} - J_t| <= ftol * max(|J_{t-1}|, |J_t|, floor)``; **diverged** when ``J_t`` is not
+  finite or exceeds ``1e6 * max(J_0, eps)`` (the last params that passed are kept).
+- :func:`finalize`, the end-of-run rule: one more evaluation (:func:`final_check`) at the params
+  returned; a bad objective falls back to the params before (diverged), else ``converged`` is its test.
 
-  - **converged** when ``G <= tol``: the params ``p_t`` are at the optimum to the tolerance;
-  - **stalled** when the step left the params unchanged, or ``|J_{t-1} - J_t| <= ftol *
-    max(|J_{t-1}|, |J_t|, floor)`` (an ``ftol`` given), while ``G > tol``: the fit stopped
-    moving away from the optimum, reported as such, never as converged;
-  - **diverged** when ``J_t`` is not finite or exceeds ``1e6 * max(J_0, eps)``; the last params
-    whose objective passed that test are kept.
-
-- :func:`finalize` is the end-of-run rule: the loop evaluates J *before* each update, so the
-  params after the last update are evaluated once more (:func:`final_check`): a bad objective
-  falls back to the params before it and reports divergence, and ``converged`` is the optimality
-  test at the params returned, whatever stopped the loop.
-
-The optimizer works in the fit's coordinates (:func:`to_fit`): the coefficients of the centred
-and scaled columns, ``W' = W sigma``, ``b' = b + mu W`` (``mu``, ``sigma`` the columns' means and
-standard deviations, :class:`~gradfit._types.Scaling`), so that units and offsets of X never reach
-it; the state holds the model's params. ``program.standardize=False`` optimises ``(W, b)`` itself.
-
-:func:`run_chunk` runs steps inside one ``lax.while_loop``; :func:`compiled` compiles it (and
-every other program) ahead of time, ``vmap``-ed over the fit's :class:`~gradfit._types.Level` s,
-with one cache keyed by the program settings and the arguments' shapes, dtypes and shardings.
-Hyperparameters are array inputs, so new values never recompile.
-"""
+The optimizer works in the fit's coordinates (:func:`to_fit`), ``W' = W sigma``, ``b' = b + mu W``
+(:class:`~gradfit._types.Scaling`), unless ``program.standardize=False``. :func:`compiled` compiles every program
+ahead of time, ``vmap``-ed over the :class:`~gradfit._types.Level` s."""
 
 from __future__ import annotations
 
@@ -48,15 +31,13 @@ from gradfit._types import Data, Hyper, Level, Params, Program, Scaling, SolverS
 DIVERGENCE_FACTOR = 1e6
 
 
-# --------------------------------------------------------------------------- the objective
 def objective(params: Params, operand, l2, program: Program) -> jax.Array:
     """``J(p) = loss(p; operand) + (l2/2) ||W||^2``, a scalar (the plan reads the operand)."""
     return _plan.PLANS[program.plan].value(params, operand, program) + losses.l2_penalty(params, l2)
 
 
 def value_and_grad(params: Params, operand, l2, program: Program) -> tuple[jax.Array, Params]:
-    """``(J(p), dJ/dp)`` by the plan ``program.plan``, the L2 term added in closed form; the
-    bias gradient is 0 when ``fit_intercept`` is False."""
+    """``(J(p), dJ/dp)`` by the plan, the L2 term in closed form; db = 0 without ``fit_intercept``."""
     value, g = _plan.PLANS[program.plan].value_and_grad(params, operand, program)
     value = value + losses.l2_penalty(params, l2)
     g = jax.tree.map(jnp.add, g, gradients.l2_penalty(params, l2))
@@ -65,15 +46,13 @@ def value_and_grad(params: Params, operand, l2, program: Program) -> tuple[jax.A
     return value, g
 
 
-# --------------------------------------------------------------------------- the fit's coordinates
 def _col(v: jax.Array, like: jax.Array) -> jax.Array:
     """A per-feature vector (n,) laid out to broadcast against W (n,) or (n, k)."""
     return v if like.ndim == 1 else v[:, None]
 
 
 def to_fit(params: Params, s: Scaling) -> Params:
-    """``(W sigma, b + mu W)``: the coefficients of the centred and scaled columns
-    ``(x_j - mu_j) / sigma_j``, which give the same predictions."""
+    """``(W sigma, b + mu W)``: the coefficients of the columns ``(x_j - mu_j) / sigma_j``."""
     return Params(params.W * _col(s.scale, params.W), params.b + s.shift @ params.W)
 
 
@@ -95,17 +74,11 @@ def optimality(value: jax.Array, g: Params, hyper: Hyper) -> jax.Array:
 
         G^2 = [ sum_j ||g'_Wj||^2 / (h + l2 / sigma_j^2) + ||g'_b||^2 / h ] / (2 max(|J|, floor))
 
-    with ``g'`` the penalised gradient in the fit's coordinates (:func:`in_fit`) and ``h`` the
-    curvature of the loss along each of them (``hyper.scaling.curvature``: ``2 c N`` for mse,
-    ``c N / 4`` for bce, N the sum of the row weights, c the reduction's scale). The numerator is
-    twice the objective decrease a Newton step on the diagonal of the Hessian would make, so
-    ``G^2`` estimates the relative distance ``(J - J*) / J`` to the optimum; for mse without a
-    penalty, ``G`` is the norm of the correlations of the residual with the columns (and the
-    constant). It does not depend on the units of X or y. ``floor`` (``eps^(1/4)`` times the
-    objective of the best constant model) makes the test absolute for a fit that explains almost
-    all of y, whose loss would otherwise be compared with its own rounding. k outputs that share
-    hyperparameters are one objective and one test; per-output hyperparameters give each its own.
-    """
+    ``g'`` the penalised gradient in the fit's coordinates (:func:`in_fit`), ``h`` the loss's curvature along each
+    (``2 c N`` mse, ``c N / 4`` bce; N the sum of the row weights, c the reduction's scale). The numerator is twice
+    the decrease of a diagonal Newton step, so ``G^2`` estimates ``(J - J*) / J``, free of the units of X and y;
+    ``floor`` (``eps^(1/4)`` times the best constant model's objective) makes the test absolute for a near-perfect
+    fit. Outputs sharing hyperparameters share one test; per-output hyperparameters give each its own."""
     s = hyper.scaling
     gs = in_fit(g, s)
     h_W = s.curvature + hyper.l2 / (s.scale * s.scale)
@@ -115,45 +88,37 @@ def optimality(value: jax.Array, g: Params, hyper: Hyper) -> jax.Array:
 
 def optimizer(program: Program, hyper: Hyper):
     """The optax transformation, built inside the traced program from array hyperparameters."""
-    lr = hyper.learning_rate if program.has_learning_rate else None
-    return _optim.build(program.optimizer, lr, hyper.optimizer)
+    return _optim.build(program.optimizer, hyper.learning_rate if program.has_learning_rate else None,
+                        hyper.optimizer)
 
 
-# --------------------------------------------------------------------------- one update
 def _coordinates(program: Program, hyper: Hyper):
-    """``(to fit, to model, gradient into fit)`` maps of this program (identities without
-    ``standardize``)."""
+    """``(to fit, to model, gradient into fit)`` maps (identities without ``standardize``)."""
     s = hyper.scaling
     if not program.standardize:
-        same = lambda p: p  # noqa: E731
-        return same, same, same
+        return (lambda p: p,) * 3
     return (lambda p: to_fit(p, s)), (lambda t: to_model(t, s)), (lambda g: in_fit(g, s))
 
 
 def propose(params: Params, opt_state, operand, hyper: Hyper, program: Program):
-    """Evaluate J and dJ at ``params`` and apply one optimizer update in the fit's coordinates:
-    ``(J, dJ/dp, new params, new optimizer state)``. A line search evaluates J at trial points
-    through the plan."""
+    """J and dJ at ``params``, then one optimizer update in the fit's coordinates: ``(J, dJ/dp, new
+    params, new optimizer state)``. A line search evaluates J at trial points through the plan."""
     value, g = value_and_grad(params, operand, hyper.l2, program)
     fit, model, gradient = _coordinates(program, hyper)
-    plan = _plan.PLANS[program.plan]
-    value_fn = None if plan.value is None else (lambda t: objective(model(t), operand, hyper.l2, program))
+    value_fn = None if _plan.PLANS[program.plan].value is None else (
+        lambda t: objective(model(t), operand, hyper.l2, program))
     theta, g_fit = fit(params), gradient(g)
-    updates, opt_state = optimizer(program, hyper).update(
-        g_fit, opt_state, theta, value=value, grad=g_fit, value_fn=value_fn
-    )
+    updates, opt_state = optimizer(program, hyper).update(g_fit, opt_state, theta, value=value, grad=g_fit,
+                                                          value_fn=value_fn)
     still = jnp.all(jnp.stack([jnp.all(u == 0) for u in jax.tree.leaves(updates)]))
     new = model(optax.apply_updates(theta, updates))  # not exactly params when still: round-off
     return value, g, jax.tree.map(lambda p, q: jnp.where(still, p, q), params, new), opt_state
 
 
 def minibatch_step(carry, batch: Data, hyper: Hyper, program: Program):
-    """One minibatch update, accumulating the epoch's objective.
-
-    ``carry`` is ``(params, opt_state, sum of J_batch * batch weight, sum of batch weights,
-    sum of dJ_batch * batch weight)`` (for ``reduction="sum"`` the plain sums). A batch whose
-    weights are all 0 (padding only, in a streamed chunk) changes nothing.
-    """
+    """One minibatch update. ``carry``: ``(params, opt_state, sum of J_batch * batch weight, sum of
+    batch weights, sum of dJ_batch * batch weight)`` (plain sums for "sum"). An all-zero-weight
+    batch (padding only) changes nothing."""
     params, opt_state, value_sum, count_sum, grad_sum = carry
     value, g, new_params, new_state = propose(params, opt_state, batch, hyper, program)
     count = jnp.sum(batch.sample_weight)
@@ -168,23 +133,15 @@ def minibatch_step(carry, batch: Data, hyper: Hyper, program: Program):
 
 
 def epoch_value(value_sum, count_sum, program: Program) -> jax.Array:
-    """The objective recorded for an epoch: the batches' sum ("sum") or weighted mean (likewise
-    the epoch's gradient from the batches' gradients)."""
+    """An epoch's objective (or gradient): the batches' sum ("sum") or weighted mean."""
     return value_sum if program.reduction == "sum" else value_sum / count_sum
 
 
 def _batches(data: Data, key: jax.Array, program: Program):
-    """The epoch's batches as ``(fetch, xs)`` for a ``lax.scan`` over ``xs``.
-
-    ``"rows"``: a fresh on-device permutation of all rows each epoch; a batch gathers its rows
-    from anywhere in X (exact sampling without replacement; a random-access read).
-    ``"blocks"``: contiguous batches ``[j*B, (j+1)*B)`` visited in a fresh random order each
-    epoch; a batch is a slice of X, so an epoch is one streaming read (rows should be in random
-    order to begin with). ``"none"``: the contiguous batches in order. Batches have a fixed
-    shape; the short last one is padded with zero-weight rows ("blocks"/"none": the slice
-    ``[m - B, m)`` with the rows of the previous batch weighted 0), so every row is used once
-    per epoch and nothing recompiles.
-    """
+    """The epoch's batches as ``(fetch, xs)`` for a ``lax.scan`` over ``xs``: ``"rows"``, a fresh
+    permutation of the rows; ``"blocks"``, contiguous batches ``[j*B, (j+1)*B)`` in a fresh order;
+    ``"none"``, those in order. The short last batch is padded with zero-weight rows (for blocks,
+    the slice ``[m - B, m)`` with the previous batch's rows weighted 0): each row used once an epoch."""
     m = data.X.shape[0] if program.rows is None else program.rows  # padding rows are never drawn
     bs = program.batch_size
     n_batches = -(-m // bs)
@@ -219,9 +176,8 @@ def epoch_start(state: SolverState):
 
 
 def end_epoch(state: SolverState, carry, key, hyper: Hyper, program: Program) -> tuple[SolverState, jax.Array]:
-    """Close an epoch of minibatch steps: its objective and gradient are the batches' (weighted)
-    means (the gradient test is confirmed on the full data at the end, :func:`finalize`), and the
-    stopping rule falls back to the params at the epoch's start if the objective is bad."""
+    """Close an epoch: objective and gradient are the batches' means (the test is confirmed on
+    all rows by :func:`finalize`); a bad objective falls back to the params at the epoch's start."""
     params, opt_state, value_sum, count_sum, grad_sum = carry
     value = epoch_value(value_sum, count_sum, program)
     g = jax.tree.map(lambda total: epoch_value(total, count_sum, program), grad_sum)
@@ -229,24 +185,17 @@ def end_epoch(state: SolverState, carry, key, hyper: Hyper, program: Program) ->
 
 
 def update(state: SolverState, operand, hyper: Hyper, program: Program) -> tuple[SolverState, jax.Array]:
-    """The step (one epoch with minibatches); a finished state is returned unchanged.
-
-    Returns the new state and the objective value recorded for this step.
-    """
+    """The step (one epoch with minibatches): the new state (unchanged once finished) and the
+    objective recorded for the step."""
     if program.batch_size is None:
         value, g, candidate, opt_state = propose(state.params, state.opt_state, operand, hyper, program)
         return advance(state, hyper, value, g, candidate, opt_state, state.prev_params, state.key), value
     key, sub = jax.random.split(state.key)
     fetch, xs = _batches(operand, sub, program)
-
-    def one(carry, x):
-        return minibatch_step(carry, fetch(x), hyper, program), None
-
-    carry, _ = jax.lax.scan(one, epoch_start(state), xs)
+    carry, _ = jax.lax.scan(lambda c, x: (minibatch_step(c, fetch(x), hyper, program), None), epoch_start(state), xs)
     return end_epoch(state, carry, key, hyper, program)
 
 
-# --------------------------------------------------------------------------- the rules
 def _is_bad(value: jax.Array, initial: jax.Array) -> jax.Array:
     eps = jnp.finfo(value.dtype).eps
     return ~jnp.isfinite(value) | (value > DIVERGENCE_FACTOR * jnp.maximum(initial, eps))
@@ -254,12 +203,9 @@ def _is_bad(value: jax.Array, initial: jax.Array) -> jax.Array:
 
 def advance(state: SolverState, hyper: Hyper, value, g: Params, candidate: Params, opt_state, fallback: Params,
             key) -> SolverState:
-    """The stopping rule (module docstring), applied to one evaluated step.
-
-    ``value`` and ``g`` are J_t and dJ/dp at ``state.params`` (or the epoch's means); ``candidate``
-    the proposed p_{t+1}; ``fallback`` the params kept if J_t is bad. A finished state is returned
-    unchanged.
-    """
+    """The stopping rule (module docstring) for one evaluated step: ``value``, ``g`` are J_t and
+    dJ/dp at ``state.params`` (or the epoch's means), ``candidate`` p_{t+1}, ``fallback`` the params
+    kept if J_t is bad. A finished state is returned unchanged."""
     first = state.step == 0
     initial = jnp.where(first, value, state.initial_loss)
     bad = _is_bad(value, initial)
@@ -290,16 +236,9 @@ def _lead(a, like) -> jax.Array:
 
 
 def finalize(state: SolverState, final_value: jax.Array, final_g: jax.Array, hyper: Hyper):
-    """The end-of-run rule, from one more evaluation at the final params (:func:`final_check`:
-    the objective ``final_value`` and the optimality ``final_g``).
-
-    Where the objective fails the divergence test, fall back to the params before the last
-    update and report divergence; everywhere else ``converged`` is the optimality test at the
-    params returned, and a run the loop stopped early (by its own test, which a minibatch epoch
-    or the statistics only estimate, or as stalled) that fails it is ``stalled``. Returns the
-    state and the mask of members diverged at the end. Works on states with leading member axes
-    (they broadcast) and inside ``jit``.
-    """
+    """The end-of-run rule (module docstring) from :func:`final_check`'s ``final_value`` and ``final_g``;
+    a run stopped early that fails the test is ``stalled``. Returns the state and the mask of members
+    diverged at the end; leading member axes broadcast; jittable."""
     end = ~state.diverged & (state.step > 0) & _is_bad(final_value, state.initial_loss)
     params = jax.tree.map(lambda fb, cur: jnp.where(_lead(end, cur), fb, cur), state.prev_params, state.params)
     diverged = state.diverged | end
@@ -311,8 +250,7 @@ def finalize(state: SolverState, final_value: jax.Array, final_g: jax.Array, hyp
 
 
 def init_state(params: Params, hyper: Hyper, key: jax.Array, program: Program) -> SolverState:
-    """The state before step 0 (params as given, optimizer state fresh), with no weakly typed
-    leaves, so every chunk finds the program compiled for the first."""
+    """The state before step 0, without weakly typed leaves (every chunk reuses one program)."""
     opt_state = optimizer(program, hyper).init(_coordinates(program, hyper)[0](params))
     opt_state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), opt_state)
     zero = jnp.zeros((), params.W.dtype)
@@ -322,11 +260,8 @@ def init_state(params: Params, hyper: Hyper, key: jax.Array, program: Program) -
 
 
 def run_chunk(state: SolverState, operand, hyper: Hyper, limit: jax.Array, program: Program):
-    """Run up to ``limit`` (at most ``program.chunk_size``) steps in one ``lax.while_loop``.
-
-    Returns the state and the chunk's objective history, shape (chunk_size,), NaN past the
-    steps this chunk ran.
-    """
+    """Up to ``limit`` (<= ``program.chunk_size``) steps in one ``lax.while_loop``: the state and
+    the objective history (chunk_size,), NaN past the steps run."""
     history = jnp.full((program.chunk_size,), jnp.nan, state.loss.dtype)
 
     def cond(carry):
@@ -343,39 +278,23 @@ def run_chunk(state: SolverState, operand, hyper: Hyper, limit: jax.Array, progr
 
 
 def final_check(state: SolverState, operand, hyper: Hyper, program: Program) -> tuple[jax.Array, jax.Array]:
-    """The objective and the optimality ``G`` at the state's params (one more evaluation, for
-    :func:`finalize`)."""
+    """The objective and the optimality ``G`` at the state's params, for :func:`finalize`."""
     value, g = value_and_grad(state.params, operand, hyper.l2, program)
     return value, optimality(value, g, hyper)
 
 
-# --------------------------------------------------------------------------- compiling
-# How each kind of argument is mapped at a vmap level.
-_ROLE_AXES: dict[Any, Callable[[Level], Any]] = {
-    "state": lambda level: 0,  # a state carries every level's axis
-    "data": lambda level: level.data,
-    "hyper": lambda level: level.hyper,
-    "params": lambda level: level.params,
-    "key": lambda level: level.key,
-    None: lambda level: None,  # shared (e.g. a chunk's step limit)
-}
+def _axis(role: str | None, level: Level):
+    """The vmap axis at ``level`` of an argument of ``role``: a state carries every level's; None is shared."""
+    return 0 if role == "state" else None if role is None else getattr(level, role)
 
 
 def signature(args) -> tuple:
     """What a compiled program depends on besides its settings: the tree structure and each
-    leaf's shape, dtype, weak type and sharding (ints and None as they are)."""
+    leaf's shape, dtype, weak type and multi-device sharding (ints and None as they are)."""
     leaves, tree = jax.tree.flatten(args, is_leaf=lambda x: x is None or isinstance(x, int))
-    return tree, tuple(
-        x if x is None or isinstance(x, int) else
-        (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)), _layout(x))
-        for x in leaves
-    )
-
-
-def _layout(x):
-    """The sharding of an array laid out over several devices; None on one device (or host)."""
-    sharding = getattr(x, "sharding", None)
-    return sharding if sharding is not None and len(sharding.device_set) > 1 else None
+    return tree, tuple(x if x is None or isinstance(x, int) else (
+        tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)),
+        s if (s := getattr(x, "sharding", None)) is not None and len(s.device_set) > 1 else None) for x in leaves)
 
 
 _EXECUTABLES: dict[tuple, Any] = {}
@@ -383,17 +302,14 @@ _EXECUTABLES: dict[tuple, Any] = {}
 
 def compiled(fn: Callable, roles: tuple, program: Program | None, levels: tuple[Level, ...], args: tuple):
     """``fn(*args, program)`` compiled ahead of time, ``vmap``-ed over ``levels`` (each argument
-    mapped as its role says), and its compile time: 0 when this process compiled it before.
-
-    The one compile cache of gradfit: keyed by the function, the program settings, the levels
-    and the arguments' :func:`signature`; values of hyperparameters never enter the key.
-    """
+    mapped as its role says), and its compile time (0 from the cache). gradfit's one compile cache, keyed by
+    function, settings, levels and :func:`signature`, never by hyperparameter values."""
     key = (fn, roles, program, signature(levels), signature(args))
     if key in _EXECUTABLES:
         return _EXECUTABLES[key], 0.0
     f = fn if program is None else (lambda *a: fn(*a, program))
     for level in reversed(levels):
-        f = jax.vmap(f, in_axes=tuple(_ROLE_AXES[role](level) for role in roles))
+        f = jax.vmap(f, in_axes=tuple(_axis(role, level) for role in roles))
     start = time.perf_counter()
     exe = jax.jit(f).lower(*args).compile(compiler_options=_precision.compiler_options(args))
     _EXECUTABLES[key] = exe

@@ -1,8 +1,6 @@
 """Loss and gradient in one pass over X: forward and backward per block of rows.
 
-Autodiff of ``loss(X @ W + b)`` reads X twice per step: once for ``z = X W`` and once for
-the transposed product ``X^T dJ/dz``, which XLA emits as a ``dot_general`` contracting the
-row axis (measured at 18-21 GB/s on a 2-core CPU, against ~40 GB/s for a plain read). Here
+Autodiff of ``loss(X @ W + b)`` reads X twice per step (``z = X W``, then ``X^T dJ/dz``). Here
 the rows are cut into blocks of about 2 MiB, which stay in cache between the two products:
 
     for each block b of rows (X_b (B, n), y_b, w_b):
@@ -14,19 +12,10 @@ the rows are cut into blocks of about 2 MiB, which stay in cache between the two
     bce: loss_i = y softplus(-z) + (1-y) softplus(z), dloss/dz = sigmoid(z_i) - y_i
          (both from one exp: gradfit.losses.bce_terms)
 
-and the reduction's scale c (1/N "mean", 1/(2N) "half_mean", 1 "sum", N = sum of weights
-or m) multiplies J, dW and db at the end: the closed forms of :mod:`gradfit.gradients`, in
-one read of X from memory. The loop is ``lax.fori_loop`` over full blocks plus one static
-tail block, so any m works and nothing is padded or copied.
-
-Measured trade-off (``docs/benchmarks.md``): on XLA:CPU the loop body runs on one core and is
-bound by its arithmetic, not by memory (a cache-resident block takes as long as one from DRAM),
-so on the 2-core development machine (m = 2e6, n = 64) a BCE step takes ~25 ms here against
-~18.5 ms for the two whole-array reads of ``grad="hand"``, which use every core. ``"auto"``
-therefore picks ``"hand"``; this plan stays for memory-bound hosts with one free core and as
-the reference for one read per step. XLA:CPU did not run two such loops concurrently (two
-loops in one program, two CPU devices or two Python threads: measured, no gain).
-"""
+and the reduction's scale c (1/N "mean", 1/(2N) "half_mean", 1 "sum", N = sum of weights or m) multiplies J, dW and
+db at the end. A ``lax.fori_loop`` over full blocks plus one static tail: any m, no padding. On XLA:CPU the loop runs
+on one core (``docs/benchmarks.md``), so ``"auto"`` picks ``"hand"``; this plan is for memory-bound hosts and the
+one-read reference."""
 
 from __future__ import annotations
 
@@ -36,10 +25,7 @@ import jax.numpy as jnp
 from gradfit import losses
 from gradfit._types import Params
 
-# ~2 MiB of X per block (the per-core L2 of the development machine). Measured BCE step at
-# m = 2e6, n = 64: 58 ms with 2048-row blocks, 50 ms with 4096, 43 ms with 8192, 42-46 ms with
-# 16384 (the whole-array two-pass closed form: 42 ms; one read of X: 16 ms).
-_BLOCK_BYTES = 2 << 20
+_BLOCK_BYTES = 2 << 20  # ~2 MiB of X per block (a per-core L2; 8192+ rows at n = 64 measured best)
 
 
 def block_rows(n: int, itemsize: int, m: int) -> int:
@@ -59,15 +45,11 @@ def _per_row(loss: str, z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Arra
 def value_and_grad(params: Params, X: jax.Array, y: jax.Array, *, loss: str, reduction: str = "mean",
                    sample_weight: jax.Array | None = None, block: int | None = None) -> tuple[jax.Array, Params]:
     """``(J, dJ/dp)`` of :func:`gradfit.losses.mse` or ``bce`` reading X once (module docstring).
-
-    Shapes: X (m, n); y (m,) with W (n,), b (), or y (m, k) with W (n, k), b (k,).
-    Jittable and ``vmap``-able; ``block`` rows per block (default :func:`block_rows`).
-    """
+    Shapes: X (m, n); y (m,) with W (n,), b (), or y (m, k) with W (n, k), b (k,). Jittable,
+    ``vmap``-able; ``block`` rows per block (default :func:`block_rows`)."""
     m, n = X.shape
     dtype = params.W.dtype  # X may be stored in a 16-bit float (gradfit._precision)
-    if block is None:
-        block = block_rows(n, dtype.itemsize, m)
-    block = min(block, m)
+    block = min(block_rows(n, dtype.itemsize, m) if block is None else block, m)
 
     def one_block(start, size, carry):
         total, gW, gb = carry
@@ -86,9 +68,7 @@ def value_and_grad(params: Params, X: jax.Array, y: jax.Array, *, loss: str, red
     carry = (jnp.zeros((), dtype), jnp.zeros_like(params.W), jnp.zeros_like(params.b))
     n_full, tail = divmod(m, block)
     carry = jax.lax.fori_loop(0, n_full, lambda i, c: one_block(i * block, block, c), carry)
-    if tail:
-        carry = one_block(n_full * block, tail, carry)
-    total, gW, gb = carry
+    total, gW, gb = one_block(n_full * block, tail, carry) if tail else carry
     count = m if sample_weight is None else jnp.sum(sample_weight)
     scale = losses.reduction_scale(reduction, count)
     return scale * total, Params(scale * gW, scale * gb)

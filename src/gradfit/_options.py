@@ -1,10 +1,5 @@
-"""fit's options: one spec (:class:`FitOptions`), checked in one place before any compute.
-
-:func:`gradfit.fit`, :func:`gradfit.sweep` (per member), :func:`gradfit.fit_streaming`, the
-scikit-learn estimators, the config loader and the command all build a :class:`FitOptions` and
-call :func:`check` (``ValueError`` naming the option and the fix); checks that need the data's
-shape are :func:`for_data`. Each rule exists once, here.
-"""
+"""fit's options: one spec (:class:`FitOptions`), checked once here before any compute by every front door
+(:func:`check`: ``ValueError`` naming the option and the fix; :func:`for_data`: the checks that need the shapes)."""
 
 from __future__ import annotations
 
@@ -55,67 +50,56 @@ class FitOptions(NamedTuple):
     checkpoint: Any = None
     checkpoint_every: Any = None
     resume: bool = False
+    overwrite: bool = False
 
 
 DOCS = """\
       loss: ``"mse"`` or ``"bce"`` (logistic regression, from logits).
       reduction: ``"mean"`` (1/m), ``"half_mean"`` (1/(2m), mse only) or ``"sum"``.
-      optimizer: an optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or any
-        ``optax.GradientTransformation`` (then leave ``learning_rate`` unset).
-      learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's). A (k,) array
-        gives each output column its own rate (vmapped). ``"auto"`` (with ``optimizer="sgd"``): ``1/L``,
-        see :func:`gradfit.health.safe_learning_rate` (exact from the statistics with plan "stats").
+      optimizer: an optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or any ``optax.GradientTransformation``
+        (then leave ``learning_rate`` unset).
+      learning_rate: step size; default 0.01 (for ``"lbfgs"``: None, the line search's). A (k,) array gives each
+        output column its own rate (vmapped). ``"auto"`` (with ``optimizer="sgd"``): ``1/L``, see
+        :func:`gradfit.health.safe_learning_rate` (exact from the statistics with plan "stats").
       steps: most steps to run (epochs with ``batch_size``).
-      tol: converged, and stop, when the scaled gradient norm ``G <= tol`` (default 1e-4): ``G^2``
-        estimates the relative distance ``(J - J*) / J`` to the optimum, independent of the units of X
-        and y (for mse, ``G`` is the norm of the residual's correlations with the columns; the formula
-        is :func:`gradfit._engine.optimality`). The default puts J within ~1e-8 of J*, below float32's
-        resolution; G itself rounds at ~1e-6 in float32, ~1e-15 in float64, so smaller ``tol`` needs
-        float64. ``converged`` always means this test passed at the params returned;
-        ``stats["grad_norm"]`` is ``G`` there. None: no test, run every step.
-      ftol: also stop, as "stalled" unless the ``tol`` test passes, when the objective changes by at
-        most ``ftol * max(|J_{t-1}|, |J_t|)`` in a step (scipy's ``ftol``); None (default): no such test.
-      l2: penalty ``(l2/2) ||W||^2``; bias not penalised. (k,) for per-output values.
-        See :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
-      grad: the plan (:mod:`gradfit._plan`): ``"auto"`` (default: ``"stats"`` for a full-batch MSE
-        fit when its cost model says it is cheaper, else the fastest direct plan), ``"autodiff"``
-        (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`), ``"onepass"`` (closed forms, X read
-        once per step in row blocks) or ``"stats"`` (MSE by sufficient statistics: one pass over X,
-        then O(n^2 k) per step, same iterates). The plan used is ``stats["plan"]``.
+      tol: converged, and stop, when the scaled gradient norm ``G <= tol`` (default 1e-4; ``stats["grad_norm"]``):
+        ``G^2`` estimates ``(J - J*) / J`` in any units (:func:`gradfit._engine.optimality`). G rounds at ~1e-6 in
+        float32, so a smaller ``tol`` needs float64. None: no test, run every step.
+      ftol: also stop, as "stalled" unless the ``tol`` test passes, when the objective changes by at most
+        ``ftol * max(|J_{t-1}|, |J_t|)`` in a step (scipy's ``ftol``); None (default): no such test.
+      l2: penalty ``(l2/2) ||W||^2``, bias not penalised; (k,) for per-output values. See
+        :func:`gradfit.losses.l2_penalty` for the mapping to scikit-learn's alpha and C.
+      grad: the plan (:mod:`gradfit._plan`; ``stats["plan"]``): ``"auto"`` (default: by a cost model),
+        ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`), ``"onepass"`` (X read once per step)
+        or ``"stats"`` (MSE by sufficient statistics: one pass over X, then O(n^2 k) per step, same iterates).
       init: None/``"zeros"``, ``"normal"`` (N(0, 1/n) weights from ``seed``) or ``Params``.
-      batch_size: minibatch SGD, batches drawn on device as ``shuffle`` says; the short last
-        batch is kept (padded with zero-weight rows), so no row is dropped.
-      shuffle: minibatch order. ``"blocks"`` (default): fixed contiguous batches in a fresh random
-        order every epoch, so an epoch is one sequential read of X (shuffle ordered rows, e.g. sorted
-        by label, once beforehand). ``"rows"``: a fresh permutation of all rows every epoch, batches
-        gathered from anywhere in X (exact sampling without replacement; on CPU ~25-70x slower per
-        epoch, ``docs/benchmarks.md``). ``"none"``: the contiguous batches in order.
+      batch_size: minibatch SGD, batches drawn on device as ``shuffle`` says; the short last batch is kept
+        (padded with zero-weight rows), so no row is dropped.
+      shuffle: minibatch order. ``"blocks"`` (default): fixed contiguous batches in a fresh random order every
+        epoch (shuffle rows sorted e.g. by label once beforehand). ``"rows"``: a fresh permutation of all rows
+        every epoch (exact, much slower on CPU). ``"none"``: the blocks in order.
       seed: seeds the minibatch order and ``init="normal"``.
       fit_intercept: False fixes b at its initial value (0).
-      standardize: optimise in the coordinates of the centred and scaled columns (``W' = W sigma``,
-        ``b' = b + mu W``, from a sample of rows) and map back exactly, so units and offsets of X never
-        reach the optimizer (default); the objective and the answer are the same. False: optimise
-        ``(W, b)`` themselves (the seeds' iterates exactly; ``learning_rate`` then in X's units).
-      optimizer_options: extra options of the optax alias, e.g. ``{"momentum": 0.9}``;
-        float values are traced (new values do not recompile).
+      standardize: optimise in the coordinates of the centred and scaled columns (``W' = W sigma``, ``b' = b +
+        mu W``) and map back exactly (default): same objective and answer. False: optimise ``(W, b)`` directly.
+      optimizer_options: extra options of the optax alias, e.g. ``{"momentum": 0.9}``, each checked against its
+        range; float values are traced (new values do not recompile).
       batched: X has a leading axis of B independent problems, fitted under ``vmap``.
-      chunk_size: steps per compiled chunk; Python runs only between chunks (progress, checkpoints, an
-        interrupt). None (default): as many as take about a second by the size of X, at most 256.
-      callback: ``callback(state, history)`` between chunks.
-      devices: split the rows across devices (:mod:`gradfit.sharding`): None uses every device once
-        m >= ``gradfit.sharding.AUTO_MIN_ROWS`` (one device below that), an int d the first d
-        devices (1 forces one), or a list of jax devices or ids. Rows that do not divide evenly are
-        padded with weight-0 rows. Leave None when X, y are already sharded jax arrays (kept as is).
-      n_rows: for X, y already padded and sharded (e.g. by :func:`gradfit.shard_rows` or
-        :func:`gradfit.distributed.load_rows`), the number of real rows, which come first; minibatches
-        are drawn from them only. Not needed for full batches.
+      chunk_size: steps per compiled chunk (at most ``steps`` without a checkpoint); Python runs only between
+        chunks (progress, checkpoints, an interrupt). None: about a second's worth by the size of X, <= 256.
+      callback: ``callback(state, history)``, called between chunks.
+      devices: split the rows across devices (:mod:`gradfit.sharding`): None uses every device once m >=
+        ``gradfit.sharding.AUTO_MIN_ROWS`` (else one), an int d the first d devices, or a list of jax devices or
+        ids; uneven rows are padded with weight-0 rows. Leave None for already sharded X, y (kept as is).
+      n_rows: for X, y already padded and sharded (:func:`gradfit.shard_rows`, :func:`gradfit.distributed.load_rows`),
+        the real rows, which come first: minibatches draw only them.
       progress: show a tqdm bar (updated between chunks; needs ``gradfit[progress]``).
-      checkpoint: a file path: save the run there atomically at chunk boundaries and at the end
-        (see :mod:`gradfit.checkpoint`).
-      checkpoint_every: an int (steps), a ``datetime.timedelta``, or
-        ``gradfit.checkpoint.Every(steps, seconds)``; default every 60 seconds.
-      resume: continue from ``checkpoint`` if that file exists (same data and settings, else
-        ValueError), start afresh if not; the result has the same bits as an unbroken run (on CPU).
+      checkpoint: a file path: save the run there atomically between chunks and at the end (:mod:`gradfit.checkpoint`).
+      checkpoint_every: an int (steps), a ``datetime.timedelta``, or ``gradfit.checkpoint.Every(steps, seconds)``;
+        default every 60 seconds.
+      resume: continue from ``checkpoint`` if it exists (same data and settings, else ValueError), bit for bit.
+      overwrite: start over at ``checkpoint`` even if it holds an unfinished or damaged run (a file that is
+        not a gradfit checkpoint is still refused).
 
 """
 
@@ -147,13 +131,6 @@ def unknown(names, allowed, what: str = "fit option") -> None:
                              f"the options are {', '.join(allowed)}")
 
 
-def _check_init(init) -> None:
-    if isinstance(init, str) and init not in ("zeros", "normal"):
-        raise ValueError(f"unknown init {init!r}: use None or 'zeros', 'normal', or a gradfit.Params")
-    if not (init is None or isinstance(init, (str, Params)) or (isinstance(init, tuple) and len(init) == 2)):
-        raise ValueError(f"init must be None, 'zeros', 'normal' or gradfit.Params(W, b), got {type(init).__name__}")
-
-
 def _check_learning_rate(o: FitOptions) -> tuple[Any, bool]:
     """The learning rate to check (1.0 stands in for "auto"), and whether it is "auto"."""
     lr = o.learning_rate
@@ -170,20 +147,26 @@ def _check_learning_rate(o: FitOptions) -> tuple[Any, bool]:
     return lr, False
 
 
+def check_callback(callback, call: str, name: str = "callback") -> None:
+    """ValueError unless ``callback`` is None or callable (``call`` says how it is called)."""
+    if callback is not None and not callable(callback):
+        raise ValueError(f"{name} must be a function, {call}, or None; got {type(callback).__name__} {callback!r}")
+
+
 def _check_long_run(o: FitOptions) -> FitOptions:
     if not _validation.is_bool(o.progress):
         raise ValueError(f"progress must be True or False, got {o.progress!r}")
-    if o.callback is not None and not callable(o.callback):
-        raise ValueError(f"callback must be a function callback(state, history) or None, got {o.callback!r}")
+    check_callback(o.callback, "callback(state, history), called between chunks")
     if o.checkpoint is None:
-        if o.resume is not False or o.checkpoint_every is not None:
-            raise ValueError("resume and checkpoint_every need checkpoint=PATH, the checkpoint file to write and "
-                             "resume from")
+        if o.resume is not False or o.overwrite is not False or o.checkpoint_every is not None:
+            raise ValueError("resume, overwrite and checkpoint_every need checkpoint=PATH, the checkpoint file to "
+                             "write and resume from")
         return o
     if not isinstance(o.checkpoint, (str, os.PathLike)):
         raise ValueError(f"checkpoint must be a file path (str or pathlib.Path), got {type(o.checkpoint).__name__}")
-    if not _validation.is_bool(o.resume):
-        raise ValueError(f"resume must be True or False, got {o.resume!r}")
+    for name in ("resume", "overwrite"):
+        if not _validation.is_bool(getattr(o, name)):
+            raise ValueError(f"{name} must be True or False, got {getattr(o, name)!r}")
     path = Path(o.checkpoint)
     if path.is_dir():
         raise ValueError(f"checkpoint {str(path)!r} is a folder: give a file path, "
@@ -196,8 +179,7 @@ def _check_long_run(o: FitOptions) -> FitOptions:
 
 
 class Every(NamedTuple):
-    """When to checkpoint: after ``steps`` more steps or ``seconds`` more seconds, whichever comes
-    first (None: not by that measure), checked at chunk boundaries."""
+    """Checkpoint (between chunks) after ``steps`` more steps or ``seconds`` more seconds (None: not by that)."""
 
     steps: int | None = None
     seconds: float | None = None
@@ -207,8 +189,7 @@ DEFAULT_EVERY_SECONDS = 60.0
 
 
 def parse_every(value) -> Every:
-    """Normalise ``checkpoint_every``: None (every 60 seconds), an int (steps), a
-    ``datetime.timedelta`` (time), or :class:`Every`; ValueError for anything else."""
+    """Normalise ``checkpoint_every``: None (60 s), an int (steps), a ``timedelta`` or :class:`Every`."""
     if value is None:
         return Every(seconds=DEFAULT_EVERY_SECONDS)
     if isinstance(value, datetime.timedelta):
@@ -241,9 +222,10 @@ def check_program(loss: str, reduction: str, grad: str, spec: _optim.OptimizerSp
 def check(options: FitOptions | dict) -> Checked:
     """Check every option that does not depend on the data; ValueError names the bad one."""
     o = FitOptions(**options) if isinstance(options, dict) else options
-    losses.check_model(o.loss, o.reduction, o.grad, _plan.GRAD_MODES)
     steps = _validation.positive_int(o.steps, "steps")
     chunk_size = None if o.chunk_size is None else _validation.positive_int(o.chunk_size, "chunk_size")
+    if chunk_size is not None and o.checkpoint is None:  # a chunk's history is chunk_size long: no longer than the run
+        chunk_size = min(chunk_size, steps)  # (a checkpoint keeps it: resuming with more steps needs the same chunks)
     batch_size = None if o.batch_size is None else _validation.positive_int(o.batch_size, "batch_size")
     n_rows = None if o.n_rows is None else _validation.positive_int(o.n_rows, "n_rows")
     if o.shuffle not in SHUFFLES:
@@ -252,7 +234,10 @@ def check(options: FitOptions | dict) -> Checked:
     for name in ("fit_intercept", "batched", "standardize"):
         if not _validation.is_bool(getattr(o, name)):
             raise ValueError(f"{name} must be True or False, got {getattr(o, name)!r}")
-    _check_init(o.init)
+    if isinstance(o.init, str) and o.init not in ("zeros", "normal"):
+        raise ValueError(f"unknown init {o.init!r}: use None or 'zeros', 'normal', or a gradfit.Params")
+    if not (o.init is None or isinstance(o.init, (str, Params)) or (isinstance(o.init, tuple) and len(o.init) == 2)):
+        raise ValueError(f"init must be None, 'zeros', 'normal' or gradfit.Params(W, b), got {type(o.init).__name__}")
     seed = _validation.seed(o.seed)
     lr, auto_step = _check_learning_rate(o)
     spec, traced = _optim.resolve(o.optimizer, o.optimizer_options, lr)
@@ -269,24 +254,34 @@ def check(options: FitOptions | dict) -> Checked:
 
 
 def check_step(c: Checked, curvature: float, dtype) -> None:
-    """Refuse a learning rate that cannot move the parameters in ``dtype``: one that rounds to 0,
-    or (plain gradient descent) one whose step ``lr * curvature`` along a standardised column is
-    below the dtype's resolution."""
+    """Refuse values that overflow ``dtype`` (hyperparameters, ``init``), and a learning rate that rounds to 0 or
+    (sgd) whose step ``lr * curvature`` along a standardised column is below its resolution."""
+    finfo = np.finfo(dtype)
+    big = float(finfo.max)
+    values = {"learning_rate": c.learning_rate, "l2": c.l2, "tol": c.tol, "ftol": c.ftol, **c.traced}
+    for name, value in values.items():
+        if value is not None and np.max(np.abs(value)) > big:
+            raise ValueError(f"{name} = {np.max(np.abs(value)):g} overflows {np.dtype(dtype)} (largest {big:.3g}), "
+                             f"where it would be inf: use a smaller {name}, or fit in float64 (jax_enable_x64)")
+    if isinstance(c.options.init, tuple):
+        for name, a in zip(("W", "b"), c.options.init):
+            a = _validation.as_numeric(a, f"init.{name}")
+            _validation.check_finite(a, f"init.{name}")
+            if np.size(a) and float(np.max(np.abs(a))) > big:
+                raise ValueError(f"init {name} holds values up to {float(np.max(np.abs(a))):g}, which overflow "
+                                 f"{np.dtype(dtype)} (largest {big:.3g}): start from smaller params, or fit in float64")
     if c.learning_rate is None or c.auto_step:
         return
     lr = float(np.min(c.learning_rate))
-    finfo = np.finfo(dtype)
     if lr < float(finfo.tiny) or (c.optimizer.name == "sgd" and lr * float(curvature) < float(finfo.eps)):
-        raise ValueError(
-            f"learning_rate={lr:g} is below {np.dtype(dtype)}'s resolution for this problem: a step would move "
-            f"the parameters by less than one part in {1 / float(finfo.eps):.0e} of the optimal step "
-            f"(1/curvature = {1 / float(curvature):.3g}); use a larger learning_rate, or learning_rate='auto'"
-        )
+        raise ValueError(f"learning_rate={lr:g} is below {np.dtype(dtype)}'s resolution for this problem: a step "
+                         f"would move the parameters by less than one part in {1 / float(finfo.eps):.0e} of the "
+                         f"optimal step (1/curvature = {1 / float(curvature):.3g}); use a larger learning_rate, or "
+                         "learning_rate='auto'")
 
 
 def for_data(c: Checked, *, m: int, n: int, k: int | None, sharded: bool = False, members: int = 1) -> str:
-    """The checks that need the data's shape (rows m, features n, outputs k or None); returns
-    the plan the fit runs (:func:`gradfit._plan.choose`)."""
+    """The checks that need the shape (m, n, k or None); returns the plan (:func:`gradfit._plan.choose`)."""
     o = c.options
     if o.batch_size is not None and o.batch_size > m:
         raise ValueError(f"batch_size={o.batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None "
@@ -311,22 +306,16 @@ def per_output(c: Checked) -> bool:
     return (c.learning_rate is not None and c.learning_rate.ndim == 1) or c.l2.ndim == 1
 
 
-def _documented() -> dict[str, str]:
-    """:data:`DOCS` split into one entry per option (an entry starts at a line ``      name:``)."""
-    entries = re.split(r"^(?=      \w+:)", DOCS, flags=re.MULTILINE)
-    return {entry.split(":", 1)[0].strip(): entry for entry in entries if entry}
-
-
 def with_options_signature(fn, *, exclude=()):
-    """Give ``fn(X, y, *, ..., **options)`` the signature that lists every fit option with its
-    default (what ``help()`` and ``inspect.signature`` show), and put their documentation where
-    its docstring says ``{options}``: the options are written once, here."""
+    """Give ``fn(X, y, *, ..., **options)`` a signature listing every fit option with its default, and their
+    :data:`DOCS` where its docstring says ``{options}``."""
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
     have = {p.name for p in params}
     names = [n for n in NAMES if n not in have and n not in exclude]
     params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=getattr(FitOptions(), n)) for n in names]
     fn.__signature__ = sig.replace(parameters=params)
-    docs = _documented()
+    # DOCS, one entry per option (an entry starts at a line "      name:")
+    docs = {e.split(":", 1)[0].strip(): e for e in re.split(r"^(?=      \w+:)", DOCS, flags=re.MULTILINE) if e}
     fn.__doc__ = (fn.__doc__ or "").replace("{options}\n", "".join(docs[n] for n in names))
     return fn

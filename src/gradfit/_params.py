@@ -9,22 +9,17 @@ from gradfit._types import Params
 
 
 def matmul(X: jax.Array, W: jax.Array) -> jax.Array:
-    """``X @ W`` for X (m, n) and W (n,) or (n, k), computed in W's dtype.
-
-    X may be stored in a 16-bit float (bfloat16 storage: half the bytes) while W, the
-    products and the sums are float32. Then the product is written as one fused
-    multiply-reduce, ``sum_j float32(X_ij) W_j``, which reads X in place: ``X @ W`` would
-    promote X and XLA would first write a float32 copy of all of it.
-    """
+    """``X @ W`` for X (m, n) and W (n,) or (n, k), in W's dtype. For X stored in a 16-bit float,
+    one fused multiply-reduce ``sum_j float32(X_ij) W_j`` that reads X in place (``X @ W`` would
+    first write a float32 copy of X)."""
     if X.dtype == W.dtype:
         return X @ W
     return _upcast_matmul(X, W)
 
 
 def upcast_xt_dot(X: jax.Array, s: jax.Array) -> jax.Array:
-    """``X^T s`` in s's dtype for X stored in a 16-bit float: ``sum_i float32(x_i) s_i`` as one
-    fused multiply-reduce. The barrier gives this upcast of X an identity of its own, so
-    that XLA cannot merge it with the forward product's into one float32 copy of X."""
+    """``X^T s`` in s's dtype for a 16-bit X: one fused ``sum_i float32(x_i) s_i``. The barrier keeps
+    XLA from merging this upcast with the forward product's into one float32 copy of X."""
     Xc = jax.lax.optimization_barrier(X).astype(s.dtype)
     if s.ndim == 1:
         return jnp.sum(Xc * s[:, None], axis=0)
@@ -61,10 +56,3 @@ def predict(params: Params, X: jax.Array) -> jax.Array:
     """Return ``X @ W + b``: shape (m,) for one output, (m, k) for k outputs (in W's dtype)."""
     b = params.b
     return matmul(X, params.W) + (b if b.ndim == 0 else b[None, :])
-
-
-def zeros(n_features: int, n_outputs: int | None, dtype) -> Params:
-    """Zero-initialised :class:`Params` (W (n,) or (n, k); b () or (k,))."""
-    w_shape = (n_features,) if n_outputs is None else (n_features, n_outputs)
-    b_shape = () if n_outputs is None else (n_outputs,)
-    return Params(jnp.zeros(w_shape, dtype), jnp.zeros(b_shape, dtype))

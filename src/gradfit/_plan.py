@@ -1,39 +1,20 @@
 """How a fit computes its objective and gradient: the plans, their validity, and ``"auto"``.
 
-A plan is a small object (:class:`Plan`) that says how to compute the unpenalised loss and
-its gradient from its *operand* (the data, or a summary of it). The engine adds the L2 term,
-the optimizer and the stopping rule, the same for every plan.
+A :class:`Plan` computes the unpenalised loss and its gradient from its *operand*; the engine adds the L2 term,
+the optimizer and the stopping rule. ``"autodiff"``: ``jax.grad``, X read twice. ``"hand"``: the closed forms of
+:mod:`gradfit.gradients`, X read twice. ``"onepass"``: the closed forms in row blocks, X read once. ``"stats"``:
+O(n^2 k) per step from sufficient statistics (:class:`gradfit._stats.Stats`), after one pass. ``"summed"``
+(internal): a streamed pass's sums (:class:`Sums`), scaled.
 
-======================  =========================================================  ============
-plan (``grad=``)        per step                                                   operand
-======================  =========================================================  ============
-``"autodiff"``          ``jax.grad`` of the loss: X read twice (z = XW, X^T dz)     Data
-``"hand"``              the closed forms of :mod:`gradfit.gradients`, X read twice  Data
-``"onepass"``           the closed forms in row blocks, X read once                 Data
-``"stats"``             O(n^2 k) from sufficient statistics, after one pass         Stats
-``"summed"``            a streamed pass's sums, scaled (internal)                   Sums
-======================  =========================================================  ============
+``"auto"`` estimates costs in gemm flops, reading one element of X costing ``READ = 10`` (measured, XLA:CPU):
 
-``"auto"`` (the default) estimates the cost of a fit, in units of one gemm flop, with two
-constants measured on the development machine (2-core AMD EPYC, ~40 GB/s, XLA:CPU): reading
-one float32 of X from memory costs ``READ = 10`` flops, and the Gram pass runs near gemm speed:
+    direct = evals * (2 * READ * m * n + 4 * m * n * k)
+    stats  = 2 * READ * m * n + 2 * m * p^2 + 10 * q^3 + evals * 4 * q^2 * k,   p = n + 1 + k, q = n + 1
 
-    direct = evals * (2 * READ * m * n + 4 * m * n * k)          X read twice per evaluation
-    stats  = 2 * READ * m * n + 2 * m * p^2 + 10 * q^3 + evals * 4 * q^2 * k
-             (mean and residual passes + Gram pass + eigendecomposition + steps),
-             p = n + 1 + k, q = n + 1
-
-with ``evals = steps`` (times 2 for a line search, which evaluates the objective again) and
-picks ``"stats"`` for a full-batch MSE fit when ``stats < direct`` -- for n = 64 that is any
-fit of more than about 4 steps. Otherwise (BCE, minibatches, or few steps) it picks
-``"hand"``, the direct plan measured fastest on every backend tried (``docs/benchmarks.md``):
-it reads X twice per step, each read a whole-array product that XLA spreads over every core at
-the one-read floor (:func:`gradfit.gradients.xt_dot`), where ``"onepass"``'s block loop runs
-on one core (2-core machine, m = 2e6, n = 64, float32: 18.5 ms against 25.8 ms per BCE step).
-Problems vmapped over one shared X (a sweep group, per-output columns) get ``"autodiff"``: its
-``X^T S`` over the members is one matrix-matrix product (BCE, m = 2e5, 16 members x 100 steps:
-0.71 s against 1.29 s for ``"hand"`` and 1.23 s for ``"onepass"``).
-"""
+with ``evals = steps`` (doubled by a line search), and picks ``"stats"`` for a full-batch MSE fit when cheaper.
+Otherwise ``"hand"``, the fastest direct plan measured (whole-array products spread over every core, where
+``"onepass"``'s block loop uses one; ``docs/benchmarks.md``), or ``"autodiff"`` for problems vmapped over one shared
+X (a sweep group, per-output columns): its ``X^T S`` over the members is one matrix-matrix product."""
 
 from __future__ import annotations
 
@@ -51,8 +32,7 @@ MEMBERS_DIRECT = "autodiff"  # ... and for members vmapped over one X
 
 
 class Sums(NamedTuple):
-    """A streamed pass's ``reduction="sum"`` loss and gradient over all rows, and the row count
-    (the sum of the row weights), for the ``"summed"`` plan."""
+    """A streamed pass's ``reduction="sum"`` loss and gradient over all rows, for the ``"summed"`` plan."""
 
     value: jax.Array  # ()
     grad: Params  # like the params
@@ -60,12 +40,8 @@ class Sums(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """How to compute the loss and its gradient from an operand (unpenalised).
-
-    ``value_and_grad(params, operand, program) -> (J, dJ/dp)``;
-    ``value(params, operand, program) -> J``, or None where the operand cannot be evaluated at
-    other params (a streamed pass's sums: no line search).
-    """
+    """``value_and_grad(params, operand, program) -> (J, dJ/dp)`` and ``value(...) -> J`` (None where the operand
+    cannot be evaluated at other params: a streamed pass's sums, no line search)."""
 
     name: str
     value_and_grad: Callable[[Params, Any, Program], tuple[jax.Array, Params]]
@@ -73,9 +49,8 @@ class Plan(NamedTuple):
 
 
 def _loss(params, data, program):
-    return losses.LOSSES[program.loss](
-        params, data.X, data.y, reduction=program.reduction, sample_weight=data.sample_weight
-    )
+    return losses.LOSSES[program.loss](params, data.X, data.y, reduction=program.reduction,
+                                       sample_weight=data.sample_weight)
 
 
 def _autodiff(params, data, program):
@@ -84,13 +59,13 @@ def _autodiff(params, data, program):
 
 def _hand(params, data, program):
     fn = gradients.VALUE_AND_GRADIENTS[program.loss]
-    return fn(params, data.X, data.y, reduction=program.reduction, sample_weight=data.sample_weight, parts=program.parts)
+    return fn(params, data.X, data.y, reduction=program.reduction, sample_weight=data.sample_weight,
+              parts=program.parts)
 
 
 def _onepass_plan(params, data, program):
-    return _onepass.value_and_grad(
-        params, data.X, data.y, loss=program.loss, reduction=program.reduction, sample_weight=data.sample_weight
-    )
+    return _onepass.value_and_grad(params, data.X, data.y, loss=program.loss, reduction=program.reduction,
+                                   sample_weight=data.sample_weight)
 
 
 def _summed(params, sums: Sums, program):
@@ -102,11 +77,8 @@ PLANS: dict[str, Plan] = {
     "autodiff": Plan("autodiff", _autodiff, _loss),
     "hand": Plan("hand", _hand, _loss),
     "onepass": Plan("onepass", _onepass_plan, _loss),
-    "stats": Plan(
-        "stats",
-        lambda p, s, program: _stats.value_and_grad(p, s, reduction=program.reduction),
-        lambda p, s, program: _stats.loss(p, s, reduction=program.reduction),
-    ),
+    "stats": Plan("stats", lambda p, s, program: _stats.value_and_grad(p, s, reduction=program.reduction),
+                  lambda p, s, program: _stats.loss(p, s, reduction=program.reduction)),
     "summed": Plan("summed", _summed, None),
 }
 
@@ -129,41 +101,29 @@ def check(grad: str, *, loss: str, batch_size: int | None, line_search: bool) ->
     if grad != "stats":
         return
     if loss != "mse":
-        raise ValueError(
-            "grad='stats' (sufficient statistics) exists only for loss='mse': "
-            "use grad='onepass', 'hand', 'autodiff' or 'auto' for bce"
-        )
+        raise ValueError("grad='stats' (sufficient statistics) exists only for loss='mse': "
+                         "use grad='onepass', 'hand', 'autodiff' or 'auto' for bce")
     if batch_size is not None:
-        raise ValueError(
-            "grad='stats' replaces full-batch steps and cannot take minibatches: "
-            "leave batch_size unset, or use grad='auto', 'onepass', 'hand' or 'autodiff'"
-        )
+        raise ValueError("grad='stats' replaces full-batch steps and cannot take minibatches: "
+                         "leave batch_size unset, or use grad='auto', 'onepass', 'hand' or 'autodiff'")
 
 
 def choose(grad: str, *, loss: str, m: int, n: int, k: int, steps: int, batch_size: int | None, line_search: bool,
            sharded: bool = False, members: int = 1) -> str:
-    """Resolve ``grad`` ("auto" or a forced plan) to the plan a fit runs; ValueError if invalid.
-
-    ``sharded``: the rows of X are split over several devices. "stats" and "onepass" walk the
-    rows in blocks on one device, so there "auto" is "hand" (whole-array passes, which XLA
-    splits over the devices with one all-reduce) and forcing either is an error.
-    ``members``: problems vmapped over one shared X (a sweep group's members, per-output
-    columns); for more than one, "auto"'s direct plan is "autodiff" (module docstring).
-    """
+    """Resolve ``grad`` ("auto" or a forced plan) to the plan a fit runs; ValueError if invalid. ``sharded``
+    (rows over several devices): "auto" is "hand", and the block-walking "stats"/"onepass" are errors.
+    ``members`` > 1 (problems vmapped over one X): "auto"'s direct plan is "autodiff"."""
     check(grad, loss=loss, batch_size=batch_size, line_search=line_search)
     if sharded:
         if grad in ("stats", "onepass"):
-            raise ValueError(
-                f"grad={grad!r} walks the rows in blocks on one device, but X is split over several: "
-                "use grad='auto' or 'hand' with devices, or fit on one device (devices=1)"
-            )
+            raise ValueError(f"grad={grad!r} walks the rows in blocks on one device, but X is split over several: "
+                             "use grad='auto' or 'hand' with devices, or fit on one device (devices=1)")
         return DIRECT if grad == "auto" else grad
     if grad != "auto":
         return grad
-    if loss == "mse" and batch_size is None:
-        evals = steps * (2 if line_search else 1)
-        if cost_stats(m, n, k, evals) < cost_direct(m, n, k, evals):
-            return "stats"
+    evals = steps * (2 if line_search else 1)
+    if loss == "mse" and batch_size is None and cost_stats(m, n, k, evals) < cost_direct(m, n, k, evals):
+        return "stats"
     return MEMBERS_DIRECT if members > 1 else DIRECT
 
 
@@ -173,10 +133,8 @@ MAX_CHUNK = 256
 
 
 def chunk_steps(plan: str, *, m: int, n: int, itemsize: int, members: int = 1, line_search: bool = False) -> int:
-    """Steps per compiled chunk when the user gives none: as many as take about
-    :data:`CHUNK_SECONDS` at :data:`BYTES_PER_SECOND` (X read twice per step by a direct plan,
-    once by ``"onepass"``, not at all by the statistics; twice as often with a line search; once
-    per member vmapped over X), at least 1 and at most :data:`MAX_CHUNK`."""
+    """Default steps per compiled chunk: about :data:`CHUNK_SECONDS` of reads of X at :data:`BYTES_PER_SECOND`
+    (per plan, line search and member), in [1, :data:`MAX_CHUNK`]."""
     reads = {"stats": 0.0, "onepass": 1.0}.get(plan, 2.0) * (2 if line_search else 1) * members
     seconds = reads * m * n * itemsize / BYTES_PER_SECOND
     return int(max(1, min(MAX_CHUNK, CHUNK_SECONDS // seconds if seconds > 0 else MAX_CHUNK)))

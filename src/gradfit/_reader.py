@@ -1,13 +1,6 @@
-"""Reading ``.npy`` files in row chunks, for data bigger than memory (:mod:`gradfit.stream`).
-
-X (m, n) and y (m,) or (m, k) are read through their memory maps in chunks of ``chunk_rows``
-consecutive rows (``chunk_bytes`` of X, 64 MiB by default), copied to host memory and
-``jax.device_put``, one small compiled function per chunk. A thread reads ``prefetch`` chunks
-ahead and the pages read are dropped from the process (``madvise``; the page cache keeps them),
-so the host holds about ``prefetch + 3`` chunks whatever the size of the files. Every chunk has
-the same shape: the last is padded with zero rows of weight 0 (nothing recompiles, padding adds
-nothing to any sum). NaN/inf (and bce targets outside [0, 1]) are found on the fly (:func:`chunk_ok`).
-"""
+"""Reading ``.npy`` files for :mod:`gradfit.stream` in chunks of ``chunk_rows`` rows through their memory maps,
+``prefetch`` chunks ahead on a thread, dropping the pages read (the host holds about ``prefetch + 3`` chunks); the
+last chunk is zero-padded with weight 0, so every chunk has one shape."""
 
 from __future__ import annotations
 
@@ -27,25 +20,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import _validation
+from gradfit import _validation, data as _data
 
 DEFAULT_CHUNK_BYTES = 64 << 20
 DEFAULT_PREFETCH = 2
 
 
-# --------------------------------------------------------------------------- opening files
-_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
-def _check_header(path: Path, name: str, where: str) -> None:
-    """Check a .npy file's header: valid, matching the file's size, C order, a float dtype."""
-    try:
+def open_array(source, name: str) -> np.ndarray:
+    """``source``, a .npy path (memory-mapped: nothing read yet) or an array; ValueError for a bad one."""
+    if isinstance(source, np.ndarray):
+        _check_float_dtype(source.dtype, name, "the array")
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a .npy path or a numpy array / memory map, got {type(source).__name__}")
+    path = Path(source)
+    where = f"{name} file {str(path)!r}"
+    if problem := _data.path_problem(path):
+        raise ValueError(f"{where} {problem}")
+    if path.suffix != ".npy":
+        raise ValueError(f"{where} is not a .npy file: streaming reads .npy files (np.save)")
+    try:  # the header: valid, matching the file's size, C order, a float dtype
         with path.open("rb") as f:
             try:
-                read_header = _HEADER_READERS.get(np.lib.format.read_magic(f))
-                if read_header is None:
+                version = np.lib.format.read_magic(f)
+                if version not in ((1, 0), (2, 0)):
                     raise ValueError("unsupported .npy format version (gradfit reads versions 1.0 and 2.0)")
-                shape, fortran, dtype = read_header(f)
+                shape, fortran, dtype = getattr(np.lib.format, "read_array_header_%d_%d" % version)(f)
             except (ValueError, EOFError, SyntaxError) as e:
                 raise ValueError(f"{where} is not a valid .npy file ({e}): write it with np.save") from None
             expected = f.tell() + math.prod(shape) * dtype.itemsize
@@ -59,24 +59,6 @@ def _check_header(path: Path, name: str, where: str) -> None:
         raise ValueError(f"{where} is stored in Fortran (column-major) order, so its rows are not contiguous: "
                          f"write it again with np.save(path, np.ascontiguousarray({name}))")
     _check_float_dtype(dtype, name, str(path))
-
-
-def open_array(source, name: str) -> np.ndarray:
-    """``source`` (a .npy path, opened with ``np.load(mmap_mode="r")`` so nothing is read yet, or an
-    array such as a memory map); ValueError for a missing, corrupt, truncated, Fortran-order or non-float one."""
-    if isinstance(source, np.ndarray):
-        _check_float_dtype(source.dtype, name, "the array")
-        return source
-    if not isinstance(source, (str, os.PathLike)):
-        raise ValueError(f"{name} must be a path to a .npy file or a numpy array / memory map, "
-                         f"got {type(source).__name__}")
-    path = Path(source)
-    where = f"{name} file {str(path)!r}"
-    if not path.is_file():
-        raise ValueError(f"{where} does not exist: check the path")
-    if path.suffix != ".npy":
-        raise ValueError(f"{where} is not a .npy file: streaming reads .npy files (np.save)")
-    _check_header(path, name, where)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
@@ -90,11 +72,8 @@ def _check_float_dtype(dtype, name: str, where: str) -> None:
 
 
 def row_range(m: int, index: int, count: int) -> tuple[int, int]:
-    """Rows ``[start, stop)`` of part ``index`` of ``count`` near-equal contiguous parts of m rows.
-
-    The first ``m % count`` parts hold one row more; no row is dropped. For one process of
-    several: ``StreamedData(X, y, rows=row_range(m, jax.process_index(), jax.process_count()))``.
-    """
+    """Rows ``[start, stop)`` of part ``index`` of ``count`` contiguous parts of m rows (the first ``m % count`` a
+    row longer), e.g. ``rows=row_range(m, jax.process_index(), jax.process_count())`` for one process of several."""
     if not 0 <= index < count:
         raise ValueError(f"part index {index} is out of range for {count} parts: use 0 <= index < count")
     base, extra = divmod(m, count)
@@ -102,10 +81,8 @@ def row_range(m: int, index: int, count: int) -> tuple[int, int]:
     return start, start + base + (1 if index < extra else 0)
 
 
-# --------------------------------------------------------------------------- the reader
 def _drop_pages(array: np.ndarray, a: int, b: int) -> None:
-    """Drop rows [a, b) of ``array``'s memory map (if it is one) from this process only:
-    ``madvise(MADV_DONTNEED)``; the page cache keeps them, and they fault back in if read again."""
+    """Drop rows [a, b) of ``array``'s memory map, if any, from this process (``madvise``; the page cache keeps it)."""
     mm = getattr(array, "_mmap", None)
     if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or array.ndim == 0:
         return
@@ -122,8 +99,8 @@ def _drop_pages(array: np.ndarray, a: int, b: int) -> None:
 
 @dataclass(frozen=True)
 class StreamedData:
-    """X (m, n) and y (m,) or (m, k) (from :func:`open_array`) read in chunks of ``chunk_rows`` rows
-    of rows ``[start, stop)``, converted to the compute ``dtype``."""
+    """X (m, n) and y (m,) or (m, k) (from :func:`open_array`) read in chunks of ``chunk_rows`` rows of rows
+    ``[start, stop)``, converted to the compute ``dtype``; ``stamps``: :func:`_stamp` of X and y, when opened."""
 
     X: np.ndarray
     y: np.ndarray
@@ -131,13 +108,13 @@ class StreamedData:
     stop: int
     chunk_rows: int
     dtype: np.dtype
+    stamps: tuple = ()
 
     @classmethod
     def open(cls, X, y, *, rows: tuple[int, int] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
              batch_size: int | None = None, dtype=None) -> "StreamedData":
-        """Open X and y, check them against each other, and plan the chunks (nothing is read):
-        ``chunk_rows = max(1, chunk_bytes // bytes per row of X)``, rounded down to a multiple
-        of ``batch_size`` when given (at least one batch), and at most the rows to read."""
+        """Open and check X and y, and plan ``chunk_rows = max(1, chunk_bytes // bytes per row of X)``, rounded down
+        to a multiple of ``batch_size`` (at least one batch), at most the rows to read."""
         chunk_bytes = _validation.positive_int(chunk_bytes, "chunk_bytes")
         X, y = open_array(X, "X"), open_array(y, "y")
         if X.ndim != 2:
@@ -146,11 +123,9 @@ class StreamedData:
             raise ValueError(f"y has shape {y.shape}: expected (m,) for one output or (m, k) for k outputs")
         m, n = X.shape
         if y.shape[0] != m:
-            raise ValueError(f"X has {m} rows but y has {y.shape[0]}: "
-                             "give one target per row of X (the files do not match)")
+            raise ValueError(f"X has {m} rows but y has {y.shape[0]}: the files do not match; give one target per row")
         if m == 0 or n == 0 or (y.ndim == 2 and y.shape[1] == 0):
-            raise ValueError(f"X {X.shape} and y {y.shape} are empty: "
-                             "a fit needs at least one row, feature and output")
+            raise ValueError(f"X {X.shape} and y {y.shape} are empty: a fit needs at least one row, feature and output")
         start, stop = 0, m
         if rows is not None:
             try:
@@ -162,16 +137,16 @@ class StreamedData:
                                  f"use (start, stop) with 0 <= start < stop <= {m}")
         if dtype is not None:
             _check_float_dtype(dtype, "dtype", "the dtype option")
-        dtype = _validation.float_dtype(X if dtype is None else np.empty(0, dtype))  # float64 only with jax_enable_x64
+        native = np.dtype(X.dtype if dtype is None else dtype).newbyteorder("=")  # big-endian files: native chunks
+        dtype = _validation.float_dtype(np.empty(0, native))  # float64 only with jax_enable_x64
         chunk_rows, most = max(1, chunk_bytes // (n * X.dtype.itemsize)), stop - start
         if batch_size is not None:  # whole batches; at most those covering the rows
             chunk_rows = max(batch_size, chunk_rows - chunk_rows % batch_size)
             most = -(-most // batch_size) * batch_size
-        return cls(X, y, start, stop, min(chunk_rows, most), dtype)
+        return cls(X, y, start, stop, min(chunk_rows, most), dtype, tuple(map(_stamp, (X, y))))
 
     @property
     def m(self) -> int:
-        """Rows this reader covers."""
         return self.stop - self.start
 
     @property
@@ -189,19 +164,33 @@ class StreamedData:
         return a, min(a + self.chunk_rows, self.stop)
 
     def read(self, i: int, seed: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-        """Chunk i on the host, zero-padded: (X (chunk_rows, n), y (chunk_rows[, k]), valid rows);
-        with ``seed``, the valid rows come in the order ``np.random.default_rng(seed).permutation``."""
+        """Chunk i on the host, zero-padded, and its valid rows (with ``seed``: in ``default_rng(seed)`` order)."""
+        self.check_unchanged()
         a, b = self.bounds(i)
         order = None if seed is None else np.random.default_rng(seed).permutation(b - a)
         X, y = (_read_rows(arr, a, b, self.chunk_rows, self.dtype, order) for arr in (self.X, self.y))
         return X, y, b - a
 
+    def check_unchanged(self) -> None:
+        """ValueError if a file changed since :meth:`open` (a shrunk memory map would kill the process: SIGBUS)."""
+        for now, seen in zip(map(_stamp, (self.X, self.y)), self.stamps):
+            if now != seen:
+                raise ValueError(f"{seen[0]} changed while the fit was reading it ({seen[1]} bytes at the start, "
+                                 f"{now[1]} now, or rewritten): write the data files before the fit starts, then "
+                                 "run it again")
+
+
+def _stamp(array) -> tuple | None:
+    """(file, size, mtime, inode) of a memory map's file; None for an array in memory."""
+    if (name := getattr(array, "filename", None)) is None:
+        return None
+    st = os.stat(name) if os.path.isfile(name) else None
+    return (name, "no file", None, None) if st is None else (name, st.st_size, st.st_mtime_ns, st.st_ino)
+
 
 def _read_rows(array: np.ndarray, a: int, b: int, rows: int, dtype, order: np.ndarray | None = None) -> np.ndarray:
-    """Rows [a, b) of ``array`` (gathered in ``order``) in a fresh zero-padded buffer of ``rows`` rows,
-    64-byte aligned so that on CPU ``jax.device_put`` aliases it instead of copying (never written after)."""
-    dtype = np.dtype(dtype)
-    shape = (rows, *array.shape[1:])
+    """Rows [a, b) of ``array`` (in ``order``) in a new zero-padded, 64-byte aligned buffer (device_put aliases it)."""
+    dtype, shape = np.dtype(dtype), (rows, *array.shape[1:])
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + 64, np.uint8)
     offset = (-raw.ctypes.data) % 64
@@ -215,20 +204,14 @@ def _read_rows(array: np.ndarray, a: int, b: int, rows: int, dtype, order: np.nd
     return out
 
 
-# --------------------------------------------------------------------------- prefetching
 _DONE = object()
 
 
 class Prefetcher:
-    """Iterate over ``produce(i)`` for i in ``order``, computed at most ``depth`` items ahead on a thread.
-
-    An exception in ``produce`` is re-raised in the consumer; leaving the ``with`` block (normally,
-    by ``break`` or by an exception) stops the thread and joins it.
-    """
+    """``produce(i)`` for i in ``order``, at most ``depth`` ahead on a thread (stopped on leaving ``with``)."""
 
     def __init__(self, produce: Callable[[int], Any], order: Iterable[int], depth: int = DEFAULT_PREFETCH):
-        self._produce = produce
-        self._order = list(order)
+        self._produce, self._order = produce, list(order)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="gradfit-prefetch", daemon=True)
@@ -283,7 +266,6 @@ class Prefetcher:
         return self._thread.is_alive()
 
 
-# --------------------------------------------------------------------------- one pass
 def chunk_ok(X, y, loss: str) -> jax.Array:
     """True when a chunk is finite (and, for bce, its targets lie in [0, 1]); padding passes."""
     ok = jnp.all(jnp.isfinite(X)) & jnp.all(jnp.isfinite(y))
@@ -307,22 +289,15 @@ def raise_bad_chunk(data: StreamedData, oks: list[tuple[int, jax.Array]], loss: 
                              "found while streaming: drop or impute those rows in the file first; nothing was fitted "
                              "or written")
     if loss != "bce":
-        raise ValueError(f"rows {a}..{b - 1} failed the finiteness check but read back finite: "
-                         "is the file being written?")
+        raise ValueError(f"rows {a}..{b - 1} failed the finiteness check but read back finite: is it being written?")
     raise ValueError(f"bce needs targets in [0, 1] but y in rows {a}..{b - 1} spans [{float(np.min(y)):g}, "
                      f"{float(np.max(y)):g}]: encode classes as 0/1")
 
 
 def each_chunk(data: StreamedData, carry, step: Callable, *, prefetch: int, order: Iterable[int] | None = None,
                seed: tuple[int, ...] | None = None, check: str | None = None):
-    """One streamed pass: ``carry, ok = step(carry, X, y, weight, i)`` for each device chunk i.
-
-    Chunks come in ``order``, read ``prefetch`` ahead on a thread (which uses the caller's x64
-    setting); with ``seed``, chunk i's rows are permuted by ``default_rng((*seed, i))``; at most
-    one chunk waits behind JAX's asynchronous dispatch. ``weight`` is 1 on valid rows, 0 on
-    padding. With ``check`` (the loss), a bad chunk (:func:`chunk_ok`) raises ValueError naming
-    its rows once the pass is over, before anything is used.
-    """
+    """One pass: ``carry, ok = step(carry, X, y, weight, i)`` per chunk i in ``order`` (with ``seed``: rows permuted
+    by ``default_rng((*seed, i))``); with ``check`` (the loss), a bad chunk raises ValueError after the pass."""
     x64 = bool(jax.config.jax_enable_x64)
     weight = functools.cache(lambda valid: jnp.asarray(np.arange(data.chunk_rows) < valid, data.dtype))
 
@@ -330,7 +305,6 @@ def each_chunk(data: StreamedData, carry, step: Callable, *, prefetch: int, orde
         X, y, valid = data.read(i, None if seed is None else (*seed, int(i)))
         with jax.enable_x64(x64):
             return i, *jax.device_put((X, y)), valid
-
     oks, last = [], None
     with Prefetcher(produce, range(data.n_chunks) if order is None else order, prefetch) as stream:
         for i, X, y, valid in stream:

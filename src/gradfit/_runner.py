@@ -1,10 +1,4 @@
-"""A run as a user starts it: the driver with progress, checkpoints and callbacks.
-
-:func:`run` is what :func:`gradfit.fit` and :func:`gradfit.fit_streaming` call with their stepper:
-it resumes from a checkpoint when asked, and hands the driver its observers in a fixed order (the
-checkpoint first, so that a callback that raises finds the run saved; then the progress bar; then
-the user's callback).
-"""
+"""A run as a user starts it: the driver with checkpoints, progress and callbacks, observing in that order."""
 
 from __future__ import annotations
 
@@ -21,14 +15,13 @@ from gradfit._types import Hyper, SolverState
 def run(stepper, state: SolverState, hyper: Hyper, *, chunk_steps: int, max_steps: int, members: int = 1,
         callback: Observer | None = None, progress: bool = False, desc: str = "fit",
         observers: Sequence[Observer] = (), checkpoint: Path | None = None, every: Every | None = None,
-        resume: bool = False, fingerprint: dict[str, str] | None = None,
+        resume: bool = False, overwrite: bool = False, fingerprint: dict[str, str] | None = None,
         meta: dict[str, Any] | None = None) -> tuple[RunResult, dict[str, Any]]:
-    """Drive ``stepper`` from ``state`` (or from the checkpoint at ``checkpoint`` when
-    ``resume`` and it exists, after checking its ``fingerprint``). Returns the run and the
-    checkpoint's stats (``checkpoint``, ``resumed_from_step``, ``checkpoints``,
-    ``checkpoint_seconds``; empty without one)."""
+    """Drive ``stepper`` from ``state``, or from ``checkpoint`` when ``resume`` and it exists (``fingerprint``
+    checked). Returns the run and the checkpoint's stats (empty without one)."""
     saver, history, start_step = None, None, 0
     if checkpoint is not None:
+        checkpoints.check_target(checkpoint, resume, overwrite)
         if resume and checkpoint.exists():
             state, history, header = checkpoints.load(checkpoint, state, fingerprint)
             start_step = int(header["step"])
@@ -38,15 +31,20 @@ def run(stepper, state: SolverState, hyper: Hyper, *, chunk_steps: int, max_step
         result = drive(stepper, state, hyper, observers=[saver, bar, *observers, callback],
                        history=history, chunk_steps=chunk_steps)
     except Interrupted as stop:  # save where it stopped, whatever the interval: --resume continues from here
-        if saver is not None:
-            saver.save(stop.state, stop.history)
         stop.checkpoint = checkpoint
+        try:
+            if saver is not None:
+                saver.save(stop.state, stop.history)
+        except OSError as e:
+            stop.checkpoint, stop.checkpoint_error = None, e
+            stop.args = (f"{stop}; the checkpoint could not be saved ({e}): {checkpoint} keeps the last good one",)
         raise
     finally:
         if bar is not None:
             bar.close()
     if saver is None:
         return result, {}
-    saver.finish(result.state, result.history)
-    return result, {"checkpoint": str(checkpoint), "resumed_from_step": start_step,
-                    "checkpoints": saver.count, "checkpoint_seconds": saver.seconds}
+    saver.save(result.state, result.history, complete=True, warn=True)
+    error = {} if saver.error is None else {"checkpoint_error": str(saver.error)}
+    return result, {"checkpoint": str(checkpoint), "resumed_from_step": start_step, "checkpoints": saver.count,
+                    "checkpoint_seconds": saver.seconds, **error}

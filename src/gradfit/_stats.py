@@ -1,20 +1,15 @@
 """MSE by sufficient statistics: one pass over X, then every step costs O(n^2 k), whatever m is.
 
-For the squared error, every quantity a gradient step needs is a function of a few moments
-of the data. With row weights w_i (1 without ``sample_weight``), ``N = sum_i w_i``, the
-weighted column means ``mu = sum_i w_i x_i / N`` and ``nu = sum_i w_i y_i / N``, and the
-*augmented, centred* rows ``z_i = [x_i - mu, 1, y_i - nu]`` of length ``p = n + 1 + k``,
-one pass over the rows computes the weighted Gram matrix
+With row weights w_i (1 without ``sample_weight``), ``N = sum_i w_i``, the weighted means
+``mu = sum_i w_i x_i / N``, ``nu = sum_i w_i y_i / N`` and the augmented, centred rows
+``z_i = [x_i - mu, 1, y_i - nu]`` of length ``p = n + 1 + k``, one pass computes the Gram
 
     G = sum_i w_i z_i^T z_i  (p, p)  =  [[ Xc^T D Xc    Xc^T D 1    Xc^T D Yc ]
                                          [ 1^T D Xc     N           1^T D Yc  ]
                                          [ Yc^T D Xc    Yc^T D 1    Yc^T D Yc ]]
 
-(Xc = X - mu, Yc = y - nu, D = diag(w)): X^T X, X^T y, y^T y, the column sums, sum y and N,
-in the centred coordinates. Write the model in those coordinates,
-``yhat_i = (x_i - mu) W + bh`` with ``bh = b + mu W - nu`` (so ``x_i W + b - y_i =
-(x_i - mu) W + bh - (y_i - nu)``), and stack ``v = [W; bh]`` (n + 1, k). Then with
-``A = G[:n+1, :n+1]`` and ``c = G[:n+1, n+1:]``,
+(Xc = X - mu, Yc = y - nu, D = diag(w)). In those coordinates ``yhat_i = (x_i - mu) W + bh`` with
+``bh = b + mu W - nu``; stack ``v = [W; bh]`` (n + 1, k). With ``A = G[:n+1, :n+1]``, ``c = G[:n+1, n+1:]``,
 
     S(W, b) = sum_i w_i ||x_i W + b - y_i||^2 = v^T A v - 2 v^T c + tr(Yc^T D Yc)
             = (v - v*)^T A (v - v*) + rss,        v* = A^+ c,  rss = S at v*.
@@ -25,26 +20,10 @@ and by the chain rule through bh: ``dS/dW = dS/dv[:n] + mu^T dS/dv[n]``,
 ``dS/db = dS/dv[n]``. The reductions scale S as in :mod:`gradfit.losses` (1/N "mean",
 1/(2N) "half_mean", 1 "sum"). Each step is two (n+1)x(n+1) by (n+1)xk products: O(n^2 k).
 
-Numerics (why this form, in the input dtype, float32 included):
-
-- *Centring.* The Gram of raw X with an intercept column has condition number growing with
-  ``|mean|/std`` squared; centring first (a cheap first pass for mu, nu) removes that. The
-  ones column is kept in G, so a shift that is not exactly the mean (rounding) is still exact.
-- *Accumulation.* Each block of rows (about 4 MiB of z) is one Gram product in the input
-  dtype; the blocks' products are added with Kahan compensation, so the sum over m/B blocks
-  adds no error that grows with m (what remains is the in-block error, ~ sqrt(B) eps).
-- *No cancellation in the loss.* The naive ``v^T A v - 2 v^T c + y^T y`` subtracts numbers of
-  size ``y^T y`` to get a residual that may be orders of magnitude smaller (relative error
-  ~ eps / (1 - R^2)). The form above is a sum of non-negative terms plus the constant rss,
-  so the *decrease* of the loss, which drives the ``tol`` test and line searches, is computed
-  to working precision. The constant ``rss`` is not taken from the Gram (``tr(Yc^T D Yc) -
-  c^T A^+ c`` would cancel to an absolute error of ~ eps * y^T y) but from one more read of
-  X, as ``sum_i w_i ||x_i W* + b* - y_i||^2``: as accurate as the direct path's loss.
-- *Rank deficiency.* Eigenvalues below ``p * eps * max(lam)`` are set to 0 (a constant or
-  duplicated column): the gradient has no component there, exactly as ``X^T r`` has none.
-
-The iterates equal full-batch gradient descent on the same objective up to rounding (tests
-compare with the direct path and numpy in float64 to ~1e-10).
+Numerics: centring keeps the Gram's condition number free of ``(|mean|/std)^2`` (any shift is
+exact: the ones column stays in G); blocks are added with Kahan compensation; the loss as a sum
+of non-negative terms plus rss (one more read of X) has no cancellation; eigenvalues below
+``p * eps * max(lam)`` are set to 0. The iterates equal full-batch gradient descent up to rounding.
 """
 
 from __future__ import annotations
@@ -58,21 +37,14 @@ import numpy as np
 from gradfit import losses
 from gradfit._types import Params
 
-# Rows per block of the Gram pass: about this many bytes of augmented rows, so a block stays
-# in cache while its Gram product is formed.
-_BLOCK_BYTES = 4 << 20
-# In memory, up to this many elements of [X, 1, y] the least-squares solution comes from the
-# rows themselves (an SVD), not from the Gram: its error is eps * cond(X), not eps * cond(X)^2.
+_BLOCK_BYTES = 4 << 20  # bytes of augmented rows per Gram block (stays in cache)
+# Up to this many elements of [X, 1, y], v* comes from the rows (an SVD; error eps cond(X), not its square).
 QR_ELEMENTS = 1 << 22
 
 
 class Stats(NamedTuple):
-    """Sufficient statistics of weighted least squares, factored for O(n^2 k) steps.
-
-    Shapes for X (m, n), y (m,) [or (m, k)], ``q = n + 1``, ``p = n + 1 + k`` (k = 1 for 1-d y).
-    ``x_mean`` and ``y_mean`` are the shift the Gram is taken about: the weighted column means
-    in memory, the first chunk's means when streamed (any shift is exact, see the module doc).
-    """
+    """Sufficient statistics of weighted least squares, factored for O(n^2 k) steps; X (m, n), y (m,)
+    [or (m, k)], ``q = n + 1``, ``p = n + 1 + k``. Streamed, the shift is the first chunk's means."""
 
     x_mean: jax.Array  # (n,) the shift mu of X's columns (their weighted means)
     y_mean: jax.Array  # () [or (k,)] the shift nu of y (its weighted means)
@@ -95,10 +67,8 @@ def block_rows(n_columns: int, itemsize: int, m: int) -> int:
 
 
 def block_sums(fn, X, Y, w, block: int, init, add=None):
-    """``add``-accumulate ``fn(X_b, Y_b, w_b)`` over row blocks of ``block`` rows, from ``init``
-    (a ``fori_loop`` over the full blocks, then the tail). Each block of a 16-bit X is upcast to
-    y's dtype in cache, never the whole X. ``add`` defaults to a plain (pytree) sum, which for
-    an X in the compute dtype is one whole-array call (XLA spreads it over every core)."""
+    """``add``-accumulate ``fn(X_b, Y_b, w_b)`` over blocks of ``block`` rows from ``init`` (a 16-bit
+    X upcast per block in cache). Without ``add``, an X in the compute dtype is one whole-array call."""
     m = X.shape[0]
     if add is None and X.dtype == Y.dtype:
         return jax.tree.map(jnp.add, init, fn(X, Y, w))
@@ -114,18 +84,14 @@ def block_sums(fn, X, Y, w, block: int, init, add=None):
 
 
 def gram_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, x_shift: jax.Array, y_shift: jax.Array) -> jax.Array:
-    """``Z^T diag(w) Z`` of one block's augmented rows ``Z = [X - mu, 1, Y - nu]`` (p, p): a
-    contraction over rows, no transposed copy. Rows of weight 0 (padding) add nothing."""
-    Z = jnp.concatenate(
-        [X - x_shift[None, :], jnp.ones((X.shape[0], 1), Y.dtype), Y - y_shift[None, :]], axis=1
-    )
+    """``Z^T diag(w) Z`` (p, p) of one block's rows ``Z = [X - mu, 1, Y - nu]``, no transposed copy."""
+    Z = jnp.concatenate([X - x_shift[None, :], jnp.ones((X.shape[0], 1), Y.dtype), Y - y_shift[None, :]], axis=1)
     Zw = Z if w is None else Z * w[:, None]
     return jax.lax.dot_general(Zw, Z, (((0,), (0,)), ((), ())))
 
 
 def kahan_add(carry: tuple[jax.Array, jax.Array], term: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Add ``term`` to ``(total, compensation)`` by compensated summation: the sum over many
-    blocks keeps the error of a handful of roundings, not one per block."""
+    """Add ``term`` to ``(total, compensation)`` by compensated (Kahan) summation."""
     total, comp = carry
     t = term - comp
     new = total + t
@@ -133,8 +99,7 @@ def kahan_add(carry: tuple[jax.Array, jax.Array], term: jax.Array) -> tuple[jax.
 
 
 def residual_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, stats: Stats) -> jax.Array:
-    """``sum_i w_i (x_i W* + b* - y_i)^2`` per output (k,) over one block, at the least-squares
-    solution of ``stats``: the rss, as accurate as the residuals themselves."""
+    """``sum_i w_i (x_i W* + b* - y_i)^2`` per output (k,) over one block, at ``stats.solution``."""
     n = X.shape[1]
     solution = stats.solution if stats.solution.ndim == 2 else stats.solution[:, None]
     W_s, bh = solution[:n], solution[n]
@@ -143,12 +108,9 @@ def residual_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, stats: Stats
 
 
 def factor(gram: jax.Array, x_shift: jax.Array, y_shift: jax.Array, count: jax.Array, one_output: bool) -> Stats:
-    """Eigen-factor ``A = gram[:q, :q]`` scaled to a unit diagonal, ``D^-1 A D^-1 = Q diag(lam) Q^T``
-    (``D = diag(sqrt(A_jj))``; eigenvalues below ``p eps max(lam)`` set to 0), and solve
-    ``v* = A^+ c = D^-1 Q diag(lam)^+ Q^T D^-1 c``, ``c = gram[:q, q:]``. Scaling first makes the
-    cutoff relative to the columns' correlation, not their units: no column (the intercept's
-    included) is dropped because another is large. ``rss`` is left 0: the caller adds it from one
-    more read of the rows (:func:`residual_block`)."""
+    """Eigen-factor ``D^-1 A D^-1 = Q diag(lam) Q^T`` (``A = gram[:q, :q]``, ``D = diag(sqrt(A_jj))``,
+    lam below ``p eps max(lam)`` set to 0) and solve ``v* = D^-1 Q diag(lam)^+ Q^T D^-1 c``,
+    ``c = gram[:q, q:]``. ``rss`` is left 0 for the caller (:func:`residual_block`)."""
     gram = 0.5 * (gram + gram.T)
     q = x_shift.shape[0] + 1
     d = jnp.sqrt(jnp.diagonal(gram)[:q])
@@ -158,8 +120,7 @@ def factor(gram: jax.Array, x_shift: jax.Array, y_shift: jax.Array, count: jax.A
     lam = jnp.where(keep, lam, 0)
     inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
     solution = (Q @ (inv[:, None] * (Q.T @ (gram[:q, q:] / d[:, None])))) / d[:, None]
-    k = gram.shape[0] - q
-    rss = jnp.zeros((k,), gram.dtype)
+    rss = jnp.zeros((gram.shape[0] - q,), gram.dtype)
     if one_output:
         y_shift, solution, rss = jnp.reshape(y_shift, ()), solution[:, 0], rss[0]
     return Stats(x_shift, y_shift, count, gram, lam, Q, solution, rss, d)
@@ -167,18 +128,9 @@ def factor(gram: jax.Array, x_shift: jax.Array, y_shift: jax.Array, count: jax.A
 
 def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array | None = None, *,
                           block: int | None = None) -> Stats:
-    """Three chunked passes over the rows: the weighted means, the centred Gram matrix (then
-    its factors), and the residual sum of squares at the least-squares solution.
-
-    Args:
-      X: (m, n) features; y: (m,) or (m, k) targets; sample_weight: (m,) >= 0 or None.
-      block: rows per block (default :func:`block_rows`); the last partial block is handled
-        separately, so m need not be a multiple of it.
-
-    Returns: a :class:`Stats`. Jittable and ``vmap``-able (shapes are static). Cost: three
-    reads of X and O(n^3) for the eigendecomposition. X may be stored in a 16-bit float: each
-    block is upcast in cache, never the whole (:mod:`gradfit._precision`).
-    """
+    """:class:`Stats` of X (m, n), y (m,) or (m, k), sample_weight (m,) >= 0 or None, in three passes
+    of ``block`` rows (default :func:`block_rows`): the weighted means, the centred Gram (then its
+    factors, O(n^3)), the rss at the solution. Jittable, ``vmap``-able."""
     m, n = X.shape
     dtype = y.dtype
     Y = y[:, None] if y.ndim == 1 else y
@@ -186,10 +138,8 @@ def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array |
     block = min(m, block or block_rows(n + 1 + k, dtype.itemsize, m))
     w = sample_weight
     count = jnp.asarray(m, dtype) if w is None else jnp.sum(w)
-    col_sums = lambda Xb, Yb, wb: (  # noqa: E731
-        jnp.sum(Xb if wb is None else Xb * wb[:, None], axis=0),
-        jnp.sum(Yb if wb is None else Yb * wb[:, None], axis=0),
-    )
+    col_sums = lambda Xb, Yb, wb: tuple(  # noqa: E731
+        jnp.sum(a if wb is None else a * wb[:, None], axis=0) for a in (Xb, Yb))
     x_sum, y_sum = block_sums(col_sums, X, Y, w, block, (jnp.zeros(n, dtype), jnp.zeros(k, dtype)))
     x_mean, y_mean = x_sum / count, y_sum / count
     zero = jnp.zeros((n + 1 + k,) * 2, dtype)
@@ -203,11 +153,8 @@ def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array |
 
 
 def _solution_from_rows(X, Y, w, stats: Stats, one_output: bool) -> jax.Array:
-    """``v*`` by least squares on the rows themselves, ``[X - mu, 1] D^-1 (D v) ~ Y - nu`` weighted
-    by ``sqrt(w)`` (an SVD: the accuracy of the data, where the Gram's eigenvectors have that of
-    its square)."""
-    m = X.shape[0]
-    Z = jnp.concatenate([X - stats.x_mean[None, :], jnp.ones((m, 1), X.dtype)], axis=1) / stats.diag[None, :]
+    """``v*`` by least squares (an SVD) on the rows, ``[X - mu, 1] D^-1 (D v) ~ Y - nu``, rows times sqrt(w)."""
+    Z = jnp.concatenate([X - stats.x_mean[None, :], jnp.ones((X.shape[0], 1), X.dtype)], axis=1) / stats.diag[None, :]
     R = Y - jnp.reshape(stats.y_mean, (1, -1))
     if w is not None:
         root = jnp.sqrt(w)[:, None]
@@ -240,11 +187,9 @@ def loss(params: Params, stats: Stats, *, reduction: str = "mean") -> jax.Array:
 
 
 def value_and_grad(params: Params, stats: Stats, *, reduction: str = "mean") -> tuple[jax.Array, Params]:
-    """``(J, dJ/dp)`` of the MSE from the statistics, in closed form (module docstring).
-
+    """``(J, dJ/dp)`` of the MSE from the statistics, in closed form (module docstring):
     ``dS/dv = 2 D Q diag(lam) Q^T D (v - v*)``; ``dJ/dW = c (dS/dv[:n] + mu^T dS/dv[n])``,
-    ``dJ/db = c dS/dv[n]`` with c the reduction's scale. Shapes: dW like W, db like b.
-    """
+    ``dJ/db = c dS/dv[n]``, c the reduction's scale. dW like W, db like b."""
     scale = losses.reduction_scale(reduction, stats.count)
     n = params.W.shape[0]
     t = _scaled(_centred(params, stats) - stats.solution, stats)
@@ -259,38 +204,26 @@ def value_and_grad(params: Params, stats: Stats, *, reduction: str = "mean") -> 
 
 
 def per_output(stats: Stats) -> tuple[Stats, Stats]:
-    """Split k outputs into k independent problems for ``vmap``: (stats, in_axes).
-
-    The output axis of ``solution`` moves to the front; ``y_mean``, ``solution`` and ``rss``
-    are mapped along axis 0, the rest is shared. Works under a leading batch axis too.
-    """
+    """Split k outputs into k problems for ``vmap``: (stats, in_axes); ``y_mean``, ``solution``
+    (output axis moved first) and ``rss`` mapped along axis 0, the rest shared."""
     moved = stats._replace(solution=jnp.moveaxis(stats.solution, -1, -2))
-    axes = Stats(None, 0, None, None, None, None, 0, 0, None)
-    return moved, axes
+    return moved, Stats(None, 0, None, None, None, None, 0, 0, None)
 
 
 def gram_blocks(stats: Stats, n: int) -> dict[str, jax.Array]:
-    """The familiar moments read back from the centred Gram (for users and tests).
-
-    Returns ``xtx = Xc^T D Xc`` (n, n), ``xty = Xc^T D Yc`` (n, k), ``yty = Yc^T D Yc`` (k, k),
-    ``x_sum = Xc^T D 1`` (n,) and ``y_sum = Yc^T D 1`` (k,) (both ~0: centred), ``count``.
-    Raw moments follow, e.g. ``X^T D X = xtx + N mu mu^T``.
-    """
-    G = stats.gram
-    q = n + 1
-    return {
-        "xtx": G[:n, :n], "xty": G[:n, q:], "yty": G[q:, q:],
-        "x_sum": G[:n, n], "y_sum": G[q:, n], "count": G[n, n],
-    }
+    """The centred moments in the Gram: ``xtx = Xc^T D Xc`` (n, n), ``xty = Xc^T D Yc`` (n, k),
+    ``yty = Yc^T D Yc`` (k, k), ``x_sum``, ``y_sum`` (~0: centred), ``count``; raw moments follow,
+    e.g. ``X^T D X = xtx + N mu mu^T``."""
+    G, q = stats.gram, n + 1
+    return {"xtx": G[:n, :n], "xty": G[:n, q:], "yty": G[q:, q:], "x_sum": G[:n, n], "y_sum": G[q:, n],
+            "count": G[n, n]}
 
 
 def least_squares(stats: Stats, *, reduction: str = "mean", l2=0.0, fit_intercept: bool = True) -> tuple[Params, float]:
-    """The exact minimiser of ``c S(W, b) + (l2/2) ||W||^2`` and its value, in float64 on the
-    host (for reports and tests): the one closed-form least-squares solver of gradfit.
-
-    In the shifted coordinates ``v = [W; b + mu W - nu] = T theta + t`` with ``theta = [W; b]``
-    (``W`` alone without an intercept, b = 0), ``T = [[I, 0], [mu^T, 1]]`` (or ``[I; mu^T]``)
-    and ``t = [0; -nu]``; setting the gradient to zero gives
+    """The exact minimiser of ``c S(W, b) + (l2/2) ||W||^2`` and its value, in float64 on the host
+    (gradfit's one closed-form solver). In the shifted coordinates ``v = [W; b + mu W - nu] =
+    T theta + t`` with ``theta = [W; b]`` (``W`` alone without an intercept, b = 0),
+    ``T = [[I, 0], [mu^T, 1]]`` (or ``[I; mu^T]``) and ``t = [0; -nu]``; a zero gradient gives
     ``(2c T^T A T + l2 P) theta = 2c T^T (g - A t)`` with ``A = G[:q, :q]``, ``g = G[:q, q:]``
     and ``P`` the identity on W, 0 on b. Solved by least squares (a rank-deficient A is fine).
     """
@@ -310,7 +243,8 @@ def least_squares(stats: Stats, *, reduction: str = "mean", l2=0.0, fit_intercep
     theta = np.linalg.lstsq(lhs, 2 * c * T.T @ (g - A @ t), rcond=None)[0]
     W, b = theta[:n], (theta[n] if fit_intercept else np.zeros(nu.shape[0]))
     d = T @ theta + t - np.asarray(stats.solution, np.float64).reshape(q, -1)
-    value = c * (float(np.sum(d * (A @ d))) + float(np.asarray(stats.rss, np.float64).sum())) + 0.5 * float(l2) * float(np.sum(W * W))
+    value = c * (float(np.sum(d * (A @ d))) + float(np.asarray(stats.rss, np.float64).sum()))
+    value += 0.5 * float(l2) * float(np.sum(W * W))
     if np.ndim(stats.y_mean) == 0:
         W, b = W[:, 0], b[0]
     return Params(W, np.asarray(b)), value

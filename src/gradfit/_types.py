@@ -1,15 +1,5 @@
-"""The nouns every layer shares. This module imports nothing of gradfit.
-
-=================  ==========================================================================
-``Params``         the model's pytree, ``yhat = X @ W + b``
-``Data``           the rows a fit reads: X, y and the row weights
-``Hyper``          hyperparameters as arrays (traced: new values never recompile)
-``Scaling``        the columns' shift and scale, and the scales of the stopping test
-``Program``        everything that shapes the compiled program (hashable, static)
-``SolverState``    the loop's carry; every field has a fixed shape and dtype
-``Level``          one ``vmap`` level (problems, output columns, sweep members)
-=================  ==========================================================================
-"""
+"""The nouns every layer shares: ``Params``, ``Data``, ``Hyper``, ``Scaling``, ``Program``,
+``SolverState`` and ``Level``. This module imports nothing of gradfit."""
 
 from __future__ import annotations
 
@@ -19,17 +9,9 @@ import jax
 
 
 class Params(NamedTuple):
-    """Weights and bias of the linear model ``yhat = X @ W + b``.
-
-    Rows of ``X`` are samples. With ``X`` of shape (m, n):
-
-    - one output: ``W`` is (n,), ``b`` is (), ``yhat`` is (m,);
-    - k outputs: ``W`` is (n, k), ``b`` is (k,), ``yhat`` is (m, k).
-
-    The blog seed writes ``y = M x + b`` with ``M`` of shape (k, n) acting on one
-    sample ``x``; gradfit's ``W`` is ``M.T``. The notes seed puts samples in columns
-    (``w.T @ X`` with X of shape (n, m)); pass its ``X.T``.
-    """
+    """Weights and bias of ``yhat = X @ W + b``, rows of X (m, n) are samples: W (n,), b (), yhat (m,),
+    or W (n, k), b (k,), yhat (m, k). The blog seed's ``y = M x + b``, M (k, n): ``W = M.T``; the
+    notes seed's samples in columns (X (n, m)): pass its ``X.T``."""
 
     W: jax.Array  # (n,) or (n, k)
     b: jax.Array  # () or (k,)
@@ -44,8 +26,7 @@ class Data(NamedTuple):
 
 
 class Scaling(NamedTuple):
-    """Constants of a problem that set its coordinates and the scale of its stopping test
-    (:func:`gradfit.health.scaling`; traced like the hyperparameters)."""
+    """A problem's coordinates and stopping-test scales (:func:`gradfit.health.scaling`; traced)."""
 
     shift: jax.Array  # (n,) the columns' means mu (0 without an intercept)
     scale: jax.Array  # (n,) their spread sigma about mu (1 for a constant column)
@@ -66,8 +47,7 @@ class Hyper(NamedTuple):
 
 
 class Program(NamedTuple):
-    """Everything that shapes the compiled program (hashable): two fits with equal programs
-    and equal array shapes share one compiled executable."""
+    """Everything that shapes the compiled program (hashable): equal programs and shapes share one."""
 
     loss: str  # "mse" or "bce"
     reduction: str  # "mean", "half_mean" (mse) or "sum"

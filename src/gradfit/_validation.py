@@ -30,13 +30,12 @@ def as_numeric(a, name: str) -> np.ndarray | jax.Array:
     if kind not in "biuf":
         raise ValueError(f"{name} has dtype {arr.dtype}, not a real number type: convert it with "
                          f"np.asarray({name}, dtype=np.float32) after encoding any text or categorical columns")
-    return arr
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))  # big-endian: one copy
 
 
 def float_dtype(X) -> np.dtype:
-    """The compute dtype for data X: its own float dtype (float64 only with ``jax_enable_x64``, else
-    float32), or JAX's default float for ints, bools and 16-bit floats (stored, never computed in)."""
-    dt = np.dtype(X.dtype)
+    """The compute dtype for X: its float dtype (float64 needs x64), else JAX's default float (ints, 16-bit)."""
+    dt = np.dtype(X.dtype).newbyteorder("=")
     if dt.kind != "f" or dt == np.float16:
         return np.dtype(jnp.result_type(float))
     return np.dtype(np.float32) if dt == np.float64 and not jax.config.jax_enable_x64 else dt
@@ -62,8 +61,7 @@ def check_finite(a, name: str) -> None:
 
 
 def check_range(a, name: str, dtype) -> None:
-    """Raise ValueError if finite values of ``a`` overflow to inf when cast to ``dtype``
-    (float64 data fitted in float32 without x64). Checked in row blocks, only when narrowing."""
+    """Raise ValueError if finite values of ``a`` overflow when narrowed to ``dtype`` (checked in row blocks)."""
     src = np.dtype(a.dtype)
     if src.kind != "f" or src.itemsize <= np.dtype(dtype).itemsize or a.size == 0:
         return
@@ -76,8 +74,7 @@ def check_range(a, name: str, dtype) -> None:
 
 
 def check_xy(X, y, *, loss: str, batched: bool = False):
-    """Validate the data of a fit, X (m, n) and y (m,) or (m, k) (each with a leading B when
-    ``batched``), and return them as arrays; ValueError before any compute."""
+    """Validate X (m, n) and y (m,) or (m, k) (with a leading B when ``batched``); return them as arrays."""
     X, y = as_numeric(X, "X"), as_numeric(y, "y")
     lead = 1 if batched else 0
     if X.ndim == 1 + lead:
@@ -100,10 +97,9 @@ def check_xy(X, y, *, loss: str, batched: bool = False):
         raise ValueError(f"X has {m} rows but y has {y.shape[lead]}: give one target per row of X")
     if y.ndim == 2 + lead and y.shape[-1] == 0:
         raise ValueError("y has zero output columns: give y as (m,) or (m, k) with k >= 1")
-    check_finite(X, "X")
-    check_finite(y, "y")
-    check_range(X, "X", float_dtype(X))
-    check_range(y, "y", float_dtype(X))
+    for a, name in ((X, "X"), (y, "y")):
+        check_finite(a, name)
+        check_range(a, name, float_dtype(X))
     if loss == "bce":
         lo, hi = float(y.min()), float(y.max())
         if lo < 0 or hi > 1:
@@ -113,8 +109,7 @@ def check_xy(X, y, *, loss: str, batched: bool = False):
 
 
 def check_sample_weight(sw, y, batched: bool, dtype):
-    """Row weights (m,) (or (B, m) when ``batched``), finite, >= 0 with a positive sum; ValueError
-    otherwise. Returned in ``dtype`` (a global array stays on its devices)."""
+    """Row weights (m,) or (B, m), finite, >= 0 with a positive sum (else ValueError), in ``dtype``."""
     if sw is None:
         return None
     sw = as_numeric(sw, "sample_weight")
@@ -122,9 +117,17 @@ def check_sample_weight(sw, y, batched: bool, dtype):
     if tuple(sw.shape) != want:
         raise ValueError(f"sample_weight has shape {tuple(sw.shape)}: expected {want}, one weight per row")
     check_finite(sw, "sample_weight")
+    check_range(sw, "sample_weight", dtype)
     if bool((sw < 0).any()) or not bool((sw.sum(axis=-1) > 0).all()):
-        raise ValueError("sample_weight must be >= 0 with a positive sum")
-    return jnp.asarray(sw, dtype)
+        raise ValueError("sample_weight must be >= 0 with a positive sum: drop rows with negative weights (weights "
+                         "all zero leave nothing to fit)")
+    sw = sw.astype(dtype)  # the weights the fit sees: tiny ones round to 0, their sum may overflow
+    total = np.asarray(sw.sum(axis=-1) if isinstance(sw, jax.Array) else sw.sum(axis=-1, dtype=np.float64))
+    if not (total > 0).all() or not (total <= float(np.finfo(dtype).max)).all():
+        why = "underflow to 0" if not (total > 0).all() else "sum beyond the largest number"
+        raise ValueError(f"sample_weight values {why} in {np.dtype(dtype)}: rescale the weights (only their ratios "
+                         "matter with reduction='mean'), e.g. sample_weight / sample_weight.max()")
+    return jnp.asarray(sw)
 
 
 def is_bool(value) -> bool:
@@ -143,10 +146,8 @@ def suggest(word: str, choices) -> str:
 
 def positive_int(value, name: str) -> int:
     """``value`` as an int in [1, 2**31 - 1] (the loop counts in int32), or raise ValueError."""
-    if not is_int(value):
+    if not is_int(value) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
     if value > INT32_MAX:
         raise ValueError(f"{name}={value} is too large: the compiled loop counts in int32, so use at most {INT32_MAX}")
     return int(value)
@@ -167,8 +168,7 @@ def _show(value) -> str:
 
 
 def hyperparameter(value, name: str, *, positive: bool, allowed_ndims: tuple[int, ...] = (0,)) -> np.ndarray:
-    """Check a float hyperparameter (a scalar, or a 1-d array of per-output values where
-    ``allowed_ndims`` has 1) and return it as a float64 numpy array."""
+    """Check a float hyperparameter (scalar, or 1-d per-output with 1 in ``allowed_ndims``); float64 array."""
     if is_bool(value) or value is None:
         raise ValueError(f"{name} must be a number, got {value!r}")
     try:

@@ -1,27 +1,14 @@
-"""Checkpoint and resume: a run's whole state, saved atomically at chunk boundaries.
-
-A checkpoint is one ``.npz`` file written by :mod:`gradfit._io` (temporary file, flush, rename:
-the previous checkpoint or the new one, never half of one): every leaf of the
-:class:`~gradfit.SolverState` pytree (the PRNG key as ``jax.random.key_data`` and its impl's name;
-with minibatches a step is an epoch and the key advances once per epoch, so step and key are the
-data position), the objective history (*members, steps), and a JSON header (format version,
-treedef, leaf shapes and dtypes, and a fingerprint of the problem so that it is never resumed
-into another problem).
-
-**Same bits.** CPU steps are deterministic and the chunk program is the same in every process;
-checkpoints fall between chunks and ``chunk_size`` is in the fingerprint, so a resumed run has
-the same chunk boundaries and ends with the same bits as one that never stopped. Raising
-``steps`` on a finished checkpoint continues it. Used by ``fit(..., checkpoint=path,
-checkpoint_every=..., resume=True)``, ``fit_streaming`` and :func:`gradfit.resume`, through
-:mod:`gradfit._runner`.
-"""
+"""Checkpoint and resume: one ``.npz`` with every leaf of the :class:`~gradfit.SolverState`, the history and a JSON
+header (version, treedef, leaf specs, the problem's fingerprint), written atomically at chunk boundaries."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -38,8 +25,7 @@ from gradfit._types import Data, Hyper, Level, Program, SolverState
 FORMAT = "gradfit-checkpoint"
 VERSION = 2  # 2: the solver state holds the stalled flag and the optimality
 
-# What each fingerprint component covers, and how to make a resume match it.
-_COMPONENTS = {
+_COMPONENTS = {  # what each fingerprint component covers
     "data": "the data (shapes, dtypes and a sample of the values of X, y and sample_weight)",
     "settings": "loss, reduction, grad, fit_intercept, batch_size or the vmapped levels",
     "optimizer": "the optimizer or its static options",
@@ -54,10 +40,8 @@ def _is_key(a) -> bool:
     return jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
 
 
-# --------------------------------------------------------------------------- fingerprint
 def _sample(a) -> np.ndarray:
-    """About 4096 elements of ``a`` on an evenly spaced grid (``4096 ** (1/ndim)`` indices per
-    axis, first and last included): cheap for any size, on any device, no flat index overflow."""
+    """About 4096 elements of ``a`` on an evenly spaced grid (``4096 ** (1/ndim)`` indices per axis, ends included)."""
     per_axis = max(2, int(round(4096 ** (1 / max(a.ndim, 1)))))
     for axis, size in enumerate(a.shape):
         if size > per_axis:
@@ -78,15 +62,11 @@ def _digest(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(params, operand, hyper: Hyper, key, program: Program,
-                levels: tuple[Level, ...] = ()) -> dict[str, str]:
-    """A short hash per part of a problem (``_COMPONENTS``); equal dicts, same problem. Leaves out
-    ``hyper.max_steps`` (a finished run may resume with more steps); a user's own
-    ``optax.GradientTransformation`` is known by its type only."""
+def fingerprint(params, operand, hyper: Hyper, key, program: Program, levels: tuple[Level, ...] = ()) -> dict[str, str]:
+    """A short hash per part of a problem (``_COMPONENTS``), without ``hyper.max_steps``; optax transforms by type."""
     spec = program.optimizer
     if spec.transformation is not None:
         spec = spec._replace(transformation=type(spec.transformation).__qualname__)
-    # The operand: the data, or the statistics of a plan-"stats" fit (a gradfit._stats.Stats).
     arrays = (operand.X, operand.y, operand.sample_weight) if isinstance(operand, Data) else jax.tree.leaves(operand)
     data = [part for a in arrays for part in ((None,) if a is None else (tuple(a.shape), str(a.dtype), _sample(a)))]
     key = jax.random.key_data(key) if key is not None and _is_key(key) else key
@@ -101,7 +81,6 @@ def fingerprint(params, operand, hyper: Hyper, key, program: Program,
     }
 
 
-# --------------------------------------------------------------------------- save / load
 def save(path: str | Path, state: SolverState, history: np.ndarray, *,
          fingerprint: dict[str, str], complete: bool = False, meta: dict | None = None) -> Path:
     """Write ``state``, ``history`` and ``meta`` (JSON-able, e.g. the fit's arguments) to ``path`` atomically."""
@@ -112,8 +91,10 @@ def save(path: str | Path, state: SolverState, history: np.ndarray, *,
         if _is_key(leaf):
             spec.update(dtype="key", impl=str(jax.random.key_impl(leaf)))
             leaf = jax.random.key_data(leaf)
+        arrays[f"leaf_{i:04d}"] = arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.inexact):  # a leaf that turns non-finite on disk is damage, not divergence
+            spec["finite"] = bool(np.isfinite(arr).all())
         specs.append(spec)
-        arrays[f"leaf_{i:04d}"] = np.asarray(leaf)
     header = {
         "format": FORMAT, "version": VERSION, "treedef": str(treedef), "leaves": specs,
         "fingerprint": fingerprint, "step": int(np.asarray(state.step).max()), "complete": bool(complete),
@@ -123,34 +104,83 @@ def save(path: str | Path, state: SolverState, history: np.ndarray, *,
     return _io.write_npz(path, **arrays, history=np.asarray(history), header=np.asarray(json.dumps(header)))
 
 
+_READ_ERRORS = (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile)  # JSONDecodeError: ValueError
+_HEADER = {"treedef": str, "leaves": list, "fingerprint": dict, "step": int, "complete": bool}
+
+
+def _damaged(path: Path, detail: str) -> ValueError:
+    return ValueError(f"checkpoint {path} is damaged ({detail}): delete it, or pass overwrite=True "
+                      "(gradfit fit --restart) to start over")
+
+
+def _ours(path: Path) -> bool:
+    """Whether the file begins as a checkpoint does (a zip whose first member is leaf_0000.npy), readable or not."""
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        head = f.read(64)
+        return head.startswith(b"PK\x03\x04") and b"leaf_0000.npy" in head
+    return False
+
+
+def _spec_ok(spec) -> bool:
+    return (isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and isinstance(spec.get("shape"), list)
+            and all(type(d) is int for d in spec["shape"]) and (spec["dtype"] != "key" or "impl" in spec))
+
+
 def read_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a checkpoint. Raises ValueError for a missing or unreadable file."""
+    """The JSON header of a checkpoint; ValueError for a missing, foreign, other-version or damaged file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist: check the path, or start afresh without resume")
     try:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable gradfit checkpoint ({type(e).__name__}: {e}): "
-                         "point at another file, or delete it to start afresh") from None
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a gradfit checkpoint (no {FORMAT!r} header): point at another file")
+        problem = None if isinstance(header, dict) and header.get("format") == FORMAT else f"no {FORMAT!r} header"
+    except _READ_ERRORS as e:
+        problem = f"{type(e).__name__}: {e}"
+    if problem is not None:
+        raise _damaged(path, problem) if _ours(path) else ValueError(
+            f"{path} is not a gradfit checkpoint: choose another checkpoint path")
     if header.get("version") != VERSION:
         raise ValueError(f"{path} is a version {header.get('version')} checkpoint; this gradfit reads version "
-                         f"{VERSION}: resume it with the gradfit that wrote it, or start afresh")
+                         f"{VERSION}: resume it with the gradfit that wrote it, or start over with overwrite=True")
+    bad = [name for name, kind in _HEADER.items() if not isinstance(header.get(name), kind)]
+    bad = bad or [f"leaves[{i}]" for i, spec in enumerate(header["leaves"]) if not _spec_ok(spec)]
+    if bad:
+        raise _damaged(path, f"its header has a malformed {', '.join(bad)}")
     return header
+
+
+def check_target(path: str | Path | None, resume: bool, overwrite: bool = False) -> None:
+    """Refuse a foreign file, a damaged checkpoint (unless ``overwrite``) or an unfinished run (unless ``resume``)."""
+    if resume and overwrite:
+        raise ValueError("resume=True continues the checkpoint and overwrite=True starts over: pass one of them")
+    if path is None or not Path(path).exists():
+        return
+    try:
+        header = read_header(path)
+    except ValueError:
+        if overwrite and _ours(Path(path)):
+            return
+        raise
+    if not (resume or overwrite or header["complete"]):
+        raise ValueError(f"checkpoint {path} holds an unfinished run (step {header['step']}): pass resume=True "
+                         "(gradfit fit --resume) to continue it, or overwrite=True (--restart) to start over")
+
+
+def _read(z, name: str, path: Path) -> np.ndarray:
+    try:
+        return z[name]
+    except _READ_ERRORS as e:
+        raise _damaged(path, f"{name}: {type(e).__name__}: {e}") from None
 
 
 def load(path: str | Path, template: SolverState, fingerprint: dict[str, str] | None = None
          ) -> tuple[SolverState, np.ndarray, dict[str, Any]]:
-    """Read a checkpoint into the structure of ``template`` (a state of the problem resumed, placed
-    with its shardings): ``(state, history, header)``. ValueError, naming what differs and the way
-    out, for a missing or unreadable file, or another treedef, leaf shape or dtype, or fingerprint."""
+    """``(state, history, header)`` of a checkpoint, in the structure and shardings of ``template``."""
     path = Path(path)
     header = read_header(path)
     fresh = "or start afresh (resume=False, or another checkpoint path)"
-    saved = header.get("fingerprint", {})
+    saved = header["fingerprint"]
     differ = [] if fingerprint is None else [name for name in _COMPONENTS if saved.get(name) != fingerprint.get(name)]
     if differ:
         detail = "; ".join(f"{name}: {_COMPONENTS[name]}" for name in differ)
@@ -166,24 +196,28 @@ def load(path: str | Path, template: SolverState, fingerprint: dict[str, str] | 
     new_leaves = []
     with np.load(path, allow_pickle=False) as z:
         for i, (leaf, spec) in enumerate(zip(leaves, specs)):
-            arr = z[f"leaf_{i:04d}"]
             want = "key" if _is_key(leaf) else str(leaf.dtype)
             if spec["dtype"] != want or tuple(spec["shape"]) != tuple(leaf.shape):
                 raise ValueError(f"checkpoint {path} leaf {i} is {spec['dtype']} {tuple(spec['shape'])} but this "
                                  f"problem needs {want} {tuple(leaf.shape)} (another dtype, size or number of "
                                  f"members): resume with the settings that wrote it, {fresh}")
-            value = jax.random.wrap_key_data(arr, impl=spec["impl"]) if want == "key" else np.asarray(arr, leaf.dtype)
+            arr = _read(z, f"leaf_{i:04d}", path)
+            need = jax.eval_shape(jax.random.key_data, leaf) if want == "key" else leaf
+            if arr.shape != need.shape or arr.dtype != need.dtype:
+                raise _damaged(path, f"leaf {i} is {arr.dtype} {arr.shape}, the run needs {need.dtype} {need.shape}")
+            if spec.get("finite") and not np.isfinite(arr).all():
+                raise _damaged(path, f"leaf {i} holds NaN or inf, but was finite when saved")
+            value = jax.random.wrap_key_data(arr, impl=spec["impl"]) if want == "key" else arr
             new_leaves.append(jax.device_put(value, leaf.sharding))
-        history = np.asarray(z["history"])
-    return jax.tree.unflatten(treedef, new_leaves), history, header
+        history = _read(z, "history", path)
+    if history.ndim != 1 + np.ndim(template.step) or history.shape[:-1] != np.shape(template.step):
+        raise _damaged(path, f"the history is {history.shape}, the run needs {np.shape(template.step)} + (steps,)")
+    return jax.tree.unflatten(treedef, new_leaves), np.asarray(history), header
 
 
-# --------------------------------------------------------------------------- during a run
 class Checkpointer:
-    """A ``callback(state, history)`` that saves the run at chunk boundaries when ``every.steps``
-    steps (the most any member has run) or ``every.seconds`` seconds have passed since the last
-    save. It skips a run's last chunk (:meth:`finish` saves the final state). ``count`` and
-    ``seconds``: checkpoints written and the time spent writing them."""
+    """A ``callback(state, history)`` saving the run once ``every.steps`` steps or ``every.seconds`` seconds passed
+    since the last save (not after the last chunk); ``count``, ``seconds``, ``error``: saves, their time, a failure."""
 
     def __init__(self, path: str | Path, hyper: Hyper, fingerprint: dict[str, str], *,
                  every: Every | int | datetime.timedelta | None = None, meta: dict | None = None,
@@ -191,29 +225,32 @@ class Checkpointer:
         self.path, self.hyper, self.fingerprint, self.meta = Path(path), hyper, fingerprint, meta
         self.every, self.clock = parse_every(every), clock
         self.last_step, self.last_time = start_step, clock()
-        self.count, self.seconds = 0, 0.0
+        self.count, self.seconds, self.error = 0, 0.0, None
 
     def __call__(self, state: SolverState, history: np.ndarray) -> None:
-        if not active_host(state, self.hyper).any():
-            return  # the run ends after this chunk: finish() writes the final state
         step = int(np.max(np.asarray(state.step)))
-        due_steps = self.every.steps is not None and step - self.last_step >= self.every.steps
-        due_time = self.every.seconds is not None and self.clock() - self.last_time >= self.every.seconds
-        if due_steps or due_time:
-            self.save(state, history)
+        due = ((self.every.steps is not None and step - self.last_step >= self.every.steps)
+               or (self.every.seconds is not None and self.clock() - self.last_time >= self.every.seconds))
+        if due and active_host(state, self.hyper).any():  # else the run ends: its final save follows
+            self.save(state, history, warn=True)
 
-    def save(self, state: SolverState, history: np.ndarray, *, complete: bool = False) -> Path:
-        start = time.perf_counter()
-        step = int(np.max(np.asarray(state.step)))
-        save(self.path, state, history[..., :step], fingerprint=self.fingerprint, complete=complete, meta=self.meta)
+    def save(self, state: SolverState, history: np.ndarray, *, complete=False, warn=False) -> Path | None:
+        """Save now; the path, or None if not written: a failed write raises OSError, or with ``warn`` warns once."""
+        start, step = time.perf_counter(), int(np.max(np.asarray(state.step)))
+        self.last_step, self.last_time = step, self.clock()  # after a failure too: retried at the next interval
+        try:
+            save(self.path, state, history[..., :step], fingerprint=self.fingerprint, complete=complete, meta=self.meta)
+        except OSError as e:
+            if not warn:
+                raise
+            if self.error is None:
+                warnings.warn(f"checkpoint not saved: {e}. The fit goes on; {self.path} keeps the last good "
+                              "checkpoint, if any", RuntimeWarning, stacklevel=2)
+            self.error = e
+            return None
         self.seconds += time.perf_counter() - start
         self.count += 1
-        self.last_step, self.last_time = step, self.clock()
         return self.path
-
-    def finish(self, state: SolverState, history: np.ndarray) -> Path:
-        """Save the final state of a finished run (marked complete)."""
-        return self.save(state, history, complete=True)
 
 
 def storable_arguments(arguments: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -225,18 +262,8 @@ def storable_arguments(arguments: dict[str, Any]) -> tuple[dict[str, Any], list[
 
 
 def _survives_json(value) -> bool:
+    """Read back equal, with the same types all the way down (JSON turns tuples into lists)."""
     try:
-        return _same(json.loads(json.dumps(value)), value)
+        return repr(json.loads(json.dumps(value))) == repr(value)
     except (TypeError, ValueError):
         return False
-
-
-def _same(a, b) -> bool:
-    """Equal, with the same types all the way down (JSON turns tuples into lists)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return bool(a == b)

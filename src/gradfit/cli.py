@@ -28,7 +28,8 @@ def _progress(args) -> bool:
 
 
 def cmd_fit(args) -> int:
-    result = runs.fit_config(config.load(args.config, args.overrides), resume=args.resume, progress=_progress(args))
+    result = runs.fit_config(config.load(args.config, args.overrides), resume=args.resume, restart=args.restart,
+                             progress=_progress(args))
     return 1 if np.any(result.diverged) else 0
 
 
@@ -45,12 +46,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    try:
-        paths = plotting.plot(args.run_dir)
-    except ImportError as e:
-        print(f"gradfit plot: error: {e}", file=sys.stderr)
-        return 2
-    for path in paths:
+    for path in plotting.plot(args.run_dir):
         print(f"wrote {path}")
     return 0
 
@@ -89,14 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "bar on stderr (default: when stderr is a terminal and tqdm is installed)")
         return p
 
-    command("fit", cmd_fit, "fit one model from a config", runs_config=True).add_argument(
-        "--resume", action="store_true",
-        help="continue from the checkpoint ([checkpoint] path, default <output.dir>/checkpoint.npz) if it exists")
+    p = command("fit", cmd_fit, "fit one model from a config", runs_config=True)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint (default "
+                   "<output.dir>/checkpoint.npz)")
+    p.add_argument("--restart", action="store_true", help="start over though the checkpoint holds an unfinished run")
     p = command("predict", cmd_predict, "apply a fitted run folder's model to the rows of a data file")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the output.dir of a gradfit fit")
     p.add_argument("data", metavar="DATA", help="a .csv, .parquet, .npz or .npy file with the model's feature columns")
-    p.add_argument("--output", "-o", default="-", help="write the predictions (probabilities for bce) to a .csv or .npy file "
-                   "(default: CSV on stdout)")
+    p.add_argument("--output", "-o", default="-", help="a .csv or .npy file for the predictions (bce: probabilities; "
+                   "default: CSV on stdout)")
     command("sweep", cmd_sweep, "fit every member of a [sweep] grid (one compile per group); resumable",
             runs_config=True)
     command("plot", cmd_plot, "draw a fit or sweep output folder as PNG (needs matplotlib)").add_argument(
@@ -115,15 +112,15 @@ def _interrupted(args, argv: list[str], stop: KeyboardInterrupt) -> int:
     signum = getattr(stop, "signum", signal.SIGINT)
     words = ["gradfit", *argv]
     if args.command == "fit" and getattr(stop, "checkpoint", None) is not None:
-        again = " ".join(map(shlex.quote, words + ([] if args.resume else ["--resume"])))
-        how = f"saved {stop.checkpoint}; continue with: {again}"
+        again = [w for w in words if w != "--restart"] + ([] if args.resume else ["--resume"])
+        how = f"saved {stop.checkpoint}; continue with: {shlex.join(again)}"
     elif args.command == "fit":
-        how = "no checkpoint was saved (checkpoint.every_steps and every_seconds are 0): a rerun starts afresh"
+        how = "no checkpoint was saved: a rerun starts afresh"
     elif args.command == "sweep":
-        how = f"the groups written are kept; continue with: {' '.join(map(shlex.quote, words))}"
+        how = f"{getattr(stop, 'saved', 'the groups written are kept')}; continue with: {shlex.join(words)}"
     else:
         how = "nothing was written"
-    print(f"gradfit {args.command}: {stop or 'interrupted'}; {how}", file=sys.stderr)
+    print(f"gradfit {args.command}: {str(stop) or 'interrupted'}; {how}", file=sys.stderr)
     return 128 + signum
 
 
@@ -147,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning  # a warning is one line, no source excerpt
             return args.func(args)
-    except (ValueError, OSError) as e:  # user mistakes, unreadable files, a coordinator that never answered
+    except (ValueError, OSError, ImportError) as e:  # user mistakes, unreadable files, a missing extra, a coordinator
         print(f"gradfit {args.command}: error: {e}", file=sys.stderr)  # one clear line, no traceback
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the run saved where it stopped (gradfit._driver)

@@ -14,18 +14,15 @@ from typing import Any
 
 from gradfit._options import FitOptions
 
-_NOT_IN_CONFIGS = ("batched", "n_rows", "callback", "progress", "checkpoint", "checkpoint_every", "resume")
+_NOT_IN_CONFIGS = ("batched", "n_rows", "callback", "progress", "checkpoint", "checkpoint_every", "resume", "overwrite")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
-        # "synthetic" (regression with known truth), "synthetic_classification",
-        # "diabetes", "breast_cancer" (inside scikit-learn), or a path to .npy/.npz/.csv.
+        # "synthetic" (regression with known truth), "synthetic_classification", "diabetes", "breast_cancer"
+        # (inside scikit-learn), or a path to .npy/.npz/.csv/.parquet
         "source": "synthetic",
-        "n_samples": 10_000, "n_features": 16,
-        "n_outputs": 0,  # 0: y is (m,); k > 0: y is (m, k)
-        "noise": 0.1, "seed": 0,
-        # of X: "float32", "float64" (a float64 fit), "bfloat16"/"float16" (X in half the memory, fit in float32)
-        "dtype": "float32",
+        "n_samples": 10_000, "n_features": 16, "n_outputs": 0, "noise": 0.1, "seed": 0,  # n_outputs k > 0: y (m, k)
+        "dtype": "float32",  # of X; "float64": a float64 fit; "bfloat16"/"float16": half the memory, fit in float32
         "target": None,  # for files: the target column's name or index (a list for k outputs), or the .npz array
         "features": None,  # for files: a list of column names or indices (None: all but the target)
         # bigger than memory: stream X (source) and y (y_source), .npy files, in row chunks (see [stream])
@@ -40,11 +37,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Several processes/hosts (gradfit.distributed); unset keys fall back to the environment
     # variables GRADFIT_COORDINATOR_ADDRESS, GRADFIT_NUM_PROCESSES, GRADFIT_PROCESS_ID.
     "distributed": {
-        "coordinator_address": None,  # "host:port" of process 0
-        "num_processes": None, "process_id": None,
+        "coordinator_address": None, "num_processes": None, "process_id": None,  # address: "host:port" of process 0
         "initialization_timeout": 60,  # seconds for all processes to join, then a clear error
     },
-    "output": {"dir": "runs/fit"},
+    "output": {"dir": "runs/fit"},  # "~" is the home folder
     # gradfit sweep: the grid's cartesian product (keys as for gradfit.sweep; they override [fit]'s)
     "sweep": {
         "grid": {},  # e.g. {learning_rate = [0.01, 0.1], l2 = [0.0, 0.1]}
@@ -55,11 +51,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # data.stream = true: how the files are read (the plan, fit.grad, says what is computed).
     "stream": {"chunk_bytes": 64 << 20, "prefetch": 2},  # bytes of X per chunk; chunks read ahead
+    # Saved atomically at chunk boundaries and at the end; `gradfit fit --resume` continues.
     "checkpoint": {
-        # Saved atomically at chunk boundaries and at the end; `gradfit fit --resume` continues.
         "path": "",  # "": <output.dir>/checkpoint.npz
-        "every_steps": 0,  # 0: not by steps
-        "every_seconds": 300.0,  # 0: not by time (both 0: no checkpoints)
+        "every_steps": 0, "every_seconds": 300.0,  # 0: not by steps / by time (both 0: no checkpoints)
     },
 }
 
@@ -72,10 +67,9 @@ _OPEN_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
     ("data", "target"): (str, int, list), ("data", "features"): (list,), ("data", "y_source"): (str,),
     ("fit", "learning_rate"): (int, float, list, str),  # str: "auto"
     ("fit", "tol"): (int, float), ("fit", "ftol"): (int, float), ("fit", "batch_size"): (int,),
-    ("fit", "chunk_size"): (int,), ("fit", "optimizer_options"): (dict,),
-    ("fit", "l2"): (int, float, list), ("fit", "devices"): (int, list),
-    ("distributed", "coordinator_address"): (str,), ("distributed", "num_processes"): (int,),
-    ("distributed", "process_id"): (int,),
+    ("fit", "chunk_size"): (int,), ("fit", "optimizer_options"): (dict,), ("fit", "l2"): (int, float, list),
+    ("fit", "devices"): (int, list), ("distributed", "coordinator_address"): (str,),
+    ("distributed", "num_processes"): (int,), ("distributed", "process_id"): (int,),
 }
 
 
@@ -84,8 +78,7 @@ class ConfigError(ValueError):
 
 
 def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return "".join(f" (did you mean {c!r}?)" for c in difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6))
 
 
 def _check_value(section: str, key: str, value: Any, where: str) -> Any:

@@ -1,22 +1,10 @@
-"""Loading the data a config names: a built-in problem or a file.
-
-- ``.npy``: a 2-d numeric table, memory-mapped (a contiguous range of columns stays a view);
-- ``.npz``: arrays ``X`` and ``y``, or columns chosen by array name (an (m,) column or an (m, j)
-  block) or index in file order;
-- ``.csv``: a header row, then numbers; only the chosen columns are parsed (text ones can be left out);
-- ``.parquet``: a table; needs pyarrow (``pip install 'gradfit[parquet]'``).
-
-Columns are chosen by name or index (``.npy``: index); ``target`` (default: the last column; a
-config must name a CSV's or parquet's) may be a list, giving y of shape (m, k); ``features`` None means every column
-but the target. Every problem (a missing or empty file, an unknown column, a bad value) is a
-``ValueError`` naming the file, the column and row, and the fix. :func:`read_columns` also returns
-the columns' names (``"0"``, ``"1"``, ... for ``.npy``), which a run folder records for
-``gradfit predict``.
-"""
+"""Loading the data a config names: a built-in problem or a ``.npy``, ``.npz``, ``.csv`` or ``.parquet`` file, its
+columns chosen by name or index. Every problem is a ``ValueError`` naming the file, the column and row, and the fix."""
 
 from __future__ import annotations
 
 import csv
+import os
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -33,8 +21,7 @@ NAMED = (".csv", ".parquet")  # tables with named columns, whose target a config
 
 
 class Columns(NamedTuple):
-    """What :func:`read_columns` read: X (m, n), y (m,) or (m, k) (``(m, 0)`` when no target was
-    asked for), and the names of the feature and target columns."""
+    """What :func:`read_columns` read: X (m, n), y (m,) or (m, k) (``(m, 0)`` for no target), and the names."""
 
     X: np.ndarray
     y: np.ndarray
@@ -53,16 +40,14 @@ class Loaded(NamedTuple):
 
 
 def load(section: dict[str, Any]) -> Loaded:
-    """Load X, y (and the truth of synthetic problems) as a ``[data]`` config section says. ``dtype``
-    "bfloat16" or "float16" stores X in 16 bits (the fit computes in float32); y and the truth stay float32."""
+    """X, y (and a synthetic problem's truth) as a ``[data]`` section says; a 16-bit ``dtype`` applies to X only."""
     if section["dtype"] not in FLOAT_DTYPES:
         raise ValueError(f"data.dtype {section['dtype']!r} is not supported: use one of {', '.join(FLOAT_DTYPES)}")
     x_dtype = np.dtype(jnp.bfloat16) if section["dtype"] == "bfloat16" else np.dtype(section["dtype"])
     ds = _load(section, x_dtype if x_dtype.itemsize > 2 else np.dtype(np.float32))
     if ds.features is None:  # generated or built-in: columns by position
         k = 0 if ds.y.ndim == 1 else ds.y.shape[1]
-        ds = ds._replace(features=[f"x{j}" for j in range(ds.X.shape[1])], target=["y"] if not k else
-                         [f"y{j}" for j in range(k)])
+        ds = ds._replace(features=[f"x{j}" for j in range(ds.X.shape[1])], target=[f"y{j}" for j in range(k)] or ["y"])
     return ds if ds.X.dtype == x_dtype else ds._replace(X=ds.X.astype(x_dtype))
 
 
@@ -73,11 +58,16 @@ def _load(section: dict[str, Any], dtype: np.dtype) -> Loaded:
             if section[key] <= 0:
                 raise ValueError(f"data.{key} must be a positive integer for a synthetic problem, got {section[key]}")
         if section["n_outputs"] < 0:
-            raise ValueError("data.n_outputs must be 0 (y is (m,)) or a positive number of outputs, "
-                             f"got {section['n_outputs']}")
+            raise ValueError(f"data.n_outputs must be 0 (y (m,)) or k > 0 (outputs), got {section['n_outputs']}")
         if section["noise"] < 0:
             raise ValueError(f"data.noise is a standard deviation, so it must be >= 0, got {section['noise']}")
         shape = (section["n_samples"], section["n_features"])
+        need = shape[0] * shape[1] * 8 * 3  # about three float64 copies of X (draws, cast, fit): refused before drawing
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else need
+        if need > have:
+            raise ValueError(f"data.n_samples={shape[0]} with data.n_features={shape[1]} needs about {need / 2**30:.1f}"
+                             f" GiB ({need} bytes) but this machine has {have / 2**30:.1f} GiB: lower data.n_samples,"
+                             " or save the data to .npy files and stream them (data.stream = true)")
         if source == "synthetic_classification":
             return Loaded(*datasets.make_classification(*shape, seed=section["seed"], dtype=dtype))
         return Loaded(*datasets.make_regression(*shape, n_outputs=section["n_outputs"] or None,
@@ -101,8 +91,7 @@ def _load(section: dict[str, Any], dtype: np.dtype) -> Loaded:
 
 
 def load_pair(x_path, y_path, features=None) -> tuple[Columns, np.ndarray]:
-    """X from ``x_path`` (every column, or ``features``) and y from ``y_path``, a ``.npy`` of shape
-    (m,) or (m, k): the two files of a streamed fit, read into memory."""
+    """X from ``x_path`` (every column, or ``features``) and y (m,) or (m, k) from the ``.npy`` ``y_path``."""
     X = read_columns(x_path, [], features)
     y_path = Path(y_path)
     if y_path.suffix.lower() != ".npy" or not y_path.is_file():
@@ -129,19 +118,13 @@ def column_names(path) -> list[str]:
 
             return list(pq.ParquetFile(path).schema_arrow.names)
         return list(np.load(path).keys())
-    except (OSError, EOFError, ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is not a readable {suffix} file ({type(e).__name__}: {e}): "
-                         "check that it is whole") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise _unreadable(path, e) from None
 
 
 def load_file(path: str | Path, target=None, features: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``(X, y)`` from a ``.npy``, ``.npz``, ``.csv`` or ``.parquet`` file (its suffix picks the format).
-
-    ``target``: a column's name or index, or a list of them for k outputs (None: the last column;
-    arrays ``X`` and ``y`` for ``.npz``); ``features``: the feature columns (None: all but the target).
-    Returns numeric X (m, n) and y (m,) or (m, k) (``.npy``: views of the memory map when the columns
-    are a contiguous range). Raises ValueError as the module says.
-    """
+    """Numeric X (m, n) and y (m,) or (m, k) from a file. ``target``: a column or a list of them (None: the last;
+    ``.npz``: arrays ``X`` and ``y``); ``features``: the feature columns (None: all but the target)."""
     if isinstance(target, list) and not target:
         raise ValueError("target is an empty list: name one target column, or several for k outputs")
     return read_columns(path, target, features)[:2]
@@ -152,13 +135,28 @@ def _checked_path(path) -> Path:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise ValueError(f"{path}: unknown file format {path.suffix!r}; use one of {', '.join(FORMATS)}")
-    if not path.exists():
-        raise ValueError(f"data file {str(path)!r} does not exist: check the path (data.source)")
-    if not path.is_file():
-        raise ValueError(f"data file {str(path)!r} is not a file: give the path of a {suffix} file")
+    if problem := path_problem(path):
+        raise ValueError(f"data file {str(path)!r} {problem} (data.source)")
     if path.stat().st_size == 0:
         raise ValueError(f"data file {path} is empty (0 bytes): it holds no rows")
     return path
+
+
+def path_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` as a data file, if anything: missing, a folder, or not a regular file."""
+    if path.is_file():
+        return None
+    return ("is a folder, not a file: give the path of the file inside it" if path.is_dir() else
+            "is not a regular file (a pipe, socket or device): save the data to a file first" if path.exists() else
+            "does not exist: check the path")
+
+
+def _unreadable(path: Path, e: Exception) -> ValueError:
+    if isinstance(e, UnicodeDecodeError):
+        return ValueError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} cannot be decoded): save it as "
+                          "UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or iconv -f latin1 -t utf-8)")
+    return ValueError(f"{path} is not a readable {path.suffix.lower()} file ({type(e).__name__}: {e}): "
+                      "check that it is whole")
 
 
 def read_columns(path: str | Path, target=None, features: Sequence | None = None) -> Columns:
@@ -176,15 +174,13 @@ def read_columns(path: str | Path, target=None, features: Sequence | None = None
     reader = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
     try:
         X, y, f, t = reader(path, target, features)
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is not a readable {suffix} file ({type(e).__name__}: "
-                         f"{e}): check that it is whole") from None
+    except (UnicodeDecodeError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise _unreadable(path, e) from None
     if X.shape[0] == 0:
         raise ValueError(f"{path} has no data rows: a fit needs at least one")
     return Columns(X, y, f, t)
 
 
-# --------------------------------------------------------------------------- selecting columns
 def _check_names(items, what: str) -> None:
     for item in items:
         if isinstance(item, bool) or not isinstance(item, (str, int, np.integer)):
@@ -207,6 +203,9 @@ def _resolve(name, names: list[str] | None, n_cols: int, what: str, path: Path) 
 
 def _plan(path: Path, names: list[str] | None, n_cols: int, target, features) -> tuple[list[int], list[int], bool]:
     """Feature and target column indices, and whether y is 1-d."""
+    if names and (dups := sorted({c for c in names if names.count(c) > 1})):
+        raise ValueError(f"{path} has more than one column named {', '.join(map(repr, dups))}: rename the columns so "
+                         "that each name is unique")
     single = not isinstance(target, list)  # target [] (features alone, for predictions): y (m, 0)
     targets = [n_cols - 1 if target is None else target] if single else target
     t = [_resolve(c, names, n_cols, "target", path) for c in targets]
@@ -217,8 +216,8 @@ def _plan(path: Path, names: list[str] | None, n_cols: int, target, features) ->
     else:
         f = [_resolve(c, names, n_cols, "feature", path) for c in features]
     if both := sorted(set(f) & set(t)):
-        raise ValueError(f"column {_label(names, both[0])} of {path} is both a feature and the target: "
-                         "leave it out of features")
+        raise ValueError(f"column {repr(names[both[0]]) if names else both[0]} of {path} is both a feature and the "
+                         "target: leave it out of features")
     for cols, what in ((f, "feature"), (t, "target")):
         if len(set(cols)) != len(cols):
             raise ValueError(f"a {what} column of {path} is chosen twice: list each column once")
@@ -227,19 +226,12 @@ def _plan(path: Path, names: list[str] | None, n_cols: int, target, features) ->
 
 def _take(table: np.ndarray, cols: list[int]) -> np.ndarray:
     """``table[:, cols]``, as a view (no copy of a memory map) when cols is a contiguous range."""
-    if not cols:
-        return table[:, :0]
-    if cols == list(range(cols[0], cols[0] + len(cols))):
+    if cols and cols == list(range(cols[0], cols[0] + len(cols))):
         return table[:, cols[0] : cols[0] + len(cols)]
     return table[:, cols]
 
 
-def _label(names: list[str] | None, col: int) -> str:
-    return repr(names[col]) if names else str(col)
-
-
 def _names(names: list[str] | None, f: list[int], t: list[int]) -> tuple[list[str], list[str]]:
-    """The feature and target columns' names (indices as text for a table without names)."""
     return [names[c] if names else str(c) for c in f], [names[c] if names else str(c) for c in t]
 
 
@@ -249,13 +241,12 @@ def _finite_split(path: Path, table: np.ndarray, names: list[str], cols: list[in
     bad = ~np.isfinite(table)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise ValueError(f"{path}: column {_label(names, cols[c])} {row_name(int(r))} is {table[r, c]}: "
+        raise ValueError(f"{path}: column {names[cols[c]]!r} {row_name(int(r))} is {table[r, c]}: "
                          "drop or impute missing and non-finite values first")
     X, Y = table[:, :n_features], table[:, n_features:]
     return (X, Y[:, 0] if single else Y, *_names(names, cols[:n_features], cols[n_features:]))
 
 
-# --------------------------------------------------------------------------- formats
 def _check_magic(path: Path, prefix: bytes, kind: str, what: str, save: str) -> None:
     with path.open("rb") as f:
         if f.read(len(prefix)) != prefix:
@@ -274,7 +265,8 @@ def _read_npy(path: Path, target, features):
     if table.ndim != 2:
         raise ValueError(f"{path} holds an array of shape {table.shape}: expected a 2-d table (rows, columns)")
     f, t, single = _plan(path, None, table.shape[1], target, features)
-    return _take(table, f), table[:, t[0]] if single else _take(table, t), *_names(None, f, t)
+    native = lambda a: a.astype(a.dtype.newbyteorder("="), copy=False)  # noqa: E731 (big-endian files: a copy)
+    return native(_take(table, f)), native(table[:, t[0]] if single else _take(table, t)), *_names(None, f, t)
 
 
 def _read_npz(path: Path, target, features):
@@ -319,9 +311,7 @@ def _read_npz(path: Path, target, features):
             raise ValueError(f"array {names[i]!r} of {path} has shape {a.shape}: expected (m,) or (m, j)")
     m = next(iter(arrays.values())).shape[0]
 
-    def block(cols):
-        return np.concatenate([arrays[i].reshape(m, -1) for i in cols], axis=1) if cols else np.empty((m, 0))
-
+    block = lambda cols: np.hstack([arrays[i].reshape(m, -1) for i in cols] or [np.empty((m, 0))])  # noqa: E731
     X = arrays[f[0]] if len(f) == 1 and arrays[f[0]].ndim == 2 else block(f)
     return X, arrays[t[0]] if single else block(t), *_names(names, f, t)
 
@@ -349,8 +339,7 @@ def _read_csv(path: Path, target, features):
 
 
 def _check_field_counts(path: Path, names: list[str]) -> None:
-    """Every non-blank line must have a field per column (np.loadtxt ignores extra ones, which
-    would silently shift data). Vectorised over the bytes unless the file has quoted fields."""
+    """Every non-blank line must have a field per column (np.loadtxt would silently ignore extra ones)."""
     raw, n_cols = path.read_bytes(), len(names)
     if b'"' in raw:
         _raise_first_bad_cell(path, names, [])
@@ -397,7 +386,6 @@ def _raise_first_bad_cell(path: Path, names: list[str], cols: list[int]) -> None
 def _read_parquet(path: Path, target, features):
     try:
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError:
         raise ValueError("reading .parquet files needs pyarrow: pip install 'gradfit[parquet]' (or pyarrow)") from None
@@ -419,7 +407,7 @@ def _read_parquet(path: Path, target, features):
             row = int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
             raise ValueError(f"{where} row {row} is null: fill or drop rows with missing values first")
         if any(is_kind(column.type) for is_kind in numeric):
-            out[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+            out[:, j] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
             continue
         for row, v in enumerate(column.to_pylist()):
             try:

@@ -1,9 +1,4 @@
-"""Problems with known truth, and small real data sets that ship inside scikit-learn.
-
-Every loader returns a :class:`Dataset` ``(X, y, truth)``: X (m, n), y (m,) or (m, k),
-``truth`` the generating :class:`~gradfit.Params` for synthetic problems (None for real data).
-Nothing is downloaded.
-"""
+"""Problems with known truth, and small real data sets from scikit-learn, as :class:`Dataset` ``(X, y, truth)``."""
 
 from __future__ import annotations
 
@@ -32,8 +27,7 @@ def make_regression(n_samples: int = 10_000, n_features: int = 16, *, n_outputs:
     return Dataset(X.astype(dtype), y.astype(dtype), Params(W.astype(dtype), np.asarray(b, dtype)))
 
 
-def make_classification(n_samples: int = 10_000, n_features: int = 16, *, seed: int = 0,
-                        dtype=np.float32) -> Dataset:
+def make_classification(n_samples: int = 10_000, n_features: int = 16, *, seed: int = 0, dtype=np.float32) -> Dataset:
     """Logistic data: ``y ~ Bernoulli(sigmoid(X W + b))``, X and W standard normal, W scaled by 1/sqrt(n)."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n_samples, n_features))
@@ -54,10 +48,8 @@ def _sklearn(name: str, dtype) -> Dataset:
     try:
         from sklearn import datasets
     except ImportError:
-        raise ValueError(
-            "the real data sets ship inside scikit-learn, which is not installed: "
-            "pip install 'gradfit[data]' (or scikit-learn), or use source = 'synthetic'"
-        ) from None
+        raise ValueError("the real data sets ship inside scikit-learn, which is not installed: "
+                         "pip install 'gradfit[data]' (or scikit-learn), or use source = 'synthetic'") from None
     d = getattr(datasets, f"load_{name}")()
     return Dataset(standardize(d.data).astype(dtype), d.target.astype(dtype), None)
 
@@ -79,9 +71,5 @@ def load_breast_cancer(*, dtype=np.float32) -> Dataset:
     return _sklearn("breast_cancer", dtype)
 
 
-BUILTIN = {
-    "synthetic": make_regression,
-    "synthetic_classification": make_classification,
-    "diabetes": load_diabetes,
-    "breast_cancer": load_breast_cancer,
-}
+BUILTIN = {"synthetic": make_regression, "synthetic_classification": make_classification,
+           "diabetes": load_diabetes, "breast_cancer": load_breast_cancer}

@@ -1,14 +1,7 @@
-"""Several processes or hosts: ``jax.distributed`` set up with checks, and per-process loading.
-
-One process per host (or per GPU) runs the same script. :func:`initialize` connects them
-through JAX's coordination service; after that ``jax.devices()`` lists every process's devices,
-a row-sharded array spans them all, and :func:`gradfit.fit` runs the same compiled program on
-the global arrays (the gradient's row sum becomes an all-reduce across hosts). :func:`load_rows`
-gives each process only its own rows of ``.npy`` files. Results are replicated on every process;
-write outputs from process 0 only (:func:`is_writer`). Settings come from arguments, else the
-``[distributed]`` config section, else the environment variables :data:`ENV`; mistakes raise a
-clear error within ``initialization_timeout`` seconds instead of hanging.
-"""
+"""Several processes or hosts (one each, same script): checked ``jax.distributed`` set-up
+(:func:`initialize`; settings from arguments, the ``[distributed]`` config section or :data:`ENV`), then fits on
+row-sharded global arrays, each process loading its own rows (:func:`load_rows`). Results are replicated: write from
+process 0 only (:func:`is_writer`)."""
 
 from __future__ import annotations
 
@@ -26,11 +19,8 @@ import numpy as np
 from gradfit import sharding
 from gradfit._types import Data
 
-ENV = {  # coordinator_address is "host:port" of process 0
-    "coordinator_address": "GRADFIT_COORDINATOR_ADDRESS",
-    "num_processes": "GRADFIT_NUM_PROCESSES",
-    "process_id": "GRADFIT_PROCESS_ID",
-}
+ENV = {"coordinator_address": "GRADFIT_COORDINATOR_ADDRESS", "num_processes": "GRADFIT_NUM_PROCESSES",
+       "process_id": "GRADFIT_PROCESS_ID"}
 DEFAULT_TIMEOUT = 60  # seconds for every process to join; JAX's own default is 300
 
 
@@ -45,8 +35,8 @@ class Settings(NamedTuple):
 
 
 class Loaded(NamedTuple):
-    """Global arrays of ``ceil(m / d) * d`` rows for d devices (rows past ``n_rows`` are padding of weight 0).
-    Pass both on: ``fit(data.X, data.y, sample_weight=data.sample_weight, n_rows=n_rows)``."""
+    """Global arrays of ``ceil(m / d) * d`` rows (past ``n_rows``: padding of weight 0), for
+    ``fit(data.X, data.y, sample_weight=data.sample_weight, n_rows=n_rows)``."""
 
     data: Data
     n_rows: int
@@ -107,8 +97,7 @@ def settings(coordinator_address: str | None = None, num_processes: int | None =
 
 
 def _wait_for_coordinator(s: Settings, timeout: float) -> float:
-    """Poll until process 0's port accepts a TCP connection; return the seconds waited, or
-    raise TimeoutError after ``timeout`` s."""
+    """Seconds until process 0's port accepts a TCP connection; TimeoutError after ``timeout`` s."""
     start = time.monotonic()
     while True:
         try:
@@ -137,17 +126,10 @@ def _check_port_free(s: Settings) -> None:
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None,
                *, initialization_timeout: int = DEFAULT_TIMEOUT, local_device_ids: int | Sequence[int] | None = None,
                environ: Mapping[str, str] | None = None) -> Settings | None:
-    """Join a multi-process run: the checks of :func:`settings`, then ``jax.distributed.initialize``.
-
-    Call it first, before any other JAX work, in every process; with nothing set it does nothing
-    and returns None (a single process). Process 0 serves the coordination service at
-    ``coordinator_address``; ``local_device_ids``: the local devices to use (e.g. one GPU per
-    process; None: all). ``initialization_timeout`` bounds the wait for every process to join: a
-    process whose coordinator never answers raises TimeoutError after it; if the coordinator is up
-    but some process never joins, JAX itself ends every process after it (a ``DEADLINE_EXCEEDED``
-    log, exit status 134). ValueError for bad settings (before any connection); RuntimeError when
-    JAX already ran or was initialized in this process.
-    """
+    """Join a multi-process run (call it first in every process): the checks of :func:`settings`, then
+    ``jax.distributed.initialize``; None when nothing is set. ``initialization_timeout`` bounds the wait
+    (TimeoutError when the coordinator never answers). ValueError for bad settings; RuntimeError when JAX already ran
+    or was initialized. ``local_device_ids``: the local devices (None: all)."""
     timeout = initialization_timeout
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
         raise ValueError(f"initialization_timeout must be a positive number of seconds, got {timeout!r}")
@@ -170,10 +152,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 def initialize_from_config(section: Mapping[str, Any]) -> Settings | None:
     """:func:`initialize` from a ``[distributed]`` config section (keys as its arguments)."""
-    return initialize(
-        section.get("coordinator_address"), section.get("num_processes"), section.get("process_id"),
-        initialization_timeout=int(section.get("initialization_timeout") or DEFAULT_TIMEOUT),
-    )
+    return initialize(section.get("coordinator_address"), section.get("num_processes"), section.get("process_id"),
+                      initialization_timeout=int(section.get("initialization_timeout") or DEFAULT_TIMEOUT))
 
 
 def is_writer() -> bool:
@@ -181,7 +161,6 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-# --------------------------------------------------------------------------- loading
 def _open_tables(paths: Sequence[Path]) -> list[np.ndarray]:
     tables = []
     for path in paths:
@@ -208,7 +187,7 @@ def _open_tables(paths: Sequence[Path]) -> list[np.ndarray]:
 
 
 def _read_rows(tables: list[np.ndarray], lo: int, hi: int) -> np.ndarray:
-    """Rows lo..hi-1 of the row-wise concatenation of ``tables``, touching only those rows."""
+    """Rows lo..hi-1 of the tables stacked, touching only those rows."""
     pieces, start = [], 0
     for table in tables:
         a, b = max(lo, start), min(hi, start + table.shape[0])
@@ -248,19 +227,13 @@ def _is_column(c, n_cols: int) -> bool:
 def load_rows(source: str | Path | Sequence[str | Path], *, target: int | None = None,
               features: Sequence[int] | None = None, dtype=np.float32, standardize: bool = False,
               devices: Any = None) -> Loaded:
-    """Load a ``.npy`` table split across processes: each reads only its own rows.
+    """Load a ``.npy`` table split across processes: each reads only its own devices' rows.
 
-    ``source`` is one ``.npy`` file or a list of files holding consecutive row blocks of the
-    table (same columns and dtype), visible to every process (a shared file system or a copy on
-    each host). Each is memory-mapped; a process reads only the rows of its own devices, then
-    ``jax.make_array_from_process_local_data`` assembles global arrays laid out as
-    :func:`gradfit.shard_rows` would: rows split over ``"rows"``, padded at the end to a multiple
-    of the device count with zero rows of weight 0 (``data.sample_weight`` is None when nothing
-    was padded). ``target``: the target column (default the last; y is (m,)); ``features``: the
-    feature columns (default all but the target); ``dtype``: of X, y and the weights;
-    ``standardize``: columns to mean 0, sd 1 over the real rows (on device, globally);
-    ``devices``: as :func:`gradfit.sharding.resolve_devices`, but None means every device.
-    """
+    ``source``: one ``.npy`` file or a list of consecutive row blocks (same columns and dtype), visible to every
+    process. The arrays are laid out as :func:`gradfit.shard_rows` would (``data.sample_weight`` None when nothing
+    was padded). ``target``: its column (default the last; y is (m,)); ``features``: default all but the target;
+    ``dtype``: of X, y, weights; ``standardize``: columns to mean 0, sd 1 over the real rows; ``devices``: as
+    :func:`gradfit.sharding.resolve_devices`, None: all."""
     paths = [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source]
     if not paths:
         raise ValueError("source lists no files: give a .npy path or a list of them")
@@ -287,12 +260,9 @@ def load_rows(source: str | Path | Sequence[str | Path], *, target: int | None =
     lo, hi = _process_rows(row_sharding, (rows, len(cols)))
     block = _read_rows(tables, min(lo, m), min(hi, m))
     pad = (hi - lo) - block.shape[0]
-    local = {  # this process's rows, then padding
-        "X": np.pad(np.asarray(block[:, cols], dtype), ((0, pad), (0, 0))),
-        "y": np.pad(np.asarray(block[:, t], dtype), (0, pad)),
-        "w": np.pad(np.ones(block.shape[0], dtype), (0, pad)),
-    }
-    X, y, w = (jax.make_array_from_process_local_data(row_sharding, a, (rows, *a.shape[1:])) for a in local.values())
+    local = (np.pad(np.asarray(block[:, cols], dtype), ((0, pad), (0, 0))),  # this process's rows, then padding
+             np.pad(np.asarray(block[:, t], dtype), (0, pad)), np.pad(np.ones(block.shape[0], dtype), (0, pad)))
+    X, y, w = (jax.make_array_from_process_local_data(row_sharding, a, (rows, *a.shape[1:])) for a in local)
     if standardize:
         X = _standardize(X, w > 0)
     return Loaded(Data(X, y, None if rows == m else w), m)

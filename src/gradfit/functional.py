@@ -1,8 +1,6 @@
-"""The functional core: :func:`solve`, a pure fixed-step fit for research code: ``steps`` iterations of
-:func:`gradfit._engine.update` (:func:`gradfit.fit`'s step, with its stopping and end-of-run rules) in
-one ``lax.scan``, so it runs inside a user's ``jit``, under ``vmap``, and can be differentiated through.
-Only static things (names, shapes, ``steps``) are checked; values are the caller's responsibility.
-"""
+"""The functional core: :func:`solve`, ``steps`` iterations of :func:`gradfit.fit`'s step and rules
+(:mod:`gradfit._engine`) in one ``lax.scan``: it runs inside ``jit``, under ``vmap``, and is differentiable. Only
+static things (names, shapes, ``steps``) are checked, not values."""
 
 from __future__ import annotations
 
@@ -18,13 +16,11 @@ from gradfit._types import Data, Hyper, Params, Program, Scaling
 
 
 class Solution(NamedTuple):
-    """What :func:`solve` returns, all arrays (under ``vmap`` the mapped axes come first). params: the
-    fitted :class:`~gradfit.Params`, W (n,) or (n, k), b () or (k,). loss: () ``J`` at ``params``.
-    losses: (steps,) the objective at the start of each step (with ``batch_size``, each epoch's mean
-    minibatch objective), NaN after the fit stopped. steps: () int32, the steps run. converged: ()
-    the optimality test ``G <= tol`` passed at ``params``. diverged: () the objective became
-    non-finite or grew 1e6-fold; ``params`` are then the last ones before that. stalled: () stopped
-    moving (or by ``ftol``) away from the optimum. grad_norm: () ``G`` at ``params``."""
+    """What :func:`solve` returns (under ``vmap`` the mapped axes first). params: W (n,) or (n, k),
+    b () or (k,). loss: () ``J`` at ``params``. losses: (steps,) the objective at each step's start
+    (an epoch's mean with ``batch_size``), NaN once stopped. steps: () int32. converged: () ``G <= tol``
+    at ``params``. diverged: () J non-finite or grown 1e6-fold (``params`` the last before).
+    stalled: () stopped moving (or by ``ftol``) short of the optimum. grad_norm: () ``G`` at ``params``."""
 
     params: Params
     loss: jax.Array
@@ -58,39 +54,29 @@ def solve(params0: Params | None, X: jax.Array, y: jax.Array, *, steps: int,
           key: jax.Array | None = None, ftol: float | jax.Array | None = None, standardize: bool = False) -> Solution:
     """Fit ``yhat = X @ W + b`` by ``steps`` gradient steps: a pure function of arrays.
 
-    Minimises ``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2`` (see :mod:`gradfit.losses`) by
+    Minimises ``J(p) = loss(p; X, y, reduction) + (l2/2) ||W||^2`` (:mod:`gradfit.losses`) by
     ``steps`` optax updates of ``dJ/dp``; for ``optimizer="sgd"``, ``p_{t+1} = p_t - learning_rate *
-    dJ/dp(p_t)``. Differentiable in every array argument (reverse mode needs an optimizer without a
-    ``while_loop``: ``"lbfgs"``'s line search supports forward mode, ``jax.jvp``, only).
+    dJ/dp(p_t)``. Differentiable in every array argument (``"lbfgs"``: forward mode only).
 
     Args:
-      params0: the starting :class:`~gradfit.Params`, W (n,) with b () for y (m,), or
-        W (n, k) with b (k,) for y (m, k); None starts from zeros.
+      params0: W (n,) with b () for y (m,), or W (n, k) with b (k,) for y (m, k); None: zeros.
       X: (m, n) features, rows are samples; its float dtype is the compute dtype (float64 only
-        with x64 enabled; integer X computes in JAX's default float).
-      y: (m,) or (m, k) targets (in [0, 1] for ``loss="bce"``).
-      steps: the number of steps (epochs with ``batch_size``), a Python int: the scan length.
+        with x64; integer X computes in JAX's default float). y: (m,) or (m, k) targets.
+      steps: the scan length (epochs with ``batch_size``), a Python int.
       learning_rate: () step size; default 0.01, or the line search's for ``"lbfgs"``.
       l2: () penalty ``(l2/2) ||W||^2``, bias not penalised.
-      loss, reduction, optimizer: as for :func:`gradfit.fit`.
-      optimizer_options: options of the optax alias, e.g. ``{"momentum": 0.9}``; array or float
-        values are traceable, differentiable inputs.
+      loss, reduction, optimizer, sample_weight: as for :func:`gradfit.fit`.
+      optimizer_options: the optax alias's options; array or float values are differentiable inputs.
       grad: ``"autodiff"`` (``jax.grad``), ``"hand"`` (:mod:`gradfit.gradients`) or ``"onepass"``.
-      tol, ftol: () freeze the fit once the optimality test passes (``G <= tol``), or as stalled by
-        ``ftol``, as :func:`gradfit.fit`; None (default) runs all ``steps``. The scan always has
-        ``steps`` iterations.
-      standardize: optimise in the coordinates of the centred and scaled columns (from all rows,
-        in the program); False (default) runs the seeds' iterates on ``(W, b)`` exactly.
-      sample_weight: (m,) row weights, or None.
+      tol, ftol: () freeze the fit once ``G <= tol`` or stalled by ``ftol``; None runs all steps.
+      standardize: optimise in the centred and scaled columns' coordinates; False (default) runs
+        the seeds' iterates on ``(W, b)`` exactly.
       fit_intercept: False keeps b at its value in ``params0``.
-      batch_size: minibatch steps over a fresh permutation of the rows every epoch; None is full-batch.
+      batch_size: minibatches over a fresh permutation of the rows each epoch; None is full-batch.
       key: the PRNG key of the permutations; default ``jax.random.key(0)``.
 
-    Returns:
-      A :class:`Solution` ``(params, loss, losses, steps, converged, diverged, stalled, grad_norm)``.
-
-    Raises:
-      ValueError: an unknown name, inconsistent shapes or a non-integer ``steps`` (while tracing).
+    Returns a :class:`Solution`. Raises ValueError (while tracing) for an unknown name,
+    inconsistent shapes or a non-integer ``steps``.
 
     Example: the gradient of a validation loss with respect to ``l2``::
 
@@ -123,8 +109,7 @@ def solve(params0: Params | None, X: jax.Array, y: jax.Array, *, steps: int,
     if learning_rate is None and isinstance(optimizer, str) and optimizer not in _optim.LINE_SEARCH:
         learning_rate = _options.DEFAULT_LEARNING_RATE
     options = dict(optimizer_options or {})  # array-valued (maybe traced) options are inputs of the program
-    arrays = {k: v for k, v in options.items()
-              if isinstance(v, (jax.Array, np.ndarray, np.floating, jax.core.Tracer))}
+    arrays = {k: v for k, v in options.items() if isinstance(v, (jax.Array, np.ndarray, np.floating, jax.core.Tracer))}
     probe = {k: (0.0 if k in arrays else v) for k, v in options.items()}
     spec, traced = _optim.resolve(optimizer, probe, learning_rate)
     traced.update(arrays)

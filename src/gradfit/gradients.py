@@ -1,11 +1,5 @@
-"""Hand-derived gradients of the losses, each cross-checked against ``jax.grad``.
-
-Each function has the signature of its loss in :mod:`gradfit.losses` and returns
-:class:`~gradfit.Params` holding ``(dJ/dW, dJ/db)``. They are written from the seeds'
-closed forms, not derived by autodiff; :func:`check_gradients` compares the two.
-
-Notation: X (m, n), y and yhat (m,) or (m, k), W (n,) or (n, k), b () or (k,),
-``r = yhat - y`` the residual, ``c`` the reduction's scale.
+"""Hand-derived gradients of :mod:`gradfit.losses` (same signatures), from the seeds' closed forms,
+as :class:`~gradfit.Params` ``(dJ/dW, dJ/db)``; :func:`check_gradients` compares them with ``jax.grad``.
 """
 
 from __future__ import annotations
@@ -24,25 +18,21 @@ from gradfit._types import Params
 
 
 def _weighted(r: jax.Array, sample_weight: jax.Array | None) -> tuple[jax.Array, jax.Array | int]:
-    """Return (w * r, sum w) with w broadcast over outputs; (r, m) without weights."""
+    """(w * r, sum w), w broadcast over outputs; (r, m) without weights."""
     if sample_weight is None:
         return r, r.shape[0]
     w = sample_weight if r.ndim == 1 else sample_weight[:, None]
     return w * r, jnp.sum(sample_weight)
 
 
-# Blocks of X for X^T s: 256 KiB to 2 MiB of rows, nearest 1 MiB (measured at m = 2e6 on the
-# 2-core development machine, n = 16, 64, 256: 7.5 ms, the one-read floor, inside that range;
-# 12-20 ms below or above it, and 12 ms for the unblocked multiply-reduce).
+# Blocks of X for X^T s: 256 KiB to 2 MiB, nearest 1 MiB (the one-read floor on 2 CPU cores, m = 2e6).
 _BLOCK_BYTES = (256 << 10, 1 << 20, 2 << 20)
 
 
 @functools.lru_cache(maxsize=256)
 def block_rows(m: int, n: int, itemsize: int, parts: int = 1) -> int:
-    """Rows per block of :func:`xt_dot`: a divisor R of m with R n itemsize bytes in
-    [256 KiB, 2 MiB], the nearest to 1 MiB, and m / R a multiple of ``parts`` (the devices
-    the rows are split over, so that each device holds whole blocks). 0 when there is none,
-    or when X is under two blocks: then :func:`xt_dot` does not block."""
+    """Rows per block of :func:`xt_dot`: a divisor R of m with R n itemsize bytes in [256 KiB, 2 MiB],
+    nearest 1 MiB, m / R a multiple of ``parts`` (devices); 0 if none or X is under two blocks."""
     low, target, high = (max(1, b // max(1, n * itemsize)) for b in _BLOCK_BYTES)
     if m < 2 * low:
         return 0
@@ -54,25 +44,9 @@ def block_rows(m: int, n: int, itemsize: int, parts: int = 1) -> int:
 
 
 def xt_dot(X: jax.Array, s: jax.Array, *, parts: int = 1) -> jax.Array:
-    """``X^T s`` for X (m, n) and s (m,) or (m, k): shape (n,) or (n, k), X read once in place.
-
-    Never a transposed copy of X. The rows are cut into blocks of R = :func:`block_rows`
-    rows (about 1 MiB each, a reshape, no copy), each block's ``X_b^T s_b`` is one small
-    product that stays in cache, and the block results are summed:
-
-        X^T s = sum_b X_b^T s_b,   X_b = X[bR:(b+1)R]
-
-    XLA runs the blocks on all cores. Measured on the 2-core development machine
-    (m = 2e6, n = 64, float32, ``scripts/bench.py``): 7.5 ms for one output, the time of one
-    plain read of X, against 12 ms for the multiply-reduce ``sum_i x_i s_i`` and 18-28 ms
-    for the ``dot_general`` over rows that autodiff emits; for k = 4 outputs 24 ms against
-    52 ms. Without a suitable R (m prime, say) it is the multiply-reduce (one output) or the
-    contraction over rows (k outputs); so it is on backends other than CPU, where the blocks
-    were not measured (a GPU reduces over rows well). ``parts``: see :func:`block_rows`.
-
-    X stored in a 16-bit float (bfloat16) with s in float32: ``sum_i float32(x_i) s_i`` as one
-    fused multiply-reduce (a block product would first write a float32 copy of X).
-    """
+    """``X^T s`` for X (m, n) and s (m,) or (m, k): shape (n,) or (n, k), X read once in place, never
+    transposed. On CPU, ``sum_b X_b^T s_b`` over blocks of R = :func:`block_rows` rows (cache-resident
+    products); else, or without such R, a multiply-reduce or contraction. A 16-bit X: one fused upcast."""
     m, n = X.shape
     if X.dtype != s.dtype:  # X stored in a 16-bit float: a fused convert-multiply-reduce, no copy of X
         return upcast_xt_dot(X, s)
@@ -83,13 +57,11 @@ def xt_dot(X: jax.Array, s: jax.Array, *, parts: int = 1) -> jax.Array:
         return jnp.einsum("brn,br->bn", X.reshape(-1, rows, n), s.reshape(-1, rows)).sum(0)
     if not rows:
         return jnp.tensordot(X, s, axes=(0, 0))
-    k = s.shape[1]
-    return jnp.einsum("brk,brn->bkn", s.reshape(-1, rows, k), X.reshape(-1, rows, n)).sum(0).T
+    return jnp.einsum("brk,brn->bkn", s.reshape(-1, rows, s.shape[1]), X.reshape(-1, rows, n)).sum(0).T
 
 
-def _linear_grad(X: jax.Array, scaled_residual: jax.Array, parts: int = 1) -> Params:
+def _linear_grad(X: jax.Array, s: jax.Array, parts: int = 1) -> Params:
     """``(X^T s, sum_i s_i)``: the chain rule through ``yhat = X W + b`` for dJ/dyhat = s."""
-    s = scaled_residual
     return Params(W=xt_dot(X, s, parts=parts), b=jnp.sum(s, axis=0))
 
 
@@ -104,20 +76,15 @@ def mse_value_and_grad(params: Params, X: jax.Array, y: jax.Array, *, reduction:
                        sample_weight: jax.Array | None = None, parts: int = 1) -> tuple[jax.Array, Params]:
     """``(J, dJ/dp)`` of :func:`gradfit.losses.mse` in closed form, sharing ``yhat = X W + b``.
 
-    With ``r = yhat - y`` and the reduction's scale c (1/N "mean", 1/(2N) "half_mean",
-    1 "sum"; N = m or the sum of the weights):
+    With ``r = yhat - y`` and the reduction's scale c (1/N "mean", 1/(2N) "half_mean", 1 "sum";
+    N = m or the sum of the weights): ``J = c sum_i ||r_i||^2``, ``dW = 2c X^T r``, ``db = 2c sum_i r_i``.
+    "mean" (the Q&A seed): ``dW = -(2/m) X^T (Y - Yhat)``, ``db = -(2/m) sum(Y - Yhat)``; "half_mean"
+    (the notes seed, samples in columns): ``dW = (1/m) X^T r``, its ``(1/m) X (h - y)^T``; "sum" (the
+    blog seed, ``y = M x + b`` with M (k, n), ``dL/dM = -2 (g - y) x^T`` per sample): ``W = M^T``, so
+    ``dW = 2 X^T r``, the same numbers transposed.
 
-    - ``J = c sum_i ||r_i||^2``;
-    - ``dW = 2c X^T r``, ``db = 2c sum_i r_i``. For "mean" (the Q&A seed) that is the seed's
-      ``dW = -(2/m) X^T (Y - Yhat)``, ``db = -(2/m) sum(Y - Yhat)``; for "half_mean" (the
-      notes seed, samples in columns there) ``dW = (1/m) X^T r``, the seed's
-      ``(1/m) X (h - y)^T``; for "sum" (the blog seed) ``dW = 2 X^T r``: the blog writes
-      ``dL/dM = -2 (g - y) x^T`` for one sample with ``M`` (k, n); our ``W = M^T``, so
-      ``dW = -2 x (g - y)^T`` summed over samples, the same numbers transposed.
-
-    X is read twice (``X W`` and :func:`xt_dot`), never transposed in memory.
-    Shapes: X (m, n); y (m,) with W (n,), b (), or (m, k) with W (n, k), b (k,); dW like W,
-    db like b. ``parts``: see :func:`block_rows`.
+    Shapes: X (m, n); y (m,) with W (n,), b (), or (m, k) with W (n, k), b (k,); dW like W, db like b.
+    X is read twice, never transposed; ``parts``: :func:`block_rows`.
     """
     losses._check_reduction(reduction, losses.MSE_REDUCTIONS, "mse")
     yhat = predict(params, X)
@@ -131,17 +98,10 @@ def mse_value_and_grad(params: Params, X: jax.Array, y: jax.Array, *, reduction:
 
 def bce_value_and_grad(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean",
                        sample_weight: jax.Array | None = None, parts: int = 1) -> tuple[jax.Array, Params]:
-    """``(J, dJ/dp)`` of :func:`gradfit.losses.bce` in closed form (the notes seed).
-
-    With ``z = X W + b`` and ``a = sigmoid(z)``, ``dJ/dz_i = c (a_i - y_i)`` because
-    ``sigmoid' = a (1 - a)`` cancels the cross-entropy's denominators. Hence
-
-    ``dW = c X^T (a - y)``, ``db = c sum_i (a_i - y_i)``, ``c = 1/m`` ("mean") or 1 ("sum"),
-
-    the seed's ``(1/m) X (a - y)^T`` with samples in rows. The loss and ``a`` come from one
-    exponential per element (:func:`gradfit.losses.bce_terms`). Shapes as
-    :func:`mse_value_and_grad`.
-    """
+    """``(J, dJ/dp)`` of :func:`gradfit.losses.bce` in closed form (the notes seed): with ``z = X W + b``,
+    ``a = sigmoid(z)``, ``dJ/dz_i = c (a_i - y_i)`` (``sigmoid' = a (1 - a)`` cancels the denominators),
+    so ``dW = c X^T (a - y)``, ``db = c sum_i (a_i - y_i)``, ``c = 1/m`` ("mean") or 1 ("sum"): the
+    seed's ``(1/m) X (a - y)^T`` with samples in rows. Shapes as :func:`mse_value_and_grad`."""
     losses._check_reduction(reduction, losses.BCE_REDUCTIONS, "bce")
     z = predict(params, X)
     losses._check_target_shape(z, y)
@@ -153,15 +113,13 @@ def bce_value_and_grad(params: Params, X: jax.Array, y: jax.Array, *, reduction:
 
 def mse(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean",
         sample_weight: jax.Array | None = None) -> Params:
-    """Gradient of :func:`gradfit.losses.mse`, in closed form: ``(dW, db)`` of
-    :func:`mse_value_and_grad` (``dW = 2c X^T r``, ``db = 2c sum_i r_i``, r = yhat - y)."""
+    """Gradient of :func:`gradfit.losses.mse`: ``dW = 2c X^T r``, ``db = 2c sum_i r_i``, r = yhat - y."""
     return mse_value_and_grad(params, X, y, reduction=reduction, sample_weight=sample_weight)[1]
 
 
 def bce(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean",
         sample_weight: jax.Array | None = None) -> Params:
-    """Gradient of :func:`gradfit.losses.bce`, in closed form: ``(dW, db)`` of
-    :func:`bce_value_and_grad` (``dW = c X^T (sigmoid(z) - y)``, ``db = c sum_i (sigmoid(z_i) - y_i)``)."""
+    """Gradient of :func:`gradfit.losses.bce`: ``dW = c X^T (a - y)``, ``db = c sum_i (a_i - y_i)``, a = sigmoid(z)."""
     return bce_value_and_grad(params, X, y, reduction=reduction, sample_weight=sample_weight)[1]
 
 
@@ -189,24 +147,12 @@ class GradientCheck(NamedTuple):
     ok: bool
 
 
-def _relative_error(a: Params, b: Params) -> tuple[float, float]:
-    abs_err = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(a, b))
-    scale = max(float(jnp.max(jnp.abs(y))) for y in b)
-    return abs_err, abs_err / max(scale, np.finfo(np.float64).tiny)
-
-
 def check_gradients(*, shapes: tuple[tuple[int, int, int | None], ...] = ((7, 3, None), (16, 5, 1), (33, 4, 3)),
                     dtypes: tuple[str, ...] | None = None, seed: int = 0,
                     rtol: dict[str, float] | None = None) -> list[GradientCheck]:
-    """Compare the hand-derived gradients with ``jax.grad`` of the losses.
-
-    For every loss, reduction, dtype and ``(m, n, k)`` shape (k None for one output), draw
-    random X, y and params, and compute the max relative error
-    ``max |hand - autodiff| / max |autodiff|`` over W and b. Returns one
-    :class:`GradientCheck` per case; ``ok`` is error <= tolerance (1e-10 for float64,
-    1e-4 for float32 by default). float64 rows need ``jax_enable_x64``; without it they
-    are left out.
-    """
+    """Compare the hand-derived gradients with ``jax.grad`` of the losses on random data: per loss,
+    reduction, dtype and ``(m, n, k)`` shape, ``max |hand - autodiff| / max |autodiff|`` over W and b,
+    ``ok`` when <= tolerance (1e-10 float64, only with ``jax_enable_x64``; 1e-4 float32)."""
     if dtypes is None:
         dtypes = ("float32", "float64") if jax.config.jax_enable_x64 else ("float32",)
     tolerances = {"float32": 1e-4, "float64": 1e-10, **(rtol or {})}
@@ -221,7 +167,8 @@ def check_gradients(*, shapes: tuple[tuple[int, int, int | None], ...] = ((7, 3,
         for reduction in reductions:
             auto = jax.grad(losses.LOSSES[loss_name])(params, X, y, reduction=reduction)
             hand = GRADIENTS[loss_name](params, X, y, reduction=reduction)
-            abs_err, rel_err = _relative_error(hand, auto)
+            abs_err = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(hand, auto))
+            rel_err = abs_err / max(max(float(jnp.max(jnp.abs(y))) for y in auto), np.finfo(np.float64).tiny)
             tol = tolerances[dtype]
             rows.append(GradientCheck(loss_name, reduction, dtype, m, n, k, abs_err, rel_err, tol, rel_err <= tol))
     return rows
@@ -230,11 +177,7 @@ def check_gradients(*, shapes: tuple[tuple[int, int, int | None], ...] = ((7, 3,
 def format_table(rows: list[GradientCheck]) -> str:
     """Render :func:`check_gradients` rows as a fixed-width text table."""
     head = f"{'loss':<5} {'reduction':<10} {'dtype':<8} {'m':>4} {'n':>3} {'k':>4} {'max abs err':>12} {'max rel err':>12} {'tol':>8}  ok"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        k = "-" if r.k is None else str(r.k)
-        lines.append(
-            f"{r.loss:<5} {r.reduction:<10} {r.dtype:<8} {r.m:>4} {r.n:>3} {k:>4} "
-            f"{r.max_abs_error:>12.3e} {r.max_rel_error:>12.3e} {r.tolerance:>8.0e}  {'yes' if r.ok else 'NO'}"
-        )
-    return "\n".join(lines)
+    return "\n".join([head, "-" * len(head)] + [
+        f"{r.loss:<5} {r.reduction:<10} {r.dtype:<8} {r.m:>4} {r.n:>3} {'-' if r.k is None else r.k:>4} "
+        f"{r.max_abs_error:>12.3e} {r.max_rel_error:>12.3e} {r.tolerance:>8.0e}  {'yes' if r.ok else 'NO'}"
+        for r in rows])

@@ -1,18 +1,14 @@
-"""Numerical health: curvature, a safe step size, conditioning, separable classes. All of it reads
-the data, not the fit's program: it runs before a fit (to warn, or pick a step) or after (to explain).
+"""Numerical health, from the data before or after a fit: curvature, a safe step, conditioning, separable classes.
 
-The curvature. Write ``A = [X, 1]`` (m, n+1) (``X`` alone without an intercept),
-``D = diag(sample_weight)`` (the identity without weights) and ``s = sum(D)``. For one output
-column the Hessian of ``J`` with respect to ``(W, b)`` is
+With ``A = [X, 1]`` (m, n+1) (``X`` without an intercept), ``D = diag(sample_weight)`` and ``s = sum(D)``, the
+Hessian of ``J`` in ``(W, b)`` for one output column (k outputs: k copies) is
 
 - mse: ``H = c A^T D A + l2 P`` with ``c = 2/s`` ("mean"), ``1/s`` ("half_mean"), ``2`` ("sum");
-- bce: ``H(W, b) = c A^T D S A + l2 P`` with ``S = diag(sigmoid'(z)) <= 1/4`` and ``c = 1/s``
-  ("mean") or ``1`` ("sum"); at ``W = 0`` it is ``(c/4) A^T D A + l2 P``, and never larger;
+- bce: ``H(W, b) = c A^T D S A + l2 P``, ``S = diag(sigmoid'(z)) <= 1/4``, ``c = 1/s`` ("mean") or ``1``
+  ("sum"); at ``W = 0`` it is ``(c/4) A^T D A + l2 P``, and never larger;
 
-``P`` is the identity on W and 0 on b (the bias is not penalised); k outputs make k copies of
-this block. Its largest eigenvalue ``L`` is the gradient's Lipschitz constant: plain gradient
-descent decreases J for every step below ``2/L`` and may diverge above; ``1/L`` is the safe step.
-"""
+``P`` the identity on W, 0 on b. Its top eigenvalue ``L`` is the gradient's Lipschitz constant: gradient descent
+decreases J for every step below ``2/L``; ``1/L`` is the safe step."""
 
 from __future__ import annotations
 
@@ -33,10 +29,8 @@ from gradfit._types import Params, Scaling
 CONDITION_ROWS = 2048  # rows read by conditioning()
 CONDITION_MAX_COLUMNS = 256  # most columns n + 1 of its exact eigenvalue estimate
 ACCURACY = 1e-3  # warn when eps(dtype) * condition > ACCURACY (float32: condition > 8.4e3; float64: > 4.5e12)
-# Column standard deviations differing by more than SCALE_SPREAD times, or means over OFFSET
-# standard deviations, are named as the cause (the remedy: standardise).
-SCALE_SPREAD = 100.0
-OFFSET = 10.0
+# column stds differing over SCALE_SPREAD times, or means over OFFSET stds, are named as the cause
+SCALE_SPREAD, OFFSET = 100.0, 10.0
 
 
 class IllConditionedWarning(RuntimeWarning):
@@ -47,7 +41,6 @@ class SeparableWarning(RuntimeWarning):
     """Logistic regression without a penalty on separable classes: no minimiser exists."""
 
 
-# --------------------------------------------------------------------------- curvature
 def _curvature_scale(loss: str, reduction: str, total_weight) -> float:
     """The ``c`` of the module docstring, with bce's ``1/4`` folded in."""
     if loss == "mse":
@@ -58,20 +51,15 @@ def _curvature_scale(loss: str, reduction: str, total_weight) -> float:
 
 
 def power_iterations(n_features: int) -> int:
-    """Iterations for :func:`lipschitz`: ``max(20, ceil(2.5 ln(n+1)) + 1)``.
-
-    From a random start, the Rayleigh quotient after ``k`` power iterations underestimates
-    the top eigenvalue by at most ``0.871 ln(n) / (k - 1)`` of it in expectation
-    (Kuczyński & Woźniakowski, SIAM J. Matrix Anal. Appl. 13(4), 1992), so this ``k`` keeps
-    the estimate above ``0.6 L`` and ``1/estimate`` below ``1.7/L``, inside the ``2/L`` limit.
-    """
+    """Iterations for :func:`lipschitz`: ``max(20, ceil(2.5 ln(n+1)) + 1)``. The Rayleigh quotient after k steps
+    underestimates the top eigenvalue by at most ``0.871 ln(n) / (k - 1)`` in expectation (Kuczyński &
+    Woźniakowski 1992), so the estimate stays above ``0.6 L`` and ``1/estimate`` below ``1.7/L < 2/L``."""
     return max(20, math.ceil(2.5 * math.log(n_features + 1)) + 1)
 
 
 def _top_eigenvalue(X, sample_weight, intercept, shift, inv_scale, key, iters):
-    """Rayleigh quotient of ``(A S)^T D (A S)`` after ``iters`` power steps: ``A = [X, intercept 1]``,
-    ``S`` the map from a standardised fit's coordinates (``u = v_W * inv_scale``, ``b = v_b - shift u``;
-    :func:`gradfit._engine.to_model`), the identity for ``shift = 0``, ``inv_scale = 1``."""
+    """Rayleigh quotient of ``(A S)^T D (A S)`` after ``iters`` power steps, ``A = [X, intercept 1]``, ``S`` the map
+    from standardised coordinates (``u = v_W * inv_scale``, ``b = v_b - shift u``; :func:`gradfit._engine.to_model`)."""
     n = X.shape[1]
     v = jax.random.normal(key, (n + 1,), intercept.dtype).at[n].multiply(intercept)  # X may be 16-bit
 
@@ -96,30 +84,22 @@ def _power_program(iters: int, options: tuple[tuple[str, str], ...]):
     return jax.jit(fn, compiler_options=dict(options) or None)
 
 
-def lipschitz(X, *, loss: str = "mse", reduction: str = "mean", l2=0.0, sample_weight=None,
-              fit_intercept: bool = True, batched: bool = False, seed: int = 0, scaling: Scaling | None = None) -> float:
-    """Estimate ``L``, the largest eigenvalue of the objective's Hessian (module doc).
-
-    ``L = c * lambda_max(A^T D A) + max(l2)``, ``lambda_max`` from :func:`power_iterations` power
-    steps on device in X's dtype (each reads X twice, as a gradient does). Exact for mse up to the
-    power method; for bce an upper bound at every W. ``batched`` (X (B, m, n)): the largest L.
-    ``scaling`` (:func:`scaling`): L in the coordinates a fit with ``standardize=True`` steps in,
-    ``c * lambda_max(S^T A^T D A S) + max(l2 / sigma^2)``.
-    """
+def lipschitz(X, *, loss: str = "mse", reduction: str = "mean", l2=0.0, sample_weight=None, fit_intercept: bool = True,
+              batched: bool = False, seed: int = 0, scaling: Scaling | None = None) -> float:
+    """Estimate ``L = c * lambda_max(A^T D A) + max(l2)`` (module doc) by :func:`power_iterations` power steps on
+    device in X's dtype: exact for mse up to the power method, an upper bound at every W for bce. ``batched`` (X
+    (B, m, n)): the largest L. ``scaling`` (:func:`scaling`): L in a standardised fit's coordinates,
+    ``c * lambda_max(S^T A^T D A S) + max(l2 / sigma^2)``."""
     X = jnp.asarray(X)
     dtype = _validation.float_dtype(X)
-    X = X.astype(_precision.storage_dtype(X, dtype))
-    X = X if batched else X[None]
+    X = X.astype(_precision.storage_dtype(X, dtype)) if batched else X.astype(_precision.storage_dtype(X, dtype))[None]
     shape, n = X.shape[:2], X.shape[2]
     w = jnp.ones(shape, dtype) if sample_weight is None else jnp.broadcast_to(jnp.asarray(sample_weight, dtype), shape)
     shift, scale = (np.zeros(n), np.ones(n)) if scaling is None else (scaling.shift, scaling.scale)
     shift, scale = (np.broadcast_to(np.asarray(a, np.float64), (shape[0], n)) for a in (shift, scale))
     penalty = float(np.max(np.asarray(l2, np.float64)) * np.max(1.0 / scale**2))
-    # Power iterations on A / 2^e with 2^e ~ max |A| (exact scaling), so that A^T D A v cannot
-    # overflow the dtype; lambda_max(A^T D A) = 4^e lambda_max((A/2^e)^T D (A/2^e)).
-    # The weights are scaled to max 1 the same way: lambda_max scales by max(w).
-    top = max(float(jnp.max(jnp.abs(X)).astype(dtype)), 1.0 if fit_intercept else 0.0)
-    w_top = float(jnp.max(w))
+    # Iterate on A / 2^e, 2^e ~ max |A| (exact), and w / max(w), so A^T D A v cannot overflow; scale back after.
+    top, w_top = max(float(jnp.max(jnp.abs(X)).astype(dtype)), 1.0 if fit_intercept else 0.0), float(jnp.max(w))
     if top == 0 or w_top == 0:
         return penalty
     e = math.frexp(top)[1]
@@ -135,30 +115,19 @@ def lipschitz(X, *, loss: str = "mse", reduction: str = "mean", l2=0.0, sample_w
 
 
 def safe_learning_rate(X, **kwargs) -> float:
-    """``1/L`` (:func:`lipschitz`, same arguments): ``learning_rate="auto"`` for ``optimizer="sgd"``.
-
-    Below ``2/L`` gradient descent on mse decreases the objective at every step; with the power
-    estimate of L this step is at most ``1.7/L``. A minibatch's curvature may need a smaller one.
-    """
+    """``1/L`` (:func:`lipschitz`, same arguments; at most ``1.7/L`` with the power estimate):
+    ``learning_rate="auto"`` for ``optimizer="sgd"``. A minibatch's curvature may need a smaller one."""
     L = lipschitz(X, **kwargs)
     if not L > 0:
         raise ValueError("X and the sample weights give zero curvature (every column is 0): there is nothing to fit")
     return 1.0 / L
 
 
-# --------------------------------------------------------------------------- conditioning
 class Conditioning(NamedTuple):
-    """What :func:`conditioning` found (all from a sample of at most ``CONDITION_ROWS`` rows).
-
-    condition: ``lambda_max / lambda_min`` of the Hessian at W = 0 over its nonzero eigenvalues
-      (float64, at most 1/eps64; exact zeros of dependent columns are left out), or the lower
-      bound ``max G_jj / min G_jj`` when n + 1 > ``CONDITION_MAX_COLUMNS`` (then ``exact`` False).
-    scale_spread, offset: max / min standard deviation, and max |mean| / std (0 without an
-      intercept), over the non-constant columns.
-    constant_columns: left out of ``condition``: constant columns with an intercept (they duplicate
-      the bias), zero ones without; gradient descent from zeros never moves along them.
-    rows: rows read.
-    """
+    """What :func:`conditioning` found from ``rows`` rows. condition: ``lambda_max / lambda_min`` of the Hessian at
+    W = 0 over its nonzero eigenvalues (float64), or the lower bound ``max G_jj / min G_jj`` when n + 1 >
+    ``CONDITION_MAX_COLUMNS`` (``exact`` False). scale_spread, offset: max / min std, and max |mean| / std, over
+    the non-constant columns. constant_columns: left out (gradient descent from zeros never moves along them)."""
 
     condition: float
     exact: bool
@@ -180,26 +149,17 @@ def _blas_controller():
 
 def conditioning(X, *, fit_intercept: bool = True, l2=0.0, loss: str = "mse", reduction: str = "mean",
                  sample_weight=None, max_rows: int = CONDITION_ROWS, standardize: bool = False) -> Conditioning:
-    """Estimate how hard the data make gradient descent, cheaply and before any fit.
-
-    Reads ``s = min(m, max_rows)`` evenly spaced rows of X (m, n) into float64 on the host and
-    forms ``G = A_s^T D_s A_s / sum(D_s)`` (``A = [X, 1]`` with an intercept). The Hessian at
-    W = 0 is ``H = c' G + l2 P`` (module doc; ``c'`` is c times ``sum(D)``); ``condition`` is its
-    eigenvalue ratio. Cost: ``s (n+1)^2 + (n+1)^3`` flops for n + 1 <= 256, ``s n`` above (the
-    diagonal bound): independent of m, and under one pass over X once ``m >= s (n + 1)``.
-    ``standardize``: estimate it in the coordinates a standardised fit works in (the columns
-    centred and scaled), where only their correlation remains.
-    """
-    # BLAS on one thread for these small host matrices: on a few busy cores OpenBLAS's threads
-    # contend with XLA's, and a 1 ms product can take 100 ms (see scripts/bench_health.py).
+    """How hard the data make gradient descent, from ``s = min(m, max_rows)`` evenly spaced rows in float64 on the
+    host: ``G = A_s^T D_s A_s / sum(D_s)``, the Hessian at W = 0 is ``H = c' G + l2 P`` (module doc; ``c'`` is c
+    times ``sum(D)``), ``condition`` its eigenvalue ratio. ``standardize``: in a standardised fit's coordinates."""
+    # BLAS on one thread: OpenBLAS's threads contend with XLA's for these small products (scripts/bench_health.py)
     controller = _blas_controller()
     with contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas"):
         return _conditioning(X, fit_intercept, l2, loss, reduction, sample_weight, max_rows, standardize)
 
 
 def _host_rows(a, idx: np.ndarray) -> np.ndarray:
-    """Rows ``idx`` of ``a`` in float64 on the host: a memory map reads only them, and a jax array
-    spread over several processes is gathered (every process gets the same rows)."""
+    """Rows ``idx`` of ``a`` in float64 on the host (a memory map reads only them; a multi-process array: gathered)."""
     if not isinstance(a, jax.Array):
         return np.asarray(a[idx], np.float64)
     if a.is_fully_addressable:
@@ -210,14 +170,12 @@ def _host_rows(a, idx: np.ndarray) -> np.ndarray:
 
 
 def _sample(X, sample_weight, max_rows: int):
-    """At most ``max_rows`` evenly spaced rows of X (deterministic; a memory map reads only these)
-    in float64, their weights, and the weighted column means and spreads about them."""
+    """At most ``max_rows`` evenly spaced rows of X in float64, their weights, and weighted column means and stds."""
     m = X.shape[0]
     idx = np.arange(m) if m <= max_rows else np.unique(np.linspace(0, m - 1, max_rows).round().astype(np.int64))
     Xs = _host_rows(X, idx)
     w = np.ones(len(idx)) if sample_weight is None else _host_rows(sample_weight, idx)
-    if not w.sum() > 0:
-        w = np.ones(len(idx))
+    w = w if w.sum() > 0 else np.ones(len(idx))
     mean = w @ Xs / w.sum()
     std = np.sqrt(np.maximum(w @ (Xs - mean) ** 2 / w.sum(), 0.0))
     return idx, Xs, w, mean, std
@@ -233,9 +191,7 @@ def _conditioning(X, fit_intercept, l2, loss, reduction, sample_weight, max_rows
                         fit_intercept=fit_intercept, per_output=False, eps=0.0, tiny=0.0)
         Xs = (Xs - s_.shift) / s_.scale
         mean, std = w @ Xs / total, np.sqrt(np.maximum(w @ (Xs - w @ Xs / total) ** 2 / total, 0.0))
-    # With an intercept a constant column duplicates the bias; without one only a zero column
-    # is degenerate. Either way gradient descent from zeros never moves along it.
-    drop = flat if fit_intercept else flat & (mean == 0)
+    drop = flat if fit_intercept else flat & (mean == 0)  # a constant column duplicates the bias; else a zero one
     dropped = tuple(np.flatnonzero(drop).tolist())
     if drop.all() or flat.all():
         return Conditioning(1.0, True, 1.0, 0.0, dropped, s)
@@ -245,17 +201,14 @@ def _conditioning(X, fit_intercept, l2, loss, reduction, sample_weight, max_rows
     # c' G with the reduction's scale relative to a mean (the "sum" reductions scale by m).
     scale = _curvature_scale(loss, reduction, 1.0) * (m * total / s if reduction == "sum" else 1.0)
     pen = np.full(A.shape[1], float(np.min(np.asarray(l2, np.float64))))
-    if fit_intercept:
-        pen[-1] = 0.0
+    pen[-1] = 0.0 if fit_intercept else pen[-1]
     if A.shape[1] > CONDITION_MAX_COLUMNS:
         diag = scale * (w @ (A * A)) / total + pen
         return Conditioning(float(diag.max() / diag.min()), False, spread, offset, dropped, s)
     H = scale * ((A * w[:, None]).T @ A / total) + np.diag(pen)
-    # Exactly dependent columns (duplicates) give zero eigenvalues that gradient descent from
-    # zeros never excites: count them on the unit-diagonal H, where scales cannot hide them,
-    # and leave that many smallest eigenvalues out.
-    d = np.sqrt(np.diag(H))
-    d[d == 0] = 1.0
+    # Exactly dependent columns give zero eigenvalues that gradient descent from zeros never excites:
+    # count them on the unit-diagonal H, where scales cannot hide them, and leave that many out.
+    d = np.where(np.diag(H) > 0, np.sqrt(np.diag(H)), 1.0)
     eps = np.finfo(np.float64).eps
     unit = np.linalg.eigvalsh(H / d[:, None] / d[None, :])
     ev = np.linalg.eigvalsh(H)[int(np.sum(unit <= unit[-1] * A.shape[1] * eps * 16)):]
@@ -268,21 +221,16 @@ SCALING_ROWS = 4096  # rows read by scaling()
 
 def scaling(X, y, sample_weight=None, *, loss: str, reduction: str, fit_intercept: bool, per_output: bool = False,
             count=None, dtype=np.float32, max_rows: int = SCALING_ROWS) -> Scaling:
-    """The :class:`~gradfit._types.Scaling` of a problem, from ``s = min(m, max_rows)`` evenly
-    spaced rows (in float64 on the host; a memory map reads only those rows):
+    """The :class:`~gradfit._types.Scaling` of a problem, from ``min(m, max_rows)`` evenly spaced rows:
 
-    - ``shift`` and ``scale``: the columns' weighted means and standard deviations (with an
-      intercept), or 0 and their root mean squares (without); a constant column gets scale 1;
-    - ``curvature = c' N``: the curvature of the loss along a standardised column (module doc;
-      2 for mse "mean", 1 for "half_mean", 2N for "sum"; a quarter of c N for bce);
-    - ``floor = eps^(1/4) * (J_const + eps * J_0)``: ``J_const`` is the objective of the best
-      constant model (``c N var(y)`` for mse with an intercept, ``c N H(mean(y))`` for bce, H the
-      binary entropy; without an intercept the model 0), ``J_0`` that of the zero model. One
-      entry per output column with ``per_output``, else their sum.
+    - ``shift``, ``scale``: the columns' weighted means and stds (with an intercept), or 0 and their root mean
+      squares (without); a constant column gets scale 1;
+    - ``curvature = c' N``: along a standardised column (2 for mse "mean", 1 "half_mean", 2N "sum"; bce c N / 4);
+    - ``floor = eps^(1/4) * (J_const + eps * J_0)``: ``J_const`` the objective of the best constant model
+      (``c N var(y)`` for mse, ``c N H(mean(y))`` for bce; the model 0 without an intercept), ``J_0`` the zero
+      model's; per output column with ``per_output``, else summed.
 
-    ``count`` is the sum of the row weights over all m rows (default: m, or the weights' sum).
-    Raises ValueError for a column whose squares overflow ``dtype``.
-    """
+    ``count``: the row weights' sum over all m rows (default: m, or the weights' sum). ValueError: overflow."""
     m = X.shape[0]
     idx, Xs, w, _, _ = _sample(X, sample_weight, max_rows)
     Y = _host_rows(y, idx).reshape(len(idx), -1)
@@ -294,11 +242,9 @@ def scaling(X, y, sample_weight=None, *, loss: str, reduction: str, fit_intercep
     finfo = np.finfo(dtype)
     if np.any(big * big * count > float(finfo.max)):
         j = int(np.argmax(big))
-        raise ValueError(
-            f"column {j} of X has values up to {big[j]:.3g}, whose squares summed over {count:g} rows overflow "
-            f"{np.dtype(dtype)}: rescale that column (e.g. divide it by {10 ** int(np.log10(big[j])):.0e}) or fit "
-            "in float64 (jax_enable_x64)"
-        )
+        raise ValueError(f"column {j} of X has values up to {big[j]:.3g}, whose squares summed over {count:g} rows "
+                         f"overflow {np.dtype(dtype)}: rescale that column (e.g. divide it by "
+                         f"{10 ** int(np.log10(big[j])):.0e}) or fit in float64 (jax_enable_x64)")
     s = scaling_of(np, Xs, Y, w, count, loss=loss, reduction=reduction, fit_intercept=fit_intercept,
                    per_output=per_output, eps=float(finfo.eps), tiny=float(finfo.tiny))
     return Scaling(*(np.asarray(v, dtype) for v in s))
@@ -333,9 +279,8 @@ def condition_limit(dtype) -> float:
 
 
 def check_conditioning(X, dtype, *, batched: bool = False, stacklevel: int = 2, **kwargs) -> float:
-    """Run :func:`conditioning` (on the first 8 problems when ``batched``); warn with
-    :class:`IllConditionedWarning`, naming the cause and remedies, when ``eps(dtype) * condition >
-    ACCURACY``. Returns the largest condition (NaN, unchecked, for X spread over processes)."""
+    """:func:`conditioning` (of the first 8 problems when ``batched``); :class:`IllConditionedWarning` with cause
+    and remedies when ``eps(dtype) * condition > ACCURACY``. Returns the largest (NaN: X over processes)."""
     sw = kwargs.pop("sample_weight", None)
     if isinstance(X, jax.Array) and not X.is_fully_addressable:
         return float("nan")  # rows spread over several processes: not sampled from here
@@ -351,26 +296,20 @@ def check_conditioning(X, dtype, *, batched: bool = False, stacklevel: int = 2, 
 def _conditioning_message(c: Conditioning, dtype: np.dtype, limit: float) -> str:
     accuracy = min(float(np.finfo(dtype).eps) * c.condition, 1)
     why = [f"column scales differ by {c.scale_spread:.1e}x"] if c.scale_spread > SCALE_SPREAD else []
-    if c.offset > OFFSET:
-        why.append(f"column means are up to {c.offset:.1e} standard deviations from 0")
+    why += [f"column means are up to {c.offset:.1e} standard deviations from 0"] if c.offset > OFFSET else []
     remedies = [f"{' and '.join(why)}. Remedy: standardise X, e.g. (X - X.mean(0)) / X.std(0)" if why else
                 "strongly correlated columns. Remedy: add an l2 penalty (e.g. l2=1e-3) or drop redundant columns"]
     if dtype != np.float64:
         remedies.append("or fit in float64 (float64 X with jax_enable_x64 on; in the CLI, data.dtype='float64')")
     remedies.append("and keep the learning rate below 2/L (learning_rate='auto' uses 1/L)")
-    return (
-        f"X is ill-conditioned for {dtype}: the objective's Hessian has condition number ~{c.condition:.1e} "
-        f"(from {c.rows} rows; above {limit:.1e}), so gradient descent needs ~{c.condition:.0e} steps and "
-        f"{dtype} rounding limits the weights to ~{accuracy:.0e} relative accuracy. Cause: " + "; ".join(remedies)
-    )
+    return (f"X is ill-conditioned for {dtype}: the objective's Hessian has condition number ~{c.condition:.1e} "
+            f"(from {c.rows} rows; above {limit:.1e}), so gradient descent needs ~{c.condition:.0e} steps and "
+            f"{dtype} rounding limits the weights to ~{accuracy:.0e} relative accuracy. Cause: " + "; ".join(remedies))
 
 
-# --------------------------------------------------------------------------- separable classes
 def separated(params: Params, X, y, *, batched: bool = False, sample_weight=None) -> np.ndarray:
-    """Whether ``params`` classify every (positively weighted) row correctly with a margin, shape
-    ``(B?, k?)``: ``z_i = x_i W + b > 0`` where ``y_i = 1`` and ``< 0`` where ``y_i = 0`` (soft targets
-    give False). If so the classes are linearly separable and without a penalty the bce objective
-    has no minimiser (``t * params`` lowers it towards 0 as t grows)."""
+    """Whether ``params`` classify every positively weighted row with a margin (``z > 0`` where ``y = 1``, ``< 0``
+    where ``y = 0``; soft targets give False), shape ``(B?, k?)``: then unpenalised bce has no minimiser."""
 
     def one(p, X, y, w):
         z = predict(p, X)
@@ -380,8 +319,7 @@ def separated(params: Params, X, y, *, batched: bool = False, sample_weight=None
         return jnp.all(ok, axis=0)
 
     X = jnp.asarray(X)
-    y = jnp.asarray(y, _validation.float_dtype(X))
-    w = None if sample_weight is None else jnp.asarray(sample_weight)
+    y, w = jnp.asarray(y, _validation.float_dtype(X)), None if sample_weight is None else jnp.asarray(sample_weight)
     fn = jax.vmap(one, in_axes=(0, 0, 0, None if w is None else 0)) if batched else one
     return np.asarray(fn(params, X, y, w))
 
@@ -395,23 +333,17 @@ def separable_message(W_norm: float) -> str:
 
 def lipschitz_from_stats(stats, *, loss: str = "mse", reduction: str = "mean", l2=0.0,
                          fit_intercept: bool = True, scaling: Scaling | None = None) -> float:
-    """``L`` exactly, from the sufficient statistics of the ``"stats"`` plan: no pass over X.
-
-    The statistics hold ``A = [X - mu, 1]^T D [X - mu, 1]`` (:mod:`gradfit._stats`); in the fit's
-    coordinates ``(W, b)`` the Gram is ``T^T A T`` with ``T = [[I, 0], [mu^T, 1]]`` (``[I; mu^T]``
-    without an intercept), so ``H = c T^T A T + l2 P`` (module doc) and L is its top eigenvalue,
-    O(n^3) on the host. A leading batch axis gives the largest L over the problems. ``scaling``:
-    in a standardised fit's coordinates, ``T = [[diag(1/sigma), 0], [(mu - shift) / sigma, 1]]``
-    and ``P = diag(1/sigma^2)``.
-    """
+    """``L`` exactly from the ``"stats"`` plan's statistics ``A = [X - mu, 1]^T D [X - mu, 1]``: the top eigenvalue
+    of ``H = c T^T A T + l2 P`` with ``T = [[I, 0], [mu^T, 1]]`` (``[I; mu^T]`` without an intercept), O(n^3) on
+    the host; the largest over a leading batch axis. ``scaling``: ``T = [[diag(1/sigma), 0], [(mu - shift) /
+    sigma, 1]]`` and ``P = diag(1/sigma^2)``."""
     gram, mu, count = (np.asarray(a, np.float64) for a in (stats.gram, stats.x_mean, stats.count))
     n = mu.shape[-1]
     shift, scale = (np.zeros(n), np.ones(n)) if scaling is None else (scaling.shift, scaling.scale)
     shift, scale = (np.asarray(a, np.float64).reshape(-1, n) for a in (shift, scale))
     penalty = float(np.max(np.asarray(l2, np.float64)))
     worst = 0.0
-    for i, (G, x_mean, total) in enumerate(zip(gram.reshape(-1, *gram.shape[-2:]), mu.reshape(-1, n),
-                                               count.reshape(-1))):
+    for i, (G, x_mean, total) in enumerate(zip(gram.reshape(-1, *gram.shape[-2:]), mu.reshape(-1, n), count.flat)):
         sigma, offset = scale[i % len(scale)], shift[i % len(shift)]
         T = np.eye(n + 1, n + int(fit_intercept))
         T[:n, :n] /= sigma[:, None]

@@ -1,19 +1,6 @@
-"""Pure loss functions of a linear model, and the L2 penalty.
+"""Pure loss functions of a linear model (rows of X are samples), and the L2 penalty.
 
-Every loss takes ``(params, X, y)`` with rows as samples and returns a scalar in the dtype
-of its inputs. The reductions reproduce the three seeds exactly:
-
-============  ==============================================  ====================
-reduction     J(W, b)                                          seed
-============  ==============================================  ====================
-``"mean"``    (1/m)  sum_i ||y_i - yhat_i||^2                  the Q&A seed
-``"half_mean"`` (1/(2m)) sum_i ||y_i - yhat_i||^2              the notes seed
-``"sum"``     sum_i ||y_i - yhat_i||^2                         the blog seed
-============  ==============================================  ====================
-
-With k outputs the squared norm sums over outputs; "mean" divides by the number of rows m
-only. With ``sample_weight`` (m,), sums over rows become weighted sums and m becomes
-``sum(sample_weight)`` (scikit-learn's convention).
+Each returns a scalar in its inputs' dtype; the reductions reproduce the three seeds (:func:`mse`).
 """
 
 from __future__ import annotations
@@ -30,17 +17,13 @@ BCE_REDUCTIONS = ("mean", "sum")
 
 def _check_reduction(reduction: str, allowed: tuple[str, ...], loss: str) -> None:
     if reduction not in allowed:
-        raise ValueError(
-            f"unknown reduction {reduction!r} for {loss}: use one of {', '.join(map(repr, allowed))}"
-        )
+        raise ValueError(f"unknown reduction {reduction!r} for {loss}: use one of {', '.join(map(repr, allowed))}")
 
 
 def _check_target_shape(yhat: jax.Array, y: jax.Array) -> None:
     if yhat.shape != y.shape:
-        raise ValueError(
-            f"y has shape {y.shape} but X @ W + b has shape {yhat.shape}: give y as (m,) "
-            "with W (n,) and b (), or as (m, k) with W (n, k) and b (k,)"
-        )
+        raise ValueError(f"y has shape {y.shape} but X @ W + b has shape {yhat.shape}: give y as (m,) "
+                         "with W (n,) and b (), or as (m, k) with W (n, k) and b (k,)")
 
 
 def reduction_scale(reduction: str, count):
@@ -52,7 +35,7 @@ def reduction_scale(reduction: str, count):
 
 
 def _reduce(per_row: jax.Array, reduction: str, sample_weight: jax.Array | None) -> jax.Array:
-    """Reduce per-row losses (m,) by 'sum', 'mean' (1/m) or 'half_mean' (1/(2m))."""
+    """Per-row losses (m,) reduced by 'sum', 'mean' (1/m) or 'half_mean' (1/(2m)), m weighted."""
     if sample_weight is None:
         total, count = jnp.sum(per_row), per_row.shape[0]
     else:
@@ -64,18 +47,17 @@ def squared_error(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:
     """Per-row squared error ``||y_i - (x_i W + b)||^2``, shape (m,)."""
     yhat = predict(params, X)
     _check_target_shape(yhat, y)
-    residual = y - yhat
-    sq = residual * residual
+    r = y - yhat
+    sq = r * r
     return sq if sq.ndim == 1 else jnp.sum(sq, axis=-1)
 
 
 def mse(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean", sample_weight: jax.Array | None = None
         ) -> jax.Array:
-    """Squared-error loss of ``yhat = X @ W + b``.
-
-    ``J = c * sum_i ||y_i - yhat_i||^2`` with ``c = 1/m`` ("mean", the Q&A seed),
-    ``1/(2m)`` ("half_mean", the notes seed) or ``1`` ("sum", the blog seed).
-
+    """Squared-error loss of ``yhat = X @ W + b``: ``J = c * sum_i ||y_i - yhat_i||^2`` with
+    ``c = 1/m`` ("mean", the Q&A seed), ``1/(2m)`` ("half_mean", the notes seed) or ``1`` ("sum",
+    the blog seed); the norm sums over k outputs (m counts rows only). With ``sample_weight`` (m,)
+    the row sums are weighted and m is ``sum(sample_weight)`` (scikit-learn's convention).
     Shapes: X (m, n); y (m,) with W (n,), b (); or y (m, k) with W (n, k), b (k,).
     """
     _check_reduction(reduction, MSE_REDUCTIONS, "mse")
@@ -83,21 +65,10 @@ def mse(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean", 
 
 
 def bce_terms(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Elementwise ``(loss, sigmoid(z))`` of binary cross-entropy from logits, from one ``exp``.
-
-    With ``e = exp(-|z|)``:
-
-    - ``loss = max(z, 0) - y z + log1p(e)``, which equals the notes seed's
-      ``-(y log a + (1 - y) log(1 - a))`` for ``a = sigmoid(z)`` (it is
-      ``y softplus(-z) + (1 - y) softplus(z)``) without forming ``a``: finite for any finite z,
-      exact for |z| >= 1000 (0 for z = 1000, y = 1; 1000 for z = -1000, y = 1), and for
-      y in {0, 1} the two first terms cancel exactly, so a tiny loss keeps its digits;
-    - ``sigmoid(z) = (1 if z >= 0 else e) / (1 + e)``, which never overflows.
-
-    One exponential and one logarithm per element, where the two softplus and the sigmoid
-    written separately take three and two (on a 2-core CPU this is ~10 of the ~35 ms of a
-    one-core BCE pass over m = 2e6 rows). Shapes: z and y alike; both results shaped like z.
-    """
+    """Elementwise ``(loss, sigmoid(z))`` of binary cross-entropy from logits (z and y alike), one exp
+    and one log per element. With ``e = exp(-|z|)``: ``loss = max(z, 0) - y z + log1p(e)``, the notes
+    seed's ``-(y log a + (1 - y) log(1 - a))``, ``a = sigmoid(z)``, without forming ``a`` (finite for
+    any finite z, tiny losses keep their digits); ``sigmoid(z) = (1 if z >= 0 else e) / (1 + e)``."""
     e = jnp.exp(-jnp.abs(z))
     loss = jnp.maximum(z, 0) - y * z + jnp.log1p(e)
     return loss, jnp.where(z >= 0, 1, e) / (1 + e)
@@ -110,21 +81,15 @@ def _bce_elementwise(z: jax.Array, y: jax.Array) -> jax.Array:
 
 @_bce_elementwise.defjvp
 def _bce_elementwise_jvp(primals, tangents):
-    # d/dz = sigmoid(z) - y, d/dy = -z. jax.nn.sigmoid keeps every higher derivative right
-    # (the max and |z| of the primal formula have kinks at z = 0 that autodiff would see).
+    # d/dz = sigmoid(z) - y, d/dy = -z; jax.nn.sigmoid keeps higher derivatives smooth (no kinks at z = 0).
     z, y = primals
     dz, dy = tangents
     return _bce_elementwise(z, y), (jax.nn.sigmoid(z) - y) * dz - z * dy
 
 
 def binary_cross_entropy(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:
-    """Per-row binary cross-entropy from logits, summed over outputs, shape (m,).
-
-    With ``z = X @ W + b``: the notes seed's ``-(y log a + (1 - y) log(1 - a))``,
-    ``a = sigmoid(z)``, computed by :func:`bce_terms` (never forms ``a``; exact for
-    |z| >= 1000). Its derivative is ``sigmoid(z) - y`` in z, smooth to every order.
-    Soft targets in [0, 1] are allowed.
-    """
+    """Per-row binary cross-entropy (:func:`bce_terms`) of ``z = X @ W + b``, summed over outputs, shape
+    (m,); its derivative in z is ``sigmoid(z) - y``, smooth to every order. Soft targets in [0, 1]."""
     z = predict(params, X)
     _check_target_shape(z, y)
     per = _bce_elementwise(z, jnp.asarray(y, z.dtype))
@@ -133,30 +98,19 @@ def binary_cross_entropy(params: Params, X: jax.Array, y: jax.Array) -> jax.Arra
 
 def bce(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean", sample_weight: jax.Array | None = None
         ) -> jax.Array:
-    """Binary cross-entropy of logistic regression, from logits.
-
+    """Binary cross-entropy of logistic regression, from logits:
     ``J = c * sum_i sum_j [ y_ij softplus(-z_ij) + (1 - y_ij) softplus(z_ij) ]`` with
-    ``z = X @ W + b``, ``c = 1/m`` ("mean", the notes seed's cost) or ``1`` ("sum").
-    This equals ``-c * sum (y log sigmoid(z) + (1 - y) log(1 - sigmoid(z)))``.
-
-    Shapes as :func:`mse`; targets y in [0, 1].
+    ``z = X @ W + b``, ``c = 1/m`` ("mean", the notes seed's cost) or ``1`` ("sum"); this equals
+    ``-c * sum (y log sigmoid(z) + (1 - y) log(1 - sigmoid(z)))``. Shapes as :func:`mse`; y in [0, 1].
     """
     _check_reduction(reduction, BCE_REDUCTIONS, "bce")
     return _reduce(binary_cross_entropy(params, X, y), reduction, sample_weight)
 
 
 def l2_penalty(params: Params, l2: jax.Array | float) -> jax.Array:
-    """The ridge penalty ``(l2 / 2) * ||W||^2`` (Frobenius norm); the bias is not penalised.
-
-    Mapping to scikit-learn, for ``reduction="mean"`` over m rows:
-
-    - ``Ridge(alpha)`` minimises ``||y - Xw - b||^2 + alpha ||w||^2``; dividing by m, that is
-      gradfit's mse with ``l2 = 2 * alpha / m``.
-    - ``SGDRegressor(alpha, penalty="l2")`` minimises ``(1/2m) ||y - yhat||^2 + (alpha/2)||w||^2``,
-      i.e. gradfit's ``reduction="half_mean"`` with ``l2 = alpha``.
-    - ``LogisticRegression(C)`` minimises ``C * sum_i bce_i + (1/2)||w||^2``; dividing by C*m,
-      that is gradfit's bce with ``reduction="mean"`` and ``l2 = 1 / (C * m)``.
-    """
+    """The ridge penalty ``(l2 / 2) * ||W||^2`` (Frobenius norm); the bias is not penalised. As scikit-learn
+    over m rows: ``Ridge(alpha)`` is mse "mean" with ``l2 = 2 * alpha / m``; ``SGDRegressor(alpha)`` is
+    "half_mean" with ``l2 = alpha``; ``LogisticRegression(C)`` is bce "mean" with ``l2 = 1 / (C * m)``."""
     return 0.5 * l2 * jnp.sum(params.W * params.W)
 
 
@@ -169,8 +123,7 @@ def check_model(loss: str, reduction: str, grad: str, grad_modes: tuple[str, ...
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use 'mse' (linear regression) or 'bce' (logistic regression)")
     if reduction not in REDUCTIONS[loss]:
-        raise ValueError(
-            f"unknown reduction {reduction!r} for loss {loss!r}: use one of {', '.join(map(repr, REDUCTIONS[loss]))}"
-        )
+        raise ValueError(f"unknown reduction {reduction!r} for loss {loss!r}: use one of "
+                         f"{', '.join(map(repr, REDUCTIONS[loss]))}")
     if grad not in grad_modes:
         raise ValueError(f"unknown grad {grad!r}: use one of {', '.join(map(repr, grad_modes))}")

@@ -1,19 +1,10 @@
-"""PNG pictures of a run folder (matplotlib, the optional extra ``gradfit[plot]``).
-
-- a fit folder (``history.npz``, ``report.json``, ``predictions.npz``): ``loss_curve.png``
-  (objective per step, log scale) and ``predictions.png``: target and prediction side by side
-  for a few rows, their residuals, and predicted against target for the saved sample;
-- a sweep folder (``histories.npz``): ``loss_curves.png``, one curve per member, and
-  ``heatmap.png``, the final loss over learning_rate x l2 (best over other grid keys) when both
-  are swept.
-
-Figures are drawn on an Agg canvas (no global backend change, no display) and written atomically.
-"""
+"""PNG pictures of a run folder (matplotlib, the extra ``gradfit[plot]``), drawn on an Agg canvas (no
+global backend change, no display) and written atomically: for a fit, ``loss_curve.png`` and
+``predictions.png``; for a sweep, ``loss_curves.png`` and, over learning_rate x l2, ``heatmap.png``."""
 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +31,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def _positive(losses: np.ndarray) -> np.ndarray:
-    """Loss values drawable on a log axis (non-positive and non-finite values dropped)."""
-    out = np.asarray(losses, np.float64).copy()
-    out[~np.isfinite(out) | (out <= 0)] = np.nan
-    return out
+    """Loss values drawable on a log axis (non-positive and non-finite values as NaN)."""
+    out = np.asarray(losses, np.float64)
+    return np.where(np.isfinite(out) & (out > 0), out, np.nan)
 
 
 def plot(run_dir) -> list[Path]:
@@ -60,40 +50,35 @@ def plot(run_dir) -> list[Path]:
 
 
 def plot_fit(run_dir) -> list[Path]:
-    """``loss_curve.png`` and, when ``predictions.npz`` is there, ``predictions.png``."""
-    run_dir = Path(run_dir)
-    with np.load(run_dir / "history.npz") as z:
-        losses = np.asarray(z["losses"], np.float64)
-    report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
+    """``loss_curve.png`` (objective per step, log scale) and, from ``predictions.npz``, ``predictions.png``."""
+    run_dir, fix = Path(run_dir), "rerun gradfit fit with output.dir set to the folder"
+    losses = np.asarray(_io.read_npz(run_dir / "history.npz", ["losses"], fix)["losses"], np.float64)
+    report = _io.read_json(run_dir / "report.json", (), fix) if (run_dir / "report.json").is_file() else {}
     ax = _axes(7, 4.2)
     curves = losses.reshape(-1, losses.shape[-1])
     for i, curve in enumerate(curves):
         ax.plot(np.arange(len(curve)), _positive(curve), lw=1.5, label=f"output {i}" if len(curves) > 1 else None)
-    title = "Loss vs step"
-    if report:
-        title += f": final {report.get('loss', float('nan')):.4g} after {report.get('steps')} steps"
-        if report.get("optimum_loss") is not None:
-            ax.axhline(report["optimum_loss"], color="k", ls=":", lw=1, label="least-squares optimum")
-    ax.set(yscale="log", xlabel="step", ylabel="objective J (log scale)", title=title)
+    if report.get("optimum_loss") is not None:
+        ax.axhline(report["optimum_loss"], color="k", ls=":", lw=1, label="least-squares optimum")
+    title = f": final {report.get('loss', float('nan')):.4g} after {report.get('steps')} steps" if report else ""
+    ax.set(yscale="log", xlabel="step", ylabel="objective J (log scale)", title="Loss vs step" + title)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     written = [_save(ax.figure, run_dir / "loss_curve.png")]
     if (run_dir / "predictions.npz").is_file():
-        with np.load(run_dir / "predictions.npz") as z:
-            target, prediction = np.asarray(z["target"], np.float64), np.asarray(z["prediction"], np.float64)
+        z = _io.read_npz(run_dir / "predictions.npz", ["target", "prediction"], fix)
+        target, prediction = np.asarray(z["target"], np.float64), np.asarray(z["prediction"], np.float64)
         loss = report.get("config", {}).get("fit", {}).get("loss", "mse")
         written.append(_plot_predictions(target, prediction, loss, run_dir))
     return written
 
 
 def _plot_predictions(target: np.ndarray, prediction: np.ndarray, loss: str, run_dir: Path) -> Path:
-    """The blog seed's picture (target vs predicted bars, residual bars) plus a scatter."""
-    t = target.reshape(len(target), -1)[:, 0]
-    p = prediction.reshape(len(prediction), -1)[:, 0]
+    """Target and prediction bars for a few rows, their residuals, and a scatter (bce: histograms) of all."""
+    t, p = target.reshape(len(target), -1)[:, 0], prediction.reshape(len(prediction), -1)[:, 0]
     ax1, ax2, ax3 = _axes(15, 4.4, 3)
-    rows = min(20, len(t))
-    x = np.arange(rows)
+    x = np.arange(rows := min(20, len(t)))
     ax1.bar(x - 0.2, t[:rows], 0.4, label="target", color="steelblue")
     ax1.bar(x + 0.2, p[:rows], 0.4, label="P(y=1)" if loss == "bce" else "prediction", color="coral", alpha=0.9)
     ax1.set(xlabel="sample (first rows of the saved sample)", ylabel="value", title="Target vs predicted")
@@ -117,47 +102,37 @@ def _plot_predictions(target: np.ndarray, prediction: np.ndarray, loss: str, run
     return _save(ax1.figure, run_dir / "predictions.png")
 
 
-def _label(config: dict) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
-
-
 def plot_sweep(run_dir) -> list[Path]:
-    """``loss_curves.png`` and, for a learning_rate x l2 grid, ``heatmap.png``."""
+    """``loss_curves.png``, one curve per member, and, for a learning_rate x l2 grid, ``heatmap.png``."""
     run_dir = Path(run_dir)
-    with np.load(run_dir / "histories.npz") as z:
-        h = {k: z[k] for k in z.files}
-    keys = [str(k) for k in h["keys"]]
-    K = len(h["final_loss"])
+    h = _io.read_npz(run_dir / "histories.npz", ["keys", "losses", "final_loss", "diverged"], "rerun gradfit sweep "
+                     "with output.dir set to the folder (it rewrites histories.npz from the group files)")
+    keys, K = [str(k) for k in h["keys"]], len(h["final_loss"])
     configs = [{k: h[f"config_{k}"][i].item() for k in keys} for i in range(K)]
     losses = h["losses"].reshape(K, -1, h["losses"].shape[-1])[:, 0] if h["losses"].ndim == 3 else h["losses"]
     final, diverged = h["final_loss"], h["diverged"].astype(bool)
     order = np.argsort(np.where(diverged | ~np.isfinite(final), np.inf, final))
-    rank = np.empty(K, int)
-    rank[order] = np.arange(K)
-    good = int((~diverged).sum())
+    rank, good = np.argsort(order), int((~diverged).sum())
     show = order[: K if K <= 10 else 6].tolist()  # labelled, best first; then the rest
     ax = _axes(9, 5.2)
     import matplotlib  # after _axes, which says how to install it
 
-    cmap = matplotlib.colormaps["viridis"]
-    steps = np.arange(1, losses.shape[-1] + 1)
-    first_diverged = True
+    steps, first_diverged = np.arange(1, losses.shape[-1] + 1), int(np.argmax(diverged)) if diverged.any() else -1
     for i in show + [i for i in range(K) if i not in show]:
-        color = "red" if diverged[i] else cmap(0.9 * rank[i] / max(good - 1, 1))
-        label = _label(configs[i]) if i in show and not diverged[i] else None
-        if diverged[i] and first_diverged:
-            label, first_diverged = f"diverged ({int(diverged.sum())} members)", False
-        ax.plot(steps, _positive(losses[i]), color=color, lw=1.2, ls="--" if diverged[i] else "-", alpha=0.9,
-                label=label)
-    ok = _positive(losses[~diverged]) if (~diverged).any() else _positive(losses)
+        label = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in configs[i].items())
+        label = label if i in show and not diverged[i] else None
+        label = f"diverged ({int(diverged.sum())} members)" if i == first_diverged else label
+        ax.plot(steps, _positive(losses[i]), lw=1.2, ls="--" if diverged[i] else "-", alpha=0.9, label=label,
+                color="red" if diverged[i] else matplotlib.colormaps["viridis"](0.9 * rank[i] / max(good - 1, 1)))
+    ok = _positive(losses[~diverged] if good else losses)
     if np.isfinite(ok).any():  # a diverged member's blow-up must not flatten the others
         ax.set_ylim(np.nanmin(ok) / 2, np.nanmax(ok) * 5)
     ax.set(xscale="log", yscale="log", xlabel="step (log scale)", ylabel="objective J (log scale)",
            title=f"Sweep: {K} members (colour: rank by final loss, best dark; red dashed: diverged)")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        title = "members, best first" if K <= 10 else "best members"
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title=title, title_fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title_fontsize=8,
+                  title="members, best first" if K <= 10 else "best members")
     written = [_save(ax.figure, run_dir / "loss_curves.png")]
     if "learning_rate" in keys and "l2" in keys:
         written.append(_heatmap(configs, final, diverged, run_dir))
@@ -168,24 +143,20 @@ def _heatmap(configs, final, diverged, run_dir: Path) -> Path:
     import matplotlib
     from matplotlib.colors import LogNorm
 
-    lrs = sorted({c["learning_rate"] for c in configs})
-    l2s = sorted({c["l2"] for c in configs})
+    lrs, l2s = sorted({c["learning_rate"] for c in configs}), sorted({c["l2"] for c in configs})
     grid = np.full((len(l2s), len(lrs)), np.inf)
     for c, f, d in zip(configs, final, diverged):
         i, j = l2s.index(c["l2"]), lrs.index(c["learning_rate"])
         grid[i, j] = min(grid[i, j], np.inf if d or not np.isfinite(f) else float(f))
     ax = _axes(1.2 + 0.9 * len(lrs), 1.2 + 0.6 * len(l2s))
-    shown = np.where(np.isfinite(grid), grid, np.nan)
     cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="lightgray")
-    finite = shown[np.isfinite(shown) & (shown > 0)]
+    finite = grid[np.isfinite(grid) & (grid > 0)]
     norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if finite.size and finite.min() < finite.max() else None
-    image = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, norm=norm, aspect="auto", origin="lower")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto", origin="lower")
     for (i, j), value in np.ndenumerate(grid):
-        if not np.isfinite(value):
-            ax.text(j, i, "div.", ha="center", va="center", fontsize=7, color="red")
-            continue
-        dark = norm is not None and norm(value) > 0.6  # dark end of viridis_r
-        ax.text(j, i, f"{value:.4g}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        dark = np.isfinite(value) and norm is not None and norm(value) > 0.6  # dark end of viridis_r
+        ax.text(j, i, f"{value:.4g}" if np.isfinite(value) else "div.", ha="center", va="center", fontsize=7,
+                color="white" if dark else "black" if np.isfinite(value) else "red")
     ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], rotation=45)
     ax.set_yticks(range(len(l2s)), [f"{v:g}" for v in l2s])
     ax.set(xlabel="learning_rate", ylabel="l2", title="Final loss (best over other keys; grey: diverged)")

@@ -1,11 +1,7 @@
-"""Progress bars for fits and sweeps, updated between compiled chunks (never inside one).
-
-The compiled loop hands control back to Python only at chunk boundaries, so a bar is a
-``callback(state, history)`` for the driver (:func:`gradfit._driver.drive`). A stopped member
-(converged, diverged, stalled or at its budget) counts as done, so a bar ends exactly when every member
-has stopped. tqdm is optional (``pip install 'gradfit[progress]'``, :func:`available`); bars
-write to stderr unless given another ``file``.
-"""
+"""Progress bars for fits and sweeps: a ``callback(state, history)`` for the driver
+(:func:`gradfit._driver.drive`), run between compiled chunks. A stopped member counts as done, so a bar ends when
+every member has stopped. tqdm is optional (``pip install 'gradfit[progress]'``, :func:`available`); bars write to
+stderr unless given another ``file``."""
 
 from __future__ import annotations
 
@@ -42,7 +38,7 @@ class _Bar:
         self.bar = tqdm(total=total, desc=desc, **{"unit": "step", "dynamic_ncols": True, **tqdm_kwargs})
 
     def _show(self, n: int, text: str | None = None) -> None:
-        """Move the bar to ``n`` and set its text (redrawn as tqdm's ``mininterval`` allows)."""
+        """Move the bar to ``n`` and set its text."""
         if text is not None:
             self.bar.set_postfix_str(text, refresh=False)
         self.bar.update(n - self.bar.n)
@@ -58,22 +54,16 @@ class _Bar:
 
 
 class Progress(_Bar):
-    """One tqdm bar over ``members`` vmapped fits of at most ``max_steps`` steps each, standing at
-    ``floor(sum of the members' progress / members)``; its text shows the loss (one member) or how
-    many members still run and the best finite loss.
-
-    Use :meth:`callback` once per driven run (together the runs hold ``members`` members), then
-    :meth:`close` or leave the ``with`` block; extra keyword arguments go to ``tqdm.tqdm`` (``file``,
-    ``mininterval``, ``disable``...). A chunk boundary only keeps a reference to the state; states
-    are read and the bar redrawn at most once per ``mininterval`` (0.1 s by default) and at close.
-    """
+    """One tqdm bar over ``members`` vmapped fits of at most ``max_steps`` steps each, at the members'
+    mean progress; its text: the loss (one member), or the members running and the best finite loss. :meth:`callback`
+    once per driven run, then :meth:`close` (or a ``with`` block); redrawn at most once per ``mininterval`` (0.1 s by
+    default). Extra keyword arguments go to ``tqdm.tqdm``."""
 
     def __init__(self, max_steps: int, *, members: int = 1, desc: str = "fit", **tqdm_kwargs: Any):
         for name, value in (("max_steps", max_steps), ("members", members)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.max_steps = int(max_steps)
-        self.members = int(members)
+        self.max_steps, self.members = int(max_steps), int(members)
         self._done: list[int] = []  # each run's members' progress, summed, at its last reading
         self._pending: dict[int, Any] = {}  # run -> its newest state not read yet
         self._latest: Any = None  # the newest state of any run (for the text)
@@ -108,9 +98,8 @@ class Progress(_Bar):
             loss = np.asarray(state.loss, np.float64)
             finite = loss[np.isfinite(loss)]
             best = f", best loss {finite.min():.6g}" if finite.size else ""
-            text = f"{int(self._active(state).sum())}/{loss.size} running{best}"
-            if loss.size == 1:
-                text = f"loss {float(loss.reshape(())):.6g}"
+            text = (f"loss {float(loss.reshape(())):.6g}" if loss.size == 1
+                    else f"{int(self._active(state).sum())}/{loss.size} running{best}")
         self._show(min(sum(self._done) // self.members, self.max_steps), text)
         self._shown = now
 
@@ -128,9 +117,8 @@ class Progress(_Bar):
 
 
 class MemberBar(_Bar):
-    """One tqdm bar over the step budgets of a sweep's K members, however they are batched.
-    ``update(members, steps, active)`` after a chunk: the global indices of the members it ran,
-    their steps so far, and whether each still runs (a stopped one counts its whole budget)."""
+    """One tqdm bar over the step budgets of a sweep's K members. ``update(members, steps, active)``
+    after a chunk: the global indices of its members, their steps, and whether each still runs."""
 
     def __init__(self, budgets, *, desc: str = "sweep", **tqdm_kwargs: Any):
         self.budgets = np.asarray(budgets, np.int64)

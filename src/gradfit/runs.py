@@ -1,20 +1,10 @@
-"""Run folders: what a config's fit or sweep writes, every file atomically (:mod:`gradfit._io`).
+"""Run folders: what a config's fit or sweep writes, every file atomically, under a lock (:mod:`gradfit._io`).
 
-:func:`fit_config` (``gradfit fit``) fits in memory, streamed from files, or over several processes, and writes,
-all or none: ``params.npz`` (``W``, ``b``, in the units of the data as loaded), ``model.json`` (loss, link,
-dtype, the feature and target columns: what :func:`predict_run`, ``gradfit predict``, needs to apply the
-model to raw rows), ``history.npz`` (``losses``), ``report.json`` (status, timings, plan, health, the config;
-for mse the distance to the least-squares optimum) and ``predictions.npz`` (a sample of rows with targets and
-predictions, for ``gradfit plot``).
-
-:func:`sweep_config` (``gradfit sweep``, ``scripts/sweep.py``) writes ``sweep.json`` (the config, its
-fingerprint, the groups); ``group_NNN.npz``, each group's members as soon as it finishes (a rerun of
-the same config skips those written; another config in the same folder is an error); ``results.csv``,
-one row per member (group, the grid's values, ``final_loss``, ``steps``, ``converged``, ``diverged``,
-``seconds``, ``group_wall_seconds``); ``histories.npz`` (``losses`` (K, T) NaN-padded, the status
-columns, ``config_<key>``); ``params.npz`` (``W`` (K, n[, k]), ``b`` (K[, k])); with matplotlib
-``loss_curves.png`` (and ``heatmap.png`` for a learning_rate x l2 grid).
-"""
+:func:`fit_config` (``gradfit fit``) writes, all or none, ``params.npz`` (``W``, ``b``, in the data's units),
+``model.json`` (loss, link, dtype, columns: what :func:`predict_run` needs), ``history.npz``, ``report.json`` and
+``predictions.npz`` (a sample of rows, for ``gradfit plot``). :func:`sweep_config` (``gradfit sweep``) writes
+``sweep.json`` (config, fingerprint, groups), ``group_NNN.npz`` as each group finishes (a rerun of the same config
+and data skips those), then ``results.csv``, ``histories.npz``, ``params.npz`` (README, "Sweeps")."""
 
 from __future__ import annotations
 
@@ -40,8 +30,14 @@ from gradfit._types import Params
 Log = Callable[[str], None]
 
 
-# --------------------------------------------------------------------------- fit
-def _fit_options(cfg: dict, *, resume: bool, progress: bool, multi: bool, log: Log) -> dict:
+def _out_dir(cfg: dict) -> Path:
+    """output.dir with ``~`` expanded; "" is refused (it would write into the current folder)."""
+    if not str(cfg["output"]["dir"]).strip():
+        raise config.ConfigError('output.dir is "": name a folder for the run\'s files, e.g. --set output.dir=runs/a')
+    return Path(cfg["output"]["dir"]).expanduser()
+
+
+def _fit_options(cfg: dict, *, resume: bool, restart: bool, progress: bool, multi: bool, log: Log) -> dict:
     """fit's options from ``[fit]`` and ``[checkpoint]`` (checked before any compute)."""
     f = {k: np.asarray(v) if k in ("learning_rate", "l2") and isinstance(v, list) else v for k, v in cfg["fit"].items()}
     ck = cfg["checkpoint"]
@@ -49,30 +45,30 @@ def _fit_options(cfg: dict, *, resume: bool, progress: bool, multi: bool, log: L
         if ck[key] < 0:
             raise config.ConfigError(f"checkpoint.{key} must be >= 0 (0 turns it off), got {ck[key]}")
     every = Every(ck["every_steps"] or None, ck["every_seconds"] or None)
-    if multi and resume:
-        raise config.ConfigError("--resume is not available with several processes yet: run without --resume")
     if multi or every == Every():
         if resume:
-            raise config.ConfigError("--resume needs checkpoints, but checkpoint.every_steps and "
+            raise config.ConfigError("--resume is not available with several processes yet: run without --resume"
+                                     if multi else "--resume needs checkpoints, but checkpoint.every_steps and "
                                      "checkpoint.every_seconds are both 0: set one of them")
         return {**f, "progress": progress and distributed.is_writer()}
-    path = Path(ck["path"]) if ck["path"] else Path(cfg["output"]["dir"]) / "checkpoint.npz"
+    path = Path(ck["path"]).expanduser() if ck["path"] else _out_dir(cfg) / "checkpoint.npz"
     if resume and not path.exists():
         log(f"no checkpoint at {path}: starting afresh")
-    return {**f, "progress": progress, "checkpoint": path, "checkpoint_every": every, "resume": resume}
+    return {**f, "progress": progress, "checkpoint": path, "checkpoint_every": every, "resume": resume,
+            "overwrite": restart}
 
 
-def fit_config(cfg: dict, *, resume: bool = False, progress: bool = False, log: Log = print) -> solver.FitResult:
-    """Fit as a config says and write its run folder; return the result."""
+def fit_config(cfg: dict, *, resume: bool = False, restart: bool = False, progress: bool = False,
+               log: Log = print) -> solver.FitResult:
+    """Fit as a config says and write its run folder, holding its lock (a second run there is refused); return
+    the result. ``resume``/``restart``: continue the checkpoint, or start over though it holds an unfinished run."""
     d = cfg["data"]
     if d["dtype"] == "float64" and not jax.config.jax_enable_x64:
         with jax.enable_x64(True):  # float64 data, float64 fit; the setting is restored afterwards
-            return fit_config(cfg, resume=resume, progress=progress, log=log)
+            return fit_config(cfg, resume=resume, restart=restart, progress=progress, log=log)
     multi = not d["stream"] and distributed.initialize_from_config(cfg["distributed"]) is not None
-    out_dir = Path(cfg["output"]["dir"])
-    _io.check_writable(out_dir)  # fail now, not after the fit
-    options = _fit_options(cfg, resume=resume, progress=progress, multi=multi, log=log)
-    wall, ds = time.perf_counter(), None
+    out_dir = _io.check_writable(_out_dir(cfg))  # fail now, not after the fit
+    options = _fit_options(cfg, resume=resume, restart=restart, progress=progress, multi=multi, log=log)
     if d["stream"]:
         if d["y_source"] is None:
             raise ValueError("data.stream = true needs data.y_source, the .npy file of targets (data.source is X)")
@@ -83,6 +79,14 @@ def fit_config(cfg: dict, *, resume: bool = False, progress: bool = False, log: 
         if d["features"] is not None or d["target"] is not None:
             raise ValueError("data.stream = true reads every column of data.source as features and data.y_source as "
                              "the target: leave data.features and data.target unset")
+    with _io.locked(out_dir, hold=distributed.is_writer()):  # process 0 alone writes
+        return _fit(cfg, options, multi, out_dir, log)
+
+
+def _fit(cfg: dict, options: dict, multi: bool, out_dir: Path, log: Log) -> solver.FitResult:
+    """:func:`fit_config`'s fit and writes."""
+    d, wall, ds = cfg["data"], time.perf_counter(), None
+    if d["stream"]:
         result = stream.fit_streaming(d["source"], d["y_source"], dtype=d["dtype"], **options, **cfg["stream"])
         names = (data.column_names(d["source"]), ["y"] if result.params.b.ndim == 0 else
                  [f"y{j}" for j in range(result.params.b.shape[0])])
@@ -132,32 +136,37 @@ def _columns(features: list[str], target: list[str]) -> str:
 def predict_run(run_dir: str | Path, source: str | Path, output: str | Path | None = None) -> np.ndarray:
     """Apply the model of a ``gradfit fit`` run folder to the rows of a data file (``gradfit predict``).
 
-    Reads ``model.json`` and ``params.npz``, takes the model's feature columns from ``source`` by
-    name (by index for ``.npy``; the target column need not be there), in the fit's dtype, and
-    returns ``X @ W + b`` (``FitResult.predict``), or ``sigmoid`` of it, the probability of class 1,
-    for bce: (m,) or (m, k). ``output``: a ``.csv`` (a header, then a row per row) or ``.npy`` file,
-    written atomically, or ``"-"``, the CSV on stdout.
-    """
-    run_dir = Path(run_dir)
+    Reads ``model.json`` and ``params.npz``, takes the model's feature columns from ``source`` by name (a ``.npy`` by
+    index: a table laid out as the fit's, or its feature columns alone), in the fit's dtype, and returns ``X @ W +
+    b`` (``FitResult.predict``), or ``sigmoid`` of it, the probability of class 1, for bce: (m,) or (m, k).
+    ``output``: a ``.csv`` (a header, then a row per row) or ``.npy`` file, written atomically, or ``"-"``, the CSV
+    on stdout."""
+    run_dir, fix = Path(run_dir), "rerun the gradfit fit that wrote the folder"
     try:
-        model = json.loads((run_dir / "model.json").read_text())
-        with np.load(run_dir / "params.npz", allow_pickle=False) as z:
-            W, b = z["W"], z["b"]
+        model = _io.read_json(run_dir / "model.json", ("link", "dtype", "features", "target"), fix)
+        params = _io.read_npz(run_dir / "params.npz", ("W", "b"), fix)
     except FileNotFoundError as e:
         raise ValueError(f"{run_dir} is not the output.dir of a gradfit fit ({Path(e.filename).name} is missing): "
                          "give the folder a fit wrote (a sweep folder holds many models)") from None
     if output not in (None, "-") and Path(output).suffix.lower() not in (".csv", ".npy"):
         raise ValueError(f"--output {str(output)!r}: write predictions to a .csv or .npy file")
-    features = model["features"]
+    W, b, features = params["W"], params["b"], model["features"]
     if Path(source).suffix.lower() == ".npy":
-        features = [int(c) for c in features] if all(c.isdigit() for c in features) else None
-        if features is None:
+        if not all(c.isdigit() for c in features):
             raise ValueError(f"{source} is a .npy table without column names, but the model's features are named "
-                             f"({', '.join(model['features'][:4])}, ...): give a .csv, .parquet or .npz with them")
-    X = data.read_columns(source, [], features).X
+                             f"({', '.join(features[:4])}, ...): give a .csv, .parquet or .npz with them")
+        features, n_cols = [int(c) for c in features], len(data.column_names(source))
+        width = 1 + max(features + [int(t) for t in model["target"] if t.isdigit()])  # the fit's table
+        features = list(range(n_cols)) if n_cols == len(features) < width else features  # or the features alone
+        if n_cols not in (width, len(features)):
+            raise ValueError(f"{source} has {n_cols} columns, but the model takes {len(features)} features, columns "
+                             f"{model['features'][:8]} of a {width}-column table: give a .npy laid out as the fit's "
+                             f"data, or its {len(features)} feature columns alone")
     x_dtype = np.dtype(jnp.bfloat16) if model["dtype"] == "bfloat16" else np.dtype(model["dtype"])
+    X = data.read_columns(source, [], features).X  # as data.load stores it: 16-bit floats by way of float32
+    X = np.asarray(X, x_dtype if x_dtype.itemsize > 2 else np.float32).astype(x_dtype)
     with jax.enable_x64(W.dtype == np.float64):  # as the fit computed: FitResult.predict's product
-        scores = np.asarray(predict(Params(jnp.asarray(W), jnp.asarray(b)), jnp.asarray(_as_loaded(X, x_dtype))))
+        scores = np.asarray(predict(Params(jnp.asarray(W), jnp.asarray(b)), jnp.asarray(X)))
     out = 1 / (1 + np.exp(-scores.astype(np.float64))) if model["link"] == "sigmoid" else scores
     if output is not None and str(output).lower().endswith(".npy"):
         buf = io.BytesIO()
@@ -170,11 +179,6 @@ def predict_run(run_dir: str | Path, source: str | Path, output: str | Path | No
                    fmt="%.17g" if W.dtype == np.float64 else "%.9g")  # every digit of the dtype
         sys.stdout.write(text.getvalue()) if output == "-" else _io.write_text(output, text.getvalue())
     return out
-
-
-def _as_loaded(X, x_dtype: np.dtype) -> np.ndarray:
-    """X as :func:`gradfit.data.load` stores it: 16-bit floats by way of float32, as the fit saw them."""
-    return np.asarray(X, x_dtype if x_dtype.itemsize > 2 else np.float32).astype(x_dtype)
 
 
 def _report(result: solver.FitResult, cfg: dict, wall: float, ds, log: Log) -> dict:
@@ -227,7 +231,6 @@ def _optimum(report: dict, result: solver.FitResult, cfg: dict, ds, log: Log) ->
     log(f"least-squares optimum: loss {j_opt:.6g}; relative gap {gap:.3e}; ||W - W*|| / ||W*|| = {dist:.3e}")
 
 
-# --------------------------------------------------------------------------- sweep
 _STATUS = ("final_loss", "steps", "converged", "diverged", "status", "seconds", "group_wall_seconds")
 
 
@@ -242,14 +245,19 @@ def sweep_options(fit_section: dict[str, Any], grid: dict[str, Any]) -> dict[str
     return options
 
 
-def fingerprint(cfg: dict[str, Any]) -> str:
-    """A hash of everything that decides the members' numbers (data, fit, grid)."""
+def fingerprint(cfg: dict[str, Any], ds=None) -> str:
+    """A hash of everything that decides the members' numbers: ``[data]``, ``[fit]``, the grid and, given,
+    the loaded data ``ds`` (its X and y: a data file changed under the same path changes the hash)."""
     keep = {"data": cfg["data"], "fit": cfg["fit"], "grid": cfg["sweep"]["grid"]}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
+    for a in () if ds is None else (ds.X, ds.y):
+        h.update(f"{a.shape} {a.dtype}".encode())
+        h.update(np.ascontiguousarray(a).view(np.uint8))
+    return h.hexdigest()[:16]
 
 
 def sweep_config(cfg: dict[str, Any], *, log: Log = print, progress: bool = False) -> dict[str, Any]:
-    """Run (or resume) the sweep a config describes and write its folder; return a summary.
+    """Run (or resume) the sweep a config describes and write its folder, holding its lock; return a summary.
     ``progress``: one bar per group over its members' steps (:class:`gradfit.progress.MemberBar`)."""
     grid = cfg["sweep"]["grid"]
     if not grid:
@@ -257,21 +265,27 @@ def sweep_config(cfg: dict[str, Any], *, log: Log = print, progress: bool = Fals
                          "(examples: configs/sweep_lr.toml)")
     if cfg["sweep"]["memory_budget_mb"] < 0:
         raise ValueError(f"sweep.memory_budget_mb must be >= 0 (0: automatic), got {cfg['sweep']['memory_budget_mb']}")
-    out_dir = Path(cfg["output"]["dir"])
+    out_dir = _io.check_writable(_out_dir(cfg))
     options = sweep_options(cfg["fit"], grid)
     parts = sweeps.split_grid(grid, **options)  # checks the grid before loading data
     ds = data.load(cfg["data"])
     log(f"data: {cfg['data']['source']}  X {ds.X.shape} {ds.X.dtype}  y {ds.y.shape}")
-    manifest = {"fingerprint": fingerprint(cfg), "groups": parts, "config": cfg}
-    manifest_path = out_dir / "sweep.json"
-    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else manifest  # an earlier run's
-    if old.get("fingerprint") != manifest["fingerprint"]:
-        raise ValueError(f"{out_dir} holds a sweep of a different config (fingerprint {old.get('fingerprint')} != "
-                         f"{manifest['fingerprint']}): choose another output.dir, or delete the folder to start over")
-    _io.write_json(manifest_path, manifest)
-    groups = [_sweep_group(i, part, parts, grid, ds, cfg, options, out_dir, log, progress)
-              for i, part in enumerate(parts)]
-    rows = _write_results(out_dir, groups, list(grid))
+    manifest = {"fingerprint": fingerprint(cfg, ds), "groups": parts, "config": cfg}
+    path, fix = out_dir / "sweep.json", f"delete the folder {out_dir} to start the sweep over"
+    with _io.locked(out_dir):
+        old = _io.read_json(path, ["fingerprint"], fix) if path.is_file() else manifest  # an earlier run's
+        if old["fingerprint"] != manifest["fingerprint"]:
+            raise ValueError(f"{out_dir} holds a sweep of a different config or data (fingerprint {old['fingerprint']}"
+                             f" != {manifest['fingerprint']}): choose another output.dir, or {fix}")
+        _io.write_json(path, manifest)
+        try:
+            groups = [_sweep_group(i, part, parts, grid, ds, cfg, options, out_dir, log, progress)
+                      for i, part in enumerate(parts)]
+        except KeyboardInterrupt as stop:  # for the command's last line (gradfit.cli)
+            saved = sum((out_dir / f"group_{i:03d}.npz").is_file() for i in range(len(parts)))
+            stop.saved = f"{saved} of {len(parts)} groups saved in {out_dir}"
+            raise
+        rows = _write_results(out_dir, groups, list(grid))
     log(f"wrote {out_dir}/results.csv, histories.npz, params.npz ({len(rows)} members)")
     plots = []
     if cfg["sweep"]["plot"]:
@@ -303,8 +317,7 @@ def _sweep_group(i, part, parts, grid, ds, cfg, options, out_dir: Path, log: Log
         _io.write_npz(path, configs=json.dumps(result.configs, default=str), W=result.params.W, b=result.params.b,
                       losses=result.losses, **{k: getattr(result, k) for k in _STATUS[:-1]}, group_wall_seconds=wall,
                       stats=json.dumps(st, default=str))
-    with np.load(path, allow_pickle=False) as z:
-        out = {k: z[k] for k in z.files}
+    out = _io.read_npz(path, ("configs", "W", "b", "losses", *_STATUS), "delete it to run that group again")
     return {**out, "configs": json.loads(str(out["configs"]))}
 
 

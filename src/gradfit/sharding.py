@@ -1,16 +1,5 @@
-"""Rows sharded across devices: data parallelism on JAX's own SPMD machinery.
-
-The rows of X, y (and the row weights) are split over a 1-d mesh with one axis, ``"rows"``;
-parameters, hyperparameters and the optimizer state are replicated. The compiled loop is the
-*same* program as on one device: XLA's SPMD partitioner turns every sum over rows (``X^T r``,
-the loss's ``sum_i``) into per-device partial sums and one all-reduce, so a step reads each
-device's rows once and communicates O(n*k), independent of m.
-
-Row counts that do not divide evenly are padded at the end with zero rows of weight 0 (real rows
-weigh 1, or their own weight), so every sum over rows is unchanged and ``reduction="mean"`` still
-divides by m; no row is ever dropped. Minibatch epochs permute only the m real rows, so a sharded
-minibatch fit draws the same batches as the unsharded one.
-"""
+"""Rows sharded across devices (JAX SPMD): X, y and the row weights split over a 1-d mesh, axis
+``"rows"``, the rest replicated. Uneven row counts are padded with zero rows of weight 0."""
 
 from __future__ import annotations
 
@@ -28,24 +17,19 @@ from gradfit._types import Data
 
 AXIS = "rows"
 
-# ``devices=None`` shards only from this many rows on: below it a step on one accelerator takes
-# microseconds, less than the per-step all-reduce would cost. A rough guide, not a measured crossover.
-AUTO_MIN_ROWS = 1 << 20
+AUTO_MIN_ROWS = 1 << 20  # devices=None shards from here on (below, the all-reduce costs more; a rough guide)
 
 
 def resolve_devices(devices: Any, m: int) -> tuple[jax.Device, ...]:
     """The devices a fit of m rows runs on, from the ``devices=`` option; raise ValueError.
 
-    ``None``: every device (``jax.devices()``: all processes' in a multi-process run) when there
-    is more than one and ``m >= AUTO_MIN_ROWS`` or several processes take part, else the first
-    device. An int d: the first d devices (1 forces one device). A sequence: those devices, as
-    ``jax.Device`` objects or ids from ``jax.devices()``.
-    """
+    ``None``: every device (all processes') when there are several and ``m >= AUTO_MIN_ROWS`` or several processes
+    take part, else the first. An int d: the first d devices. A sequence: ``jax.Device`` objects or ids from
+    ``jax.devices()``."""
     available = jax.devices()
     if devices is None:
-        if len(available) > 1 and (m >= AUTO_MIN_ROWS or jax.process_count() > 1):
-            return tuple(available)
-        return (available[0],)
+        many = len(available) > 1 and (m >= AUTO_MIN_ROWS or jax.process_count() > 1)
+        return tuple(available) if many else (available[0],)
     if isinstance(devices, bool):
         raise ValueError(f"devices must be None, a device count or a list of devices, got {devices!r}")
     if isinstance(devices, (int, np.integer)):
@@ -102,9 +86,8 @@ def _pad_axis(a, axis: int, size: int, pad=np.pad):
 
 
 def place_rows(a, sharding: NamedSharding, row_axis: int, rows: int, dtype=None) -> jax.Array:
-    """Put ``a`` on ``sharding`` with its row axis zero-padded to ``rows``. A host array (or memory map)
-    is cut into each device's block by ``jax.make_array_from_callback``: never copied whole, and in a
-    multi-process run each process reads only the rows of its own devices."""
+    """Put ``a`` on ``sharding``, its row axis zero-padded to ``rows``. A host array (or memory map)
+    is cut into device blocks by ``jax.make_array_from_callback``: never copied whole."""
     dtype = np.dtype(a.dtype if dtype is None else dtype)
     shape = (*a.shape[:row_axis], rows, *a.shape[row_axis + 1 :])
     if isinstance(a, jax.Array):
@@ -127,40 +110,32 @@ def place_rows(a, sharding: NamedSharding, row_axis: int, rows: int, dtype=None)
 
 
 def shard_rows(data: Data, devices: Any = None, *, row_axis: int = 0, dtype=None) -> Data:
-    """Split the rows of ``data`` across ``devices`` (as :func:`resolve_devices`): X, y, sample_weight on ``P("rows")``.
+    """Split the rows of ``data`` across ``devices`` (as :func:`resolve_devices`) on ``P("rows")``.
 
-    ``data``: host arrays (numpy, memory maps) or jax arrays, X (m, n), y (m,) or (m, k),
-    sample_weight (m,) or None; with ``row_axis=1`` each has a leading axis of B problems.
-    ``dtype``: X, y and the weights are cast to it while placed (None keeps X's; a 16-bit X keeps
-    its dtype). The result has ``M = ceil(m / d) * d`` rows for d devices: rows m..M-1 are zeros of
-    weight 0, with ``sample_weight`` then present (1 for unweighted real rows), so sums over rows and
-    the weighted mean are those of the m real rows. Minibatch fits of padded data need the true m:
-    ``fit(..., n_rows=m)`` (:func:`gradfit.fit` keeps it by itself when it pads).
-    """
+    ``data``: host or jax arrays, X (m, n), y (m,) or (m, k), sample_weight (m,) or None; with ``row_axis=1`` each
+    has a leading axis of B problems. ``dtype``: cast while placed (None: X's; a 16-bit X keeps its own). The result
+    has ``ceil(m / d) * d`` rows: the padding is zeros of weight 0 (``sample_weight`` then present, 1 for unweighted
+    rows). Minibatch fits of padded data need ``fit(..., n_rows=m)`` (:func:`gradfit.fit` keeps it itself when it
+    pads)."""
     X, y, w = data
     m = X.shape[row_axis]
     if y.shape[row_axis] != m or (w is not None and w.shape[row_axis] != m):
-        raise ValueError(
-            f"X has {m} rows but y has {y.shape[row_axis]}"
-            + ("" if w is None else f" and sample_weight {w.shape[row_axis]}")
-            + ": give one target and one weight per row"
-        )
+        weights = "" if w is None else f" and sample_weight {w.shape[row_axis]}"
+        raise ValueError(f"X has {m} rows but y has {y.shape[row_axis]}{weights}: "
+                         "give one target and one weight per row")
     devs = resolve_devices(devices, m)
     rows = padded_rows(m, len(devs))
     dtype = np.dtype(X.dtype if dtype is None else dtype)
     if w is None and rows != m:
         w = np.ones(tuple(y.shape[: row_axis + 1]), dtype)
     sharding = row_sharding(row_mesh(devs), row_axis)
-    return Data(
-        place_rows(X, sharding, row_axis, rows, _precision.storage_dtype(X, dtype)),
-        place_rows(y, sharding, row_axis, rows, dtype),
-        None if w is None else place_rows(w, sharding, row_axis, rows, dtype),
-    )
+    return Data(place_rows(X, sharding, row_axis, rows, _precision.storage_dtype(X, dtype)),
+                place_rows(y, sharding, row_axis, rows, dtype),
+                None if w is None else place_rows(w, sharding, row_axis, rows, dtype))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Every array leaf of ``tree`` copied to all devices of ``mesh`` (parameters, hyperparameters);
-    in a multi-process run each process supplies its own devices' copies (all pass the same values)."""
+    """Every array leaf of ``tree`` copied to all devices of ``mesh`` (each process supplies its own)."""
     sharding = NamedSharding(mesh, P())
 
     def one(x):

@@ -1,14 +1,6 @@
-"""scikit-learn estimators: :class:`GDRegressor` and :class:`GDClassifier`.
-
-Both fit a linear model by :func:`gradfit.fit` (the whole loop one compiled program) and follow
-scikit-learn's conventions (parameters stored untouched in ``__init__``, checked in ``fit``;
-``ConvergenceWarning`` when ``max_iter`` runs out before ``tol`` is met); they pass
-``parametrize_with_checks`` and work in ``Pipeline`` and ``GridSearchCV``. ``alpha`` is
-``SGDRegressor``'s and ``SGDClassifier``'s, i.e. gradfit's ``l2``; the class docstrings map it to
-``Ridge(alpha)`` and ``LogisticRegression(C)``. Prediction is ``X @ coef_.T + intercept_`` in
-numpy: a new number of rows compiles nothing, and X is not copied to an accelerator. float64
-input is fitted in float64 (x64 turned on for the fit alone), float32 in float32.
-"""
+"""scikit-learn estimators :class:`GDRegressor` and :class:`GDClassifier`, fitted by :func:`gradfit.fit`; they pass
+``parametrize_with_checks``. Prediction is numpy's ``X @ coef_.T + intercept_`` (no compile). float64 input is
+fitted in float64 (x64 on for the fit alone), float32 in float32."""
 
 from __future__ import annotations
 
@@ -19,18 +11,15 @@ import warnings
 import jax
 import numpy as np
 
-
 try:
-    from scipy.special import expit
+    from scipy.special import log_expit, log_softmax
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets, type_of_target
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as e:  # absent, or older than 1.6 (no validate_data)
-    raise ImportError(
-        f"gradfit.sklearn needs scikit-learn >= 1.6 ({e}): pip install 'gradfit[sklearn]'"
-    ) from e
+    raise ImportError(f"gradfit.sklearn needs scikit-learn >= 1.6 ({e}): pip install 'gradfit[sklearn]'") from e
 
 from gradfit import _optim, _validation, solver
 from gradfit._types import Params
@@ -38,7 +27,6 @@ from gradfit._types import Params
 __all__ = ["GDClassifier", "GDRegressor"]
 
 
-# --------------------------------------------------------------------------- parameters
 def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
 
@@ -48,10 +36,8 @@ def _check_params(est) -> None:
     name = type(est).__name__
     lr = est.learning_rate
     if lr is None and not (isinstance(est.optimizer, str) and est.optimizer in _optim.LINE_SEARCH):
-        raise ValueError(
-            f"{name}(learning_rate=None) is only meaningful with optimizer='lbfgs' (its line search "
-            "picks the step): give a positive float such as learning_rate=0.1"
-        )
+        raise ValueError(f"{name}(learning_rate=None) is only meaningful with optimizer='lbfgs' (its line search "
+                         "picks the step): give a positive float such as learning_rate=0.1")
     if lr is not None and (not _is_real(lr) or lr <= 0):
         raise ValueError(f"{name}: learning_rate must be a positive float (the step size), got {lr!r}; e.g. 0.1")
     if not _validation.is_int(est.max_iter) or est.max_iter < 1:
@@ -73,27 +59,6 @@ def _seed(random_state) -> int:
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
-def _sample_weight(sample_weight, n_samples: int, dtype) -> np.ndarray | None:
-    if sample_weight is None:
-        return None
-    sw = np.asarray(sample_weight)
-    if sw.ndim == 0:
-        sw = np.full(n_samples, sw)
-    if sw.shape != (n_samples,):
-        raise ValueError(f"sample_weight has shape {sw.shape}: expected ({n_samples},), one weight per sample")
-    if sw.dtype.kind not in "biuf":
-        raise ValueError(f"sample_weight has dtype {sw.dtype}: give real numbers >= 0")
-    sw = sw.astype(dtype)
-    if not np.isfinite(sw).all():
-        raise ValueError("sample_weight contains NaN or inf: give finite weights >= 0")
-    if (sw < 0).any():
-        raise ValueError("sample_weight has negative entries: weights must be >= 0")
-    if not sw.sum() > 0:
-        raise ValueError("sample_weight sums to zero (all weights are zero): give at least one sample a "
-                         "positive weight")
-    return sw
-
-
 def _printer(name: str):
     """``verbose``: a callback printing one line per compiled chunk (never per step)."""
 
@@ -111,39 +76,32 @@ class _GDBase(BaseEstimator):
     _loss: str
 
     def _store(self, params: dict) -> None:
-        """``__init__``'s body: keep every parameter untouched (``params`` is its ``locals()``)."""
+        """``__init__``'s body: keep every parameter of ``locals()`` untouched."""
         for name, value in params.items():
             if name != "self":
                 setattr(self, name, value)
 
     def _fit(self, X: np.ndarray, Y: np.ndarray, sample_weight, out: tuple[int, ...], *, per_output: bool):
-        """Fit Y (m,) or (m, k) (output shape ``out``) on X (m, n); returns the FitResult.
-
-        ``per_output``: the k columns are independent problems, ``vmap``-ed in one program, each
-        with its own stopping test (one-vs-rest).
-        """
+        """Fit Y (m,) or (m, k) (output shape ``out``) on X (m, n); returns the FitResult. ``per_output``:
+        the k columns are independent problems (one-vs-rest)."""
         m = X.shape[0]
         warm = self._warm_params(X.shape[1], out)
-        sw = _sample_weight(sample_weight, m, X.dtype)
+        sw = None if sample_weight is None else np.asarray(sample_weight)  # fit checks the weights
+        sw = np.full(m, sw) if sw is not None and sw.ndim == 0 else sw
         batch_size = self.batch_size
         if _validation.is_int(batch_size) and batch_size > m:
             warnings.warn(f"batch_size={batch_size} is larger than the {m} samples: using full batches of {m}",
                           UserWarning, stacklevel=3)
             batch_size = m
-        # float64 input is fitted in float64 without turning x64 on for the whole session (and float32 in float32)
         with jax.enable_x64(True) if X.dtype == np.float64 else contextlib.nullcontext():
-            return self._call_fit(X, Y, sw, warm, batch_size, per_output)
-
-    def _call_fit(self, X, Y, sw, warm, batch_size, per_output: bool):
-        return solver.fit(
-            X, Y, loss=self._loss, reduction=self.reduction, optimizer=self.optimizer,
-            learning_rate=None if self.learning_rate is None else float(self.learning_rate),
-            steps=int(self.max_iter), tol=None if self.tol is None else float(self.tol),
-            l2=np.full(Y.shape[1], float(self.alpha)) if per_output else float(self.alpha), init=warm,
-            batch_size=batch_size, seed=_seed(self.random_state), fit_intercept=self.fit_intercept,
-            sample_weight=sw, optimizer_options=self.optimizer_options,
-            callback=_printer(type(self).__name__) if self.verbose else None,
-        )
+            return solver.fit(X, Y, loss=self._loss, reduction=self.reduction, optimizer=self.optimizer,
+                              learning_rate=None if self.learning_rate is None else float(self.learning_rate),
+                              steps=int(self.max_iter), tol=None if self.tol is None else float(self.tol),
+                              l2=np.full(Y.shape[1], float(self.alpha)) if per_output else float(self.alpha),
+                              init=warm, batch_size=batch_size, seed=_seed(self.random_state),
+                              fit_intercept=self.fit_intercept, sample_weight=sw,
+                              optimizer_options=self.optimizer_options,
+                              callback=_printer(type(self).__name__) if self.verbose else None)
 
     def _finish(self, result):
         """Set ``n_iter_`` and warn like scikit-learn when ``max_iter`` ran out before ``tol``."""
@@ -152,11 +110,9 @@ class _GDBase(BaseEstimator):
         if self.tol is not None and not stopped.all():
             why = "stalled away from the optimum" if "stalled" in np.ravel(result.status) else \
                 f"did not converge in max_iter={self.max_iter} steps"
-            warnings.warn(
-                f"{type(self).__name__} {why} (tol={self.tol}, scaled gradient norm "
-                f"{float(np.max(result.stats['grad_norm'])):.3g}): increase max_iter, raise learning_rate, "
-                "or use optimizer='lbfgs'", ConvergenceWarning, stacklevel=3,
-            )
+            warnings.warn(f"{type(self).__name__} {why} (tol={self.tol}, scaled gradient norm "
+                          f"{float(np.max(result.stats['grad_norm'])):.3g}): increase max_iter, raise learning_rate, "
+                          "or use optimizer='lbfgs'", ConvergenceWarning, stacklevel=3)
         return self
 
     def _warm_params(self, n_features: int, out: tuple[int, ...]) -> Params | None:
@@ -182,18 +138,13 @@ class _GDBase(BaseEstimator):
         return tags
 
 
-# --------------------------------------------------------------------------- regression
 class GDRegressor(RegressorMixin, _GDBase):
-    """Linear regression by compiled gradient descent (squared error, optional L2 penalty).
-
-    Minimises, over ``W`` (n_features, n_targets) and ``b`` (n_targets,),
+    """Linear regression by compiled gradient descent: minimises over ``W`` (n_features, n_targets), ``b``
 
         J(W, b) = c * sum_i w_i ||y_i - x_i W - b||^2 + (alpha / 2) ||W||^2
 
-    with ``c = 1/(2 sum_i w_i)`` (``reduction="half_mean"``, the default; the notes seed),
-    ``1/sum_i w_i`` (``"mean"``, the Q&A seed) or ``1`` (``"sum"``, the blog seed); ``w_i`` are
-    the sample weights (1 by default). ``alpha`` is gradfit's ``l2``. The mapping to
-    scikit-learn, for m samples without weights:
+    with ``c = 1/(2 sum_i w_i)`` (``reduction="half_mean"``, default), ``1/sum_i w_i`` (``"mean"``) or ``1``
+    (``"sum"``), ``w_i`` the sample weights. ``alpha`` is gradfit's ``l2``; for m unweighted samples:
 
     - ``reduction="half_mean"``: ``alpha`` is :class:`~sklearn.linear_model.SGDRegressor`'s
       ``alpha`` (``penalty="l2"``), and ``Ridge(alpha=alpha * m)``;
@@ -203,30 +154,25 @@ class GDRegressor(RegressorMixin, _GDBase):
     Parameters
     ----------
     learning_rate : float or None, default=0.1
-        The optimizer's step size. None only with ``optimizer="lbfgs"`` (its line search).
+        The step size; None only with ``optimizer="lbfgs"`` (its line search's).
     max_iter : int, default=1000
         The most steps (epochs when ``batch_size`` is set).
     tol : float or None, default=1e-4
-        Converged, and stop, when the scaled gradient norm ``G <= tol`` (:func:`gradfit.fit`'s
-        ``tol``: ``G^2`` estimates ``(J - J*) / J``, in any units); a ``ConvergenceWarning`` names G
-        when ``max_iter`` steps end first or the fit stalls. None always runs ``max_iter`` steps.
+        Stop when the scaled gradient norm ``G <= tol`` (:func:`gradfit.fit`'s ``tol``), else ConvergenceWarning.
     alpha : float, default=1e-4
         L2 penalty ``(alpha/2) ||W||^2``; the intercept is not penalised.
     reduction : {"half_mean", "mean", "sum"}, default="half_mean"
         How the squared errors are summed (see above).
     optimizer : str or optax.GradientTransformation, default="sgd"
-        An optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or a transformation (then
-        ``learning_rate=None``: it carries its own).
+        An optax alias name (``"sgd"``, ``"adam"``, ``"lbfgs"``, ...) or a transformation (``learning_rate=None``).
     optimizer_options : dict or None, default=None
         Extra options of the optax alias, e.g. ``{"momentum": 0.9}``.
     fit_intercept : bool, default=True
         False fixes ``intercept_`` at 0.
     batch_size : int or None, default=None
-        Minibatch size (contiguous batches visited in a fresh random order every epoch: fit's
-        ``shuffle="blocks"``); None is full-batch gradient descent. Clipped, with a warning, to
-        the number of samples.
+        Minibatch size (fit's ``shuffle="blocks"``), clipped with a warning to the samples; None: full batches.
     random_state : int, RandomState or None, default=None
-        Seeds the minibatch permutations.
+        Seeds the minibatch order.
     verbose : int, default=0
         > 0 prints the step and objective between compiled chunks.
     warm_start : bool, default=False
@@ -272,27 +218,19 @@ class GDRegressor(RegressorMixin, _GDBase):
         return tags
 
 
-# --------------------------------------------------------------------------- classification
 class GDClassifier(ClassifierMixin, _GDBase):
-    """Logistic regression by compiled gradient descent: binary, or one-vs-rest multiclass.
-
-    Binary: with ``t_i = 1`` for ``classes_[1]`` and 0 otherwise, minimises
+    """Logistic regression by compiled gradient descent. Binary (``t_i = 1`` for ``classes_[1]``): minimises
 
         J(w, b) = c * sum_i s_i [ t_i softplus(-z_i) + (1 - t_i) softplus(z_i) ] + (alpha/2) ||w||^2,
 
-    ``z_i = x_i . w + b``, the binary cross-entropy from logits, ``c = 1/sum_i s_i``
-    (``reduction="mean"``) or 1 (``"sum"``), ``s_i`` the sample weights. ``alpha`` is gradfit's
-    ``l2``, and :class:`~sklearn.linear_model.SGDClassifier`'s ``alpha`` with
-    ``loss="log_loss"``. For m unweighted samples and ``reduction="mean"`` it is
-    ``LogisticRegression(C=1 / (alpha * m))``.
+    ``z_i = x_i . w + b``, ``c = 1/sum_i s_i`` (``reduction="mean"``) or 1 (``"sum"``), ``s_i`` the sample weights.
+    ``alpha`` is gradfit's ``l2`` and :class:`~sklearn.linear_model.SGDClassifier`'s (``loss="log_loss"``); for m
+    unweighted samples and ``reduction="mean"``, ``LogisticRegression(C=1 / (alpha * m))``.
 
-    Multiclass (k > 2 classes): one-vs-rest on the one-hot T (m, k), its k binary problems
-    ``vmap``-ed in one program, each with its own stopping test: k separate binary fits, i.e.
-    ``OneVsRestClassifier(LogisticRegression(C=1 / (alpha * m)))``. ``predict_proba``
-    normalises the k sigmoids to sum to 1, as scikit-learn's one-vs-rest does.
+    Multiclass: one-vs-rest, k binary problems ``vmap``-ed in one program with their own stopping tests, as
+    ``OneVsRestClassifier(LogisticRegression(C=1 / (alpha * m)))``; ``predict_proba`` normalises the sigmoids.
 
-    Parameters are those of :class:`GDRegressor`, except ``reduction``:
-    ``{"mean", "sum"}``, default ``"mean"``.
+    Parameters are those of :class:`GDRegressor`, except ``reduction``: ``{"mean", "sum"}``, default ``"mean"``.
 
     Attributes
     ----------
@@ -320,8 +258,7 @@ class GDClassifier(ClassifierMixin, _GDBase):
         check_classification_targets(y)
         name, kind = type(self).__name__, type_of_target(y)
         if kind not in ("binary", "multiclass"):
-            raise ValueError(f"{name} fits binary or multiclass labels, got {kind!r} targets: "
-                             "give y as one label per sample")
+            raise ValueError(f"{name} fits binary or multiclass labels, got {kind!r} targets: one label per sample")
         classes, index = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"{name} needs samples of at least 2 classes in y, got 1 class ({classes[0]!r}): "
@@ -343,17 +280,14 @@ class GDClassifier(ClassifierMixin, _GDBase):
         return scores.ravel() if scores.shape[1] == 1 else scores
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, (n_samples, n_classes), columns in the order of ``classes_``.
-
-        Two classes: ``[1 - sigmoid(z), sigmoid(z)]``. More: the one-vs-rest sigmoids, each
-        row divided by its sum.
-        """
-        p = expit(self.decision_function(X))
-        return np.stack([1 - p, p], axis=1) if p.ndim == 1 else p / p.sum(axis=1, keepdims=True)
+        """Class probabilities (n_samples, n_classes) in ``classes_`` order: ``[sigmoid(-z), sigmoid(z)]``, or the
+        one-vs-rest sigmoids normalised, as ``softmax(log_sigmoid(z))`` (finite where every sigmoid underflows)."""
+        return np.exp(self.predict_log_proba(X))
 
     def predict_log_proba(self, X) -> np.ndarray:
-        """``log(predict_proba(X))``."""
-        return np.log(self.predict_proba(X))
+        """``log(predict_proba(X))``, computed from the logits without rounding to ``log(0)``."""
+        z = self.decision_function(X)
+        return np.stack([log_expit(-z), log_expit(z)], axis=1) if z.ndim == 1 else log_softmax(log_expit(z), axis=1)
 
     def predict(self, X) -> np.ndarray:
         """The most likely class of each sample, (n_samples,)."""

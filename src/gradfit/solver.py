@@ -1,7 +1,5 @@
-""":func:`fit`, the front door of an in-memory fit, and :func:`resume`: every check before any
-compute, the data placed and the plan's operand made, the engine run under the one driver
-(:mod:`gradfit._runner`), the result checked for separable classes and divergence.
-:func:`gradfit.sweep` uses the same pieces for each group of its grid."""
+""":func:`fit` (in memory) and :func:`resume`: every check before any compute, the data placed, the plan's operand
+made, the engine run by :mod:`gradfit._runner`, the result checked. :func:`gradfit.sweep` reuses the pieces."""
 
 from __future__ import annotations
 
@@ -21,29 +19,18 @@ from gradfit._params import predict
 from gradfit._precision import storage_dtype
 from gradfit._types import Data, Hyper, Level, Params, Program, Scaling
 
-DIVERGENCE_FACTOR = _engine.DIVERGENCE_FACTOR
-DEFAULT_LEARNING_RATE = _options.DEFAULT_LEARNING_RATE
-
 
 class FitResult(NamedTuple):
-    """What :func:`fit` returns. Status is data; a diverged fit also warns.
+    """What :func:`fit` returns; a diverged fit also warns.
 
-    params: the fitted :class:`Params`. loss: the objective at ``params``. losses: the objective
-    at the start of each step (with ``batch_size``, each epoch's mean minibatch objective), shape
-    (steps,). steps: objective evaluations (epochs). converged: the optimality test ``G <= tol``
-    passed at ``params`` (:func:`gradfit._engine.optimality`). diverged: the loss became
-    non-finite or exploded; ``params`` are the last ones before that. status: ``"converged"``,
-    ``"diverged"``, ``"stalled"`` (stopped moving, or by ``ftol``, away from the optimum) or
-    ``"max_steps"``. stats: timings (``compile_seconds``, ``run_seconds``; ``precompute_seconds``,
-    the statistics pass, is part of ``run_seconds``), ``backend``, ``plan``
-    (:mod:`gradfit._plan`), the settings, ``grad_norm`` (G at ``params``), and numerical health
-    (docs/faults.md): ``condition_number`` (None: not checked), ``separable`` (bce, l2 = 0, the fit
-    separates the classes: no minimiser exists), ``learning_rate`` (with "auto"), and when
-    diverged ``diverged_at_step`` (-1 for members that did not) and ``suggested_learning_rate``.
-
-    With per-output hyperparameters or a batch of problems, status fields and ``losses`` gain
-    a leading axis (k or B) and ``losses`` is padded with NaN past each member's ``steps``.
-    """
+    params: the fitted :class:`Params`. loss: the objective at ``params``. losses: the objective at the start of each
+    step (epoch mean with ``batch_size``), (steps,). steps: objective evaluations (epochs). converged: ``G <= tol``
+    at ``params``. diverged: the loss became non-finite or exploded (``params``: the last before). status:
+    ``"converged"``, ``"diverged"``, ``"stalled"`` (stopped moving, or by ``ftol``) or ``"max_steps"``. stats:
+    ``compile_seconds``, ``run_seconds`` (includes ``precompute_seconds``), ``backend``, ``plan``, the settings,
+    ``grad_norm``, ``condition_number`` (None: not checked), ``separable`` (bce), ``learning_rate`` (with "auto"),
+    and when diverged ``diverged_at_step`` (-1: member did not) and ``suggested_learning_rate`` (docs/faults.md).
+    Per-output or batched fits give status fields and ``losses`` a leading axis (NaN past each member's steps)."""
 
     params: Params
     loss: Any
@@ -59,7 +46,6 @@ class FitResult(NamedTuple):
         return predict(self.params, jnp.asarray(X))
 
 
-# --------------------------------------------------------------------------- the data
 class Inputs(NamedTuple):
     """Checked data of a fit, not yet placed on a device."""
 
@@ -79,14 +65,11 @@ def check_data(X, y, sample_weight, c: _options.Checked) -> Inputs:
     X, y = _validation.check_xy(X, y, loss=c.options.loss, batched=batched)
     dtype = _validation.float_dtype(X)
     sw = _validation.check_sample_weight(sample_weight, y, batched, dtype)
-    lead = 1 if batched else 0
-    k = y.shape[-1] if y.ndim == 2 + lead else None
-    return Inputs(X, y, sw, dtype, X.shape[lead], X.shape[lead + 1], k, batched)
+    return Inputs(X, y, sw, dtype, X.shape[-2], X.shape[-1], y.shape[-1] if y.ndim == X.ndim else None, batched)
 
 
 class Placed(NamedTuple):
-    """Data on the device(s): ``data``, the mesh its rows are split over (None: one device) and
-    the real rows when X was padded for that (None: not padded)."""
+    """``data`` on the device(s), its rows' ``mesh`` (None: one device), the real ``rows`` (None: not padded)."""
 
     data: Data
     mesh: Any
@@ -114,9 +97,8 @@ def place(inputs: Inputs, o: _options.FitOptions) -> Placed:
         raise ValueError("X is sharded without a jax.sharding.NamedSharding: lay it out with gradfit.shard_rows")
 
     def rows(a):  # y and the weights follow X's row layout (a host array is cut into the same blocks)
-        if a is None or sharding.is_sharded(a):
-            return a
-        return sharding.place_rows(a, sharding.row_sharding(mesh, lead), lead, inputs.m, inputs.dtype)
+        keep = a is None or sharding.is_sharded(a)
+        return a if keep else sharding.place_rows(a, sharding.row_sharding(mesh, lead), lead, inputs.m, inputs.dtype)
 
     data = Data(jnp.asarray(X, storage_dtype(X, inputs.dtype)), jnp.asarray(rows(y), inputs.dtype), rows(sw))
     if o.n_rows is not None:
@@ -130,23 +112,18 @@ def place(inputs: Inputs, o: _options.FitOptions) -> Placed:
 
 
 def initial_params(init, seed: int, n: int, out: tuple[int, ...], dtype) -> tuple[Params, jax.Array]:
-    """The params before step 0 and the loop's PRNG key, both from ``seed``: ``jax.random.key(seed)``
-    is split into an init key (``init="normal"``: N(0, 1/n) weights) and a run key (minibatches)."""
+    """The params before step 0 (``init="normal"``: N(0, 1/n) weights) and the run key, from ``key(seed)``."""
     init_key, run_key = jax.random.split(jax.random.key(seed))
     if init is None or (isinstance(init, str) and init == "zeros"):
         return Params(jnp.zeros((n, *out), dtype), jnp.zeros(out, dtype)), run_key
     if isinstance(init, str):  # "normal" (checked by _options)
         return Params(jax.random.normal(init_key, (n, *out), dtype) / math.sqrt(n), jnp.zeros(out, dtype)), run_key
-    W, b = _validation.as_numeric(init[0], "init.W"), _validation.as_numeric(init[1], "init.b")
-    _validation.check_finite(W, "init.W")
-    _validation.check_finite(b, "init.b")
-    return Params(jnp.asarray(W, dtype), jnp.asarray(b, dtype)), run_key
+    W, b = (jnp.asarray(_validation.as_numeric(a, f"init.{name}"), dtype) for a, name in zip(init, "Wb"))
+    return Params(W, b), run_key  # finite and in range: _options.check_step
 
 
-# --------------------------------------------------------------------------- the problem
 class Problem(NamedTuple):
-    """A fit ready for the driver. ``params``, ``operand``, ``hyper`` and ``key`` carry the leading
-    axes of ``levels`` (a batch of problems, then output columns when hyperparameters are per-output)."""
+    """A fit ready for the driver; ``params``, ``operand``, ``hyper`` and ``key`` carry the axes of ``levels``."""
 
     params: Params
     operand: Any  # the placed Data, or its Stats
@@ -175,9 +152,8 @@ def hyper_arrays(c: _options.Checked, learning_rate, scaling: Scaling, dtype) ->
 
 
 def scaling(c: _options.Checked, inputs: Inputs, members=()) -> Scaling:
-    """The problem's :class:`~gradfit._types.Scaling` (:func:`gradfit.health.scaling`, from a sample
-    of rows; per problem when batched), and the learning rate (and each of a sweep group's
-    ``members``') checked against its curvature."""
+    """The problem's :class:`Scaling` (:func:`gradfit.health.scaling`; per problem when batched), the learning
+    rate of ``c`` and of each of ``members`` checked against its curvature."""
     o = c.options
     per_output = inputs.k is not None and _options.per_output(c)
     one = lambda X, y, w: health.scaling(X, y, w, loss=o.loss, reduction=o.reduction,  # noqa: E731
@@ -199,8 +175,7 @@ def _statistics_pass(data: Data) -> _stats.Stats:
 
 
 def operand(placed: Placed, plan: str, batched: bool) -> tuple[Any, float, float]:
-    """The plan's operand: the placed data, or (``"stats"``) their sufficient statistics from one
-    compiled pass. Returns ``(operand, compile seconds, run seconds)``."""
+    """``(operand, compile s, run s)``: the placed data, or (``"stats"``) their statistics from one compiled pass."""
     data = placed.data
     if plan != "stats":
         return data, 0.0, 0.0
@@ -212,9 +187,7 @@ def operand(placed: Placed, plan: str, batched: bool) -> tuple[Any, float, float
 
 
 def auto_step(c: _options.Checked, inputs: Inputs, placed: Placed, op, scale: Scaling) -> float:
-    """``learning_rate="auto"``: 1/L in the coordinates the fit steps in, exactly from the
-    statistics when the plan made them, else by power iterations on the placed X (padding rows
-    have weight 0)."""
+    """``learning_rate="auto"``: 1/L in the fit's coordinates, from the statistics or by power iterations on X."""
     o, data = c.options, placed.data
     kwargs = dict(loss=o.loss, reduction=o.reduction, l2=c.l2, fit_intercept=o.fit_intercept,
                   scaling=scale if o.standardize else None)
@@ -226,8 +199,7 @@ def auto_step(c: _options.Checked, inputs: Inputs, placed: Placed, op, scale: Sc
 
 
 def _levels(op, inputs: Inputs, hyper: Hyper, per_output: bool, lr) -> tuple[Any, tuple[Level, ...]]:
-    """The operand laid out for its vmap levels (a batch of problems; then output columns, whose
-    y moves to (.., k, m)), and the levels."""
+    """The operand laid out for its vmap levels (problems; then output columns, y (.., k, m)), and the levels."""
     levels = []
     stats = isinstance(op, _stats.Stats)
     if inputs.batched:
@@ -243,9 +215,7 @@ def _levels(op, inputs: Inputs, hyper: Hyper, per_output: bool, lr) -> tuple[Any
 
 def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, scale: Scaling,
           operands: dict | None = None, members: int = 1) -> Problem:
-    """The :class:`Problem` of one fit on placed data: operand, params, hyperparameters, levels.
-    ``operands`` caches ``plan -> (operand, compile s, run s)`` over a sweep's groups (one statistics
-    pass); ``members`` vmapped over X (a sweep group's) size the chunks with the problems' own."""
+    """One fit's :class:`Problem`; ``operands`` caches ``operand()`` by plan, ``members`` (sweep) size the chunks."""
     o = c.options
     operands = {} if operands is None else operands
     if plan not in operands:
@@ -277,7 +247,6 @@ def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, scale:
                    float(lr) if c.auto_step else o.learning_rate, (pre_compile, pre_run), check)
 
 
-# --------------------------------------------------------------------------- fit
 class Prepared(NamedTuple):
     """A fit that passed every check: ``build(*prepared)`` makes its :class:`Problem`."""
 
@@ -289,10 +258,10 @@ class Prepared(NamedTuple):
 
 
 def prepare(X, y, *, sample_weight=None, **options) -> Prepared:
-    """Every check of :func:`fit` (options, data, the plan for this data), and the data placed
-    on the device(s); nothing is computed yet. Raises ValueError naming the problem."""
+    """Every check of :func:`fit` (ValueError naming the problem), and the data placed; nothing computed yet."""
     _options.unknown(options, _options.NAMES)
     c = _options.check(options)
+    checkpoint.check_target(c.options.checkpoint, c.options.resume, c.options.overwrite)
     inputs = check_data(X, y, sample_weight, c)
     plan = _options.for_data(c, m=inputs.m, n=inputs.n, k=inputs.k, sharded=will_shard(inputs, c.options))
     scale = scaling(c, inputs)
@@ -304,7 +273,7 @@ def will_shard(inputs: Inputs, o: _options.FitOptions) -> bool:
     return sharding.is_sharded(inputs.X) or len(sharding.resolve_devices(o.devices, inputs.m)) > 1
 
 
-_NOT_STORED = ("callback", "progress", "checkpoint", "checkpoint_every", "resume")
+_NOT_STORED = ("callback", "progress", "checkpoint", "checkpoint_every", "resume", "overwrite")
 
 
 def fit(X, y, *, sample_weight=None, **options) -> FitResult:
@@ -316,17 +285,15 @@ def fit(X, y, *, sample_weight=None, **options) -> FitResult:
       sample_weight: (m,) non-negative row weights ("mean" divides by their sum).
 {options}
     Returns:
-      A :class:`FitResult`. Hyperparameters are arrays inside the program: a second fit on the
-      same shapes with new values compiles nothing (``stats["compile_seconds"] == 0``). With
-      ``checkpoint``, ``stats`` also holds ``checkpoint`` (the path), ``resumed_from_step`` (0 for
-      a fresh start), ``checkpoints`` (files written) and ``checkpoint_seconds``.
+      A :class:`FitResult`. A second fit on the same shapes with new hyperparameters compiles nothing. With
+      ``checkpoint``, ``stats`` also holds ``checkpoint`` (the path), ``resumed_from_step`` (0 for a fresh
+      start), ``checkpoints`` (files written) and ``checkpoint_seconds``.
 
     Raises:
       ValueError: for bad input, before any compute (docs/faults.md lists every case).
 
     Warns (docs/faults.md):
-      gradfit.health.IllConditionedWarning: the condition number (estimated from a sample of
-        rows) is too large for the dtype; says the remedy.
+      gradfit.health.IllConditionedWarning: the condition number is too large for the dtype; says the remedy.
       gradfit.health.SeparableWarning: bce, ``l2=0``, classes the fit separates: not converged.
       RuntimeWarning: the fit diverged; names the step and suggests a learning rate.
     """
@@ -343,9 +310,10 @@ def fit(X, y, *, sample_weight=None, **options) -> FitResult:
         problem.params, problem.operand, problem.hyper, problem.key, problem.program, problem.levels)
     members = (inputs.X.shape[0] if inputs.batched else 1) * (inputs.k if problem.per_output else 1)
     run, info = _runner.run(stepper, stepper.init(problem.params, problem.key), problem.hyper,
-                            chunk_steps=problem.program.chunk_size, max_steps=o.steps, members=members, callback=o.callback, progress=o.progress,
-                            checkpoint=o.checkpoint, every=o.checkpoint_every, resume=o.resume,
-                            fingerprint=fingerprint, meta=meta)
+                            chunk_steps=problem.program.chunk_size, max_steps=o.steps, members=members,
+                            callback=o.callback, progress=o.progress, checkpoint=o.checkpoint,
+                            every=o.checkpoint_every, resume=o.resume, overwrite=o.overwrite, fingerprint=fingerprint,
+                            meta=meta)
     return finish(problem, run, c, inputs, condition, info)
 
 
@@ -358,7 +326,7 @@ def finish(problem: Problem, run: RunResult, c: _options.Checked, inputs: Inputs
     o, state, per_output = c.options, run.state, problem.per_output
     params = Params(jnp.moveaxis(state.params.W, -2, -1), state.params.b) if per_output else state.params
     final_loss = jnp.sum(run.final_loss, axis=-1) if per_output else run.final_loss  # the joint objective
-    converged = np.asarray(state.converged)
+    converged, data = np.asarray(state.converged), problem.placed.data
     pre_compile, pre_run = problem.precompute
     stats = {
         "compile_seconds": run.compile_seconds + pre_compile, "run_seconds": run.run_seconds + pre_run,
@@ -375,7 +343,6 @@ def finish(problem: Problem, run: RunResult, c: _options.Checked, inputs: Inputs
     if o.loss == "bce" and np.any(c.l2):
         stats["separable"] = False  # with a penalty the minimiser exists
     elif o.loss == "bce":  # no minimiser on classes the fit separates: never converged (health.separated)
-        data = problem.placed.data
         sep = health.separated(params, data.X, data.y, batched=inputs.batched, sample_weight=data.sample_weight)
         sep = sep if per_output or sep.ndim == converged.ndim else sep.any(axis=-1)
         if sep.any():
@@ -383,23 +350,19 @@ def finish(problem: Problem, run: RunResult, c: _options.Checked, inputs: Inputs
             warnings.warn(health.separable_message(float(jnp.linalg.norm(params.W))), health.SeparableWarning,
                           stacklevel=3)
         stats["separable"] = sep.tolist()
-    data = problem.placed.data
-    safe = None  # 1/L, the safe step of gradient descent, costs a few dozen passes: only when diverged
-    if c.optimizer.name == "sgd":
-        safe = lambda: health.safe_learning_rate(  # noqa: E731
-            data.X, loss=o.loss, reduction=o.reduction, l2=c.l2, sample_weight=data.sample_weight,
-            fit_intercept=o.fit_intercept, batched=o.batched, scaling=problem.hyper.scaling if o.standardize else None)
-    outcome = report(run, converged, problem.learning_rate, safe, stats, scalar=not problem.levels, stacklevel=5)
-    steps, converged, diverged, status = outcome
+    # 1/L, the safe step of gradient descent, costs a few dozen passes: only when diverged
+    safe = None if c.optimizer.name != "sgd" else lambda: health.safe_learning_rate(
+        data.X, loss=o.loss, reduction=o.reduction, l2=c.l2, sample_weight=data.sample_weight,
+        fit_intercept=o.fit_intercept, batched=o.batched, scaling=problem.hyper.scaling if o.standardize else None)
+    steps, converged, diverged, status = report(run, converged, problem.learning_rate, safe, stats,
+                                                scalar=not problem.levels, stacklevel=5)
     return FitResult(params, final_loss, run.history, steps, converged, diverged, stats, status)
 
 
 def report(run: RunResult, converged, learning_rate, safe_step, stats: dict, *, scalar: bool, stacklevel: int):
-    """The outcome of a run, the same for every front door: ``(steps, converged, diverged, status)``
-    (scalars for one problem), ``grad_norm`` in ``stats``, and for a diverged fit
-    ``diverged_at_step``, ``suggested_learning_rate`` (``safe_step()``, else a tenth of the rate)
-    and the warning. ``converged`` is the state's, less any health check's veto."""
-    state = run.state
+    """``(steps, converged, diverged, status)`` of a run (scalars for one problem); sets ``grad_norm`` in ``stats``,
+    and when diverged ``diverged_at_step``, ``suggested_learning_rate`` (``safe_step()``, else lr / 10), warns."""
+    state = run.state  # converged: the state's, less any health check's veto
     steps, diverged = np.asarray(state.step), np.asarray(state.diverged)
     stalled = np.asarray(state.stalled) & ~converged
     status = np.where(diverged, "diverged", np.where(converged, "converged", np.where(stalled, "stalled", "max_steps")))
@@ -417,29 +380,25 @@ def report(run: RunResult, converged, learning_rate, safe_step, stats: dict, *, 
 
 
 def warn_divergence(steps, diverged, learning_rate, suggestion=None, stacklevel: int = 3) -> None:
-    """Warn that a fit diverged, naming the step (the first bad objective evaluation, counted
-    from 0) and a step size to try (``suggestion``: 1/L for sgd, else a tenth of the rate)."""
+    """Warn that a fit diverged, naming the step (first bad objective evaluation) and ``suggestion``."""
     at = int(np.max(np.where(diverged, steps, 0))) - 1
+    hint = ": returning the last params before it"
     if at == 0:
         hint = (": the objective is not finite at the initial params, so the data overflow the dtype; rescale X "
                 "and y (standardise) or fit in float64")
-    else:
-        hint = ": returning the last params before it"
-        if suggestion is not None:
-            was = "" if learning_rate is None else f" (was {float(np.min(learning_rate)):g})"
-            hint += f"; try learning_rate={suggestion:.3g}{was}, or standardise X"
-        elif learning_rate is not None:
-            hint += "; try a smaller learning_rate, or standardise X"
-    grew = f"the loss became non-finite or grew {DIVERGENCE_FACTOR:g}-fold"
+    elif suggestion is not None:
+        was = "" if learning_rate is None else f" (was {float(np.min(learning_rate)):g})"
+        hint += f"; try learning_rate={suggestion:.3g}{was}, or standardise X"
+    elif learning_rate is not None:
+        hint += "; try a smaller learning_rate, or standardise X"
+    grew = f"the loss became non-finite or grew {_engine.DIVERGENCE_FACTOR:g}-fold"
     warnings.warn(f"the fit diverged at step {at} ({grew}){hint}", RuntimeWarning, stacklevel=stacklevel)
 
 
 def resume(path: str | Path, X, y, *, sample_weight=None, **overrides) -> FitResult:
-    """Continue the fit that wrote the checkpoint at ``path``, on the same data: its arguments are
-    read from the checkpoint; pass again any it could not store (a custom optax transformation,
-    ``init`` as Params, a callback) and any to change (e.g. a larger ``steps``; a finished checkpoint
-    returns its result without more steps otherwise). ValueError: a missing or unreadable checkpoint,
-    one not written by :func:`gradfit.fit`, a missing argument, or different data or settings."""
+    """Continue the fit that wrote the checkpoint at ``path`` on the same data with its arguments; pass again any
+    it could not store (an optax transformation, Params ``init``, a callback) and any to change (e.g. more
+    ``steps``). ValueError: an unreadable or non-fit checkpoint, a missing argument, other data or settings."""
     header = checkpoint.read_header(path)
     if "fit" not in header:
         raise ValueError(f"checkpoint {path} was not written by gradfit.fit (it has no fit arguments): resume it "
@@ -450,5 +409,5 @@ def resume(path: str | Path, X, y, *, sample_weight=None, **overrides) -> FitRes
                          f"pass them again, e.g. gradfit.resume(path, X, y, {missing[0]}=...)")
     every = header.get("every")
     kwargs = {**header["fit"], "checkpoint_every": checkpoint.Every(*every) if every else None, **overrides}
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("checkpoint", "resume")}  # given below
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("checkpoint", "resume", "overwrite")}
     return fit(X, y, sample_weight=sample_weight, checkpoint=path, resume=True, **kwargs)

@@ -1,17 +1,12 @@
-"""Data bigger than memory: :func:`fit_streaming`, X and y streamed from ``.npy`` files in row chunks
-(:mod:`gradfit._reader`) and fitted by the engine under the one driver (stopping rules, progress bar,
-checkpoints and ``resume`` as in :func:`gradfit.fit`). The plan decides how the data are read:
+"""Data bigger than memory: :func:`fit_streaming`, X and y streamed from ``.npy`` files in row chunks. The plan:
 
-- **Sufficient statistics** (``grad="stats"``; ``"auto"`` for full-batch mse): one pass gathers the centred
-  Gram matrix about the first chunk's means, a second the residual at the least-squares solution
-  (:class:`gradfit._stats.Stats`); then a step costs O(n^2 k), whatever m.
-- **Full-batch passes** (bce, or mse with ``grad="hand"``, ``"autodiff"`` or ``"onepass"``): a step is one
-  pass summing the ``reduction="sum"`` loss and gradient over the chunks (:class:`gradfit._plan.Sums`),
-  which the engine's step scales (the ``"summed"`` plan).
-- **Minibatch epochs** (``batch_size``, which divides ``chunk_rows``): a step is one pass of the engine's
-  minibatch updates over each chunk's batches. ``shuffle="blocks"`` visits the chunks, and the batches in
-  each, in a fresh order every epoch (numpy ``default_rng((seed, epoch))``, ``((seed, epoch, chunk))``);
-  ``"rows"`` also permutes each chunk's rows; ``"none"``: file order.
+- ``grad="stats"`` (``"auto"`` for full-batch mse): one pass gathers the centred Gram matrix about the first
+  chunk's means, a second the residual (:class:`gradfit._stats.Stats`); then a step costs O(n^2 k), whatever m.
+- full-batch (bce, or ``grad="hand"``, ``"autodiff"``, ``"onepass"``): a step is one pass summing the
+  ``reduction="sum"`` loss and gradient over the chunks (the ``"summed"`` plan).
+- ``batch_size``: a step is an epoch of minibatch updates. ``shuffle="blocks"`` orders the chunks by
+  ``default_rng((seed, epoch))`` and each chunk's batches by ``((seed, epoch, chunk))``; ``"rows"`` also permutes
+  each chunk's rows; ``"none"``: file order.
 """
 
 from __future__ import annotations
@@ -30,7 +25,6 @@ from gradfit._reader import (  # noqa: F401 (public here)
 from gradfit._types import Data, Hyper, Params, Program, SolverState
 
 
-# --------------------------------------------------------------------------- sufficient statistics
 def _gram_chunk(carry, X, y, weight, shift):  # y as (rows, k) for the statistics
     return _stats.kahan_add(carry, _stats.gram_block(X, y.reshape(len(y), -1), weight, *shift)), chunk_ok(X, y, "mse")
 
@@ -44,20 +38,16 @@ def _first_chunk(data: StreamedData) -> tuple:  # X, y, weights: the arguments a
     return X, y, jnp.ones(data.chunk_rows, data.dtype)
 
 
-def _default_shift(data: StreamedData) -> tuple[np.ndarray, np.ndarray]:
-    """The first chunk's column means of X and y (non-finite values count as 0; the pass names the bad rows):
-    the Gram's shift (any shift is exact; a near-mean one keeps float32 accurate far from zero)."""
-    X, y, valid = data.read(0)
-    with np.errstate(all="ignore"):
-        x_mean, y_mean = (np.mean(a[:valid].reshape(valid, -1), axis=0, dtype=np.float64) for a in (X, y))
-    return tuple(np.where(np.isfinite(mean), mean, 0).astype(data.dtype) for mean in (x_mean, y_mean))
-
-
 def _statistics(data: StreamedData, prefetch: int, shift=None) -> tuple[_stats.Stats, float]:
-    """:func:`sufficient_statistics` of opened data (the Gram pass, then the residual pass), and the compile time."""
+    """:func:`sufficient_statistics` of opened data, and the compile time. The default shift is the first chunk's
+    column means (non-finite ones as 0): any shift is exact; a near-mean one keeps float32 accurate."""
     n, k, dt = data.X.shape[1], int(np.prod(data.y.shape[1:])), data.dtype
-    x_shift, y_shift = _default_shift(data) if shift is None else shift
-    x_shift, y_shift = jnp.asarray(x_shift, dt), jnp.asarray(y_shift, dt).reshape(k)
+    if shift is None:
+        X, y, valid = data.read(0)
+        with np.errstate(all="ignore"):
+            shift = [np.mean(a[:valid].reshape(valid, -1), axis=0, dtype=np.float64) for a in (X, y)]
+        shift = [np.where(np.isfinite(mean), mean, 0) for mean in shift]
+    x_shift, y_shift = jnp.asarray(shift[0], dt), jnp.asarray(shift[1], dt).reshape(k)
     if x_shift.shape != (n,):
         raise ValueError(f"shift must be (x_shift ({n},), y_shift ({k},)), got {x_shift.shape} and {y_shift.shape}")
     compile_seconds = []
@@ -66,7 +56,6 @@ def _statistics(data: StreamedData, prefetch: int, shift=None) -> tuple[_stats.S
         exe, seconds = _engine.compiled(fn, (), program, (), args)
         compile_seconds.append(seconds)
         return exe
-
     zero = jnp.zeros((n + 1 + k,) * 2, dt)
     first = _first_chunk(data)
     gram_step = compiled(_gram_chunk, (zero, zero), *first, (x_shift, y_shift))
@@ -81,9 +70,8 @@ def _statistics(data: StreamedData, prefetch: int, shift=None) -> tuple[_stats.S
 
 def sufficient_statistics(X, y, *, rows: tuple[int, int] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                           prefetch: int = DEFAULT_PREFETCH, dtype=None, shift=None) -> _stats.Stats:
-    """The :class:`gradfit._stats.Stats` of X and y (.npy paths or arrays) in two streamed passes; ``rows=(start,
-    stop)`` reads only those rows (:func:`row_range`); ``shift=(x_shift (n,), y_shift (k,))``: the point the Gram
-    is taken about (default: the first chunk's means). ValueError: unreadable files, bad shapes, NaN/inf."""
+    """The :class:`gradfit._stats.Stats` of X and y (.npy paths or arrays) in two streamed passes, of ``rows``
+    only if given; ``shift=(x_shift (n,), y_shift (k,))``: the point the Gram is taken about."""
     data = StreamedData.open(X, y, rows=rows, chunk_bytes=chunk_bytes, dtype=dtype)
     return _statistics(data, _validation.positive_int(prefetch, "prefetch"), shift)[0]
 
@@ -91,7 +79,6 @@ def sufficient_statistics(X, y, *, rows: tuple[int, int] | None = None, chunk_by
 least_squares = _stats.least_squares  # the exact penalised least-squares answer from the statistics
 
 
-# --------------------------------------------------------------------------- streamed steppers
 def _pass_chunk(total: _plan.Sums, params: Params, X, y, weight, program: Program):
     """Add one chunk's ``reduction="sum"`` loss and gradient (by the plan) to ``total``."""
     value, g = _plan.PLANS[program.plan].value_and_grad(params, Data(X, y, weight), program._replace(reduction="sum"))
@@ -104,7 +91,6 @@ def _epoch_chunk(carry, X, y, weight, order, hyper: Hyper, program: Program):
     def one(c, j):
         rows = lambda a: jax.lax.dynamic_slice_in_dim(a, j * program.batch_size, program.batch_size)  # noqa: E731
         return _engine.minibatch_step(c, Data(rows(X), rows(y), rows(weight)), hyper, program), None
-
     carry, _ = jax.lax.scan(one, carry, order)
     return carry, chunk_ok(X, y, program.loss)
 
@@ -129,7 +115,6 @@ class PassStepper:
             if interrupt_requested():
                 raise StopChunk
             return step(*args)
-
         start = time.perf_counter()
         check = None if self.passes else self.program.loss  # the data do not change between passes: check once
         carry = each_chunk(self.data, carry, interruptible, prefetch=self.prefetch, check=check, **kwargs)
@@ -192,7 +177,6 @@ class _StatisticsStepper(CompiledStepper):
         return self.stepper.check(state)
 
 
-# --------------------------------------------------------------------------- fit_streaming
 _NOT_STREAMED = ("batched", "devices", "n_rows")
 
 
@@ -209,20 +193,18 @@ def fit_streaming(X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, prefetch: int
       dtype: compute dtype (default: the file's float dtype, float32 without x64).
 {options}
     Returns:
-      A :class:`~gradfit.FitResult`; ``stats`` adds ``passes`` (over the files), ``bytes_per_pass``,
-      ``chunk_rows``, ``n_chunks``, ``rows``, ``stream_seconds``, and with the statistics plan
-      ``sufficient_statistics`` (the :class:`~gradfit._stats.Stats`, e.g. for :func:`least_squares`).
+      A :class:`~gradfit.FitResult`; ``stats`` adds ``passes``, ``bytes_per_pass``, ``chunk_rows``, ``n_chunks``,
+      ``rows``, ``stream_seconds``, and with grad "stats" ``sufficient_statistics`` (for :func:`least_squares`).
 
     Raises:
-      ValueError: bad options or files (before any read); NaN or inf in X or y, or bce targets outside
-        [0, 1], naming the rows, in the first pass (before any update).
+      ValueError: bad options or files; NaN or inf in X or y, or bce targets outside [0, 1] (before any update).
     """
     _options.unknown(options, [n for n in _options.NAMES if n not in _NOT_STREAMED] + list(_NOT_STREAMED))
-    given = sorted(set(options) & set(_NOT_STREAMED))
-    if given:
+    if given := sorted(set(options) & set(_NOT_STREAMED)):
         raise ValueError(f"fit_streaming does not take {given[0]}=: a streamed fit runs one problem in one process "
                          "on one device")
     c = _options.check(options)
+    checkpoint.check_target(c.options.checkpoint, c.options.resume, c.options.overwrite)
     if c.l2.ndim or (c.learning_rate is not None and c.learning_rate.ndim):
         raise ValueError("fit_streaming takes a scalar learning_rate and l2: fit per-output values in memory with "
                          "gradfit.fit")
@@ -261,33 +243,30 @@ def fit_streaming(X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, prefetch: int
                       o.chunk_size or (_plan.MAX_CHUNK if plan == "stats" else 1), None, o.shuffle,
                       standardize=o.standardize)
     stepper = PassStepper(data, hyper, program._replace(plan=_plan.DIRECT if plan == "stats" else plan),
-                          prefetch=prefetch, seed=o.seed)
+                          prefetch=prefetch, seed=o.seed % 2**64)  # numpy seeds are >= 0
     if plan == "stats":
         stepper = _StatisticsStepper(operand, hyper, program, stepper)
     fingerprint = None if o.checkpoint is None else checkpoint.fingerprint(params, operand, hyper, key, program)
     if fingerprint is not None:  # the chunks' rows decide sums and batches: a resume needs the same
         fingerprint["chunk_size"] += f", chunk_rows={data.chunk_rows}"
     passes = stepper.stepper if plan == "stats" else stepper
-    run, info = _runner.run(stepper, stepper.init(params, key), hyper, chunk_steps=program.chunk_size, max_steps=o.steps,
-                            callback=o.callback, progress=o.progress, desc="fit (streamed)", checkpoint=o.checkpoint,
-                            every=o.checkpoint_every, resume=o.resume, fingerprint=fingerprint,
-                            meta={"fit_streaming": True})
+    run, info = _runner.run(stepper, stepper.init(params, key), hyper, chunk_steps=program.chunk_size,
+                            max_steps=o.steps, callback=o.callback, progress=o.progress, desc="fit (streamed)",
+                            checkpoint=o.checkpoint, every=o.checkpoint_every, resume=o.resume, overwrite=o.overwrite,
+                            fingerprint=fingerprint, meta={"fit_streaming": True})
     stats = {
         "compile_seconds": run.compile_seconds + pre[0], "run_seconds": run.run_seconds + pre[1],
         "stream_seconds": passes.stream_seconds + pre[1], "passes": passes.passes + pre[2], "plan": plan,
-        "chunks": run.chunks,
-        "backend": jax.default_backend(), "dtype": str(data.dtype), "devices": 1, "loss": o.loss,
-        "reduction": o.reduction, "optimizer": c.optimizer.name or type(o.optimizer).__name__, "grad": o.grad,
-        "shuffle": o.shuffle if o.batch_size is not None else None, "vmapped": [],
+        "chunks": run.chunks, "backend": jax.default_backend(), "dtype": str(data.dtype), "devices": 1,
+        "loss": o.loss, "reduction": o.reduction, "optimizer": c.optimizer.name or type(o.optimizer).__name__,
+        "grad": o.grad, "shuffle": o.shuffle if o.batch_size is not None else None, "vmapped": [],
         "bytes_per_pass": data.bytes_per_pass, "chunk_rows": data.chunk_rows, "n_chunks": data.n_chunks,
         "rows": (data.start, data.stop), **extra, **info,
     }
-    safe = None  # 1/L exactly, with the statistics
-    if plan == "stats" and c.optimizer.name == "sgd":
-        safe = lambda: 1.0 / lipschitz()  # noqa: E731
-    learning_rate = extra.get("learning_rate", o.learning_rate)
-    steps, converged, diverged, status = solver.report(run, np.asarray(run.state.converged), learning_rate, safe,
-                                                       stats, scalar=True, stacklevel=4)
+    safe = (lambda: 1.0 / lipschitz()) if plan == "stats" and c.optimizer.name == "sgd" else None  # 1/L exactly
+    steps, converged, diverged, status = solver.report(run, np.asarray(run.state.converged),
+                                                       extra.get("learning_rate", o.learning_rate), safe, stats,
+                                                       scalar=True, stacklevel=4)
     return solver.FitResult(run.state.params, run.final_loss, run.history, steps, converged, diverged, stats, status)
 
 

@@ -1,17 +1,8 @@
-"""Hyperparameter sweeps: :func:`gradfit.fit`'s engine and driver, ``vmap``-ed over the members
-of a grid's cartesian product, e.g. ``{"learning_rate": [...], "l2": [...]}``.
+"""Hyperparameter sweeps: :func:`gradfit.fit`'s engine ``vmap``-ed over a grid's cartesian product.
 
-- **traced keys** (``learning_rate``, ``l2``, ``tol``, ``steps``, ``seed`` and the optimizer's float
-  options such as ``momentum``, ``b1``, ``eps``) are array inputs with a leading member axis K:
-  K members share one compiled program, and a sweep of the same size over new values compiles
-  nothing. ``seed`` gives every member its own PRNG key, as ``fit(seed=...)``.
-- **program keys** (``optimizer``, ``loss``, ``reduction``, ``grad``, ``batch_size``, ``fit_intercept``,
-  ``init`` and non-float optimizer options such as ``nesterov``) split the grid into groups, one
-  compiled program each.
-
-Each member stops by the loop's own masking; between chunks only the still-active ones run
-(:class:`gradfit._driver.Compacting`), and a grid over the memory budget runs in member chunks.
-"""
+Traced keys (:data:`TRACED_KEYS`, the optimizer's float options such as ``momentum``) are array inputs with a leading
+member axis K; program keys (:data:`PROGRAM_KEYS`, other optimizer options such as ``nesterov``) split the grid into
+groups, one compiled program each."""
 
 from __future__ import annotations
 
@@ -35,10 +26,8 @@ TRACED_KEYS = ("learning_rate", "l2", "tol", "ftol", "steps", "seed")  # array i
 PROGRAM_KEYS = ("optimizer", "loss", "reduction", "grad", "batch_size", "fit_intercept", "init",
                 "standardize")  # one program per value
 _NOT_SWEPT = ("sample_weight", "optimizer_options", "batched", "chunk_size", "callback", "devices", "n_rows",
-              "progress", "checkpoint", "checkpoint_every", "resume", "shuffle")
+              "progress", "checkpoint", "checkpoint_every", "resume", "overwrite", "shuffle")
 _HYPER_FIELD = {"learning_rate": "learning_rate", "l2": "l2", "tol": "tol", "ftol": "ftol", "steps": "max_steps"}
-
-DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes for one member chunk when the device does not say
 
 
 def default_memory_budget() -> int:
@@ -49,25 +38,20 @@ def default_memory_budget() -> int:
         stats = {}
     if "bytes_limit" in stats:
         return max(1 << 20, (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 2)
-    return DEFAULT_MEMORY_BUDGET
+    return 2 << 30
 
 
 class SweepResult(NamedTuple):
-    """What :func:`sweep` returns: one entry per member, in the grid's product order.
+    """What :func:`sweep` returns: one entry per member, in the grid's product order (last key fastest).
 
-    configs: per member, the grid keys and its values (the last key varies fastest).
-    params: :class:`~gradfit.Params` on a leading member axis: W (K, n) or (K, n, k), b (K,) or (K, k).
-    losses: (K, T) objective histories (each member's ``FitResult.losses``), T the most steps
-      any member ran, NaN past a member's own ``steps``; (K, k, T) with per-output hyperparameters.
-    final_loss: (K,) the objective at each member's params (summed over outputs).
-    steps, converged, diverged: (K,) status per member ((K, k) when per-output); status: the same as
-      ``FitResult.status`` ("converged", "diverged", "stalled" or "max_steps"), and ``grad_norm`` in
-      ``stats`` the optimality ``G`` at each member's params.
-    seconds: (K,) run time from the start of the member's group until the chunk boundary at
-      which the member was seen finished (members of a group run together).
+    configs: each member's grid keys and values. params: W (K, n) or (K, n, k), b (K,) or (K, k).
+    losses: (K, T) histories, T the most steps any member ran, NaN past a member's own; (K, k, T)
+      per-output. final_loss: (K,) summed over outputs. steps, converged, diverged, status: (K,)
+      ((K, k) per-output), as in ``FitResult``. seconds: (K,) from the group's start to the chunk
+      boundary the member was seen finished.
     stats: ``compile_seconds``, ``run_seconds``, ``groups``, ``programs``, ``member_chunks``,
-      ``lane_steps`` (member-steps paid for, padding and finished lanes included),
-      ``batch_sizes`` (the batch of members run in each chunk), ``backend``, ``dtype``.
+      ``lane_steps`` (member-steps paid for, padding included), ``batch_sizes`` (members per
+      chunk), ``grad_norm`` (``G`` per member), ``backend``, ``dtype``.
     """
 
     configs: list[dict[str, Any]]
@@ -93,9 +77,8 @@ class SweepResult(NamedTuple):
         return None if self.best_index is None else dict(self.configs[self.best_index])
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per member: its config, ``final_loss``, ``steps``, ``converged``, ``diverged``,
-        ``status``, ``seconds`` (per-output status summarised: most steps, all converged, any diverged,
-        the first status that is not "converged")."""
+        """One dict per member: config, ``final_loss``, ``steps``, ``converged``, ``diverged``, ``status``,
+        ``seconds`` (per-output: most steps, all converged, any diverged, first non-"converged" status)."""
         steps, converged = _per_member(self.steps, np.max), _per_member(self.converged, np.all)
         diverged = _per_member(self.diverged, np.any)
         status = self.status if self.status is not None else np.where(converged, "converged", "max_steps")
@@ -130,10 +113,9 @@ def format_table(rows: list[dict[str, Any]], top: int | None = None) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [keys, *cells])
 
 
-# --------------------------------------------------------------------------- the grid
 def _check_grid(grid, fit_options: dict) -> tuple[dict[str, list], list[str]]:
-    """Check the grid's keys and values; return ``{key: list of values}`` and the traced keys
-    (an optimizer option is traced when it is a float in every optimizer that has it)."""
+    """``{key: list of values}`` and the traced keys (an optimizer option is traced when it is a
+    float in every optimizer that has it), raising ValueError for a bad key or value."""
     if not isinstance(grid, dict) or not grid:
         raise ValueError(f"grid must be a non-empty dict of key -> list of values, e.g. "
                          f"{{'learning_rate': [0.01, 0.1]}}, got {grid!r}")
@@ -165,12 +147,11 @@ def _check_grid(grid, fit_options: dict) -> tuple[dict[str, list], list[str]]:
             raise ValueError(f"grid[{key!r}] must be a list of values, e.g. [{values!r}], got {type(values).__name__}")
         if not values:
             raise ValueError(f"grid[{key!r}] is an empty list: give at least one value, or drop the key")
-        values = list(values)
         is_option = key in option_names and key not in TRACED_KEYS and key not in PROGRAM_KEYS
         if key in TRACED_KEYS or (is_option and all("float" in str(s[key].annotation) for s in signatures if key in s)):
             values = [_check_number(key, i, v) for i, v in enumerate(values)]  # options are floats
             traced.append(key)
-        out[key] = values
+        out[key] = list(values)
     return out, traced
 
 
@@ -193,16 +174,14 @@ def _check_number(key: str, i: int, v):
 
 
 class Group(NamedTuple):
-    """Members that share one compiled program: their indices in the product order."""
+    """Members sharing one compiled program (``fixed``: its program keys' values), by product index."""
 
-    fixed: dict[str, Any]  # the program keys' values of this group
+    fixed: dict[str, Any]
     members: list[int]
 
 
 def expand(grid: dict, **fit_options) -> tuple[list[dict[str, Any]], list[Group]]:
-    """Check a grid (ValueError: unknown keys, with a suggestion; empty lists; non-numeric or
-    non-scalar values of traced keys; keys also fixed options); its members' configs
-    (product order) and their groups."""
+    """A checked grid's (:func:`_check_grid`) member configs (product order) and their groups."""
     grid, traced = _check_grid(grid, fit_options)
     configs: list[dict[str, Any]] = []
     groups: dict[tuple, Group] = {}  # by the positions of the program keys' values
@@ -214,14 +193,13 @@ def expand(grid: dict, **fit_options) -> tuple[list[dict[str, Any]], list[Group]
 
 
 def split_grid(grid: dict, **fit_options) -> list[dict[str, list]]:
-    """The grid as one sub-grid per group (program keys pinned to one value each): run one by one
-    (e.g. to resume an interrupted sweep group by group), they give the whole grid's members."""
+    """The grid as one sub-grid per group (program keys pinned): run one by one (e.g. to resume
+    group by group), they give the whole grid's members."""
     checked, _ = _check_grid(grid, fit_options)
     groups = expand(grid, **fit_options)[1]
     return [{k: ([g.fixed[k]] if k in g.fixed else v) for k, v in checked.items()} for g in groups]
 
 
-# --------------------------------------------------------------------------- one group
 def member_options(config: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """fit's options for one member: grid keys over the fixed ones, optimizer options into ``optimizer_options``."""
     kwargs = dict(options)
@@ -233,9 +211,8 @@ def member_options(config: dict[str, Any], options: dict[str, Any]) -> dict[str,
 
 def _stack(problem: solver.Problem, checked: list[_options.Checked], swept: list[str], inputs: solver.Inputs,
            pad: int = 0) -> tuple:
-    """``(params, hyper, key, level)`` of K members (the last ``pad`` padding, with step budget 0):
-    the swept hyperparameters on a leading member axis (the rest shared), params and PRNG keys
-    (per member when ``seed`` is swept), and the members' vmap level (the data are shared)."""
+    """``(params, hyper, key, level)`` of K members (the last ``pad`` padding, budget 0): swept
+    hyperparameters (and params, keys when ``seed`` is swept) on a leading member axis."""
     K = len(checked)
     hyper, axes = problem.hyper, solver.hyper_axes(problem.hyper, None)
 
@@ -267,10 +244,9 @@ def _stack(problem: solver.Problem, checked: list[_options.Checked], swept: list
 
 
 def _member_bytes(problem: solver.Problem) -> int:
-    """One member's working memory in a chunk, roughly: ``itemsize * (4 rows k + 12 n k +
-    chunk_size k [+ m + batch_size n])`` bytes: predictions, residuals and temporaries over the
-    rows a step reads (m, or ``batch_size``); params, previous params, gradient and optimizer
-    state; the chunk's history; with minibatches, the permutation and the batch (X is shared)."""
+    """One member's working memory in a chunk, roughly ``itemsize * (4 rows k + 12 n k + chunk_size k
+    [+ m + batch_size n])`` bytes: temporaries over the rows a step reads, params and optimizer
+    state, the history, with minibatches the permutation and the batch (X is shared)."""
     m, n = problem.placed.data.X.shape[-2:]
     k = int(np.prod(problem.params.b.shape)) or 1
     program = problem.program
@@ -312,13 +288,12 @@ def _run_group(group: Group, checked: list[_options.Checked], problem: solver.Pr
         yield list(global_ids), run, info
 
 
-# --------------------------------------------------------------------------- the sweep
-_FIT_ONLY = ("callback", "batched", "progress", "checkpoint", "checkpoint_every", "resume", "n_rows")
+_FIT_ONLY = ("callback", "batched", "progress", "checkpoint", "checkpoint_every", "resume", "overwrite", "n_rows")
 
 
 def _plan_groups(configs, groups: list[Group], options, X, y, sample_weight):
-    """Check every member of every group, then the data once: all before any compute. Returns
-    ``[(group, its members' checked options, plan, scaling)]``, the checked inputs and the placed data."""
+    """Check every member, then the data, before any compute: ``[(group, its members' checked
+    options, plan, scaling)]``, the checked inputs and the placed data."""
     checked = []
     for group in groups:
         checked.append([])
@@ -338,9 +313,6 @@ def _plan_groups(configs, groups: list[Group], options, X, y, sample_weight):
         c = cs[0]._replace(options=cs[0].options._replace(steps=most))
         try:
             plan = _options.for_data(c, m=inputs.m, n=inputs.n, k=inputs.k, sharded=sharded, members=len(cs))
-        except ValueError as e:
-            raise ValueError(f"grid group {group.fixed or configs[group.members[0]]}: {e}") from None
-        try:
             scale = solver.scaling(cs[0], inputs, cs[1:])
         except ValueError as e:
             raise ValueError(f"grid group {group.fixed or configs[group.members[0]]}: {e}") from None
@@ -354,31 +326,26 @@ def sweep(X, y, *, grid: dict[str, Any], compact: bool = True, memory_budget: in
     """Fit every member of ``grid``'s cartesian product, K members per compiled program.
 
     Args:
-      X: (m, n) features; y: (m,) or (m, k) targets, as for :func:`gradfit.fit`.
-      grid: ``{key: [values]}``: traced keys (scalar values, one program for any values) and
-        program keys (one program per value), as :mod:`gradfit.sweeps` lists them.
+      X: (m, n) features; y: (m,) or (m, k) targets; sample_weight: (m,), as for :func:`gradfit.fit`.
+      grid: ``{key: [values]}`` of traced and program keys (:mod:`gradfit.sweeps`).
       compact: between chunks, run only the still-active members (power-of-two batches);
-        False keeps all K members in every chunk (same results, for comparison).
-      memory_budget: bytes for one member chunk (default: :func:`default_memory_budget`); a grid
-        that needs more (:func:`_member_bytes`) runs in member chunks, one after another.
-      callback: ``callback(members_done, members_total)`` after each member chunk (not
-        :func:`gradfit.fit`'s per-chunk callback).
+        False keeps all K members in every chunk (same results).
+      memory_budget: bytes per member chunk (default :func:`default_memory_budget`); a grid that
+        needs more (:func:`_member_bytes`) runs in member chunks, one after another.
+      callback: ``callback(members_done, members_total)`` after each member chunk.
       progress: one tqdm bar over every member's step budget (:class:`gradfit.progress.MemberBar`).
-      sample_weight: (m,) row weights, shared by every member.
       The other options are :func:`gradfit.fit`'s, fixed for every member:
 {options}
     Returns:
-      A :class:`SweepResult`; member i equals ``gradfit.fit(X, y, **options, **configs[i])``
-      (to the rounding of batched matrix products). A later sweep of the same size and settings
-      compiles nothing, except a compaction batch size (at most log2(K) + 1 per group) that no
-      earlier sweep of that size reached.
+      A :class:`SweepResult`; member i equals ``gradfit.fit(X, y, **options, **configs[i])`` (to
+      rounding). A later sweep of the same size and settings compiles nothing, except a compaction
+      batch size (at most log2(K) + 1 per group) not reached before.
 
-    Raises:
-      ValueError: for a bad grid (see :func:`expand`) or bad fit options, before any compute.
+    Raises ValueError for a bad grid or bad fit options, before any compute.
     """
     if options.pop("batched", False):
         raise ValueError("sweep fits one problem: drop batched=True and call sweep once per problem")
-    fit_only = sorted(set(options) & {"checkpoint", "checkpoint_every", "resume", "n_rows"})
+    fit_only = sorted(set(options) & {"checkpoint", "checkpoint_every", "resume", "overwrite", "n_rows"})
     if fit_only:
         raise ValueError(f"sweep does not take {fit_only[0]}= (a gradfit.fit option): its callback=(members_done, "
                          "members_total) reports progress, and `gradfit sweep` resumes a killed sweep group by group")
@@ -387,6 +354,7 @@ def sweep(X, y, *, grid: dict[str, Any], compact: bool = True, memory_budget: in
                                       or memory_budget <= 0):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     budget = int(memory_budget or default_memory_budget())
+    _options.check_callback(callback, "callback(members_done, members_total), called after each member chunk")
     configs, groups = expand(grid, **options)
     planned, inputs, placed = _plan_groups(configs, groups, options, X, y, sample_weight)
     budgets = {i: c.options.steps for g, cs, _, _ in planned for i, c in zip(g.members, cs)}  # product order
@@ -439,9 +407,7 @@ def _assemble(configs, results, inputs: solver.Inputs, placed, plans, operands, 
     converged, diverged = gather(lambda r: r.state.converged), gather(lambda r: r.state.diverged)
     stalled = gather(lambda r: r.state.stalled)
     status = np.where(diverged, "diverged", np.where(converged, "converged", np.where(stalled, "stalled", "max_steps")))
-    return SweepResult(
-        configs, Params(W, gather(lambda r: r.state.params.b)), gather(lambda r: padded(r.history)),
-        gather(lambda r: _per_member(r.final_loss, np.sum)),  # per-output: the joint objective
-        gather(lambda r: r.state.step).astype(np.int64), converged, diverged,
-        gather(lambda r: _per_member(r.finished_seconds, np.max)), stats, status,
-    )
+    return SweepResult(configs, Params(W, gather(lambda r: r.state.params.b)), gather(lambda r: padded(r.history)),
+                       gather(lambda r: _per_member(r.final_loss, np.sum)),  # per-output: the joint objective
+                       gather(lambda r: r.state.step).astype(np.int64), converged, diverged,
+                       gather(lambda r: _per_member(r.finished_seconds, np.max)), stats, status)
