@@ -166,17 +166,23 @@ def torch_steps(X, y, loss: str, lr: float, steps: int, l2: float = 0.0):
 # --------------------------------------------------------------------------- gradfit
 
 
+def fit_seed(X, y, **kw):
+    """gradfit.fit on the seeds' iterates: raw coordinates (standardize=False), every step run (tol=None),
+    so the numpy loops' iterates are the reference and a workload of N steps runs N steps."""
+    return gradfit.fit(X, y, **{"standardize": False, "tol": None, **kw})
+
+
 def gradfit_step_time(X, y, *, reps: int, steps: int, **kw) -> tuple[float, dict]:
     """Median per-step time of a compiled fit: (run time of 1+steps - run time of 1) / steps.
 
     ``steps`` is a traced input, so both fits share one compiled program; the difference
     cancels the fixed costs (the final objective, transfers).
     """
-    first = gradfit.fit(X, y, steps=1, **kw)
+    first = fit_seed(X, y, steps=1, **kw)
     t1, t2 = [], []
     for _ in range(reps):
-        t1.append(gradfit.fit(X, y, steps=1, **kw).stats["run_seconds"])
-        r = gradfit.fit(X, y, steps=1 + steps, **kw)
+        t1.append(fit_seed(X, y, steps=1, **kw).stats["run_seconds"])
+        r = fit_seed(X, y, steps=1 + steps, **kw)
         t2.append(r.stats["run_seconds"])
     per = (float(np.median(t2)) - float(np.median(t1))) / steps
     if per <= 0:  # tiny problems: the difference is noise; fall back to the whole run per step
@@ -305,7 +311,7 @@ def main(argv=None) -> int:
     mse_rows = []
     # Gradient descent's iterates are the same for every full-batch method: steps to tolerance
     # from the exact-in-float64 iteration count of gradfit's (stats) run.
-    ref = gradfit.fit(Xj, y_mse, grad="stats", learning_rate=lr, steps=args.workload)
+    ref = fit_seed(Xj, y_mse, grad="stats", learning_rate=lr, steps=args.workload)
     hist = np.asarray(ref.losses, np.float64)
     steps_to_tol = int(np.argmax((hist - J_star) / J_star <= args.tol)) if np.any((hist - J_star) / J_star <= args.tol) else None
     results["mse_steps_to_tol"] = steps_to_tol
@@ -334,9 +340,9 @@ def main(argv=None) -> int:
                             bytes_per_step=(1 if plan == "onepass" else 2) * nbytes, floor=floor, rss=rss.peak,
                             note=f"{args.workload} steps: {per * args.workload:.1f} s"))
     with PeakRSS() as rss:
-        r = min((gradfit.fit(Xj, y_mse, grad="stats", learning_rate=lr, steps=args.workload) for _ in range(reps)),
+        r = min((fit_seed(Xj, y_mse, grad="stats", learning_rate=lr, steps=args.workload) for _ in range(reps)),
                 key=lambda r: r.stats["run_seconds"])
-        r_tol = gradfit.fit(Xj, y_mse, grad="stats", learning_rate=lr, steps=max(1, steps_to_tol or 1))
+        r_tol = fit_seed(Xj, y_mse, grad="stats", learning_rate=lr, steps=max(1, steps_to_tol or 1))
     pre = r.stats["precompute_seconds"]
     per = (r.stats["run_seconds"] - pre) / args.workload
     mse_rows.append(row("gradfit grad='stats' (auto picks it)", compile_s=ref.stats["compile_seconds"],
@@ -350,7 +356,7 @@ def main(argv=None) -> int:
     for rr in mse_rows:
         if rr["method"].startswith("gradfit grad=") and "stats" not in rr["method"]:
             plan = rr["method"].split("'")[1]
-            rt = gradfit.fit(Xj, y_mse, grad=plan, learning_rate=lr, steps=max(1, steps_to_tol or 1))
+            rt = fit_seed(Xj, y_mse, grad=plan, learning_rate=lr, steps=max(1, steps_to_tol or 1))
             rr["rel_gap"], rr["rel_dist"] = gap(rt.params.W, rt.params.b), rel_dist(rt.params.W, W_star)
             rr["note"] += "; gap/dist after steps_to_tol"
     Wn, bn, _ = numpy_steps(X, y_mse, "mse", lr, max(1, steps_to_tol or 1))
@@ -378,8 +384,8 @@ def main(argv=None) -> int:
             continue
         kw = dict(batch_size=4096, shuffle=shuffle, learning_rate=0.1, grad="autodiff")
         with PeakRSS() as rss:
-            first = gradfit.fit(Xj, y_mse, steps=1, **kw)
-            r = gradfit.fit(Xj, y_mse, steps=2, **kw)
+            first = fit_seed(Xj, y_mse, steps=1, **kw)
+            r = fit_seed(Xj, y_mse, steps=2, **kw)
         per = r.stats["run_seconds"] / 2
         mse_rows.append(row(f"gradfit minibatch 4096, shuffle='{shuffle}'", compile_s=first.stats["compile_seconds"],
                             step_s=per, bytes_per_step=nbytes, floor=floor, rss=rss.peak,
