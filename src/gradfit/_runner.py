@@ -15,13 +15,13 @@ from gradfit._types import Hyper, SolverState
 def run(stepper, state: SolverState, hyper: Hyper, *, chunk_steps: int, max_steps: int, members: int = 1,
         callback: Observer | None = None, progress: bool = False, desc: str = "fit",
         observers: Sequence[Observer] = (), checkpoint: Path | None = None, every: Every | None = None,
-        resume: bool = False, overwrite: bool = False, fingerprint: dict[str, str] | None = None,
+        resume: bool = False, fingerprint: dict[str, str] | None = None,
         meta: dict[str, Any] | None = None) -> tuple[RunResult, dict[str, Any]]:
     """Drive ``stepper`` from ``state``, or from ``checkpoint`` when ``resume`` and it exists (``fingerprint``
-    checked). Returns the run and the checkpoint's stats (empty without one)."""
+    checked; the front door has run :func:`gradfit.checkpoint.check_target`). Returns the run and the checkpoint's
+    stats (empty without one)."""
     saver, history, start_step = None, None, 0
     if checkpoint is not None:
-        checkpoints.check_target(checkpoint, resume, overwrite)
         if resume and checkpoint.exists():
             state, history, header = checkpoints.load(checkpoint, state, fingerprint)
             start_step = int(header["step"])

@@ -312,8 +312,7 @@ def fit(X, y, *, sample_weight=None, **options) -> FitResult:
     run, info = _runner.run(stepper, stepper.init(problem.params, problem.key), problem.hyper,
                             chunk_steps=problem.program.chunk_size, max_steps=o.steps, members=members,
                             callback=o.callback, progress=o.progress, checkpoint=o.checkpoint,
-                            every=o.checkpoint_every, resume=o.resume, overwrite=o.overwrite, fingerprint=fingerprint,
-                            meta=meta)
+                            every=o.checkpoint_every, resume=o.resume, fingerprint=fingerprint, meta=meta)
     return finish(problem, run, c, inputs, condition, info)
 
 

@@ -252,7 +252,7 @@ def fit_streaming(X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, prefetch: int
     passes = stepper.stepper if plan == "stats" else stepper
     run, info = _runner.run(stepper, stepper.init(params, key), hyper, chunk_steps=program.chunk_size,
                             max_steps=o.steps, callback=o.callback, progress=o.progress, desc="fit (streamed)",
-                            checkpoint=o.checkpoint, every=o.checkpoint_every, resume=o.resume, overwrite=o.overwrite,
+                            checkpoint=o.checkpoint, every=o.checkpoint_every, resume=o.resume,
                             fingerprint=fingerprint, meta={"fit_streaming": True})
     stats = {
         "compile_seconds": run.compile_seconds + pre[0], "run_seconds": run.run_seconds + pre[1],

@@ -345,7 +345,7 @@ def sweep(X, y, *, grid: dict[str, Any], compact: bool = True, memory_budget: in
     """
     if options.pop("batched", False):
         raise ValueError("sweep fits one problem: drop batched=True and call sweep once per problem")
-    fit_only = sorted(set(options) & {"checkpoint", "checkpoint_every", "resume", "overwrite", "n_rows"})
+    fit_only = sorted(set(options) & set(_FIT_ONLY) - {"callback", "batched", "progress"})  # sweep's own
     if fit_only:
         raise ValueError(f"sweep does not take {fit_only[0]}= (a gradfit.fit option): its callback=(members_done, "
                          "members_total) reports progress, and `gradfit sweep` resumes a killed sweep group by group")
