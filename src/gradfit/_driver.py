@@ -80,8 +80,8 @@ class CompiledStepper:
         return exe
 
     def init(self, params, key) -> SolverState:
-        args = (params, self.hyper, key)
-        return self._compiled(_engine.init_state, ("params", "hyper", "key"), args)(*args)
+        args = (params, self.operand, self.hyper, key)
+        return self._compiled(_engine.init_state, ("params", "data", "hyper", "key"), args)(*args)
 
     def chunk(self, state: SolverState, limit: int, hyper: Hyper | None = None):
         args = (state, self.operand, self.hyper if hyper is None else hyper, jnp.asarray(limit, jnp.int32))

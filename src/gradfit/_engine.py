@@ -100,19 +100,63 @@ def _coordinates(program: Program, hyper: Hyper):
     return (lambda p: to_fit(p, s)), (lambda t: to_model(t, s)), (lambda g: in_fit(g, s))
 
 
+def out_of_fit(gs: Params, s: Scaling) -> Params:
+    """The inverse of :func:`in_fit`: ``dJ/dW_j = sigma_j dJ/dW'_j + mu_j dJ/db``, ``dJ/db = dJ/db'``."""
+    outer = s.shift * gs.b if gs.b.ndim == 0 else s.shift[:, None] * gs.b[None, :]
+    return Params(gs.W * _col(s.scale, gs.W) + outer, gs.b)
+
+
+def reuses_line_search(program: Program, opt_state) -> bool:
+    """Whether a step takes J and dJ at ``p_t`` from the optimizer state, where a line search left them
+    (optax's ``value``, ``grad``: the accepted point's) instead of evaluating them again: full batches only."""
+    return (program.batch_size is None and _plan.PLANS[program.plan].value is not None
+            and optax.tree.get(opt_state, "value", None) is not None)
+
+
+def line_objective(operand, hyper: Hyper, program: Program) -> Callable[[Params], jax.Array]:
+    """``theta -> J(model(theta))`` for a line search, its gradient by the plan (a custom VJP: the hand-derived
+    or one-pass closed forms, not autodiff through X), in the fit's coordinates, ``db' = 0`` without an intercept."""
+    _, model, gradient = _coordinates(program, hyper)
+
+    @jax.custom_vjp
+    def J(theta):
+        return objective(model(theta), operand, hyper.l2, program)
+
+    def forward(theta):
+        value, g = value_and_grad(model(theta), operand, hyper.l2, program)
+        return value, gradient(g)
+
+    J.defvjp(forward, lambda g_fit, ct: (jax.tree.map(lambda a: ct * a, g_fit),))
+    return J
+
+
+def _seed_line_search(params: Params, opt_state, operand, hyper: Hyper, program: Program):
+    """A line search's state holding J and dJ at ``params`` (one evaluation), for :func:`reuses_line_search`."""
+    value, g = value_and_grad(params, operand, hyper.l2, program)
+    return optax.tree.set(opt_state, value=value, grad=_coordinates(program, hyper)[2](g))
+
+
 def propose(params: Params, opt_state, operand, hyper: Hyper, program: Program):
     """J and dJ at ``params``, then one optimizer update in the fit's coordinates: ``(J, dJ/dp, new
-    params, new optimizer state)``. A line search evaluates J at trial points through the plan."""
-    value, g = value_and_grad(params, operand, hyper.l2, program)
+    params, new optimizer state, evaluations of J made)``. A line search evaluates J and dJ at trial
+    points through the plan (:func:`line_objective`) and, full-batch, leaves them for the next step."""
     fit, model, gradient = _coordinates(program, hyper)
-    value_fn = None if _plan.PLANS[program.plan].value is None else (
-        lambda t: objective(model(t), operand, hyper.l2, program))
-    theta, g_fit = fit(params), gradient(g)
+    reuse = reuses_line_search(program, opt_state)
+    if reuse:
+        value, g_fit = optax.tree.get(opt_state, "value"), optax.tree.get(opt_state, "grad")
+        g = out_of_fit(g_fit, hyper.scaling) if program.standardize else g_fit
+    else:
+        value, g = value_and_grad(params, operand, hyper.l2, program)
+        g_fit = gradient(g)
+    value_fn = None if _plan.PLANS[program.plan].value is None else line_objective(operand, hyper, program)
+    theta = fit(params)
     updates, opt_state = optimizer(program, hyper).update(g_fit, opt_state, theta, value=value, grad=g_fit,
                                                           value_fn=value_fn)
+    searched = optax.tree.get(opt_state, "num_linesearch_steps", None)
+    evaluations = (0 if reuse else 1) + (0 if searched is None else searched.astype(jnp.int32))
     still = jnp.all(jnp.stack([jnp.all(u == 0) for u in jax.tree.leaves(updates)]))
     new = model(optax.apply_updates(theta, updates))  # not exactly params when still: round-off
-    return value, g, jax.tree.map(lambda p, q: jnp.where(still, p, q), params, new), opt_state
+    return value, g, jax.tree.map(lambda p, q: jnp.where(still, p, q), params, new), opt_state, evaluations
 
 
 def minibatch_step(carry, batch: Data, hyper: Hyper, program: Program):
@@ -120,7 +164,7 @@ def minibatch_step(carry, batch: Data, hyper: Hyper, program: Program):
     batch weights, sum of dJ_batch * batch weight)`` (plain sums for "sum"). An all-zero-weight
     batch (padding only) changes nothing."""
     params, opt_state, value_sum, count_sum, grad_sum = carry
-    value, g, new_params, new_state = propose(params, opt_state, batch, hyper, program)
+    value, g, new_params, new_state, _ = propose(params, opt_state, batch, hyper, program)
     count = jnp.sum(batch.sample_weight)
     keep = count > 0
     params, opt_state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), (new_params, new_state), (params, opt_state))
@@ -181,15 +225,15 @@ def end_epoch(state: SolverState, carry, key, hyper: Hyper, program: Program) ->
     params, opt_state, value_sum, count_sum, grad_sum = carry
     value = epoch_value(value_sum, count_sum, program)
     g = jax.tree.map(lambda total: epoch_value(total, count_sum, program), grad_sum)
-    return advance(state, hyper, value, g, params, opt_state, state.params, key), value
+    return advance(state, hyper, value, g, params, opt_state, state.params, key, 1), value
 
 
 def update(state: SolverState, operand, hyper: Hyper, program: Program) -> tuple[SolverState, jax.Array]:
     """The step (one epoch with minibatches): the new state (unchanged once finished) and the
     objective recorded for the step."""
     if program.batch_size is None:
-        value, g, candidate, opt_state = propose(state.params, state.opt_state, operand, hyper, program)
-        return advance(state, hyper, value, g, candidate, opt_state, state.prev_params, state.key), value
+        value, g, candidate, opt_state, evals = propose(state.params, state.opt_state, operand, hyper, program)
+        return advance(state, hyper, value, g, candidate, opt_state, state.prev_params, state.key, evals), value
     key, sub = jax.random.split(state.key)
     fetch, xs = _batches(operand, sub, program)
     carry, _ = jax.lax.scan(lambda c, x: (minibatch_step(c, fetch(x), hyper, program), None), epoch_start(state), xs)
@@ -202,10 +246,10 @@ def _is_bad(value: jax.Array, initial: jax.Array) -> jax.Array:
 
 
 def advance(state: SolverState, hyper: Hyper, value, g: Params, candidate: Params, opt_state, fallback: Params,
-            key) -> SolverState:
+            key, evaluations) -> SolverState:
     """The stopping rule (module docstring) for one evaluated step: ``value``, ``g`` are J_t and
     dJ/dp at ``state.params`` (or the epoch's means), ``candidate`` p_{t+1}, ``fallback`` the params
-    kept if J_t is bad. A finished state is returned unchanged."""
+    kept if J_t is bad, ``evaluations`` those the step made. A finished state is returned unchanged."""
     first = state.step == 0
     initial = jnp.where(first, value, state.initial_loss)
     bad = _is_bad(value, initial)
@@ -219,7 +263,7 @@ def advance(state: SolverState, hyper: Hyper, value, g: Params, candidate: Param
     params = jax.tree.map(lambda fb, cur, new: jnp.where(bad, fb, jnp.where(converged | stalled, cur, new)),
                           fallback, state.params, candidate)
     new = SolverState(params, state.params, opt_state, state.step + 1, value, initial, converged, bad, key, stalled,
-                      G.astype(value.dtype))
+                      G.astype(value.dtype), state.evaluations + evaluations)
     active = is_active(state, hyper)
     return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
 
@@ -249,14 +293,18 @@ def finalize(state: SolverState, final_value: jax.Array, final_g: jax.Array, hyp
     return state, end
 
 
-def init_state(params: Params, hyper: Hyper, key: jax.Array, program: Program) -> SolverState:
-    """The state before step 0, without weakly typed leaves (every chunk reuses one program)."""
+def init_state(params: Params, operand, hyper: Hyper, key: jax.Array, program: Program) -> SolverState:
+    """The state before step 0, without weakly typed leaves (every chunk reuses one program); a line search
+    that hands J and dJ on (:func:`reuses_line_search`) starts with them at ``params`` (one evaluation)."""
     opt_state = optimizer(program, hyper).init(_coordinates(program, hyper)[0](params))
     opt_state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), opt_state)
+    seeded = reuses_line_search(program, opt_state)
+    if seeded:
+        opt_state = _seed_line_search(params, opt_state, operand, hyper, program)
     zero = jnp.zeros((), params.W.dtype)
     false = jnp.zeros((), bool)
     return SolverState(params, params, opt_state, jnp.zeros((), jnp.int32), zero, zero, false, false, key, false,
-                       jnp.full((), jnp.inf, params.W.dtype))
+                       jnp.full((), jnp.inf, params.W.dtype), jnp.asarray(int(seeded), jnp.int32))
 
 
 def run_chunk(state: SolverState, operand, hyper: Hyper, limit: jax.Array, program: Program):

@@ -77,6 +77,7 @@ class SolverState(NamedTuple):
     key: jax.Array  # () PRNG key, advanced once per minibatch epoch
     stalled: jax.Array  # () bool: stopped moving while not at the optimum
     optimality: jax.Array  # () the scaled gradient norm G at the last evaluation (inf before any)
+    evaluations: jax.Array  # () int32, evaluations of J and dJ over all rows (an epoch counts one)
 
 
 class Level(NamedTuple):

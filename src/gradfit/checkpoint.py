@@ -23,7 +23,7 @@ from gradfit._options import DEFAULT_EVERY_SECONDS, Every, parse_every  # noqa: 
 from gradfit._types import Data, Hyper, Level, Program, SolverState
 
 FORMAT = "gradfit-checkpoint"
-VERSION = 2  # 2: the solver state holds the stalled flag and the optimality
+VERSION = 3  # 2: the solver state holds the stalled flag and the optimality; 3: the count of evaluations
 
 _COMPONENTS = {  # what each fingerprint component covers
     "data": "the data (shapes, dtypes and a sample of the values of X, y and sample_weight)",

@@ -126,7 +126,7 @@ def solve(params0: Params | None, X: jax.Array, y: jax.Array, *, steps: int,
                   optional(ftol, "ftol"), Scaling(*(jnp.asarray(v, dtype) for v in scaling)))
     program = Program(loss, reduction, grad, spec, learning_rate is not None, fit_intercept, batch_size, steps,
                       shuffle="rows", standardize=standardize)
-    state = _engine.init_state(params0, hyper, jax.random.key(0) if key is None else key, program)
+    state = _engine.init_state(params0, data, hyper, jax.random.key(0) if key is None else key, program)
 
     def body(state, _):
         active = _engine.is_active(state, hyper)

@@ -366,6 +366,7 @@ def report(run: RunResult, converged, learning_rate, safe_step, stats: dict, *, 
     stalled = np.asarray(state.stalled) & ~converged
     status = np.where(diverged, "diverged", np.where(converged, "converged", np.where(stalled, "stalled", "max_steps")))
     stats["grad_norm"] = np.asarray(state.optimality, np.float64).tolist()
+    stats["evaluations"] = np.asarray(state.evaluations).tolist()  # of J and dJ in the loop (an epoch: one)
     if np.any(diverged):  # the first bad objective evaluation: steps when it came after the last step
         bad_at = steps + np.asarray(run.diverged_at_end, int)
         stats["diverged_at_step"] = np.where(diverged, bad_at - 1, -1).tolist()

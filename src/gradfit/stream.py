@@ -152,7 +152,8 @@ class PassStepper:
         return self._compiled(_engine.end_epoch, self.program, *args)(*args)
 
     def init(self, params: Params, key) -> SolverState:
-        return self._compiled(_engine.init_state, self.program, params, self.hyper, key)(params, self.hyper, key)
+        args = (params, None, self.hyper, key)  # a streamed pass's sums: no line search to seed
+        return self._compiled(_engine.init_state, self.program, *args)(*args)
 
     def evaluate(self, state: SolverState):
         stopped = np.asarray(state.converged) | np.asarray(state.stalled)
