@@ -7,10 +7,14 @@ Rank promotion raises in every test (catches (n,) vs (n, 1) mistakes, as optimis
 from __future__ import annotations
 
 import contextlib
+import os
 
 import jax
 import numpy as np
 import pytest
+
+
+os.environ["GRADFIT_COMPILATION_CACHE"] = "0"  # the command's persistent cache stays off (tests/test_compile_cache.py)
 
 
 @pytest.fixture(autouse=True)

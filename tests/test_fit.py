@@ -140,11 +140,11 @@ def test_tol_stops_early_and_sets_converged(rng):
     the residual with the standardised columns and the constant, over the residual's rms (or,
     for a fit that explains almost all of y like this one, over the root of the floor)."""
     X, y = _regression(rng)
-    r = gradfit.fit(X, y, learning_rate=0.1, steps=10_000, tol=1e-5)  # float32 reaches G ~ 1e-5..1e-6
+    r = gradfit.fit(X, y, learning_rate=0.1, steps=10_000, tol=3e-5)  # float32 stalls at G ~ 1e-5 here
     assert r.converged and r.status == "converged" and not r.diverged and r.steps < 10_000
     assert r.losses.shape == (r.steps,)
     G = float(r.stats["grad_norm"])
-    assert G <= 1e-5
+    assert G <= 3e-5
     res = X @ np.asarray(r.params.W, np.float64) + float(r.params.b) - y  # G again, in numpy
     Z = np.hstack([(X - X.mean(0)) / X.std(0), np.ones((len(X), 1))])
     floor = float(health.scaling(X, y, loss="mse", reduction="mean", fit_intercept=True).floor)
@@ -221,11 +221,11 @@ def test_multi_output_equals_separate_fits(rng):
         np.testing.assert_allclose(joint.params.b[j], single.params.b, rtol=1e-5, atol=1e-6)
 
 
-def test_per_output_learning_rates_and_l2_equal_separate_fits(rng):
+def test_per_output_learning_rates_and_l2_equal_separate_fits(x64, rng):
     X, Y = _regression(rng, k=3)
     lrs, l2s = np.array([0.01, 0.05, 0.2]), np.array([0.0, 0.1, 1.0])
-    # tol=1e-6: within float32's reach, so the fastest member converges early in both (below it,
-    # e.g. 1e-7, a member may stall where one rounding left its params unchanged in one program only)
+    # float64: the stopping tests see the same values in both programs (in float32, G ~ 1e-6 is at
+    # rounding level, where one program's rounding may stall a member the other converges)
     r = gradfit.fit(X, Y, learning_rate=lrs, l2=l2s, steps=150, tol=1e-6)
     assert r.params.W.shape == (4, 3) and r.params.b.shape == (3,)
     assert r.steps.shape == (3,) and r.losses.shape[0] == 3
@@ -242,7 +242,7 @@ def test_per_output_learning_rates_and_l2_equal_separate_fits(rng):
         assert np.isnan(r.losses[j, single.steps:]).all()
 
 
-def test_batch_of_problems_equals_separate_fits(rng):
+def test_batch_of_problems_equals_separate_fits(x64, rng):
     problems = [_regression(rng, m=50) for _ in range(3)]
     X = np.stack([p[0] for p in problems])
     y = np.stack([p[1] for p in problems])

@@ -251,3 +251,12 @@ def test_lipschitz_with_huge_weights(rng):
     w = rng.uniform(0.5, 2.0, 40).astype(np.float32)
     ref = np.linalg.eigvalsh(_hessian(X, w=w))[-1]
     np.testing.assert_allclose(health.lipschitz(X, sample_weight=w * np.float32(1e30)), ref, rtol=1e-3)
+
+
+def test_lipschitz_from_a_sampled_start_is_close_above_on_many_rows(x64, rng):
+    """m > CONDITION_ROWS: the power steps start from a row sample's top eigenvector; L is at least the full data's
+    lambda_max to 1e-3 and the sample cannot overstate it by much."""
+    X = rng.standard_normal((20_000, 8)) * np.array([1, 2, 3, 0.5, 1, 4, 1, 1]) + 0.5
+    X[:, 1] += 0.8 * X[:, 5]
+    ref = np.linalg.eigvalsh(_hessian(X))[-1]
+    assert 0.999 * ref <= health.lipschitz(X) <= 1.1 * ref

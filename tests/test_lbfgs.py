@@ -45,3 +45,29 @@ def test_lbfgs_float32_reaches_tight_gap():
 
     J_star = J(ref.coef_[0], ref.intercept_[0])
     assert (J(r.params.W, r.params.b) - J_star) / J_star < 2e-6
+
+
+def test_lbfgs_iterates_equal_optax_reference_loop_at_one_evaluation_per_step(x64):
+    """The documented optax loop (value and gradient recomputed at every iterate by jax.value_and_grad) against
+    gradfit's, which takes them from the line search's state: same iterates, and about one evaluation a step."""
+    import jax.numpy as jnp
+    import optax
+
+    d = datasets.make_classification(400, 5, seed=7, dtype=np.float64)
+    X, y, l2 = jnp.asarray(d.X), jnp.asarray(d.y), 0.1
+
+    def J(p):
+        z = X @ p[0] + p[1]
+        return jnp.mean(jnp.logaddexp(0, z) - y * z) + 0.5 * l2 * jnp.sum(p[0] ** 2)
+
+    opt, p = optax.lbfgs(), (jnp.zeros(5), jnp.zeros(()))
+    state = opt.init(p)
+    for _ in range(6):
+        value, g = jax.value_and_grad(J)(p)
+        updates, state = opt.update(g, state, p, value=value, grad=g, value_fn=J)
+        p = optax.apply_updates(p, updates)
+    r = gradfit.fit(d.X, d.y, loss="bce", optimizer="lbfgs", l2=l2, steps=6, tol=None, standardize=False)
+    assert r.steps == 6
+    np.testing.assert_allclose(r.params.W, p[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(r.params.b, p[1], rtol=1e-9, atol=1e-12)
+    assert r.stats["evaluations"] <= 6 + 1 + 3  # the seed, one per accepted step, a few extra trial points

@@ -17,7 +17,7 @@ def _state(step, converged=False, diverged=False, loss=1.0, stalled=False):
     step = np.asarray(step, np.int32)
     full = lambda v, dt: np.broadcast_to(np.asarray(v, dt), step.shape)  # noqa: E731
     return SolverState(None, None, None, step, full(loss, np.float32), None, full(converged, bool),
-                       full(diverged, bool), None, full(stalled, bool), full(np.inf, np.float32))
+                       full(diverged, bool), None, full(stalled, bool), full(np.inf, np.float32), step)
 
 
 def test_the_bar_shows_the_mean_progress_of_members_stopped_ones_counting_as_done():

@@ -92,11 +92,17 @@ class CompiledStepper:
         """The objective and the optimality at the state's params (:func:`gradfit._engine.final_check`)."""
         operand, program, levels = self.check
         args = (state, operand, self.hyper if hyper is None else hyper)
-        value, optimality = self._compiled(_engine.final_check, ("state", "data", "hyper"), args, program, levels)(*args)
+        exe = self._compiled(_engine.final_check, ("state", "data", "hyper"), args, program, levels)
+        value, optimality = exe(*args)
         if operand is self.operand and program.batch_size is None:  # stopped members sit where the loop evaluated
-            stopped = state.converged | state.stalled
-            value, optimality = jnp.where(stopped, state.loss, value), jnp.where(stopped, state.optimality, optimality)
+            value, optimality = _where_stopped(state, value, optimality)
         return value, optimality
+
+
+@jax.jit
+def _where_stopped(state: SolverState, value, optimality):
+    stopped = state.converged | state.stalled
+    return jnp.where(stopped, state.loss, value), jnp.where(stopped, state.optimality, optimality)
 
 
 def bucket(count: int, largest: int) -> int:
@@ -228,7 +234,7 @@ def drive(stepper, state: SolverState, hyper: Hyper, *, observers: Sequence[Obse
             if took > 2 * CHUNK_SECONDS:  # steps slower than the chunk size promised: shorter chunks
                 limit = max(1, int(limit * CHUNK_SECONDS / took))
     final, optimality = stepper.evaluate(state)
-    state, end = _engine.finalize(state, final, optimality, hyper)
+    state, end = _finalize(state, final, optimality, hyper)
     end = np.asarray(end)
     if end.any():  # the fallen-back members' objective at their params
         final, optimality = stepper.evaluate(state)
@@ -238,6 +244,9 @@ def drive(stepper, state: SolverState, hyper: Hyper, *, observers: Sequence[Obse
     steps_run = int(np.max(np.asarray(state.step), initial=0))
     return RunResult(state, final, histories.view()[..., :steps_run].copy(), _compile_seconds(stepper), run_seconds,
                      chunks, end, np.where(np.isnan(finished), run_seconds, finished))
+
+
+_finalize = jax.jit(_engine.finalize)  # one small program, not a dozen eager operations
 
 
 def _compile_seconds(stepper) -> float:

@@ -341,8 +341,15 @@ def signature(args) -> tuple:
     leaf's shape, dtype, weak type and multi-device sharding (ints and None as they are)."""
     leaves, tree = jax.tree.flatten(args, is_leaf=lambda x: x is None or isinstance(x, int))
     return tree, tuple(x if x is None or isinstance(x, int) else (
-        tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)),
-        s if (s := getattr(x, "sharding", None)) is not None and len(s.device_set) > 1 else None) for x in leaves)
+        tuple(x.shape), x.dtype, getattr(x, "weak_type", False), _multi_device(getattr(x, "sharding", None)))
+        for x in leaves)
+
+
+def _multi_device(sharding):
+    """A sharding over several devices (part of a program's key), else None (cheap: called on every leaf)."""
+    if sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return None
+    return sharding if len(sharding.device_set) > 1 else None
 
 
 _EXECUTABLES: dict[tuple, Any] = {}
@@ -351,7 +358,8 @@ _EXECUTABLES: dict[tuple, Any] = {}
 def compiled(fn: Callable, roles: tuple, program: Program | None, levels: tuple[Level, ...], args: tuple):
     """``fn(*args, program)`` compiled ahead of time, ``vmap``-ed over ``levels`` (each argument
     mapped as its role says), and its compile time (0 from the cache). gradfit's one compile cache, keyed by
-    function, settings, levels and :func:`signature`, never by hyperparameter values."""
+    function, settings, levels and :func:`signature`, never by hyperparameter values (on disk, JAX's, after
+    :func:`gradfit.enable_compilation_cache`)."""
     key = (fn, roles, program, signature(levels), signature(args))
     if key in _EXECUTABLES:
         return _EXECUTABLES[key], 0.0

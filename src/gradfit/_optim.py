@@ -59,6 +59,8 @@ def resolve(optimizer, options: dict[str, Any] | None, learning_rate) -> tuple[O
     traced = {key: value for key, value in sorted(options.items()) if isinstance(value, float)}
     static = tuple((key, value) for key, value in sorted(options.items()) if key not in traced)
     spec = OptimizerSpec(optimizer, None, tuple(traced), static)
+    if not options:  # the alias's defaults build
+        return spec, traced
     try:
         _check_builds(spec)
     except TypeError:  # an unhashable static option: check it without the cache

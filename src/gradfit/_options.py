@@ -280,8 +280,10 @@ def check_step(c: Checked, curvature: float, dtype) -> None:
                          "learning_rate='auto'")
 
 
-def for_data(c: Checked, *, m: int, n: int, k: int | None, sharded: bool = False, members: int = 1) -> str:
-    """The checks that need the shape (m, n, k or None); returns the plan (:func:`gradfit._plan.choose`)."""
+def for_data(c: Checked, *, m: int, n: int, k: int | None, sharded: bool = False, members: int = 1,
+             condition: float | None = None) -> str:
+    """The checks that need the shape (m, n, k or None); returns the plan (:func:`gradfit._plan.choose`), for
+    ``"auto"`` by the evaluations expected at the estimated ``condition`` number (None: by the step budget)."""
     o = c.options
     if o.batch_size is not None and o.batch_size > m:
         raise ValueError(f"batch_size={o.batch_size} is larger than the {m} rows of X: use batch_size <= {m} or None "
@@ -296,9 +298,13 @@ def for_data(c: Checked, *, m: int, n: int, k: int | None, sharded: bool = False
         if tuple(W) != (n, *out) or tuple(b) != out:
             raise ValueError(f"init has W {tuple(W)} and b {tuple(b)} but this problem needs W {(n, *out)} "
                              f"and b {out}: W is (n_features,) or (n_features, k), b is () or (k,)")
+    steepest = c.auto_step and c.optimizer.name == "sgd" and not o.optimizer_options
+    evals = _plan.expected_evaluations(steps=o.steps, condition=condition, tol=float(np.max(c.tol)),
+                                       line_search=c.line_search, steepest=steepest)
     return _plan.choose(o.grad, loss=o.loss, m=m, n=n, k=k or 1, steps=o.steps, batch_size=o.batch_size,
                         line_search=c.line_search, sharded=sharded,
-                        members=members * (k if k is not None and per_output(c) else 1))
+                        members=members * (k if k is not None and per_output(c) else 1),
+                        evals=None if condition is None else evals)
 
 
 def per_output(c: Checked) -> bool:

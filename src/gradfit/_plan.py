@@ -11,13 +11,15 @@ O(n^2 k) per step from sufficient statistics (:class:`gradfit._stats.Stats`), af
     direct = evals * (2 * READ * m * n + 4 * m * n * k)
     stats  = 2 * READ * m * n + 2 * m * p^2 + 10 * q^3 + evals * 4 * q^2 * k,   p = n + 1 + k, q = n + 1
 
-with ``evals = steps`` (doubled by a line search), and picks ``"stats"`` for a full-batch MSE fit when cheaper.
+with ``evals`` the evaluations expected to reach ``tol`` (:func:`expected_evaluations`, from the condition number
+the health check estimates; else the step budget), and picks ``"stats"`` for a full-batch MSE fit when cheaper.
 Otherwise ``"hand"``, the fastest direct plan measured (whole-array products spread over every core, where
 ``"onepass"``'s block loop uses one; ``docs/benchmarks.md``), or ``"autodiff"`` for problems vmapped over one shared
 X (a sweep group, per-output columns): its ``X^T S`` over the members is one matrix-matrix product."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -94,6 +96,18 @@ def cost_stats(m: int, n: int, k: int, evals: int) -> float:
     return 2 * READ * m * n + 2.0 * m * p * p + 10.0 * q**3 + evals * 4.0 * q * q * k
 
 
+def expected_evaluations(*, steps: int, condition: float | None, tol: float, line_search: bool, steepest: bool) -> int:
+    """Evaluations of J a full-batch fit is expected to need to reach the optimality ``tol``, at most ``steps``:
+    gradient descent at 1/L (``steepest``) ``kappa ln(1/tol^2)``, a line search (L-BFGS, one evaluation a step
+    when it hands J on) ``sqrt(kappa) ln(1/tol^2) / 4 + 2`` (superlinear: measured 5-7 on kappa ~ 2). Anything else,
+    or no ``condition`` (kappa, in the fit's coordinates) or ``tol``: the budget."""
+    if condition is None or not math.isfinite(condition) or tol <= 0 or not (line_search or steepest):
+        return steps
+    decades = math.log(1 / tol**2)
+    guess = math.sqrt(condition) * decades / 4 + 2 if line_search else condition * decades
+    return int(min(steps, math.ceil(guess)))
+
+
 def check(grad: str, *, loss: str, batch_size: int | None, line_search: bool) -> None:
     """Raise ValueError for a plan that cannot serve this fit, whatever the data."""
     if grad not in GRAD_MODES:
@@ -109,10 +123,11 @@ def check(grad: str, *, loss: str, batch_size: int | None, line_search: bool) ->
 
 
 def choose(grad: str, *, loss: str, m: int, n: int, k: int, steps: int, batch_size: int | None, line_search: bool,
-           sharded: bool = False, members: int = 1) -> str:
+           sharded: bool = False, members: int = 1, evals: int | None = None) -> str:
     """Resolve ``grad`` ("auto" or a forced plan) to the plan a fit runs; ValueError if invalid. ``sharded``
     (rows over several devices): "auto" is "hand", and the block-walking "stats"/"onepass" are errors.
-    ``members`` > 1 (problems vmapped over one X): "auto"'s direct plan is "autodiff"."""
+    ``members`` > 1 (problems vmapped over one X): "auto"'s direct plan is "autodiff". ``evals``: the
+    evaluations expected (:func:`expected_evaluations`; default ``steps``, doubled by a line search)."""
     check(grad, loss=loss, batch_size=batch_size, line_search=line_search)
     if sharded:
         if grad in ("stats", "onepass"):
@@ -121,7 +136,7 @@ def choose(grad: str, *, loss: str, m: int, n: int, k: int, steps: int, batch_si
         return DIRECT if grad == "auto" else grad
     if grad != "auto":
         return grad
-    evals = steps * (2 if line_search else 1)
+    evals = steps * (2 if line_search else 1) if evals is None else evals
     if loss == "mse" and batch_size is None and cost_stats(m, n, k, evals) < cost_direct(m, n, k, evals):
         return "stats"
     return MEMBERS_DIRECT if members > 1 else DIRECT

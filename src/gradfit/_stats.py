@@ -22,7 +22,8 @@ and by the chain rule through bh: ``dS/dW = dS/dv[:n] + mu^T dS/dv[n]``,
 
 Numerics: centring keeps the Gram's condition number free of ``(|mean|/std)^2`` (any shift is
 exact: the ones column stays in G); blocks are added with Kahan compensation; the loss as a sum
-of non-negative terms plus rss (one more read of X) has no cancellation; eigenvalues below
+of non-negative terms plus rss (one more read of X, its residuals as the direct plans form them) has no
+cancellation; eigenvalues below
 ``p * eps * max(lam)`` are set to 0. The iterates equal full-batch gradient descent up to rounding.
 """
 
@@ -99,11 +100,13 @@ def kahan_add(carry: tuple[jax.Array, jax.Array], term: jax.Array) -> tuple[jax.
 
 
 def residual_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, stats: Stats) -> jax.Array:
-    """``sum_i w_i (x_i W* + b* - y_i)^2`` per output (k,) over one block, at ``stats.solution``."""
+    """``sum_i w_i (x_i W* + b* - y_i)^2`` per output (k,) over one block, at ``stats.solution``: the rows'
+    products as the direct plans compute them (``X W* + b*``, no centred copy of X: one read at memory speed)."""
     n = X.shape[1]
     solution = stats.solution if stats.solution.ndim == 2 else stats.solution[:, None]
     W_s, bh = solution[:n], solution[n]
-    r = (X - stats.x_mean[None, :]) @ W_s + bh[None, :] - (Y - jnp.reshape(stats.y_mean, (1, -1)))
+    offset = bh - stats.x_mean @ W_s + jnp.reshape(stats.y_mean, (-1,))  # b* for the raw columns
+    r = X @ W_s + offset[None, :] - Y
     return jnp.sum(r * r if w is None else r * r * w[:, None], axis=0)
 
 

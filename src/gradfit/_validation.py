@@ -48,12 +48,17 @@ def _row_blocks(a: np.ndarray):
     return (rows[i : i + block] for i in range(0, rows.shape[0], block))
 
 
+_all_finite = jax.jit(lambda a: jnp.all(jnp.isfinite(a)))  # fused: one read of a jax.Array, no mask of its size
+max_abs = jax.jit(lambda a: jnp.max(jnp.abs(a)))  # no |a| copy either
+
+
 def check_finite(a, name: str) -> None:
     """Raise ValueError if ``a`` holds NaN or inf, checking in row blocks to bound memory."""
     if isinstance(a, jax.Array):
-        bad = not bool(jnp.all(jnp.isfinite(a)))
-    else:  # numpy or a memory map: only floats can hold NaN or inf
-        bad = jnp.issubdtype(a.dtype, jnp.floating) and a.size > 0 and any(
+        bad = not bool(_all_finite(a))
+    else:  # numpy or a memory map: only floats can hold NaN or inf; a finite sum (one vectorised pass) rules them
+        # out, a non-finite one (NaN or inf, or an overflow of large values) is confirmed block by block
+        bad = jnp.issubdtype(a.dtype, jnp.floating) and a.size > 0 and not np.isfinite(np.sum(a)) and any(
             not np.isfinite(b).all() for b in _row_blocks(a))
     if bad:
         raise ValueError(f"{name} contains NaN or inf: drop or impute those rows first "
@@ -66,7 +71,7 @@ def check_range(a, name: str, dtype) -> None:
     if src.kind != "f" or src.itemsize <= np.dtype(dtype).itemsize or a.size == 0:
         return
     limit = float(np.finfo(dtype).max)
-    big = float(jnp.max(jnp.abs(a)) if isinstance(a, jax.Array) else max(np.max(np.abs(b)) for b in _row_blocks(a)))
+    big = float(max_abs(a) if isinstance(a, jax.Array) else max(np.max(np.abs(b)) for b in _row_blocks(a)))
     if big > limit:
         raise ValueError(f"{name} has values up to {big:.3g}, beyond {np.dtype(dtype)}'s range ({limit:.3g}), where "
                          "they would become inf: rescale the data, or enable float64 with "

@@ -57,60 +57,84 @@ def power_iterations(n_features: int) -> int:
     return max(20, math.ceil(2.5 * math.log(n_features + 1)) + 1)
 
 
-def _top_eigenvalue(X, sample_weight, intercept, shift, inv_scale, key, iters):
-    """Rayleigh quotient of ``(A S)^T D (A S)`` after ``iters`` power steps, ``A = [X, intercept 1]``, ``S`` the map
-    from standardised coordinates (``u = v_W * inv_scale``, ``b = v_b - shift u``; :func:`gradfit._engine.to_model`)."""
+def _top_eigenvalue(X, sample_weight, intercept, shift, inv_scale, start, scale, iters):
+    """Rayleigh quotient of ``(A S)^T D (A S)`` after ``iters`` power steps from ``start``, ``A = [X, intercept 1]``
+    times ``scale`` (a power of two, applied to the vectors: X is never copied), ``S`` the map from standardised
+    coordinates (``u = v_W * inv_scale``, ``b = v_b - shift u``; :func:`gradfit._engine.to_model`)."""
     n = X.shape[1]
-    v = jax.random.normal(key, (n + 1,), intercept.dtype).at[n].multiply(intercept)  # X may be 16-bit
 
     def apply(v):
         u = v[:n] * inv_scale
-        du = sample_weight * (matmul(X, u) + intercept * v[n] - shift @ u)  # D A S v, (m,)
+        du = sample_weight * (matmul(X, u * scale) + intercept * v[n] - shift @ u)  # D A S v, (m,)
         total = jnp.sum(du)
-        return jnp.concatenate([(gradients.xt_dot(X, du) - shift * total) * inv_scale, intercept * total[None]])
+        return jnp.concatenate([(gradients.xt_dot(X, du * scale) - shift * total) * inv_scale, intercept * total[None]])
 
     def body(_, v):
         w = apply(v)
         return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(v.dtype).tiny)
 
-    v = jax.lax.fori_loop(0, iters, body, v / jnp.linalg.norm(v))
+    v = jax.lax.fori_loop(0, iters, body, start / jnp.linalg.norm(start))
     return jnp.vdot(v, apply(v))
 
 
 @functools.cache
-def _power_program(iters: int, options: tuple[tuple[str, str], ...]):
-    """:func:`_top_eigenvalue` vmapped over problems, jitted with :mod:`gradfit._precision`'s XLA options."""
-    fn = jax.vmap(functools.partial(_top_eigenvalue, iters=iters), in_axes=(0, 0, None, 0, 0, 0))
-    return jax.jit(fn, compiler_options=dict(options) or None)
+def _power_program(iters: int, options: tuple[tuple[str, str], ...], batched: bool):
+    """:func:`_top_eigenvalue` vmapped over problems (one: X (m, n) gains the axis inside, no copy), jitted with
+    :mod:`gradfit._precision`'s XLA options."""
+    fn = jax.vmap(functools.partial(_top_eigenvalue, iters=iters), in_axes=(0, 0, None, 0, 0, 0, None))
+    return jax.jit(fn if batched else lambda X, *rest: fn(X[None], *rest), compiler_options=dict(options) or None)
+
+
+WARM_ITERATIONS = 4  # power steps from the sampled Hessian's top eigenvector (the Rayleigh quotient's error is
+# quadratic in the start's: 4 steps of the full data refine it; scripts/bench_health.py)
+
+
+def _sampled_top(X, sample_weight, fit_intercept: bool, shift, scale) -> tuple[float, np.ndarray]:
+    """The top eigenvalue (per unit weight) and eigenvector of ``(A S)^T D (A S)`` on :data:`CONDITION_ROWS` rows."""
+    idx, Xs, w, _, _ = _sample(X, sample_weight, CONDITION_ROWS)
+    A = np.concatenate([(Xs - shift) / scale, np.full((len(idx), 1), float(fit_intercept))], axis=1)
+    controller = _blas_controller()  # one BLAS thread, as in conditioning()
+    with contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas"):
+        lam, V = np.linalg.eigh((A * w[:, None]).T @ A / w.sum())
+    return float(lam[-1]), V[:, -1]
 
 
 def lipschitz(X, *, loss: str = "mse", reduction: str = "mean", l2=0.0, sample_weight=None, fit_intercept: bool = True,
               batched: bool = False, seed: int = 0, scaling: Scaling | None = None) -> float:
-    """Estimate ``L = c * lambda_max(A^T D A) + max(l2)`` (module doc) by :func:`power_iterations` power steps on
-    device in X's dtype: exact for mse up to the power method, an upper bound at every W for bce. ``batched`` (X
-    (B, m, n)): the largest L. ``scaling`` (:func:`scaling`): L in a standardised fit's coordinates,
-    ``c * lambda_max(S^T A^T D A S) + max(l2 / sigma^2)``."""
+    """Estimate ``L = c * lambda_max(A^T D A) + max(l2)`` (module doc) by power steps on device in X's dtype: exact
+    for mse up to the power method, an upper bound at every W for bce. One problem: :data:`WARM_ITERATIONS` steps
+    from the top eigenvector of a row sample's matrix (L the larger of the two estimates); ``batched`` (X (B, m,
+    n)): :func:`power_iterations` from random starts, the largest L. ``scaling`` (:func:`scaling`): L in a
+    standardised fit's coordinates, ``c * lambda_max(S^T A^T D A S) + max(l2 / sigma^2)``."""
     X = jnp.asarray(X)
     dtype = _validation.float_dtype(X)
-    X = X.astype(_precision.storage_dtype(X, dtype)) if batched else X.astype(_precision.storage_dtype(X, dtype))[None]
-    shape, n = X.shape[:2], X.shape[2]
+    X = X.astype(_precision.storage_dtype(X, dtype))
+    shape, n = (X.shape[:2] if batched else (1, X.shape[0])), X.shape[-1]
     w = jnp.ones(shape, dtype) if sample_weight is None else jnp.broadcast_to(jnp.asarray(sample_weight, dtype), shape)
     shift, scale = (np.zeros(n), np.ones(n)) if scaling is None else (scaling.shift, scaling.scale)
     shift, scale = (np.broadcast_to(np.asarray(a, np.float64), (shape[0], n)) for a in (shift, scale))
     penalty = float(np.max(np.asarray(l2, np.float64)) * np.max(1.0 / scale**2))
     # Iterate on A / 2^e, 2^e ~ max |A| (exact), and w / max(w), so A^T D A v cannot overflow; scale back after.
-    top, w_top = max(float(jnp.max(jnp.abs(X)).astype(dtype)), 1.0 if fit_intercept else 0.0), float(jnp.max(w))
+    top, w_top = max(float(_validation.max_abs(X).astype(dtype)), 1.0 if fit_intercept else 0.0), float(jnp.max(w))
     if top == 0 or w_top == 0:
         return penalty
     e = math.frexp(top)[1]
-    X = X * jnp.asarray(2.0**-e, X.dtype)  # exact: a power of two
     intercept = jnp.asarray((1.0 if fit_intercept else 0.0) * 2.0**-e, dtype)
-    keys = jax.random.split(jax.random.key(seed), X.shape[0])
+    sampled = 0.0
+    if batched:
+        keys = jax.random.split(jax.random.key(seed), X.shape[0])
+        start, iters = jax.vmap(lambda key: jax.random.normal(key, (n + 1,), dtype))(keys), power_iterations(n)
+    else:
+        sampled, vector = _sampled_top(X, sample_weight, fit_intercept, shift[0], scale[0])
+        start, iters = jnp.asarray(vector[None], dtype), WARM_ITERATIONS
+    start = start.at[:, n].multiply(float(fit_intercept))
     options = tuple(sorted(_precision.compiler_options(X).items()))
-    lam = _power_program(power_iterations(X.shape[2]), options)(
-        X, w / w_top, intercept, jnp.asarray(shift * 2.0**-e, dtype), jnp.asarray(1 / scale, dtype), keys)
+    lam = _power_program(iters, options, batched)(X, w / w_top, intercept, jnp.asarray(shift * 2.0**-e, dtype),
+                                         jnp.asarray(1 / scale, dtype), start, jnp.asarray(2.0**-e, dtype))
     lam = np.asarray(lam, np.float64) * 4.0**e * w_top
-    c = np.array([_curvature_scale(loss, reduction, t) for t in np.asarray(jnp.sum(w, axis=1), np.float64)])
+    totals = np.asarray(jnp.sum(w, axis=1), np.float64)
+    lam = np.maximum(lam, sampled * totals)  # the sample's estimate is per unit weight
+    c = np.array([_curvature_scale(loss, reduction, t) for t in totals])
     return float(np.max(c * lam) + penalty)
 
 

@@ -3,6 +3,7 @@ made, the engine run by :mod:`gradfit._runner`, the result checked. :func:`gradf
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -76,6 +77,34 @@ class Placed(NamedTuple):
     rows: int | None
 
 
+BUCKET_BYTES = 64 << 20  # an X up to this size is padded to a row bucket: its compiled programs serve the bucket
+
+
+def row_bucket(m: int) -> int:
+    """The rows a small X is padded to: m rounded up to a multiple of a quarter of its power of two (at least 256),
+    e.g. 1000 -> 1024, 1100 -> 1280: at most 25% more rows, and every m within a bucket shares one program."""
+    quarter = 1 << max(0, m.bit_length() - 3)
+    return max(256, -(-m // quarter) * quarter)
+
+
+def _padded(inputs: Inputs, o: _options.FitOptions) -> tuple[Data, int | None]:
+    """The data on the device and its real rows: a full-batch fit of an X of at most :data:`BUCKET_BYTES` gets
+    weight-0 rows up to :func:`row_bucket` (the rows' weights become explicit); otherwise as given, rows None."""
+    X, y, sw, lead = inputs.X, inputs.y, inputs.sample_weight, 1 if inputs.batched else 0
+    dtype, m = storage_dtype(X, inputs.dtype), inputs.m
+    pad = row_bucket(m) - m
+    if o.batch_size is not None or pad == 0 or np.prod(np.shape(X)) * np.dtype(dtype).itemsize > BUCKET_BYTES:
+        return Data(jnp.asarray(X, dtype), jnp.asarray(y, inputs.dtype), sw), None
+
+    def grow(a, dtype):
+        widths = [(0, 0)] * np.ndim(a)
+        widths[lead] = (0, pad)
+        return jnp.asarray(np.pad(np.asarray(a, dtype), widths))
+
+    w = np.ones(np.shape(y)[: lead + 1], inputs.dtype) if sw is None else sw
+    return Data(grow(X, dtype), grow(y, inputs.dtype), grow(w, inputs.dtype)), m
+
+
 def place(inputs: Inputs, o: _options.FitOptions) -> Placed:
     """Put the data on one device, or split its rows over several (:mod:`gradfit.sharding`)."""
     X, y, sw = inputs.X, inputs.y, inputs.sample_weight
@@ -85,8 +114,8 @@ def place(inputs: Inputs, o: _options.FitOptions) -> Placed:
             raise ValueError("n_rows is only for X already padded and sharded (by gradfit.shard_rows); leave it unset")
         devs = sharding.resolve_devices(o.devices, inputs.m)
         if len(devs) == 1:
-            data = Data(jnp.asarray(X, storage_dtype(X, inputs.dtype)), jnp.asarray(y, inputs.dtype), sw)
-            return Placed(jax.device_put(data, devs[0]) if o.devices is not None else data, None, None)
+            data, rows = _padded(inputs, o)
+            return Placed(jax.device_put(data, devs[0]) if o.devices is not None else data, None, rows)
         data = sharding.shard_rows(Data(X, y, sw), devs, row_axis=lead, dtype=inputs.dtype)
         return Placed(data, sharding.mesh_of(data), None if data.X.shape[lead] == inputs.m else inputs.m)
     if o.devices is not None:
@@ -113,13 +142,20 @@ def place(inputs: Inputs, o: _options.FitOptions) -> Placed:
 
 def initial_params(init, seed: int, n: int, out: tuple[int, ...], dtype) -> tuple[Params, jax.Array]:
     """The params before step 0 (``init="normal"``: N(0, 1/n) weights) and the run key, from ``key(seed)``."""
-    init_key, run_key = jax.random.split(jax.random.key(seed))
-    if init is None or (isinstance(init, str) and init == "zeros"):
-        return Params(jnp.zeros((n, *out), dtype), jnp.zeros(out, dtype)), run_key
-    if isinstance(init, str):  # "normal" (checked by _options)
-        return Params(jax.random.normal(init_key, (n, *out), dtype) / math.sqrt(n), jnp.zeros(out, dtype)), run_key
+    normal = isinstance(init, str) and init == "normal"  # else "zeros" or given (checked by _options)
+    W, run_key = _draw(seed, (n, *out), np.dtype(dtype), normal)
+    if init is None or isinstance(init, str):
+        return Params(W, jnp.zeros(out, dtype)), run_key
     W, b = (jnp.asarray(_validation.as_numeric(a, f"init.{name}"), dtype) for a, name in zip(init, "Wb"))
     return Params(W, b), run_key  # finite and in range: _options.check_step
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _draw(seed, shape: tuple[int, ...], dtype, normal: bool) -> tuple[jax.Array, jax.Array]:
+    """``key(seed)`` split into the init's key and the run's; W zeros, or N(0, 1/n) from the init key: one program."""
+    init_key, run_key = jax.random.split(jax.random.key(seed))
+    W = jax.random.normal(init_key, shape, dtype) / math.sqrt(shape[0]) if normal else jnp.zeros(shape, dtype)
+    return W, run_key
 
 
 class Problem(NamedTuple):
@@ -228,8 +264,9 @@ def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, scale:
     problems = members * (inputs.X.shape[0] if inputs.batched else 1) * (inputs.k if per_output else 1)
     chunk = o.chunk_size or _plan.chunk_steps(plan, m=inputs.m, n=inputs.n, itemsize=placed.data.X.dtype.itemsize,
                                               members=problems, line_search=c.line_search)
+    rows = placed.rows if o.batch_size is not None else None  # full batches: the weights mask padding (any m)
     program = Program(o.loss, o.reduction, plan, c.optimizer, lr is not None, o.fit_intercept, o.batch_size,
-                      chunk, placed.rows, o.shuffle, 1 if placed.mesh is None else placed.mesh.size, o.standardize)
+                      chunk, rows, o.shuffle, 1 if placed.mesh is None else placed.mesh.size, o.standardize)
     if inputs.batched:
         params = jax.tree.map(lambda a: jnp.broadcast_to(a, (inputs.X.shape[0], *a.shape)), params)
     if per_output:  # columns become problems: W (.., n, k) -> (.., k, n)
@@ -248,13 +285,14 @@ def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, scale:
 
 
 class Prepared(NamedTuple):
-    """A fit that passed every check: ``build(*prepared)`` makes its :class:`Problem`."""
+    """A fit that passed every check: ``build(*prepared[:5])`` makes its :class:`Problem`."""
 
     checked: _options.Checked
     inputs: Inputs
     placed: Placed
     plan: str
     scaling: Scaling
+    condition: float  # the health check's estimate (NaN: not estimated), which "auto" planned by
 
 
 def prepare(X, y, *, sample_weight=None, **options) -> Prepared:
@@ -263,9 +301,14 @@ def prepare(X, y, *, sample_weight=None, **options) -> Prepared:
     c = _options.check(options)
     checkpoint.check_target(c.options.checkpoint, c.options.resume, c.options.overwrite)
     inputs = check_data(X, y, sample_weight, c)
-    plan = _options.for_data(c, m=inputs.m, n=inputs.n, k=inputs.k, sharded=will_shard(inputs, c.options))
+    o = c.options
+    condition = health.check_conditioning(inputs.X, inputs.dtype, batched=inputs.batched, fit_intercept=o.fit_intercept,
+                                          l2=c.l2, loss=o.loss, reduction=o.reduction,
+                                          sample_weight=inputs.sample_weight, standardize=o.standardize, stacklevel=3)
+    plan = _options.for_data(c, m=inputs.m, n=inputs.n, k=inputs.k, sharded=will_shard(inputs, o),
+                             condition=condition if np.isfinite(condition) else None)
     scale = scaling(c, inputs)
-    return Prepared(c, inputs, place(inputs, c.options), plan, scale)
+    return Prepared(c, inputs, place(inputs, o), plan, scale, condition)
 
 
 def will_shard(inputs: Inputs, o: _options.FitOptions) -> bool:
@@ -297,12 +340,9 @@ def fit(X, y, *, sample_weight=None, **options) -> FitResult:
       gradfit.health.SeparableWarning: bce, ``l2=0``, classes the fit separates: not converged.
       RuntimeWarning: the fit diverged; names the step and suggests a learning rate.
     """
-    c, inputs, placed, plan, scale = prepared = prepare(X, y, sample_weight=sample_weight, **options)
+    c, inputs, placed, plan, scale, condition = prepared = prepare(X, y, sample_weight=sample_weight, **options)
     o = c.options
-    condition = health.check_conditioning(inputs.X, inputs.dtype, batched=inputs.batched, fit_intercept=o.fit_intercept,
-                                          l2=c.l2, loss=o.loss, reduction=o.reduction,
-                                          sample_weight=inputs.sample_weight, standardize=o.standardize, stacklevel=2)
-    problem = build(*prepared)
+    problem = build(*prepared[:5])
     stepper = CompiledStepper(problem.operand, problem.hyper, problem.program, problem.levels, problem.check)
     stored, not_stored = checkpoint.storable_arguments({k: v for k, v in o._asdict().items() if k not in _NOT_STORED})
     meta = {"fit": stored, "fit_not_stored": not_stored, "every": list(o.checkpoint_every or ())}
