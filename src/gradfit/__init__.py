@@ -4,6 +4,7 @@ Public surface::
 
     gradfit.fit(X, y, ...)            -> FitResult      (solver)
     gradfit.sweep(X, y, grid={...})   -> SweepResult    (the fit, vmapped over a grid: gradfit.sweeps)
+    gradfit.sweep(X, y, grid=, cv=5)  -> SweepResult    (cross-validated: folds vmapped with the grid; .cv, .best)
     gradfit.Params(W, b)                                (the model's pytree)
     gradfit.losses.mse / bce / l2_penalty               (pure losses)
     gradfit.gradients.mse / bce                         (hand-derived gradients)
@@ -14,15 +15,18 @@ Public surface::
     gradfit.datasets                                    (synthetic and small real data)
     gradfit.data.load_file(path, target, features)      (.npy, .npz, .csv, .parquet)
     gradfit.sklearn.GDRegressor / GDClassifier          (import gradfit.sklearn; needs scikit-learn)
+    gradfit.sklearn.GDRegressorCV / GDClassifierCV      (RidgeCV / LogisticRegressionCV, one compiled program)
     gradfit.shard_rows(data, devices) -> Data           (rows split over devices; sharding)
     gradfit.distributed.initialize / load_rows          (several processes or hosts)
     gradfit.resume(path, X, y)        -> FitResult      (continue a checkpointed fit)
     gradfit.checkpoint / progress                       (long runs: checkpoints, progress bars)
     gradfit.fit_streaming("X.npy", "y.npy", ...)        (data bigger than memory, streamed)
     gradfit.Interrupted                                 (Ctrl-C/SIGTERM: the run saved where it stopped)
+    gradfit.enable_compilation_cache(path=None)         (opt-in: fresh processes load compiled programs from disk)
 
-Importing gradfit changes no JAX setting (float64: ``jax.config.update("jax_enable_x64", True)``). The input dtype is
-respected; a 16-bit X stays 16-bit on the device (``gradfit._precision``)."""
+Importing gradfit changes no JAX setting (float64: ``jax.config.update("jax_enable_x64", True)``; the ``gradfit``
+command turns on the persistent compilation cache). The input dtype is respected; a 16-bit X stays 16-bit on the
+device (``gradfit._precision``)."""
 
 from gradfit import checkpoint as checkpoint
 from gradfit import data as data
@@ -34,7 +38,9 @@ from gradfit import losses as losses
 from gradfit import progress as progress
 from gradfit import stream as stream
 from gradfit import sweeps as sweeps
+from gradfit._cv import CVScores as CVScores
 from gradfit._driver import Interrupted as Interrupted
+from gradfit._executables import enable_compilation_cache as enable_compilation_cache
 from gradfit._params import predict as predict
 from gradfit._types import Data as Data
 from gradfit._types import Params as Params
@@ -52,7 +58,7 @@ from gradfit.sweeps import sweep as sweep
 __version__ = "0.1.0"
 
 __all__ = [
-    "Data", "FitResult", "Interrupted", "Params", "Solution", "SweepResult", "check_gradients", "checkpoint", "data",
-    "datasets", "distributed", "fit", "fit_streaming", "gradients", "health", "losses", "predict", "progress",
-    "resume", "shard_rows", "solve", "stream", "sweep", "sweeps",
+    "CVScores", "Data", "FitResult", "Interrupted", "Params", "Solution", "SweepResult", "check_gradients",
+    "checkpoint", "data", "datasets", "distributed", "enable_compilation_cache", "fit", "fit_streaming", "gradients",
+    "health", "losses", "predict", "progress", "resume", "shard_rows", "solve", "stream", "sweep", "sweeps",
 ]

@@ -48,6 +48,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "memory_budget_mb": 0,  # per member chunk (0: half a GPU's free memory, or 2048); bigger grids: chunks
         "top": 5,  # members printed, best first
         "plot": True,  # loss_curves.png (needs matplotlib: pip install 'gradfit[plot]')
+        # validation: cv = k folds (KFold; StratifiedKFold for bce), or one random held-out validation_fraction
+        "cv": 0, "validation_fraction": 0.0,  # 0: none (members ranked by training loss)
     },
     # data.stream = true: how the files are read (the plan, fit.grad, says what is computed).
     "stream": {"chunk_bytes": 64 << 20, "prefetch": 2},  # bytes of X per chunk; chunks read ahead

@@ -1,6 +1,7 @@
 """PNG pictures of a run folder (matplotlib, the extra ``gradfit[plot]``), drawn on an Agg canvas (no
 global backend change, no display) and written atomically: for a fit, ``loss_curve.png`` and
-``predictions.png``; for a sweep, ``loss_curves.png`` and, over learning_rate x l2, ``heatmap.png``."""
+``predictions.png``; for a sweep, ``loss_curves.png``, over learning_rate x l2 ``heatmap.png``, and when it was
+cross-validated ``validation_curve.png``."""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def _plot_predictions(target: np.ndarray, prediction: np.ndarray, loss: str, run
 
 
 def plot_sweep(run_dir) -> list[Path]:
-    """``loss_curves.png``, one curve per member, and, for a learning_rate x l2 grid, ``heatmap.png``."""
+    """``loss_curves.png``, one curve per member (cross-validated: the mean over folds), for a learning_rate x l2 grid
+    ``heatmap.png`` (by mean validation loss when cross-validated), and with validation ``validation_curve.png``."""
     run_dir = Path(run_dir)
     h = _io.read_npz(run_dir / "histories.npz", ["keys", "losses", "final_loss", "diverged"], "rerun gradfit sweep "
                      "with output.dir set to the folder (it rewrites histories.npz from the group files)")
@@ -134,12 +136,52 @@ def plot_sweep(run_dir) -> list[Path]:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title_fontsize=8,
                   title="members, best first" if K <= 10 else "best members")
     written = [_save(ax.figure, run_dir / "loss_curves.png")]
+    validated = "val_loss" in h and "val_train_loss" in h
+    if validated and (curve := _validation_curve(configs, keys, h, run_dir)) is not None:
+        written.append(curve)
     if "learning_rate" in keys and "l2" in keys:
-        written.append(_heatmap(configs, final, diverged, run_dir))
+        value = np.mean(h["val_loss"], axis=1) if validated else final
+        written.append(_heatmap(configs, value, diverged, run_dir, "mean validation loss" if validated else
+                                "final objective"))
     return written
 
 
-def _heatmap(configs, final, diverged, run_dir: Path) -> Path:
+def _validation_curve(configs, keys, h, run_dir: Path) -> Path | None:
+    """Training and validation loss (mean over folds, a +-1 std band) against each swept numeric key, the other
+    keys at the best member's values; the best marked. None when no numeric key takes several values."""
+    val, train, best = np.asarray(h["val_loss"], np.float64), np.asarray(h["val_train_loss"], np.float64), int(h["best"])
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    swept = [k for k in keys if len({c[k] for c in configs}) > 1 and all(number(c[k]) for c in configs)]
+    if not swept:
+        return None
+    axes = np.atleast_1d(_axes(5.2 * len(swept), 4.2, len(swept)))
+    ref = configs[best if best >= 0 else 0]
+    for ax, key in zip(axes, swept):
+        idx = sorted((i for i, c in enumerate(configs) if all(c[k] == ref[k] for k in keys if k != key)),
+                     key=lambda i: configs[i][key])
+        x = np.asarray([configs[i][key] for i in idx], np.float64)
+        for name, s, color in (("training", train, "tab:blue"), ("validation", val, "tab:orange")):
+            mean, std = s[idx].mean(axis=1), s[idx].std(axis=1)
+            ax.plot(x, mean, "o-", color=color, lw=1.5, ms=4, label=f"{name} loss")
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        if best >= 0:
+            ax.plot([configs[best][key]], [val[best].mean()], "*", color="red", ms=14, zorder=5,
+                    label=f"best: {key}={configs[best][key]:g}")
+        positive = x[x > 0]
+        if positive.size and positive.max() > 10 * positive.min():
+            ax.set_xscale("log") if positive.size == x.size else ax.set_xscale("symlog", linthresh=positive.min())
+        finite = np.concatenate([val[idx].ravel(), train[idx].ravel()])
+        if np.all(finite[np.isfinite(finite)] > 0):
+            ax.set_yscale("log")
+        others = ", ".join(f"{k}={ref[k]}" for k in keys if k != key)
+        ax.set(xlabel=key, ylabel="loss (mean over folds)", title=f"Validation curve: {key}" +
+               (f"\n({others})" if others else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(axes[0].figure, run_dir / "validation_curve.png")
+
+
+def _heatmap(configs, final, diverged, run_dir: Path, what: str = "final objective") -> Path:
     import matplotlib
     from matplotlib.colors import LogNorm
 
@@ -159,6 +201,6 @@ def _heatmap(configs, final, diverged, run_dir: Path) -> Path:
                 color="white" if dark else "black" if np.isfinite(value) else "red")
     ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], rotation=45)
     ax.set_yticks(range(len(l2s)), [f"{v:g}" for v in l2s])
-    ax.set(xlabel="learning_rate", ylabel="l2", title="Final loss (best over other keys; grey: diverged)")
-    ax.figure.colorbar(image, ax=ax, label="final objective")
+    ax.set(xlabel="learning_rate", ylabel="l2", title=f"{what.capitalize()} (best over other keys; grey: diverged)")
+    ax.figure.colorbar(image, ax=ax, label=what)
     return _save(ax.figure, run_dir / "heatmap.png")

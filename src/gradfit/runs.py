@@ -4,7 +4,8 @@
 ``model.json`` (loss, link, dtype, columns: what :func:`predict_run` needs), ``history.npz``, ``report.json`` and
 ``predictions.npz`` (a sample of rows, for ``gradfit plot``). :func:`sweep_config` (``gradfit sweep``) writes
 ``sweep.json`` (config, fingerprint, groups), ``group_NNN.npz`` as each group finishes (a rerun of the same config
-and data skips those), then ``results.csv``, ``histories.npz``, ``params.npz`` (README, "Sweeps")."""
+and data skips those), then ``results.csv``, ``histories.npz``, ``params.npz`` (README, "Sweeps"); with ``[sweep]
+cv`` or ``validation_fraction``, validation scores per member (mean and std over folds, the best row marked)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import _io, _stats, config, data, distributed, plotting, solver, stream, sweeps
+from gradfit import _cv, _io, _stats, config, data, distributed, plotting, solver, stream, sweeps
 from gradfit._options import Every
 from gradfit._params import predict
 from gradfit._types import Params
@@ -249,6 +251,8 @@ def fingerprint(cfg: dict[str, Any], ds=None) -> str:
     """A hash of everything that decides the members' numbers: ``[data]``, ``[fit]``, the grid and, given,
     the loaded data ``ds`` (its X and y: a data file changed under the same path changes the hash)."""
     keep = {"data": cfg["data"], "fit": cfg["fit"], "grid": cfg["sweep"]["grid"]}
+    if cfg["sweep"].get("cv") or cfg["sweep"].get("validation_fraction"):  # absent: earlier folders keep their hash
+        keep["validation"] = [cfg["sweep"]["cv"], cfg["sweep"]["validation_fraction"]]
     h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
     for a in () if ds is None else (ds.X, ds.y):
         h.update(f"{a.shape} {a.dtype}".encode())
@@ -259,17 +263,25 @@ def fingerprint(cfg: dict[str, Any], ds=None) -> str:
 def sweep_config(cfg: dict[str, Any], *, log: Log = print, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep a config describes and write its folder, holding its lock; return a summary.
     ``progress``: one bar per group over its members' steps (:class:`gradfit.progress.MemberBar`)."""
+    if cfg["data"]["dtype"] == "float64" and not jax.config.jax_enable_x64:
+        with jax.enable_x64(True):  # float64 data, float64 members; the setting is restored afterwards
+            return sweep_config(cfg, log=log, progress=progress)
     grid = cfg["sweep"]["grid"]
     if not grid:
         raise ValueError("the config has no [sweep] grid: add e.g. [sweep] grid = {learning_rate = [0.01, 0.1]} "
                          "(examples: configs/sweep_lr.toml)")
     if cfg["sweep"]["memory_budget_mb"] < 0:
         raise ValueError(f"sweep.memory_budget_mb must be >= 0 (0: automatic), got {cfg['sweep']['memory_budget_mb']}")
+    cv, fraction = cfg["sweep"]["cv"], cfg["sweep"]["validation_fraction"]
+    if cv < 0 or cv == 1 or not 0 <= fraction < 1 or (cv and fraction):
+        raise ValueError(f"sweep.cv = {cv}, sweep.validation_fraction = {fraction}: set cv to a number of folds >= 2 "
+                         "or validation_fraction in (0, 1) for one held-out part, not both (0: no validation)")
     out_dir = _io.check_writable(_out_dir(cfg))
     options = sweep_options(cfg["fit"], grid)
     parts = sweeps.split_grid(grid, **options)  # checks the grid before loading data
     ds = data.load(cfg["data"])
     log(f"data: {cfg['data']['source']}  X {ds.X.shape} {ds.X.dtype}  y {ds.y.shape}")
+    options["cv"] = _cv.holdout(len(ds.X), fraction, cfg["data"]["seed"]) if fraction else cv or None
     manifest = {"fingerprint": fingerprint(cfg, ds), "groups": parts, "config": cfg}
     path, fix = out_dir / "sweep.json", f"delete the folder {out_dir} to start the sweep over"
     with _io.locked(out_dir):
@@ -287,6 +299,9 @@ def sweep_config(cfg: dict[str, Any], *, log: Log = print, progress: bool = Fals
             raise
         rows = _write_results(out_dir, groups, list(grid))
     log(f"wrote {out_dir}/results.csv, histories.npz, params.npz ({len(rows)} members)")
+    if options["cv"] is not None:
+        best = next((r for r in rows if r["best"]), None)
+        log(f"best by validation loss: {({k: best[k] for k in grid} if best else 'none (every member diverged)')}")
     plots = []
     if cfg["sweep"]["plot"]:
         try:
@@ -314,22 +329,48 @@ def _sweep_group(i, part, parts, grid, ds, cfg, options, out_dir: Path, log: Log
         wall, st = time.perf_counter() - wall, result.stats
         log(f"  compile {st['compile_seconds']:.2f} s, run {st['run_seconds']:.2f} s, wall {wall:.2f} s "
             f"({st['programs']} programs, {st['member_chunks']} member chunks)")
+        scores = {} if result.cv is None else {"penalty": result.cv.penalty,
+                                               **{f"val_{k}": v for k, v in result.cv.scores.items()}}
         _io.write_npz(path, configs=json.dumps(result.configs, default=str), W=result.params.W, b=result.params.b,
                       losses=result.losses, **{k: getattr(result, k) for k in _STATUS[:-1]}, group_wall_seconds=wall,
-                      stats=json.dumps(st, default=str))
+                      stats=json.dumps(st, default=str), **scores)
     out = _io.read_npz(path, ("configs", "W", "b", "losses", *_STATUS), "delete it to run that group again")
     return {**out, "configs": json.loads(str(out["configs"]))}
 
 
+def _group_scores(groups: list[dict[str, Any]]) -> _cv.CVScores | None:
+    """The groups' validation scores (``val_*`` arrays) as one :class:`gradfit._cv.CVScores` over all members (a
+    score some groups lack, e.g. accuracy of mse members, is NaN there); sets each group's ``scores``."""
+    if "penalty" not in groups[0]:
+        return None
+    names = sorted({k[4:] for g in groups for k in g if k.startswith("val_")})
+    for g in groups:
+        shape = g["val_loss"].shape
+        g["scores"] = {k: g.get(f"val_{k}", np.full(shape, np.nan)) for k in names}
+    scores = {k: np.concatenate([g["scores"][k] for g in groups]) for k in names}
+    return _cv.CVScores([], scores, np.concatenate([g["penalty"] for g in groups]))
+
+
 def _write_results(out_dir: Path, groups: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
     """results.csv, histories.npz and params.npz of every group's members; returns their rows
-    (:meth:`gradfit.sweeps.SweepResult.rows`, with ``group`` and ``group_wall_seconds``)."""
+    (:meth:`gradfit.sweeps.SweepResult.rows`, with ``group`` and ``group_wall_seconds``; cross-validated: the
+    validation columns, ``best`` over all groups, and the histories averaged over the folds)."""
     rows, T = [], max(g["losses"].shape[-1] for g in groups)
+    cv = _group_scores(groups)
     for gi, g in enumerate(groups):
-        result = sweeps.SweepResult(g["configs"], None, None, stats={}, **{k: g[k] for k in _STATUS[:-1]})  # its rows
+        result = sweeps.SweepResult(g["configs"], None, None, stats={}, **{k: g[k] for k in _STATUS[:-1]},
+                                    cv=None if cv is None else cv._replace(scores=g["scores"], penalty=g["penalty"]))
         rows += [{"group": gi, **r, "group_wall_seconds": float(g["group_wall_seconds"])} for r in result.rows()]
+    best = None if cv is None else _cv.best_index(cv)
+    for i, r in enumerate(rows if cv is not None else ()):
+        r["best"] = i == best
     pad = lambda a: np.full((*a.shape[:-1], T - a.shape[-1]), np.nan, a.dtype)  # noqa: E731
     losses = np.concatenate([np.concatenate([g["losses"], pad(g["losses"])], axis=-1) for g in groups])
+    if cv is not None:  # (K, F[, k], T): the mean curve over the folds
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # steps no fold ran: NaN
+            losses = np.nanmean(losses, axis=1)
+    extra = {} if cv is None else {f"val_{k}": v for k, v in cv.scores.items()}
     W, b = (np.concatenate([g[name] for g in groups]) for name in ("W", "b"))
 
     def config_column(k: str) -> np.ndarray:  # numbers as float64, anything else as text
@@ -344,6 +385,7 @@ def _write_results(out_dir: Path, groups: list[dict[str, Any]], keys: list[str])
     _io.write_text(out_dir / "results.csv", buf.getvalue())
     _io.write_npz(out_dir / "histories.npz", losses=losses, keys=np.asarray(keys),
                   **{k: np.asarray([r[k] for r in rows]) for k in _STATUS},
-                  **{f"config_{k}": config_column(k) for k in keys})
+                  **{f"config_{k}": config_column(k) for k in keys}, **extra,
+                  **({} if cv is None else {"best": np.asarray(-1 if best is None else best)}))
     _io.write_npz(out_dir / "params.npz", W=W, b=b)
     return rows

@@ -1,5 +1,6 @@
-"""scikit-learn estimators :class:`GDRegressor` and :class:`GDClassifier`, fitted by :func:`gradfit.fit`; they pass
-``parametrize_with_checks``. Prediction is numpy's ``X @ coef_.T + intercept_`` (no compile). float64 input is
+"""scikit-learn estimators :class:`GDRegressor` and :class:`GDClassifier`, fitted by :func:`gradfit.fit`, and their
+cross-validated :class:`GDRegressorCV` and :class:`GDClassifierCV` (:func:`gradfit.sweep` with ``cv``: every penalty
+and fold in one compiled program); they pass ``parametrize_with_checks``. Prediction is numpy's ``X @ coef_.T + intercept_`` (no compile). float64 input is
 fitted in float64 (x64 on for the fit alone), float32 in float32."""
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ import numpy as np
 
 try:
     from scipy.special import log_expit, log_softmax
+    from scipy.stats import rankdata
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import check_scoring
+    from sklearn.model_selection import check_cv
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets, type_of_target
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as e:  # absent, or older than 1.6 (no validate_data)
     raise ImportError(f"gradfit.sklearn needs scikit-learn >= 1.6 ({e}): pip install 'gradfit[sklearn]'") from e
 
-from gradfit import _optim, _validation, solver
+from gradfit import _cv, _optim, _validation, solver, sweeps
 from gradfit._types import Params
 
-__all__ = ["GDClassifier", "GDRegressor"]
+__all__ = ["GDClassifier", "GDClassifierCV", "GDRegressor", "GDRegressorCV"]
 
 
 def _is_real(value) -> bool:
@@ -293,3 +297,201 @@ class GDClassifier(ClassifierMixin, _GDBase):
         """The most likely class of each sample, (n_samples,)."""
         scores = self.decision_function(X)
         return self.classes_[(scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)]
+
+
+_IN_PROGRAM = {"neg_mean_squared_error": "loss", "neg_log_loss": "loss", "accuracy": "accuracy"}
+
+
+class _CV:
+    """What both cross-validated estimators share: folds by ``check_cv``, one :func:`gradfit.sweep` over the
+    penalties with ``reduction="sum"``, scores (in the program, or a scorer per fold on the host), the refit."""
+
+    def _check_cv_params(self, grid: np.ndarray, name: str) -> None:
+        est = type(self).__name__
+        if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
+            raise ValueError(f"{est}: {name} must be a non-empty 1-d list of floats >= 0, got {grid!r}")
+        if self.learning_rate is not None and not (self.learning_rate == "auto" or
+                                                   (_is_real(self.learning_rate) and self.learning_rate > 0)):
+            raise ValueError(f"{est}: learning_rate must be None (lbfgs's line search), 'auto' (1/L) or a positive "
+                             f"float, got {self.learning_rate!r}")
+        if not _validation.is_int(self.max_iter) or self.max_iter < 1:
+            raise ValueError(f"{est}: max_iter must be a positive integer (the most steps), got {self.max_iter!r}")
+        if not _is_real(self.tol) or self.tol < 0:
+            raise ValueError(f"{est}: tol must be a float >= 0, got {self.tol!r}")
+
+    def _cv_fit(self, X, T, labels, sample_weight, l2: np.ndarray, *, classifier: bool):
+        """Sweep ``l2`` with folds of ``check_cv(cv, labels)``; set ``cv_results_``, ``best_score_``, ``n_iter_``
+        and return (best index, refitted FitResult)."""
+        pairs = list(check_cv(self.cv, labels, classifier=classifier).split(X, labels))
+        sw = None if sample_weight is None else np.asarray(sample_weight)
+        sw = np.full(len(X), sw) if sw is not None and sw.ndim == 0 else sw
+        options = dict(loss=self._loss, reduction="sum", optimizer=self.optimizer, steps=int(self.max_iter),
+                       tol=float(self.tol), fit_intercept=self.fit_intercept, optimizer_options=self.optimizer_options)
+        if self.learning_rate is not None:
+            options["learning_rate"] = self.learning_rate
+        with jax.enable_x64(True) if X.dtype == np.float64 else contextlib.nullcontext():
+            result = sweeps.sweep(X, T, grid={"l2": [float(v) for v in l2]}, cv=pairs, sample_weight=sw, **options)
+            test = self._test_scores(result, X, labels, pairs)
+            scores = _cv.CVScores(pairs, {"loss": -test}, np.asarray(l2, np.float64))
+            best = _cv.best_index(scores)
+            if best is None:
+                raise ValueError(f"{type(self).__name__}: every penalty diverged or scored NaN in some fold: "
+                                 "lower learning_rate, or use optimizer='lbfgs'")
+            refit = solver.fit(X, T, sample_weight=sw, l2=float(l2[best]), **options)
+        self.best_score_ = float(np.mean(test[best]))
+        mean = np.mean(test, axis=1)
+        self.cv_results_ = {**{f"split{f}_test_score": test[:, f] for f in range(len(pairs))},
+                            "mean_test_score": mean, "std_test_score": np.std(test, axis=1),
+                            "rank_test_score": rankdata(-np.where(np.isfinite(mean), mean, -np.inf), "min").astype(
+                                np.int32),
+                            "mean_train_score": -result.cv.mean["train_loss"]}
+        return best, refit
+
+    def _test_scores(self, result, X, labels, pairs) -> np.ndarray:
+        """(K, F): ``scoring`` None is minus the validation loss (MSE or log-loss), as
+        ``neg_mean_squared_error``/``neg_log_loss``; ``accuracy`` comes from the program; else a scorer per lane."""
+        if self.scoring is None or _IN_PROGRAM.get(self.scoring) == "loss":
+            return -result.cv.scores["loss"]
+        if self.scoring == "accuracy" and self._loss == "bce" and np.ndim(result.params.b) == 2:
+            return result.cv.scores["accuracy"]  # binary
+        scorer = check_scoring(self, scoring=self.scoring)
+        K, F = np.shape(result.final_loss)
+        test = np.full((K, F), np.nan)
+        for i in range(K):
+            for f, (_, val) in enumerate(pairs):
+                if np.isfinite(result.cv.scores["loss"][i, f]):
+                    est = self._fold_estimator(result.params.W[i, f], result.params.b[i, f], X.shape[1])
+                    test[i, f] = scorer(est, X[val], labels[val])
+        return test
+
+
+class GDRegressorCV(_CV, GDRegressor):
+    """Ridge regression with the penalty chosen by cross-validation, as :class:`~sklearn.linear_model.RidgeCV`
+    (``cv`` given): for each ``alpha`` in ``alphas`` and each fold, minimises scikit-learn's Ridge objective
+
+        J(W, b) = sum_i w_i ||y_i - x_i W - b||^2 + alpha ||W||^2
+
+    (gradfit's ``reduction="sum"``, ``l2 = 2 alpha``) on the fold's training rows; every (alpha, fold) pair is one
+    lane of a single compiled program over the one X (:func:`gradfit.sweep` with ``cv``). ``alpha_`` has the lowest
+    mean validation MSE (with ``scoring=None``; ties go to the larger alpha); it is then refitted on all the data.
+
+    Parameters
+    ----------
+    alphas : array-like of float >= 0, default=(0.1, 1.0, 10.0)
+    cv : int, cross-validation generator or iterable of (train, test) splits, default=5
+        As ``check_cv(cv, y, classifier=False)``: an int is ``KFold(cv)``.
+    scoring : str, callable or None, default=None
+        None: minus the mean validation MSE (``neg_mean_squared_error``, computed in the program); else any
+        scikit-learn scorer, evaluated per fold on the host (RidgeCV's None is R^2: pass ``scoring="r2"``).
+    fit_intercept : bool, default=True
+    optimizer : str, default="lbfgs"
+        An optax alias; with ``"sgd"``, ``learning_rate="auto"`` (1/L) or a float, about 1/(2 sum_i w_i x_i^2).
+    learning_rate : None, "auto" or float, default=None
+    max_iter : int, default=500
+    tol : float, default=1e-4
+        gradfit's optimality test ``G <= tol`` (:func:`gradfit.fit`).
+    optimizer_options : dict or None, default=None
+
+    Attributes
+    ----------
+    alpha_ : float
+    best_params_ : dict, ``{"alpha": alpha_}``
+    best_score_ : float, the mean validation score of ``alpha_``
+    cv_results_ : dict of arrays (n_alphas,): ``params``, ``param_alpha``, ``split{k}_test_score``,
+        ``mean_test_score``, ``std_test_score``, ``rank_test_score``, ``mean_train_score`` (minus the training MSE)
+    coef_, intercept_, n_iter_, n_features_in_ : as :class:`GDRegressor` (of the refit)
+    """
+
+    def __init__(self, *, alphas=(0.1, 1.0, 10.0), cv=5, scoring=None, fit_intercept=True, optimizer="lbfgs",
+                 learning_rate=None, max_iter=500, tol=1e-4, optimizer_options=None):
+        self._store(locals())
+
+    def fit(self, X, y, sample_weight=None):
+        """Cross-validate every alpha on X (n_samples, n_features), y (n_samples,) or (n_samples, n_targets),
+        then refit the best on all of them."""
+        alphas = np.atleast_1d(np.asarray(self.alphas, np.float64))
+        self._check_cv_params(alphas, "alphas")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=True)
+        y = np.asarray(y, X.dtype)
+        best, refit = self._cv_fit(X, y, y, sample_weight, 2 * alphas, classifier=False)
+        self.alpha_ = float(alphas[best])
+        self.best_params_ = {"alpha": self.alpha_}
+        self.cv_results_.update(params=[{"alpha": float(a)} for a in alphas], param_alpha=alphas)
+        b = np.asarray(refit.params.b)
+        self.coef_ = np.asarray(refit.params.W).T.copy()
+        self.intercept_ = b[()] if b.ndim == 0 else b.copy()
+        return self._finish(refit)
+
+    def _fold_estimator(self, W, b, n_features):
+        est = GDRegressor()
+        est.coef_, est.intercept_, est.n_features_in_ = np.asarray(W).T, np.asarray(b), n_features
+        return est
+
+
+class GDClassifierCV(_CV, GDClassifier):
+    """Logistic regression with ``C`` chosen by cross-validation, as :class:`~sklearn.linear_model.LogisticRegressionCV`:
+    for each ``C`` in ``Cs`` and each fold, minimises scikit-learn's objective (binary; ``t_i`` in {0, 1})
+
+        C sum_i s_i [t_i softplus(-z_i) + (1 - t_i) softplus(z_i)] + ||w||^2 / 2,   z_i = x_i . w + b
+
+    i.e. gradfit's bce with ``reduction="sum"`` and ``l2 = 1 / C``; every (C, fold) pair is one lane of a single
+    compiled program (:func:`gradfit.sweep` with ``cv``). Multiclass is one-vs-rest (as :class:`GDClassifier`), the
+    classes sharing C. ``C_`` has the lowest mean validation log-loss (``scoring=None``; ties to the smaller C),
+    refitted on all the data.
+
+    Parameters
+    ----------
+    Cs : int or array-like of float > 0, default=10
+        An int n is ``np.logspace(-4, 4, n)``, as LogisticRegressionCV.
+    cv : int, cross-validation generator or iterable of (train, test) splits, default=5
+        As ``check_cv(cv, y, classifier=True)``: an int is ``StratifiedKFold(cv)``.
+    scoring : str, callable or None, default=None
+        None: minus the mean validation log-loss (``neg_log_loss``, computed in the program; LogisticRegressionCV's
+        None is accuracy: pass ``scoring="accuracy"``); else any scikit-learn scorer, per fold on the host.
+    fit_intercept, optimizer, learning_rate, max_iter, tol, optimizer_options : as :class:`GDRegressorCV`
+
+    Attributes
+    ----------
+    C_ : ndarray of shape (1,) for two classes, (n_classes,) otherwise (all equal)
+    Cs_ : ndarray of shape (n_cs,)
+    best_params_, best_score_, cv_results_ : as :class:`GDRegressorCV`, with ``C`` for ``alpha``
+    classes_, coef_, intercept_, n_iter_, n_features_in_ : as :class:`GDClassifier` (of the refit)
+    """
+
+    def __init__(self, *, Cs=10, cv=5, scoring=None, fit_intercept=True, optimizer="lbfgs", learning_rate=None,
+                 max_iter=500, tol=1e-4, optimizer_options=None):
+        self._store(locals())
+
+    def fit(self, X, y, sample_weight=None):
+        """Cross-validate every C on X (n_samples, n_features) and labels y (n_samples,), refit the best."""
+        Cs = np.logspace(-4, 4, self.Cs) if _validation.is_int(self.Cs) and self.Cs > 0 else \
+            np.atleast_1d(np.asarray(self.Cs, np.float64))
+        self._check_cv_params(Cs, "Cs")
+        if np.any(Cs <= 0):
+            raise ValueError(f"GDClassifierCV: Cs must be > 0 (the inverse penalty), got {Cs!r}")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=True)
+        check_classification_targets(y)
+        kind = type_of_target(y)
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(f"GDClassifierCV fits binary or multiclass labels, got {kind!r} targets")
+        classes, index = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"GDClassifierCV needs samples of at least 2 classes in y, got 1 class ({classes[0]!r})")
+        binary = len(classes) == 2
+        T = (index == 1).astype(X.dtype) if binary else np.eye(len(classes), dtype=X.dtype)[index]
+        self.classes_ = classes
+        best, refit = self._cv_fit(X, T, y, sample_weight, 1 / Cs, classifier=True)
+        self.Cs_ = Cs
+        self.C_ = np.full(1 if binary else len(classes), Cs[best])
+        self.best_params_ = {"C": float(Cs[best])}
+        self.cv_results_.update(params=[{"C": float(c)} for c in Cs], param_C=Cs)
+        self.coef_ = np.asarray(refit.params.W).reshape(X.shape[1], -1).T.copy()
+        self.intercept_ = np.asarray(refit.params.b).reshape(-1).copy()
+        return self._finish(refit)
+
+    def _fold_estimator(self, W, b, n_features):
+        est = GDClassifier()
+        est.coef_ = np.asarray(W).reshape(n_features, -1).T
+        est.intercept_ = np.asarray(b).reshape(-1)
+        est.classes_, est.n_features_in_ = self.classes_, n_features
+        return est

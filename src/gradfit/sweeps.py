@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import _optim, _options, progress as progress_bars, solver
+from gradfit import _cv, _optim, _options, progress as progress_bars, solver
 from gradfit._driver import CompiledStepper, Compacting, RunResult, active_host, bucket, drive
 from gradfit._types import Level, Params
 
@@ -52,6 +52,10 @@ class SweepResult(NamedTuple):
     stats: ``compile_seconds``, ``run_seconds``, ``groups``, ``programs``, ``member_chunks``,
       ``lane_steps`` (member-steps paid for, padding included), ``batch_sizes`` (members per
       chunk), ``grad_norm`` (``G`` per member), ``backend``, ``dtype``.
+    cv: with ``cv``, the :class:`gradfit._cv.CVScores` (per-member, per-fold validation scores, their mean and
+      std over folds); the fields above then hold one lane per fold after the member axis: W (K, F, n[, k]),
+      losses (K, F[, k], T), final_loss (K, F), steps etc. (K, F[, k]). refit: with ``refit=True``, the
+      ``FitResult`` of :attr:`best` fitted on all the data.
     """
 
     configs: list[dict[str, Any]]
@@ -64,10 +68,15 @@ class SweepResult(NamedTuple):
     seconds: np.ndarray
     stats: dict
     status: np.ndarray | None = None
+    cv: _cv.CVScores | None = None
+    refit: Any = None
 
     @property
     def best_index(self) -> int | None:
-        """The member with the lowest finite final loss among those that did not diverge."""
+        """The member with the lowest finite final loss among those that did not diverge; with ``cv``, the lowest
+        mean validation loss among those finite in every fold, ties to the stronger l2 (:func:`_cv.best_index`)."""
+        if self.cv is not None:
+            return _cv.best_index(self.cv)
         ok = np.isfinite(self.final_loss) & ~_per_member(self.diverged, np.any)
         return int(np.argmin(np.where(ok, self.final_loss, np.inf))) if ok.any() else None
 
@@ -78,14 +87,26 @@ class SweepResult(NamedTuple):
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per member: config, ``final_loss``, ``steps``, ``converged``, ``diverged``, ``status``,
-        ``seconds`` (per-output: most steps, all converged, any diverged, first non-"converged" status)."""
+        ``seconds`` (per-output or per-fold: most steps, all converged, any diverged, first non-"converged" status,
+        mean final loss over folds); with ``cv`` also ``val_loss``, ``val_loss_std``, ``train_loss`` (means over
+        the folds), bce ``val_accuracy``, ``val_accuracy_std``, and ``best``."""
+        final = _per_member(self.final_loss, np.mean)
         steps, converged = _per_member(self.steps, np.max), _per_member(self.converged, np.all)
         diverged = _per_member(self.diverged, np.any)
         status = self.status if self.status is not None else np.where(converged, "converged", "max_steps")
         status = [next((s for s in np.ravel(row) if s != "converged"), "converged") for row in status]
-        return [{**config, "final_loss": float(self.final_loss[i]), "steps": int(steps[i]),
+        rows = [{**config, "final_loss": float(final[i]), "steps": int(steps[i]),
                  "converged": bool(converged[i]), "diverged": bool(diverged[i]), "status": status[i],
                  "seconds": float(self.seconds[i])} for i, config in enumerate(self.configs)]
+        if self.cv is not None:
+            mean, std, best = self.cv.mean, self.cv.std, self.best_index
+            for i, row in enumerate(rows):
+                row.update(val_loss=float(mean["loss"][i]), val_loss_std=float(std["loss"][i]),
+                           train_loss=float(mean["train_loss"][i]))
+                if "accuracy" in mean:
+                    row.update(val_accuracy=float(mean["accuracy"][i]), val_accuracy_std=float(std["accuracy"][i]))
+                row["best"] = i == best
+        return rows
 
     def table(self, top: int | None = None) -> str:
         """The rows as aligned text, best first (diverged and non-finite members last)."""
@@ -98,11 +119,12 @@ def _per_member(a: np.ndarray, reduce) -> np.ndarray:
 
 
 def format_table(rows: list[dict[str, Any]], top: int | None = None) -> str:
-    """Rows (from :meth:`SweepResult.rows`) as text, sorted by final loss, best first."""
+    """Rows (from :meth:`SweepResult.rows`) as text, sorted by validation loss (else final loss), best first."""
 
     def rank(r):
-        finite = math.isfinite(r["final_loss"])
-        return (r["diverged"] or not finite, r["final_loss"] if finite else math.inf)
+        value = r.get("val_loss", r["final_loss"])
+        finite = math.isfinite(value)
+        return (not r.get("best", True), r["diverged"] or not finite, value if finite else math.inf)
 
     rows = sorted(rows, key=rank)[:top]
     if not rows:
@@ -234,6 +256,8 @@ def _stack(problem: solver.Problem, checked: list[_options.Checked], swept: list
         params = jax.tree.map(lambda *a: jnp.stack(a), *[p for p, _ in inits])
         if problem.per_output:
             params = Params(jnp.moveaxis(params.W, -1, -2), params.b)
+        params = jax.tree.map(lambda p, like: jnp.broadcast_to(p[:, None], (K, *like.shape)) if p.ndim == like.ndim
+                              else p, params, problem.params)  # cross-validated: the same init in every fold
         key, key_axis = jnp.stack([k for _, k in inits]), 0
     else:
         params = jax.tree.map(lambda a: jnp.broadcast_to(a, (K, *a.shape)), problem.params)
@@ -258,10 +282,12 @@ def _member_bytes(problem: solver.Problem) -> int:
 
 
 def _run_group(group: Group, checked: list[_options.Checked], problem: solver.Problem, inputs: solver.Inputs, *,
-               swept: list[str], budget: int, compact: bool, bar) -> Iterator[tuple[list[int], RunResult, dict]]:
-    """Run one group in member chunks that fit ``budget``; yields each chunk's members and run."""
+               swept: list[str], budget: int, compact: bool, bar, lanes: int = 1
+               ) -> Iterator[tuple[list[int], RunResult, dict]]:
+    """Run one group in member chunks that fit ``budget`` (``lanes`` folds a member); yields each chunk's members
+    and run."""
     size = len(group.members)
-    per_chunk = max(1, min(size, budget // max(1, _member_bytes(problem))))
+    per_chunk = max(1, min(size, budget // max(1, lanes * _member_bytes(problem))))
     for lo in range(0, size, per_chunk):
         ids = np.arange(lo, min(lo + per_chunk, size))
         width = per_chunk if len(ids) == per_chunk else bucket(len(ids), per_chunk)
@@ -282,7 +308,7 @@ def _run_group(group: Group, checked: list[_options.Checked], problem: solver.Pr
                     chunk_steps=problem.program.chunk_size)
         sizes = runner.batch_sizes if compact else [width] * run.chunks
         info = {"programs": stepper.programs, "compile_seconds": run.compile_seconds, "batch_sizes": sizes,
-                "lane_steps": sum(sizes) * problem.program.chunk_size}
+                "lane_steps": sum(sizes) * problem.program.chunk_size * lanes, "per_output": problem.per_output}
         run = run._replace(**{f: jax.tree.map(lambda a: a[: len(ids)], getattr(run, f))  # drop the padding members
                               for f in ("state", "final_loss", "history", "finished_seconds", "diverged_at_end")})
         yield list(global_ids), run, info
@@ -291,9 +317,9 @@ def _run_group(group: Group, checked: list[_options.Checked], problem: solver.Pr
 _FIT_ONLY = ("callback", "batched", "progress", "checkpoint", "checkpoint_every", "resume", "overwrite", "n_rows")
 
 
-def _plan_groups(configs, groups: list[Group], options, X, y, sample_weight):
-    """Check every member, then the data, before any compute: ``[(group, its members' checked
-    options, plan, scaling)]``, the checked inputs and the placed data."""
+def _plan_groups(configs, groups: list[Group], options, X, y, sample_weight, cv=None):
+    """Check every member, then the data and the folds of ``cv``, before any compute: ``[(group, its members'
+    checked options, plan, scaling, per-fold scaling or None)]``, the checked inputs, the placed data, the folds."""
     checked = []
     for group in groups:
         checked.append([])
@@ -307,27 +333,42 @@ def _plan_groups(configs, groups: list[Group], options, X, y, sample_weight):
     strict = next((cs[0] for cs in checked if cs[0].options.loss == "bce"), checked[0][0])
     inputs = solver.check_data(X, y, sample_weight, strict)  # bce targets checked if any group is bce
     sharded = solver.will_shard(inputs, checked[0][0].options)
+    folds = None
+    if cv is not None:
+        if sharded:
+            raise ValueError("cv does not run with rows split over several devices yet: use devices=1 (or None), "
+                             "or leave cv=None")
+        pairs = _cv.split(cv, inputs.X, inputs.y, loss=strict.options.loss)
+        folds = _cv.make_folds(pairs, inputs, {c[0].options.loss for c in checked})
+    lanes = 1 if folds is None else len(folds.pairs)
     planned = []
     for group, cs in zip(groups, checked):
         most = max(m.options.steps for m in cs)  # "auto" plans for the group's largest step budget
         c = cs[0]._replace(options=cs[0].options._replace(steps=most))
         try:
-            plan = _options.for_data(c, m=inputs.m, n=inputs.n, k=inputs.k, sharded=sharded, members=len(cs))
+            plan = _options.for_data(c, m=inputs.m, n=inputs.n, k=inputs.k, sharded=sharded, members=len(cs) * lanes)
             scale = solver.scaling(cs[0], inputs, cs[1:])
+            per_fold = None if folds is None else _cv.fold_scaling(cs[0], inputs, cs[1:], folds)
         except ValueError as e:
             raise ValueError(f"grid group {group.fixed or configs[group.members[0]]}: {e}") from None
-        planned.append((group, cs, plan, scale))
-    return planned, inputs, solver.place(inputs, checked[0][0].options)
+        planned.append((group, cs, plan, scale, per_fold))
+    placed = solver.place(inputs, checked[0][0].options)
+    return planned, inputs, placed, None if folds is None else _cv.padded(folds, placed.data.X.shape[0])
 
 
-def sweep(X, y, *, grid: dict[str, Any], compact: bool = True, memory_budget: int | None = None,
-          callback: Callable[[int, int], None] | None = None, progress: bool = False, sample_weight=None,
-          **options) -> SweepResult:
+def sweep(X, y, *, grid: dict[str, Any], cv=None, refit: bool = False, compact: bool = True,
+          memory_budget: int | None = None, callback: Callable[[int, int], None] | None = None,
+          progress: bool = False, sample_weight=None, **options) -> SweepResult:
     """Fit every member of ``grid``'s cartesian product, K members per compiled program.
 
     Args:
       X: (m, n) features; y: (m,) or (m, k) targets; sample_weight: (m,), as for :func:`gradfit.fit`.
       grid: ``{key: [values]}`` of traced and program keys (:mod:`gradfit.sweeps`).
+      cv: cross-validate every member (:mod:`gradfit._cv`): an int (``KFold``, ``StratifiedKFold`` for bce with a
+        1-d y), a splitter with ``split(X, y)``, or a list of (train_idx, val_idx) pairs. The folds are row-weight
+        masks over the one X, ``vmap``-ed with the members in the group's one program; each lane is then scored on
+        its held-out rows (``SweepResult.cv``), and :attr:`SweepResult.best` has the lowest mean validation loss.
+      refit: with ``cv``, fit :attr:`SweepResult.best` on all the data (``SweepResult.refit``, one more compile).
       compact: between chunks, run only the still-active members (power-of-two batches);
         False keeps all K members in every chunk (same results).
       memory_budget: bytes per member chunk (default :func:`default_memory_budget`); a grid that
@@ -355,32 +396,75 @@ def sweep(X, y, *, grid: dict[str, Any], compact: bool = True, memory_budget: in
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     budget = int(memory_budget or default_memory_budget())
     _options.check_callback(callback, "callback(members_done, members_total), called after each member chunk")
+    if refit and cv is None:
+        raise ValueError("refit=True fits the best cross-validated member on all the data: give cv (e.g. cv=5)")
     configs, groups = expand(grid, **options)
-    planned, inputs, placed = _plan_groups(configs, groups, options, X, y, sample_weight)
-    budgets = {i: c.options.steps for g, cs, _, _ in planned for i, c in zip(g.members, cs)}  # product order
+    planned, inputs, placed, folds = _plan_groups(configs, groups, options, X, y, sample_weight, cv)
+    lanes = 1 if folds is None else len(folds.pairs)
+    budgets = {i: c.options.steps for g, cs, _, _, _ in planned for i, c in zip(g.members, cs)}  # product order
     bar = progress_bars.MemberBar([budgets[i] for i in range(len(configs))]) if progress else None
     results, operands, plans = [], {}, []
     try:
-        for group, checked, plan, scale in planned:
-            problem = solver.build(checked[0], inputs, placed, plan, scale, operands, members=len(checked))
-            plans.append(problem.program.plan)
+        for group, checked, plan, scale, per_fold in planned:
+            if folds is not None and plan == "stats" and plan not in operands:
+                operands[plan] = _cv.fold_statistics(placed.data, folds)
             swept = [k for k in configs[0] if k not in group.fixed]
+            auto_l2 = checked[0].auto_step and "l2" in swept  # one 1/L per member: L grows with l2
+            first = checked[0]._replace(l2=np.zeros_like(checked[0].l2)) if auto_l2 else checked[0]
+            problem = solver.build(first, inputs, placed, plan, scale, operands, members=len(checked) * lanes)
+            if folds is not None:
+                problem = _cv.with_folds(problem, folds, per_fold)
+            if auto_l2:
+                checked, swept = _auto_steps(problem, checked), swept + ["learning_rate"]
+            plans.append(problem.program.plan)
             for chunk in _run_group(group, checked, problem, inputs, swept=swept, budget=budget, compact=compact,
-                                    bar=bar):
+                                    bar=bar, lanes=lanes):
                 results.append(chunk)
                 if callback is not None:
                     callback(sum(len(ids) for ids, _, _ in results), len(configs))
     finally:
         if bar is not None:
             bar.close()
-    return _assemble(configs, results, inputs, placed, plans, operands, len(groups), compact)
+    result = _assemble(configs, results, inputs, placed, plans, operands, len(groups), compact, folds is not None)
+    if folds is None:
+        return result
+    return _validate(result, planned, placed, folds, options, budget, X, y, sample_weight, refit)
 
 
 sweep = _options.with_options_signature(sweep, exclude=_FIT_ONLY)
 
 
-def _assemble(configs, results, inputs: solver.Inputs, placed, plans, operands, n_groups, compact) -> SweepResult:
-    T, inner = max(run.history.shape[-1] for _, run, _ in results), results[0][1].history.shape[1:-1]
+def _auto_steps(problem: solver.Problem, checked: list[_options.Checked]) -> list[_options.Checked]:
+    """``learning_rate="auto"`` with l2 swept: member i's step ``1 / (L_0 + l2_i max(1 / sigma^2))``, ``1/L_0`` the
+    step without a penalty (``problem``'s) and sigma the column scales in the fit's coordinates: the L of
+    :func:`gradfit.health.lipschitz` with the member's own l2 (for the statistics plan an upper bound)."""
+    scale = np.asarray(problem.hyper.scaling.scale, np.float64) if problem.program.standardize else np.ones(1)
+    L0, per_l2 = 1.0 / float(np.max(problem.learning_rate)), float(np.max(1.0 / scale**2))
+    return [c._replace(learning_rate=np.asarray(1.0 / (L0 + float(np.max(c.l2)) * per_l2))) for c in checked]
+
+
+def _validate(result: SweepResult, planned, placed, folds, options, budget, X, y, sample_weight, refit) -> SweepResult:
+    """Score every (member, fold) lane on its held-out rows (:func:`gradfit._cv.score`, one program per group's
+    loss and size), then, with ``refit``, fit the best member on all the data."""
+    shape = np.shape(result.final_loss)
+    scores: dict[str, np.ndarray] = {}
+    for group, cs, *_ in planned:
+        ids = np.asarray(group.members)
+        params = Params(result.params.W[ids], result.params.b[ids])
+        part = _cv.score(params, placed.data.X, placed.data.y, folds, cs[0].options.loss, result.diverged[ids], budget)
+        for name, value in part.items():
+            scores.setdefault(name, np.full(shape, np.nan))[ids] = value
+    cv = _cv.CVScores(folds.pairs, scores, _cv.penalty(result.configs, options))
+    result = result._replace(cv=cv)
+    if refit and result.best is not None:
+        best = member_options(result.best, options)
+        result = result._replace(refit=solver.fit(X, y, sample_weight=sample_weight, **best))
+    return result
+
+
+def _assemble(configs, results, inputs: solver.Inputs, placed, plans, operands, n_groups, compact,
+              fold_axis: bool = False) -> SweepResult:
+    T = max(run.history.shape[-1] for _, run, _ in results)
     if len({(run.history.shape[1:-1], np.shape(run.state.step)[1:]) for _, run, _ in results}) > 1:
         raise ValueError("grid groups mix per-output and joint hyperparameters: sweep them separately")
     order = np.argsort(np.concatenate([members for members, _, _ in results]))  # back to the product order
@@ -392,7 +476,7 @@ def _assemble(configs, results, inputs: solver.Inputs, placed, plans, operands, 
         return np.concatenate([h, np.full((*h.shape[:-1], T - h.shape[-1]), np.nan, h.dtype)], axis=-1)
 
     W = gather(lambda r: r.state.params.W)
-    if inner:  # per-output: (K, k, n) inside the loop -> (K, n, k)
+    if results[0][2]["per_output"]:  # per-output: (K, [F,] k, n) inside the loop -> (K, [F,] n, k)
         W = np.moveaxis(W, -2, -1)
     infos, runs = [info for _, _, info in results], [run for _, run, _ in results]
     stats = {  # "plan": the gradient plan of each group
@@ -408,6 +492,7 @@ def _assemble(configs, results, inputs: solver.Inputs, placed, plans, operands, 
     stalled = gather(lambda r: r.state.stalled)
     status = np.where(diverged, "diverged", np.where(converged, "converged", np.where(stalled, "stalled", "max_steps")))
     return SweepResult(configs, Params(W, gather(lambda r: r.state.params.b)), gather(lambda r: padded(r.history)),
-                       gather(lambda r: _per_member(r.final_loss, np.sum)),  # per-output: the joint objective
+                       gather(lambda r: np.sum(np.reshape(r.final_loss, (*np.shape(r.final_loss)[:1 + fold_axis], -1)),
+                                               axis=-1)),  # per-output: the joint objective
                        gather(lambda r: r.state.step).astype(np.int64), converged, diverged,
                        gather(lambda r: _per_member(r.finished_seconds, np.max)), stats, status)

@@ -1,0 +1,110 @@
+"""Cross-validated grids, gradfit against scikit-learn, side by side in one process (issue 15's goals).
+
+    python scripts/bench_cv.py [--quick] [--rounds 3]
+
+1. Ridge: 64 penalties x 5 folds, m = 200,000, n = 64 (float64): gradfit.sweep(grid={"l2": 2 alpha}, cv=folds,
+   reduction="sum") against GridSearchCV(Ridge(), n_jobs=2) and RidgeCV(alphas, cv=folds) on the same folds.
+2. Logistic: 16 values of C x 5 folds, m = 200,000, n = 32 (float64): gradfit.sweep(grid={"l2": 1 / C}, loss="bce")
+   against LogisticRegressionCV(Cs, cv=folds).
+
+Timings are the median of ``--rounds`` rounds, the tools interleaved in each round; gradfit's first (compiling)
+call is timed apart and its program count printed (one compile per group). Prints a markdown table with ratios
+and whether the chosen penalty agrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import jax
+import numpy as np
+
+import gradfit
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def _ridge_case(m: int, n: int, K: int, rounds: int) -> list[tuple]:
+    from sklearn.linear_model import Ridge, RidgeCV
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((m, n))
+    y = X @ rng.standard_normal(n) + 5.0 * rng.standard_normal(m)
+    alphas = np.logspace(-2, 6, K)
+    folds = list(KFold(5).split(X))
+    grid = {"l2": [2 * a for a in alphas]}
+    opts = dict(reduction="sum", optimizer="lbfgs", steps=200, tol=1e-6)
+    run = lambda: gradfit.sweep(X, y, grid=grid, cv=folds, **opts)  # noqa: E731
+    first, result = _timed(run)
+    tools = {
+        "gradfit.sweep(cv=5)": lambda: run().best["l2"] / 2,
+        "GridSearchCV(Ridge, n_jobs=2)": lambda: GridSearchCV(Ridge(), {"alpha": alphas}, cv=folds, n_jobs=2,
+                                                              scoring="neg_mean_squared_error").fit(X, y)
+        .best_params_["alpha"],
+        "RidgeCV(cv=5)": lambda: RidgeCV(alphas=alphas, cv=folds, scoring="neg_mean_squared_error").fit(X, y).alpha_,
+    }
+    return _rounds(f"ridge {K} alphas x 5 folds, m={m}, n={n}", tools, rounds, first, result)
+
+
+def _logistic_case(m: int, n: int, K: int, rounds: int) -> list[tuple]:
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((m, n))
+    y = (X @ rng.standard_normal(n) / np.sqrt(n) + rng.standard_normal(m) > 0).astype(np.float64)
+    Cs = np.logspace(-4, 4, K)
+    folds = list(StratifiedKFold(5).split(X, y))
+    opts = dict(loss="bce", reduction="sum", optimizer="lbfgs", steps=200, tol=1e-6)
+    run = lambda: gradfit.sweep(X, y, grid={"l2": [1 / c for c in Cs]}, cv=folds, **opts)  # noqa: E731
+    first, result = _timed(run)
+
+    def sklearn_cv():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return LogisticRegressionCV(Cs=Cs, cv=folds, scoring="neg_log_loss").fit(X, y).C_[0]
+
+    tools = {"gradfit.sweep(cv=5)": lambda: 1 / run().best["l2"], "LogisticRegressionCV(Cs=16, cv=5)": sklearn_cv}
+    return _rounds(f"logistic {K} Cs x 5 folds, m={m}, n={n}", tools, rounds, first, result)
+
+
+def _rounds(case: str, tools: dict, rounds: int, first: float, result) -> list[tuple]:
+    times, chosen = {k: [] for k in tools}, {}
+    for _ in range(rounds):
+        for name, fn in tools.items():
+            seconds, chosen[name] = _timed(fn)
+            times[name].append(seconds)
+    ours = statistics.median(times["gradfit.sweep(cv=5)"])
+    st = result.stats
+    print(f"{case}: gradfit's first call {first:.2f} s (compile {st['compile_seconds']:.2f} s, {st['programs']} "
+          f"step programs, plan {st['plan']}); steps per lane: median {int(np.median(result.steps))}, "
+          f"max {int(np.max(result.steps))}")
+    return [(case, name, statistics.median(t), statistics.median(t) / ours, f"{chosen[name]:.4g}")
+            for name, t in times.items()]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="m = 20,000 instead of 200,000")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    m = 20_000 if args.quick else 200_000
+    with jax.enable_x64(True):
+        rows = _ridge_case(m, 64, 64, args.rounds) + _logistic_case(m, 32, 16, args.rounds)
+    print(f"\njax {jax.__version__} on {jax.default_backend()}, median of {args.rounds} rounds\n")
+    print("| case | tool | seconds | time / gradfit | chosen alpha or C |")
+    print("|---|---|---:|---:|---:|")
+    for case, name, seconds, ratio, chosen in rows:
+        print(f"| {case} | {name} | {seconds:.3f} | {ratio:.1f}x | {chosen} |")
+
+
+if __name__ == "__main__":
+    main()
