@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from gradfit import _optim, _plan, _precision, gradients, losses
-from gradfit._types import Data, Hyper, Level, Params, Program, Scaling, SolverState
+from gradfit._types import Data, Hyper, Level, Monitor, Params, Program, Scaling, SolverState, Validated
 
 DIVERGENCE_FACTOR = 1e6
 
@@ -263,14 +263,46 @@ def advance(state: SolverState, hyper: Hyper, value, g: Params, candidate: Param
     params = jax.tree.map(lambda fb, cur, new: jnp.where(bad, fb, jnp.where(converged | stalled, cur, new)),
                           fallback, state.params, candidate)
     new = SolverState(params, state.params, opt_state, state.step + 1, value, initial, converged, bad, key, stalled,
-                      G.astype(value.dtype), state.evaluations + evaluations)
+                      G.astype(value.dtype), state.evaluations + evaluations, state.monitor)
     active = is_active(state, hyper)
     return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
 
 
 def is_active(state: SolverState, hyper: Hyper) -> jax.Array:
-    """True while a state still has steps to run: not stopped by a rule, within budget."""
-    return ~state.converged & ~state.diverged & ~state.stalled & (state.step < hyper.max_steps)
+    """True while a state still has steps to run: not stopped by a rule (or early stopping), within budget."""
+    running = ~state.converged & ~state.diverged & ~state.stalled & (state.step < hyper.max_steps)
+    return running if state.monitor is None else running & ~stopped_early(state.monitor)
+
+
+def stopped_early(monitor: Monitor) -> jax.Array:
+    """Early stopping's rule: ``patience`` (> 0) steps in a row without a lower validation loss."""
+    return (monitor.patience > 0) & (monitor.since_best >= monitor.patience)
+
+
+def _split(operand):
+    """``(what the plan reads, validation data or None)``."""
+    return (operand.train, operand.val) if isinstance(operand, Validated) else (operand, None)
+
+
+def validation_loss(params: Params, val, program: Program) -> jax.Array:
+    """The unpenalised loss on the validation data (Data, or their Stats with the "stats" plan)."""
+    return _plan.PLANS["stats" if program.plan == "stats" else "autodiff"].value(params, val, program)
+
+
+def watch(before: SolverState, after: SolverState, val, program: Program) -> SolverState:
+    """Record the validation loss of the params a step produced; early stopping puts the best ones back."""
+    m = after.monitor
+    value = validation_loss(after.params, val, program)
+    ran = after.step > before.step
+    better = ran & (value < m.best)
+    since = jnp.where(better, 0, m.since_best + ran.astype(jnp.int32))
+    m = Monitor(m.history.at[jnp.maximum(after.step - 1, 0)].set(jnp.where(ran, value, m.history[after.step - 1])),
+                jnp.where(better, value, m.best), jax.tree.map(lambda b, p: jnp.where(better, p, b), m.best_params,
+                                                              after.params),
+                jnp.where(better, after.step, m.best_step), since, m.patience)
+    done = stopped_early(m) & ~after.converged & ~after.diverged
+    params = jax.tree.map(lambda b, p: jnp.where(done, b, p), m.best_params, after.params)
+    return after._replace(params=params, monitor=m)
 
 
 def _lead(a, like) -> jax.Array:
@@ -299,12 +331,16 @@ def init_state(params: Params, operand, hyper: Hyper, key: jax.Array, program: P
     opt_state = optimizer(program, hyper).init(_coordinates(program, hyper)[0](params))
     opt_state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), opt_state)
     seeded = reuses_line_search(program, opt_state)
+    train, val = _split(operand)
     if seeded:
-        opt_state = _seed_line_search(params, opt_state, operand, hyper, program)
+        opt_state = _seed_line_search(params, opt_state, train, hyper, program)
     zero = jnp.zeros((), params.W.dtype)
     false = jnp.zeros((), bool)
+    monitor = None if val is None else Monitor(
+        jnp.full((program.validation,), jnp.nan, zero.dtype), jnp.full((), jnp.inf, zero.dtype), params,
+        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.asarray(program.patience, jnp.int32))
     return SolverState(params, params, opt_state, jnp.zeros((), jnp.int32), zero, zero, false, false, key, false,
-                       jnp.full((), jnp.inf, params.W.dtype), jnp.asarray(int(seeded), jnp.int32))
+                       jnp.full((), jnp.inf, params.W.dtype), jnp.asarray(int(seeded), jnp.int32), monitor)
 
 
 def run_chunk(state: SolverState, operand, hyper: Hyper, limit: jax.Array, program: Program):
@@ -316,10 +352,13 @@ def run_chunk(state: SolverState, operand, hyper: Hyper, limit: jax.Array, progr
         i, st, _ = carry
         return (i < limit) & is_active(st, hyper)
 
+    train, val = _split(operand)
+
     def body(carry):
         i, st, hist = carry
-        st, value = update(st, operand, hyper, program)
-        return i + 1, st, hist.at[i].set(value)
+        new, value = update(st, train, hyper, program)
+        new = new if val is None else watch(st, new, val, program)
+        return i + 1, new, hist.at[i].set(value)
 
     _, state, history = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state, history))
     return state, history
@@ -327,7 +366,7 @@ def run_chunk(state: SolverState, operand, hyper: Hyper, limit: jax.Array, progr
 
 def final_check(state: SolverState, operand, hyper: Hyper, program: Program) -> tuple[jax.Array, jax.Array]:
     """The objective and the optimality ``G`` at the state's params, for :func:`finalize`."""
-    value, g = value_and_grad(state.params, operand, hyper.l2, program)
+    value, g = value_and_grad(state.params, _split(operand)[0], hyper.l2, program)
     return value, optimality(value, g, hyper)
 
 

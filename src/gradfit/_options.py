@@ -51,6 +51,10 @@ class FitOptions(NamedTuple):
     checkpoint_every: Any = None
     resume: bool = False
     overwrite: bool = False
+    validation: Any = None
+    validation_fraction: float | None = None
+    early_stopping: bool = False
+    n_iter_no_change: int = 5
 
 
 DOCS = """\
@@ -100,6 +104,13 @@ DOCS = """\
       resume: continue from ``checkpoint`` if it exists (same data and settings, else ValueError), bit for bit.
       overwrite: start over at ``checkpoint`` even if it holds an unfinished or damaged run (a file that is
         not a gradfit checkpoint is still refused).
+      validation: ``(X_val, y_val)`` or ``(X_val, y_val, sample_weight_val)``: the unpenalised loss on them is
+        computed inside the compiled loop after every step (``FitResult.validation_losses``).
+      validation_fraction: hold out this fraction of the rows instead (seeded by ``seed``; stratified by class
+        for bce with a 1-d y) and fit the rest.
+      early_stopping: stop once the validation loss has not improved for ``n_iter_no_change`` steps and return
+        the params of the best one (status ``"early_stopped"``); without ``validation``, holds out 10%.
+      n_iter_no_change: steps without a lower validation loss that end an early-stopped fit (default 5).
 
 """
 
@@ -151,6 +162,41 @@ def check_callback(callback, call: str, name: str = "callback") -> None:
     """ValueError unless ``callback`` is None or callable (``call`` says how it is called)."""
     if callback is not None and not callable(callback):
         raise ValueError(f"{name} must be a function, {call}, or None; got {type(callback).__name__} {callback!r}")
+
+
+VALIDATION = ("validation", "validation_fraction", "early_stopping", "n_iter_no_change")
+
+
+def without_defaults(options: dict, names) -> dict:
+    """``options`` less those of ``names`` that hold their defaults (a config spells every option out)."""
+    default = FitOptions()
+    return {k: v for k, v in options.items() if k not in names or not _same(v, getattr(default, k))}
+
+
+def _same(value, default) -> bool:
+    return value is default or (type(value) is type(default) and value == default)
+
+
+def _check_validation(o: FitOptions) -> FitOptions:
+    """The validation options, resolved: early stopping without validation data holds out 10% (scikit-learn's)."""
+    if not _validation.is_bool(o.early_stopping):
+        raise ValueError(f"early_stopping must be True or False, got {o.early_stopping!r}")
+    patience = _validation.positive_int(o.n_iter_no_change, "n_iter_no_change")
+    fraction = o.validation_fraction
+    if fraction is not None and (_validation.is_bool(fraction) or not isinstance(fraction, numbers.Real)
+                                 or not 0 < fraction < 1):
+        raise ValueError(f"validation_fraction must be a number in (0, 1), e.g. 0.1, got {fraction!r}")
+    if o.validation is not None:
+        if fraction is not None:
+            raise ValueError("give validation=(X_val, y_val) or validation_fraction, not both")
+        if not isinstance(o.validation, (tuple, list)) or len(o.validation) not in (2, 3):
+            raise ValueError("validation must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight_val)")
+    elif fraction is None and o.early_stopping:
+        fraction = 0.1
+    if (o.validation is not None or fraction is not None) and o.batched:
+        raise ValueError("validation takes one problem: fit batched problems without it, or one by one")
+    return o._replace(validation_fraction=None if fraction is None else float(fraction), n_iter_no_change=patience,
+                      early_stopping=bool(o.early_stopping))
 
 
 def _check_long_run(o: FitOptions) -> FitOptions:
@@ -239,6 +285,7 @@ def check(options: FitOptions | dict) -> Checked:
     if not (o.init is None or isinstance(o.init, (str, Params)) or (isinstance(o.init, tuple) and len(o.init) == 2)):
         raise ValueError(f"init must be None, 'zeros', 'normal' or gradfit.Params(W, b), got {type(o.init).__name__}")
     seed = _validation.seed(o.seed)
+    o = _check_validation(o)
     lr, auto_step = _check_learning_rate(o)
     spec, traced = _optim.resolve(o.optimizer, o.optimizer_options, lr)
     check_program(o.loss, o.reduction, o.grad, spec, batch_size)

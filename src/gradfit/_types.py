@@ -61,6 +61,8 @@ class Program(NamedTuple):
     shuffle: str = "blocks"  # minibatch order: "blocks", "rows" or "none"
     parts: int = 1  # devices the rows are split over (gradients.block_rows keeps blocks whole per device)
     standardize: bool = True  # optimise the coefficients of the centred and scaled columns
+    validation: int = 0  # steps of validation history kept (the step budget) when validating, else 0
+    patience: int = 0  # early stopping's n_iter_no_change; 0: no early stopping
 
 
 class SolverState(NamedTuple):
@@ -78,6 +80,25 @@ class SolverState(NamedTuple):
     stalled: jax.Array  # () bool: stopped moving while not at the optimum
     optimality: jax.Array  # () the scaled gradient norm G at the last evaluation (inf before any)
     evaluations: jax.Array  # () int32, evaluations of J and dJ over all rows (an epoch counts one)
+    monitor: Any = None  # a Monitor when validating (fit(validation=...)), else None
+
+
+class Validated(NamedTuple):
+    """A fit's operand with validation data: ``train`` (what the plan reads) and ``val`` (Data or Stats)."""
+
+    train: Any
+    val: Any
+
+
+class Monitor(NamedTuple):
+    """The validation record a validated run carries (``fit(validation=...)``)."""
+
+    history: jax.Array  # (steps,) the unpenalised validation loss after each step, NaN past the steps run
+    best: jax.Array  # () its lowest value so far (inf before any)
+    best_params: Params  # the params it was reached at
+    best_step: jax.Array  # () int32, the step after which it was reached
+    since_best: jax.Array  # () int32, steps since (reset when it improves)
+    patience: jax.Array  # () int32, steps without improvement that stop the run (early stopping); 0: never
 
 
 class Level(NamedTuple):

@@ -14,7 +14,8 @@ from typing import Any
 
 from gradfit._options import FitOptions
 
-_NOT_IN_CONFIGS = ("batched", "n_rows", "callback", "progress", "checkpoint", "checkpoint_every", "resume", "overwrite")
+_NOT_IN_CONFIGS = ("batched", "n_rows", "callback", "progress", "checkpoint", "checkpoint_every", "resume", "overwrite",
+                   "validation")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {

@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import _engine, _options, _plan, _runner, _stats, _validation, checkpoint, health, sharding
+from gradfit import _engine, _heldout, _options, _plan, _runner, _stats, _validation, checkpoint, health, sharding
 from gradfit._driver import CompiledStepper, RunResult
 from gradfit._params import predict
 from gradfit._precision import storage_dtype
-from gradfit._types import Data, Hyper, Level, Params, Program, Scaling
+from gradfit._types import Data, Hyper, Level, Params, Program, Scaling, Validated
 
 
 class FitResult(NamedTuple):
@@ -27,7 +27,10 @@ class FitResult(NamedTuple):
     params: the fitted :class:`Params`. loss: the objective at ``params``. losses: the objective at the start of each
     step (epoch mean with ``batch_size``), (steps,). steps: objective evaluations (epochs). converged: ``G <= tol``
     at ``params``. diverged: the loss became non-finite or exploded (``params``: the last before). status:
-    ``"converged"``, ``"diverged"``, ``"stalled"`` (stopped moving, or by ``ftol``) or ``"max_steps"``. stats:
+    ``"converged"``, ``"diverged"``, ``"stalled"`` (stopped moving, or by ``ftol``), ``"early_stopped"`` (the
+    validation loss stopped improving: ``params`` are its best) or ``"max_steps"``. validation_losses: with
+    validation, the unpenalised validation loss after each step (``stats``: ``best_step``, ``validation_loss``
+    at the best). stats:
     ``compile_seconds``, ``run_seconds`` (includes ``precompute_seconds``), ``backend``, ``plan``, the settings,
     ``grad_norm``, ``condition_number`` (None: not checked), ``separable`` (bce), ``learning_rate`` (with "auto"),
     and when diverged ``diverged_at_step`` (-1: member did not) and ``suggested_learning_rate`` (docs/faults.md).
@@ -41,6 +44,7 @@ class FitResult(NamedTuple):
     diverged: Any
     stats: dict
     status: Any = "max_steps"
+    validation_losses: np.ndarray | None = None  # (steps,) the validation loss after each step, with validation
 
     def predict(self, X) -> jax.Array:
         """``X @ W + b`` (logits for bce; apply ``jax.nn.sigmoid`` for probabilities)."""
@@ -250,8 +254,9 @@ def _levels(op, inputs: Inputs, hyper: Hyper, per_output: bool, lr) -> tuple[Any
 
 
 def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, scale: Scaling,
-          operands: dict | None = None, members: int = 1) -> Problem:
-    """One fit's :class:`Problem`; ``operands`` caches ``operand()`` by plan, ``members`` (sweep) size the chunks."""
+          operands: dict | None = None, members: int = 1, validation: Placed | None = None) -> Problem:
+    """One fit's :class:`Problem`; ``operands`` caches ``operand()`` by plan, ``members`` (sweep) size the chunks,
+    ``validation`` makes the operand :class:`~gradfit._types.Validated` (its statistics with the "stats" plan)."""
     o = c.options
     operands = {} if operands is None else operands
     if plan not in operands:
@@ -266,7 +271,8 @@ def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, scale:
                                               members=problems, line_search=c.line_search)
     rows = placed.rows if o.batch_size is not None else None  # full batches: the weights mask padding (any m)
     program = Program(o.loss, o.reduction, plan, c.optimizer, lr is not None, o.fit_intercept, o.batch_size,
-                      chunk, rows, o.shuffle, 1 if placed.mesh is None else placed.mesh.size, o.standardize)
+                      chunk, rows, o.shuffle, 1 if placed.mesh is None else placed.mesh.size, o.standardize,
+                      0 if validation is None else o.steps, o.n_iter_no_change if o.early_stopping else 0)
     if inputs.batched:
         params = jax.tree.map(lambda a: jnp.broadcast_to(a, (inputs.X.shape[0], *a.shape)), params)
     if per_output:  # columns become problems: W (.., n, k) -> (.., k, n)
@@ -274,6 +280,11 @@ def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, scale:
         per_k = lambda a: None if a is None else jnp.broadcast_to(a, (inputs.k,))  # noqa: E731
         hyper = hyper._replace(learning_rate=per_k(hyper.learning_rate), l2=per_k(hyper.l2))
     op, levels = _levels(op, inputs, hyper, per_output, lr)
+    if validation is not None:
+        if levels:
+            raise ValueError("validation takes one problem with shared hyperparameters: give learning_rate and l2 "
+                             "as scalars, or fit each output column on its own")
+        op = Validated(op, operand(validation, plan, False)[0])
     check = None
     if plan == "stats":  # the returned params are checked on the data themselves, not the statistics
         data, data_levels = _levels(placed.data, inputs, hyper, per_output, lr)
@@ -293,6 +304,7 @@ class Prepared(NamedTuple):
     plan: str
     scaling: Scaling
     condition: float  # the health check's estimate (NaN: not estimated), which "auto" planned by
+    validation: Placed | None = None  # the validation data placed (fit(validation=...)), or None
 
 
 def prepare(X, y, *, sample_weight=None, **options) -> Prepared:
@@ -302,13 +314,37 @@ def prepare(X, y, *, sample_weight=None, **options) -> Prepared:
     checkpoint.check_target(c.options.checkpoint, c.options.resume, c.options.overwrite)
     inputs = check_data(X, y, sample_weight, c)
     o = c.options
+    inputs, validation = _validation_inputs(inputs, c)
     condition = health.check_conditioning(inputs.X, inputs.dtype, batched=inputs.batched, fit_intercept=o.fit_intercept,
                                           l2=c.l2, loss=o.loss, reduction=o.reduction,
                                           sample_weight=inputs.sample_weight, standardize=o.standardize, stacklevel=3)
     plan = _options.for_data(c, m=inputs.m, n=inputs.n, k=inputs.k, sharded=will_shard(inputs, o),
                              condition=condition if np.isfinite(condition) else None)
     scale = scaling(c, inputs)
-    return Prepared(c, inputs, place(inputs, o), plan, scale, condition)
+    if validation is not None and (will_shard(inputs, o) or will_shard(validation, o)):
+        raise ValueError("validation runs on one device: leave devices unset (or 1) with validation data")
+    return Prepared(c, inputs, place(inputs, o), plan, scale, condition,
+                    None if validation is None else place(validation, o))
+
+
+def _validation_inputs(inputs: Inputs, c: _options.Checked) -> tuple[Inputs, Inputs | None]:
+    """The training rows and the checked validation data: ``validation=`` as given, or ``validation_fraction``'s
+    held-out rows (:func:`gradfit._heldout.split_rows`), or None."""
+    o = c.options
+    if o.validation is not None:
+        val = check_data(*o.validation[:2], o.validation[2] if len(o.validation) == 3 else None, c)
+        _heldout.check_like(inputs, val)
+        return inputs, val
+    if o.validation_fraction is None:
+        return inputs, None
+    stratify = o.loss == "bce" and inputs.k is None
+    train, held = _heldout.split_rows(inputs.y, o.validation_fraction, o.seed, stratify)
+
+    def rows(idx):
+        part = [_heldout.take(a, idx) for a in (inputs.X, inputs.y, inputs.sample_weight)]
+        return inputs._replace(X=part[0], y=part[1], sample_weight=part[2], m=len(idx))
+
+    return rows(train), rows(held)
 
 
 def will_shard(inputs: Inputs, o: _options.FitOptions) -> bool:
@@ -340,9 +376,10 @@ def fit(X, y, *, sample_weight=None, **options) -> FitResult:
       gradfit.health.SeparableWarning: bce, ``l2=0``, classes the fit separates: not converged.
       RuntimeWarning: the fit diverged; names the step and suggests a learning rate.
     """
-    c, inputs, placed, plan, scale, condition = prepared = prepare(X, y, sample_weight=sample_weight, **options)
+    c, inputs, placed, plan, scale, condition, validation = prepared = prepare(X, y, sample_weight=sample_weight,
+                                                                               **options)
     o = c.options
-    problem = build(*prepared[:5])
+    problem = build(*prepared[:5], validation=validation)
     stepper = CompiledStepper(problem.operand, problem.hyper, problem.program, problem.levels, problem.check)
     stored, not_stored = checkpoint.storable_arguments({k: v for k, v in o._asdict().items() if k not in _NOT_STORED})
     meta = {"fit": stored, "fit_not_stored": not_stored, "every": list(o.checkpoint_every or ())}
@@ -395,7 +432,14 @@ def finish(problem: Problem, run: RunResult, c: _options.Checked, inputs: Inputs
         fit_intercept=o.fit_intercept, batched=o.batched, scaling=problem.hyper.scaling if o.standardize else None)
     steps, converged, diverged, status = report(run, converged, problem.learning_rate, safe, stats,
                                                 scalar=not problem.levels, stacklevel=5)
-    return FitResult(params, final_loss, run.history, steps, converged, diverged, stats, status)
+    monitor, curve = state.monitor, None
+    if monitor is not None:
+        curve = np.asarray(monitor.history)[: int(steps)].copy()
+        stats.update(best_step=int(monitor.best_step), validation_loss=float(monitor.best))
+        patience, since = int(monitor.patience), int(monitor.since_best)
+        if status != "diverged" and not converged and 0 < patience <= since:
+            status = "early_stopped"
+    return FitResult(params, final_loss, run.history, steps, converged, diverged, stats, status, curve)
 
 
 def report(run: RunResult, converged, learning_rate, safe_step, stats: dict, *, scalar: bool, stacklevel: int):

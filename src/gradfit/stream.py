@@ -178,7 +178,7 @@ class _StatisticsStepper(CompiledStepper):
         return self.stepper.check(state)
 
 
-_NOT_STREAMED = ("batched", "devices", "n_rows")
+_NOT_STREAMED = ("batched", "devices", "n_rows", *_options.VALIDATION)
 
 
 def fit_streaming(X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, prefetch: int = DEFAULT_PREFETCH,
@@ -200,10 +200,13 @@ def fit_streaming(X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, prefetch: int
     Raises:
       ValueError: bad options or files; NaN or inf in X or y, or bce targets outside [0, 1] (before any update).
     """
+    options = _options.without_defaults(options, _options.VALIDATION)  # a config spells them out
     _options.unknown(options, [n for n in _options.NAMES if n not in _NOT_STREAMED] + list(_NOT_STREAMED))
     if given := sorted(set(options) & set(_NOT_STREAMED)):
-        raise ValueError(f"fit_streaming does not take {given[0]}=: a streamed fit runs one problem in one process "
-                         "on one device")
+        why = ("validation in the loop needs the rows in memory: fit in memory with gradfit.fit, or score held-out "
+               "rows after the fit" if given[0] in _NOT_STREAMED[3:] else
+               "a streamed fit runs one problem in one process on one device")
+        raise ValueError(f"fit_streaming does not take {given[0]}=: {why}")
     c = _options.check(options)
     checkpoint.check_target(c.options.checkpoint, c.options.resume, c.options.overwrite)
     if c.l2.ndim or (c.learning_rate is not None and c.learning_rate.ndim):

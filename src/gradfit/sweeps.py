@@ -314,7 +314,8 @@ def _run_group(group: Group, checked: list[_options.Checked], problem: solver.Pr
         yield list(global_ids), run, info
 
 
-_FIT_ONLY = ("callback", "batched", "progress", "checkpoint", "checkpoint_every", "resume", "overwrite", "n_rows")
+_FIT_ONLY = ("callback", "batched", "progress", "checkpoint", "checkpoint_every", "resume", "overwrite", "n_rows",
+             *_options.VALIDATION)
 
 
 def _plan_groups(configs, groups: list[Group], options, X, y, sample_weight, cv=None):
@@ -386,7 +387,11 @@ def sweep(X, y, *, grid: dict[str, Any], cv=None, refit: bool = False, compact: 
     """
     if options.pop("batched", False):
         raise ValueError("sweep fits one problem: drop batched=True and call sweep once per problem")
+    options = _options.without_defaults(options, _options.VALIDATION)
     fit_only = sorted(set(options) & set(_FIT_ONLY) - {"callback", "batched", "progress"})  # sweep's own
+    if held := sorted(set(options) & set(_options.VALIDATION)):
+        raise ValueError(f"sweep does not take {held[0]}= (a gradfit.fit option): validate a sweep with cv= (an int "
+                         "of folds, a splitter, or (train_idx, val_idx) pairs; one pair for a single held-out part)")
     if fit_only:
         raise ValueError(f"sweep does not take {fit_only[0]}= (a gradfit.fit option): its callback=(members_done, "
                          "members_total) reports progress, and `gradfit sweep` resumes a killed sweep group by group")
