@@ -31,7 +31,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -86,32 +85,8 @@ def mse64(W, b, X, Y):
     return tot / len(X)
 
 
-class PeakRSS:
-    """Peak resident set size (MB) of this process while the ``with`` block runs (5 ms samples; as bench.py)."""
-
-    def __init__(self):
-        self.peak, self._stop = 0.0, threading.Event()
-
-    @staticmethod
-    def current():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
-            self._stop.wait(0.005)
-
-    def __enter__(self):
-        self.peak = self.current()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import PeakRSS  # noqa: E402  (the same 5 ms sampler as scripts/bench.py)
 
 
 def gradfit_info(r):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import gradfit
 from gradfit import datasets, solver
@@ -33,6 +34,7 @@ def test_a_new_m_in_the_same_bucket_compiles_nothing_and_fits_only_its_rows():
     assert second.converged
 
 
+@pytest.mark.slow  # two command processes
 def test_the_command_fills_a_persistent_cache_that_a_second_process_reuses(tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "GRADFIT_COMPILATION_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}

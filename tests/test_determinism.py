@@ -78,6 +78,7 @@ print(hashlib.sha256(b"".join(p.tobytes() for p in parts)).hexdigest())
 """
 
 
+@pytest.mark.slow  # a subprocess; the in-process determinism tests stay in the default suite
 def test_same_bits_in_a_fresh_process():
     """Two fresh processes (fresh compilations, fresh PRNG state) agree to the bit."""
     env = {"PYTHONPATH": str(SRC), "JAX_PLATFORMS": "cpu"}

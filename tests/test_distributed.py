@@ -232,6 +232,7 @@ def test_two_processes_give_the_fit_of_one(two_processes, name):
     np.testing.assert_allclose(r0[name]["loss"], one.loss, rtol=1e-5)
 
 
+@pytest.mark.slow  # two processes; the library-level two-process tests stay in the default suite
 def test_the_command_runs_on_two_processes_and_writes_once(tmp_path):
     table, names = write_table(tmp_path, 601, 4, 2)
     port = free_port()

@@ -80,6 +80,7 @@ def test_hand_gradients_equal_autodiff_in_float64(m, n, k, loss, seed, weighted)
                 np.testing.assert_array_equal(h, a)
 
 
+@pytest.mark.slow  # CI runs the same table as `gradfit check-grads`
 def test_check_gradients_table_all_within_tolerance(x64):
     rows = gradfit.check_gradients()
     assert {r.dtype for r in rows} == {"float32", "float64"}

@@ -61,11 +61,16 @@ def test_lbfgs_iterates_equal_optax_reference_loop_at_one_evaluation_per_step(x6
         return jnp.mean(jnp.logaddexp(0, z) - y * z) + 0.5 * l2 * jnp.sum(p[0] ** 2)
 
     opt, p = optax.lbfgs(), (jnp.zeros(5), jnp.zeros(()))
-    state = opt.init(p)
-    for _ in range(6):
+
+    @jax.jit
+    def step(p, state):
         value, g = jax.value_and_grad(J)(p)
         updates, state = opt.update(g, state, p, value=value, grad=g, value_fn=J)
-        p = optax.apply_updates(p, updates)
+        return optax.apply_updates(p, updates), state
+
+    state = opt.init(p)
+    for _ in range(6):
+        p, state = step(p, state)
     r = gradfit.fit(d.X, d.y, loss="bce", optimizer="lbfgs", l2=l2, steps=6, tol=None, standardize=False)
     assert r.steps == 6
     np.testing.assert_allclose(r.params.W, p[0], rtol=1e-9, atol=1e-12)
