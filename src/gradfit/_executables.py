@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 
 CACHE_ENV = "GRADFIT_COMPILATION_CACHE"  # the command's cache folder; "0" or "" turns it off
+MAX_BYTES = 1 << 30  # the folder's bound (an L-BFGS fit's programs take ~0.2 MB)
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
@@ -25,4 +26,5 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # gradfit's programs compile in < 1 s
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)  # least recently used entries go first
     return folder
