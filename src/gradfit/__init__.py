@@ -40,7 +40,7 @@ from gradfit import stream as stream
 from gradfit import sweeps as sweeps
 from gradfit._cv import CVScores as CVScores
 from gradfit._driver import Interrupted as Interrupted
-from gradfit._executables import enable_compilation_cache as enable_compilation_cache
+from gradfit._compile_cache import enable_compilation_cache as enable_compilation_cache
 from gradfit._params import predict as predict
 from gradfit._types import Data as Data
 from gradfit._types import Params as Params

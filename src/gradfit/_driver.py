@@ -39,9 +39,8 @@ def active_host(state: SolverState, hyper: Hyper) -> np.ndarray:
     max_steps = np.asarray(hyper.max_steps)
     max_steps = max_steps.reshape(max_steps.shape + (1,) * (step.ndim - max_steps.ndim))
     stopped = np.asarray(state.converged) | np.asarray(state.diverged) | np.asarray(state.stalled)
-    if state.monitor is not None:  # early stopping (gradfit._engine.stopped_early)
-        patience, since = np.asarray(state.monitor.patience), np.asarray(state.monitor.since_best)
-        stopped = stopped | ((patience > 0) & (since >= patience))
+    if state.monitor is not None:  # early stopping
+        stopped = stopped | _engine.stopped_early(jax.tree.map(np.asarray, state.monitor))
     return ~stopped & (step < max_steps)
 
 

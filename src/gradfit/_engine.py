@@ -275,7 +275,8 @@ def is_active(state: SolverState, hyper: Hyper) -> jax.Array:
 
 
 def stopped_early(monitor: Monitor) -> jax.Array:
-    """Early stopping's rule: ``patience`` (> 0) steps in a row without a lower validation loss."""
+    """Early stopping's rule: ``patience`` (> 0) steps in a row without a lower validation loss (on device arrays,
+    or numpy ones on the host)."""
     return (monitor.patience > 0) & (monitor.since_best >= monitor.patience)
 
 
@@ -296,8 +297,8 @@ def watch(before: SolverState, after: SolverState, val, program: Program) -> Sol
     ran = after.step > before.step
     better = ran & (value < m.best)
     since = jnp.where(better, 0, m.since_best + ran.astype(jnp.int32))
-    m = Monitor(m.history.at[jnp.maximum(after.step - 1, 0)].set(jnp.where(ran, value, m.history[after.step - 1])),
-                jnp.where(better, value, m.best), jax.tree.map(lambda b, p: jnp.where(better, p, b), m.best_params,
+    history = jnp.where(ran, m.history.at[after.step - 1].set(value), m.history)
+    m = Monitor(history, jnp.where(better, value, m.best), jax.tree.map(lambda b, p: jnp.where(better, p, b), m.best_params,
                                                               after.params),
                 jnp.where(better, after.step, m.best_step), since, m.patience)
     done = stopped_early(m) & ~after.converged & ~after.diverged

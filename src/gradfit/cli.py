@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 import gradfit
-from gradfit import _executables, config, gradients, plotting, progress, runs
+from gradfit import _compile_cache, config, gradients, plotting, progress, runs
 
 
 def _progress(args) -> bool:
@@ -138,9 +138,9 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    cache = os.environ.get(_executables.CACHE_ENV)
+    cache = os.environ.get(_compile_cache.CACHE_ENV)
     if cache not in ("0", ""):  # compiled programs kept on disk: a later command starts in a fraction of a second
-        _executables.enable_compilation_cache(cache)
+        _compile_cache.enable_compilation_cache(cache)
     own = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     if own:  # a run's loop takes it over (gradfit._driver), then gives it back; main gives back its own
         signal.signal(signal.SIGTERM, _terminate)

@@ -436,8 +436,7 @@ def finish(problem: Problem, run: RunResult, c: _options.Checked, inputs: Inputs
     if monitor is not None:
         curve = np.asarray(monitor.history)[: int(steps)].copy()
         stats.update(best_step=int(monitor.best_step), validation_loss=float(monitor.best))
-        patience, since = int(monitor.patience), int(monitor.since_best)
-        if status != "diverged" and not converged and 0 < patience <= since:
+        if status != "diverged" and not converged and bool(_engine.stopped_early(jax.tree.map(np.asarray, monitor))):
             status = "early_stopped"
     return FitResult(params, final_loss, run.history, steps, converged, diverged, stats, status, curve)
 

@@ -1,7 +1,7 @@
 """Compiled programs on disk: :func:`enable_compilation_cache` turns on JAX's persistent compilation cache, keyed
 by JAX on the lowered program, the compiler and the device (a fresh process still traces and lowers, ~0.5 s for an
-L-BFGS fit, then loads instead of compiling). Storing whole executables to skip tracing too was tried: an XLA:CPU
-executable read back failed to find its kernels ("Function ... not found"), so it is left to JAX."""
+L-BFGS fit, then loads instead of compiling). Storing whole serialised executables to skip tracing too was tried:
+an XLA:CPU executable read back failed to find its kernels ("Function ... not found")."""
 
 from __future__ import annotations
 
