@@ -298,9 +298,9 @@ def watch(before: SolverState, after: SolverState, val, program: Program) -> Sol
     better = ran & (value < m.best)
     since = jnp.where(better, 0, m.since_best + ran.astype(jnp.int32))
     history = jnp.where(ran, m.history.at[after.step - 1].set(value), m.history)
-    m = Monitor(history, jnp.where(better, value, m.best), jax.tree.map(lambda b, p: jnp.where(better, p, b), m.best_params,
-                                                              after.params),
-                jnp.where(better, after.step, m.best_step), since, m.patience)
+    best_params = jax.tree.map(lambda b, p: jnp.where(better, p, b), m.best_params, after.params)
+    m = Monitor(history, jnp.where(better, value, m.best), best_params, jnp.where(better, after.step, m.best_step),
+                since, m.patience)
     done = stopped_early(m) & ~after.converged & ~after.diverged
     params = jax.tree.map(lambda b, p: jnp.where(done, b, p), m.best_params, after.params)
     return after._replace(params=params, monitor=m)
