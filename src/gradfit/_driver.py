@@ -93,10 +93,13 @@ class CompiledStepper:
     def evaluate(self, state: SolverState, hyper: Hyper | None = None):
         """The objective and the optimality at the state's params (:func:`gradfit._engine.final_check`)."""
         operand, program, levels = self.check
+        at_loop_point = operand is self.operand and program.batch_size is None
+        if at_loop_point and bool(np.all(np.asarray(state.converged) | np.asarray(state.stalled))):
+            return state.loss, state.optimality  # every member stopped where the loop evaluated: no pass over X
         args = (state, operand, self.hyper if hyper is None else hyper)
         exe = self._compiled(_engine.final_check, ("state", "data", "hyper"), args, program, levels)
         value, optimality = exe(*args)
-        if operand is self.operand and program.batch_size is None:  # stopped members sit where the loop evaluated
+        if at_loop_point:  # stopped members sit where the loop evaluated
             value, optimality = _where_stopped(state, value, optimality)
         return value, optimality
 

@@ -18,6 +18,7 @@ from gradfit import _engine, _heldout, _options, _plan, _runner, _stats, _valida
 from gradfit._driver import CompiledStepper, RunResult
 from gradfit._params import predict
 from gradfit._precision import storage_dtype
+from gradfit._transfer import to_device
 from gradfit._types import Data, Hyper, Level, Params, Program, Scaling, Validated
 
 
@@ -98,12 +99,12 @@ def _padded(inputs: Inputs, o: _options.FitOptions) -> tuple[Data, int | None]:
     dtype, m = storage_dtype(X, inputs.dtype), inputs.m
     pad = row_bucket(m) - m
     if o.batch_size is not None or pad == 0 or np.prod(np.shape(X)) * np.dtype(dtype).itemsize > BUCKET_BYTES:
-        return Data(jnp.asarray(X, dtype), jnp.asarray(y, inputs.dtype), sw), None
+        return Data(to_device(X, dtype), to_device(y, inputs.dtype), sw), None
 
     def grow(a, dtype):
         widths = [(0, 0)] * np.ndim(a)
         widths[lead] = (0, pad)
-        return jnp.asarray(np.pad(np.asarray(a, dtype), widths))
+        return to_device(np.pad(np.asarray(a, dtype), widths), dtype)
 
     w = np.ones(np.shape(y)[: lead + 1], inputs.dtype) if sw is None else sw
     return Data(grow(X, dtype), grow(y, inputs.dtype), grow(w, inputs.dtype)), m
