@@ -430,8 +430,9 @@ def _rtol(dtype: str, same_plan: bool) -> float:
 
 # G's own rounding: G is the norm of a gradient that cancels to ~0 at the optimum, divided by
 # sqrt(J), so near the optimum its error is absolute, not relative (measured over the table: at
-# most 1.3e-6 in float32, 8e-16 in float64)
-GRAD_NORM_ATOL = {"float32": 3e-6, "float64": 1e-14}
+# most 3.7e-6 in float32, between the statistics plan and a direct one on "per-output-lr-diverging",
+# whose iterates differ by the Gram's rounding over 87 steps; 8e-16 in float64)
+GRAD_NORM_ATOL = {"float32": 5e-6, "float64": 1e-14}
 
 
 def assert_agree(name: str, got: Outcome, ref: Outcome, dtype: str) -> None:

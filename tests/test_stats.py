@@ -45,15 +45,16 @@ def test_moments_match_numpy(x64, weights, block):
     X, y, w = _problem(rng, k=2, weights=weights)
     st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y), None if w is None else jnp.asarray(w), block=block)
     ww = np.ones(len(X)) if w is None else w
-    mu = (ww @ X) / ww.sum()
-    nu = (ww @ y) / ww.sum()
+    # The shift: the weighted means of 4096 evenly spaced rows (here every row: m = 301), i.e. the means.
+    mu, nu = np.asarray(st.x_mean), np.asarray(st.y_mean)
+    np.testing.assert_allclose(mu, (ww @ X) / ww.sum(), rtol=1e-12)
+    np.testing.assert_allclose(nu, (ww @ y) / ww.sum(), rtol=1e-12)
     Xc, Yc = X - mu, y - nu
     blocks = _stats.gram_blocks(st, X.shape[1])
-    np.testing.assert_allclose(st.x_mean, mu, rtol=1e-12)
     np.testing.assert_allclose(st.count, ww.sum(), rtol=1e-12)
     np.testing.assert_allclose(blocks["xtx"], Xc.T @ (ww[:, None] * Xc), rtol=1e-11)
     np.testing.assert_allclose(blocks["xty"], Xc.T @ (ww[:, None] * Yc), rtol=1e-11, atol=1e-9)
-    np.testing.assert_allclose(blocks["yty"], Yc.T @ (ww[:, None] * Yc), rtol=1e-11)
+    np.testing.assert_allclose(blocks["yty"], np.sum(ww[:, None] * Yc * Yc, axis=0), rtol=1e-11)
     np.testing.assert_allclose(blocks["x_sum"], 0, atol=1e-9)
     # The least-squares solution and its residual, against np.linalg.lstsq on [X, 1].
     A = np.hstack([X, np.ones((len(X), 1))]) * np.sqrt(ww)[:, None]
@@ -221,7 +222,9 @@ def test_float32_moments_accumulate_accurately():
     y = (X @ rng.standard_normal(n) + rng.standard_normal(m)).astype(np.float32)
     st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y))
     X64, y64 = X.astype(np.float64), y.astype(np.float64)
-    Xc, yc = X64 - X64.mean(0), y64 - y64.mean()
+    # The shift (sampled means) is within a small fraction of a std of the means; the Gram is exact about it.
+    assert np.all(np.abs(np.asarray(st.x_mean, np.float64) - X64.mean(0)) < 0.1 * X64.std(0))
+    Xc, yc = X64 - np.asarray(st.x_mean, np.float64), y64 - float(st.y_mean)
     blocks = _stats.gram_blocks(st, n)
     np.testing.assert_allclose(blocks["xtx"], Xc.T @ Xc, rtol=2e-5, atol=2e-5 * m)
     np.testing.assert_allclose(blocks["xty"][:, 0], Xc.T @ yc, rtol=2e-5, atol=2e-5 * m)

@@ -1,15 +1,17 @@
 """MSE by sufficient statistics: one pass over X, then every step costs O(n^2 k), whatever m is.
 
-With row weights w_i (1 without ``sample_weight``), ``N = sum_i w_i``, the weighted means
-``mu = sum_i w_i x_i / N``, ``nu = sum_i w_i y_i / N`` and the augmented, centred rows
-``z_i = [x_i - mu, 1, y_i - nu]`` of length ``p = n + 1 + k``, one pass computes the Gram
+With row weights w_i (1 without ``sample_weight``), ``N = sum_i w_i``, shifts ``mu`` and ``nu`` near the
+weighted means of X's and y's columns (those of 4096 evenly spaced rows, :func:`sample_shift`; streamed, the
+first chunk's) and the augmented, shifted rows ``z_i = [x_i - mu, 1, y_i - nu]`` of length ``p = n + 1 + k``,
+one pass computes the Gram
 
-    G = sum_i w_i z_i^T z_i  (p, p)  =  [[ Xc^T D Xc    Xc^T D 1    Xc^T D Yc ]
-                                         [ 1^T D Xc     N           1^T D Yc  ]
-                                         [ Yc^T D Xc    Yc^T D 1    Yc^T D Yc ]]
+    G = sum_i w_i z_i^T z_i  (p, p)  =  [[ Xc^T D Xc    Xc^T D 1    Xc^T D Yc       ]
+                                         [ 1^T D Xc     N           1^T D Yc        ]
+                                         [ Yc^T D Xc    Yc^T D 1    diag(Yc^T D Yc) ]]
 
-(Xc = X - mu, Yc = y - nu, D = diag(w)). In those coordinates ``yhat_i = (x_i - mu) W + bh`` with
-``bh = b + mu W - nu``; stack ``v = [W; bh]`` (n + 1, k). With ``A = G[:n+1, :n+1]``, ``c = G[:n+1, n+1:]``,
+(Xc = X - mu, Yc = y - nu, D = diag(w); of the outputs' k x k block only the diagonal is formed). In those
+coordinates ``yhat_i = (x_i - mu) W + bh`` with ``bh = b + mu W - nu``; stack ``v = [W; bh]`` (n + 1, k).
+With ``A = G[:n+1, :n+1]``, ``c = G[:n+1, n+1:]``,
 
     S(W, b) = sum_i w_i ||x_i W + b - y_i||^2 = v^T A v - 2 v^T c + tr(Yc^T D Yc)
             = (v - v*)^T A (v - v*) + rss,        v* = A^+ c,  rss = S at v*.
@@ -21,10 +23,10 @@ and by the chain rule through bh: ``dS/dW = dS/dv[:n] + mu^T dS/dv[n]``,
 1/(2N) "half_mean", 1 "sum"). Each step is two (n+1)x(n+1) by (n+1)xk products: O(n^2 k).
 
 Numerics: centring keeps the Gram's condition number free of ``(|mean|/std)^2`` (any shift is
-exact: the ones column stays in G); blocks are added with Kahan compensation; the loss as a sum
-of non-negative terms plus rss (one more read of X, its residuals as the direct plans form them) has no
-cancellation; eigenvalues below
-``p * eps * max(lam)`` are set to 0. The iterates equal full-batch gradient descent up to rounding.
+exact: the ones column stays in G; a sampled mean leaves ~1/64 of a std); blocks are added with Kahan
+compensation; the loss as a sum of non-negative terms plus rss (one more read of X, its residuals as the direct
+plans form them) has no cancellation; eigenvalues below ``p * eps * max(lam)`` are set to 0. The iterates
+equal full-batch gradient descent up to rounding.
 """
 
 from __future__ import annotations
@@ -41,16 +43,17 @@ from gradfit._types import Params
 _BLOCK_BYTES = 4 << 20  # bytes of augmented rows per Gram block (stays in cache)
 # Up to this many elements of [X, 1, y], v* comes from the rows (an SVD; error eps cond(X), not its square).
 QR_ELEMENTS = 1 << 22
+SHIFT_ROWS = 4096  # evenly spaced rows whose means shift X and y before the Gram (sample_shift)
 
 
 class Stats(NamedTuple):
     """Sufficient statistics of weighted least squares, factored for O(n^2 k) steps; X (m, n), y (m,)
     [or (m, k)], ``q = n + 1``, ``p = n + 1 + k``. Streamed, the shift is the first chunk's means."""
 
-    x_mean: jax.Array  # (n,) the shift mu of X's columns (their weighted means)
-    y_mean: jax.Array  # () [or (k,)] the shift nu of y (its weighted means)
+    x_mean: jax.Array  # (n,) the shift mu of X's columns (near their weighted means)
+    y_mean: jax.Array  # () [or (k,)] the shift nu of y (near its weighted means)
     count: jax.Array  # () sum of weights N (m without sample_weight)
-    gram: jax.Array  # (p, p) weighted Gram of [X - mu, 1, y - nu], see the module docstring
+    gram: jax.Array  # (p, p) weighted Gram of [X - mu, 1, y - nu] (outputs' block: its diagonal), module docstring
     eigvals: jax.Array  # (q,) eigenvalues of A scaled to a unit diagonal, D^-1 A D^-1; small ones set to 0
     eigvecs: jax.Array  # (q, q) their orthonormal eigenvectors (columns)
     solution: jax.Array  # (q,) [or (q, k)] v* = A^+ c: the least-squares [W; bh]
@@ -85,10 +88,17 @@ def block_sums(fn, X, Y, w, block: int, init, add=None):
 
 
 def gram_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, x_shift: jax.Array, y_shift: jax.Array) -> jax.Array:
-    """``Z^T diag(w) Z`` (p, p) of one block's rows ``Z = [X - mu, 1, Y - nu]``, no transposed copy."""
-    Z = jnp.concatenate([X - x_shift[None, :], jnp.ones((X.shape[0], 1), Y.dtype), Y - y_shift[None, :]], axis=1)
-    Zw = Z if w is None else Z * w[:, None]
-    return jax.lax.dot_general(Zw, Z, (((0,), (0,)), ((), ())))
+    """``Z^T diag(w) Z`` (p, p) of one block's rows ``Z = [X - mu, 1, Y - nu]``, with the k x k block of the
+    outputs reduced to its diagonal (each output's sum of squares; nothing reads the rest): two products
+    ``[X - mu, 1]^T D [X - mu, 1]`` and ``[X - mu, 1]^T D (Y - nu)``, (n + 1)(n + 1 + k) products per row, not
+    (n + 1 + k)^2; no transposed copy."""
+    Yc = Y - y_shift[None, :]
+    Zx = jnp.concatenate([X - x_shift[None, :], jnp.ones((X.shape[0], 1), Y.dtype)], axis=1)
+    Zw, Yw = (Zx, Yc) if w is None else (Zx * w[:, None], Yc * w[:, None])
+    rows = (((0,), (0,)), ((), ()))
+    top = jnp.concatenate([jax.lax.dot_general(Zw, Zx, rows), jax.lax.dot_general(Zw, Yc, rows)], axis=1)
+    yy = jnp.diag(jnp.sum(Yw * Yc, axis=0))
+    return jnp.concatenate([top, jnp.concatenate([top[:, Zx.shape[1]:].T, yy], axis=1)], axis=0)
 
 
 def kahan_add(carry: tuple[jax.Array, jax.Array], term: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -129,11 +139,22 @@ def factor(gram: jax.Array, x_shift: jax.Array, y_shift: jax.Array, count: jax.A
     return Stats(x_shift, y_shift, count, gram, lam, Q, solution, rss, d)
 
 
+def sample_shift(X: jax.Array, Y: jax.Array, w: jax.Array | None, rows: int = SHIFT_ROWS):
+    """``(mu, nu)``: the weighted column means of X and Y over ``min(m, rows)`` evenly spaced rows (equal weights
+    if theirs sum to 0), a shift near the means without a pass over X (any shift is exact: module docstring)."""
+    m = X.shape[0]
+    idx = jnp.asarray(np.unique(np.linspace(0, m - 1, min(m, rows)).round().astype(np.int32)))
+    Xs, Ys = jnp.take(X, idx, axis=0).astype(Y.dtype), jnp.take(Y, idx, axis=0)
+    ws = jnp.ones(idx.shape, Y.dtype) if w is None else jnp.take(w, idx)
+    ws = jnp.where(jnp.sum(ws) > 0, ws, 1)
+    return ws @ Xs / jnp.sum(ws), ws @ Ys / jnp.sum(ws)
+
+
 def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array | None = None, *,
                           block: int | None = None) -> Stats:
-    """:class:`Stats` of X (m, n), y (m,) or (m, k), sample_weight (m,) >= 0 or None, in three passes
-    of ``block`` rows (default :func:`block_rows`): the weighted means, the centred Gram (then its
-    factors, O(n^3)), the rss at the solution. Jittable, ``vmap``-able."""
+    """:class:`Stats` of X (m, n), y (m,) or (m, k), sample_weight (m,) >= 0 or None, in two passes of ``block``
+    rows (default :func:`block_rows`): the Gram centred on :func:`sample_shift` (then its factors, O(n^3)), the
+    rss at the solution. Jittable, ``vmap``-able."""
     m, n = X.shape
     dtype = y.dtype
     Y = y[:, None] if y.ndim == 1 else y
@@ -141,10 +162,7 @@ def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array |
     block = min(m, block or block_rows(n + 1 + k, dtype.itemsize, m))
     w = sample_weight
     count = jnp.asarray(m, dtype) if w is None else jnp.sum(w)
-    col_sums = lambda Xb, Yb, wb: tuple(  # noqa: E731
-        jnp.sum(a if wb is None else a * wb[:, None], axis=0) for a in (Xb, Yb))
-    x_sum, y_sum = block_sums(col_sums, X, Y, w, block, (jnp.zeros(n, dtype), jnp.zeros(k, dtype)))
-    x_mean, y_mean = x_sum / count, y_sum / count
+    x_mean, y_mean = sample_shift(X, Y, w)
     zero = jnp.zeros((n + 1 + k,) * 2, dtype)
     gram_fn = lambda Xb, Yb, wb: gram_block(Xb, Yb, wb, x_mean, y_mean)  # noqa: E731
     gram, _ = block_sums(gram_fn, X, Y, w, block, (zero, zero), add=kahan_add)
@@ -214,11 +232,11 @@ def per_output(stats: Stats) -> tuple[Stats, Stats]:
 
 
 def gram_blocks(stats: Stats, n: int) -> dict[str, jax.Array]:
-    """The centred moments in the Gram: ``xtx = Xc^T D Xc`` (n, n), ``xty = Xc^T D Yc`` (n, k),
-    ``yty = Yc^T D Yc`` (k, k), ``x_sum``, ``y_sum`` (~0: centred), ``count``; raw moments follow,
-    e.g. ``X^T D X = xtx + N mu mu^T``."""
+    """The shifted moments in the Gram: ``xtx = Xc^T D Xc`` (n, n), ``xty = Xc^T D Yc`` (n, k),
+    ``yty = diag(Yc^T D Yc)`` (k,), ``x_sum``, ``y_sum`` (small: the shift is near the means), ``count``; raw
+    moments follow, e.g. ``X^T D X = xtx + mu x_sum^T + x_sum mu^T + N mu mu^T``."""
     G, q = stats.gram, n + 1
-    return {"xtx": G[:n, :n], "xty": G[:n, q:], "yty": G[q:, q:], "x_sum": G[:n, n], "y_sum": G[q:, n],
+    return {"xtx": G[:n, :n], "xty": G[:n, q:], "yty": jnp.diagonal(G[q:, q:]), "x_sum": G[:n, n], "y_sum": G[q:, n],
             "count": G[n, n]}
 
 
