@@ -1,7 +1,8 @@
 """scikit-learn estimators :class:`GDRegressor` and :class:`GDClassifier`, fitted by :func:`gradfit.fit`, and their
 cross-validated :class:`GDRegressorCV` and :class:`GDClassifierCV` (:func:`gradfit.sweep` with ``cv``: every penalty
-and fold in one compiled program); they pass ``parametrize_with_checks``. Prediction is numpy's ``X @ coef_.T + intercept_`` (no compile). float64 input is
-fitted in float64 (x64 on for the fit alone), float32 in float32."""
+and fold in one compiled program); they pass ``parametrize_with_checks``. Prediction is numpy's
+``X @ coef_.T + intercept_`` (no compile). float64 input is fitted in float64 (x64 on for the fit alone), float32 in
+float32."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ try:
 except ImportError as e:  # absent, or older than 1.6 (no validate_data)
     raise ImportError(f"gradfit.sklearn needs scikit-learn >= 1.6 ({e}): pip install 'gradfit[sklearn]'") from e
 
-from gradfit import _cv, _optim, _validation, solver, sweeps
+from gradfit import _cv, _heldout, _optim, _validation, solver, sweeps
 from gradfit._types import Params
 
 __all__ = ["GDClassifier", "GDClassifierCV", "GDRegressor", "GDRegressorCV"]
@@ -54,6 +55,14 @@ def _check_params(est) -> None:
         raise ValueError(f"{name}: verbose must be an integer >= 0, got {est.verbose!r}")
     if not isinstance(est.warm_start, (bool, np.bool_)):
         raise ValueError(f"{name}: warm_start must be True or False, got {est.warm_start!r}")
+    if not isinstance(est.early_stopping, (bool, np.bool_)):
+        raise ValueError(f"{name}: early_stopping must be True or False, got {est.early_stopping!r}")
+    if not _is_real(est.validation_fraction) or not 0 < est.validation_fraction < 1:
+        raise ValueError(f"{name}: validation_fraction must be a float in (0, 1) (the share of rows held out), got "
+                         f"{est.validation_fraction!r}; e.g. 0.1")
+    if not _validation.is_int(est.n_iter_no_change) or est.n_iter_no_change < 1:
+        raise ValueError(f"{name}: n_iter_no_change must be a positive integer (steps without a lower validation "
+                         f"loss), got {est.n_iter_no_change!r}")
 
 
 def _seed(random_state) -> int:
@@ -61,6 +70,32 @@ def _seed(random_state) -> int:
     if _validation.is_int(random_state):
         return int(random_state) % (2**32)
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def _weights(sample_weight, m: int):
+    """``sample_weight`` as an array (a scalar repeated for the m rows), or None; :func:`gradfit.fit` checks it."""
+    sw = None if sample_weight is None else np.asarray(sample_weight)
+    return np.full(m, sw) if sw is not None and sw.ndim == 0 else sw
+
+
+def _stack(runs: list) -> solver.FitResult:
+    """The binary FitResults of one-vs-rest early stopping as one per-output result (curves NaN past each stop)."""
+    steps = np.array([r.steps for r in runs])
+
+    def pad(curves):
+        out = np.full((len(runs), steps.max()), np.nan)
+        for j, c in enumerate(curves):
+            out[j, :len(c)] = c
+        return out
+
+    field = lambda f: np.array([f(r) for r in runs])  # noqa: E731
+    return solver.FitResult(Params(field(lambda r: r.params.W).T, field(lambda r: r.params.b)),
+                            field(lambda r: r.loss), pad([r.losses for r in runs]), steps,
+                            field(lambda r: r.converged), field(lambda r: r.diverged),
+                            {"grad_norm": [r.stats["grad_norm"] for r in runs],
+                             "validation_loss": [r.stats["validation_loss"] for r in runs],
+                             "best_step": [r.stats["best_step"] for r in runs]},
+                            field(lambda r: r.status), pad([r.validation_losses for r in runs]))
 
 
 def _printer(name: str):
@@ -85,32 +120,58 @@ class _GDBase(BaseEstimator):
             if name != "self":
                 setattr(self, name, value)
 
-    def _fit(self, X: np.ndarray, Y: np.ndarray, sample_weight, out: tuple[int, ...], *, per_output: bool):
-        """Fit Y (m,) or (m, k) (output shape ``out``) on X (m, n); returns the FitResult. ``per_output``:
-        the k columns are independent problems (one-vs-rest)."""
+    def _fit(self, X: np.ndarray, Y: np.ndarray, sw, init: Params | None, seed: int, *, per_output: bool = False,
+             validation: tuple | None = None):
+        """Fit Y (m,) or (m, k) on X (m, n) from ``init`` (None: a cold start); returns the FitResult. ``per_output``:
+        the k columns are independent problems (one-vs-rest). ``validation``: (X_val, Y_val, sw_val) early-stops."""
         m = X.shape[0]
-        warm = self._warm_params(X.shape[1], out)
-        sw = None if sample_weight is None else np.asarray(sample_weight)  # fit checks the weights
-        sw = np.full(m, sw) if sw is not None and sw.ndim == 0 else sw
         batch_size = self.batch_size
         if _validation.is_int(batch_size) and batch_size > m:
             warnings.warn(f"batch_size={batch_size} is larger than the {m} samples: using full batches of {m}",
                           UserWarning, stacklevel=3)
             batch_size = m
+        stop = {} if validation is None else dict(validation=validation, early_stopping=True,
+                                                  n_iter_no_change=int(self.n_iter_no_change))
         with jax.enable_x64(True) if X.dtype == np.float64 else contextlib.nullcontext():
             return solver.fit(X, Y, loss=self._loss, reduction=self.reduction, optimizer=self.optimizer,
                               learning_rate=None if self.learning_rate is None else float(self.learning_rate),
                               steps=int(self.max_iter), tol=None if self.tol is None else float(self.tol),
                               l2=np.full(Y.shape[1], float(self.alpha)) if per_output else float(self.alpha),
-                              init=warm, batch_size=batch_size, seed=_seed(self.random_state),
+                              init=init, batch_size=batch_size, seed=seed,
                               fit_intercept=self.fit_intercept, sample_weight=sw,
                               optimizer_options=self.optimizer_options,
-                              callback=_printer(type(self).__name__) if self.verbose else None)
+                              callback=_printer(type(self).__name__) if self.verbose else None, **stop)
+
+    def _held_out(self, X, Y, sw, seed: int, labels=None):
+        """Early stopping's split, as :func:`gradfit.fit`'s ``validation_fraction`` (:func:`gradfit._heldout.split_rows`
+        with ``seed``; stratified by ``labels`` when given): ``(X, Y, sw)`` of the training rows and the
+        validation triple (sw None: unweighted)."""
+        if len(X) < 2:
+            raise ValueError(f"{type(self).__name__}: early_stopping holds out rows but got n_samples={len(X)}: give "
+                             "at least 2 samples, or set early_stopping=False")
+        if sw is not None:  # checked before indexing; kept in X's dtype (the check's copy may be float32)
+            _validation.check_sample_weight(sw, Y, False, X.dtype)
+            sw = np.asarray(sw, X.dtype)
+        train, held = _heldout.split_rows(Y if labels is None else labels, float(self.validation_fraction), seed,
+                                          labels is not None)
+        if sw is not None and not np.any(sw[held] > 0):
+            raise ValueError(f"{type(self).__name__}: the sample weights of the validation rows are all zero: use "
+                             "another random_state or validation_fraction, or early_stopping=False")
+        part = lambda rows: (X[rows], Y[rows], None if sw is None else sw[rows])  # noqa: E731
+        return (*part(train), part(held))
+
+    def _set_validation(self, result) -> None:
+        """``validation_losses_`` and ``best_validation_loss_`` (None without early stopping)."""
+        on = self.early_stopping
+        self.validation_losses_ = np.asarray(result.validation_losses).copy() if on else None
+        best = result.stats["validation_loss"] if on else None
+        self.best_validation_loss_ = best if best is None or np.ndim(best) == 0 else np.asarray(best)
 
     def _finish(self, result):
         """Set ``n_iter_`` and warn like scikit-learn when ``max_iter`` ran out before ``tol``."""
         self.n_iter_ = int(np.asarray(result.steps).max())
-        stopped = np.asarray(result.converged) | np.asarray(result.diverged)
+        stopped = np.asarray(result.converged) | np.asarray(result.diverged) | (np.asarray(result.status) ==
+                                                                                 "early_stopped")
         if self.tol is not None and not stopped.all():
             why = "stalled away from the optimum" if "stalled" in np.ravel(result.status) else \
                 f"did not converge in max_iter={self.max_iter} steps"
@@ -181,13 +242,25 @@ class GDRegressor(RegressorMixin, _GDBase):
         > 0 prints the step and objective between compiled chunks.
     warm_start : bool, default=False
         Start from the previous fit's ``coef_`` and ``intercept_`` (optimizer state restarts).
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the rows (seeded by ``random_state``, as :func:`gradfit.fit`'s split) and
+        stop once their unpenalised loss has not fallen for ``n_iter_no_change`` steps; ``coef_`` is then the best
+        step's (SGD keeps the last; MLP the best). ``tol`` keeps its test; any fall counts (SGD: by ``tol``).
+    validation_fraction : float in (0, 1), default=0.1
+        The share of rows held out with ``early_stopping`` (unused without it).
+    n_iter_no_change : int >= 1, default=5
+        Steps (epochs with ``batch_size``) without a lower validation loss that end the fit; only with early stopping.
 
     Attributes
     ----------
     coef_ : ndarray of shape (n_features,) or (n_targets, n_features)
     intercept_ : float or ndarray of shape (n_targets,)
     n_iter_ : int
-        Steps run (objective evaluations; epochs with ``batch_size``).
+        Steps run (objective evaluations; epochs with ``batch_size``), including the ``n_iter_no_change`` last.
+    validation_losses_ : ndarray of shape (n_iter_,) or None
+        With ``early_stopping``, the validation loss (unpenalised, of ``reduction``) after each step; else None.
+    best_validation_loss_ : float or None
+        Their minimum (None without ``early_stopping``).
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Only when X has string feature names.
@@ -197,7 +270,8 @@ class GDRegressor(RegressorMixin, _GDBase):
 
     def __init__(self, *, learning_rate=0.1, max_iter=1000, tol=1e-4, alpha=1e-4, reduction="half_mean",
                  optimizer="sgd", optimizer_options=None, fit_intercept=True, batch_size=None,
-                 random_state=None, verbose=0, warm_start=False):
+                 random_state=None, verbose=0, warm_start=False, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=5):
         self._store(locals())
 
     def fit(self, X, y, sample_weight=None):
@@ -205,7 +279,12 @@ class GDRegressor(RegressorMixin, _GDBase):
         _check_params(self)
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True, reset=True)
         y = np.asarray(y, X.dtype)
-        result = self._fit(X, y, sample_weight, () if y.ndim == 1 else (y.shape[1],), per_output=False)
+        init, seed = self._warm_params(X.shape[1], () if y.ndim == 1 else (y.shape[1],)), _seed(self.random_state)
+        sw, val = _weights(sample_weight, len(X)), None
+        if self.early_stopping:
+            X, y, sw, val = self._held_out(X, y, sw, seed)
+        result = self._fit(X, y, sw, init, seed, validation=val)
+        self._set_validation(result)
         b = np.asarray(result.params.b)
         self.coef_ = np.asarray(result.params.W).T.copy()
         self.intercept_ = b[()] if b.ndim == 0 else b.copy()
@@ -235,6 +314,8 @@ class GDClassifier(ClassifierMixin, _GDBase):
     ``OneVsRestClassifier(LogisticRegression(C=1 / (alpha * m)))``; ``predict_proba`` normalises the sigmoids.
 
     Parameters are those of :class:`GDRegressor`, except ``reduction``: ``{"mean", "sum"}``, default ``"mean"``.
+    ``early_stopping`` holds out rows stratified by class, once; multiclass then fits each class on its own (one
+    program each), stopping when its own validation log-loss stops falling, as ``SGDClassifier``.
 
     Attributes
     ----------
@@ -243,6 +324,9 @@ class GDClassifier(ClassifierMixin, _GDBase):
     intercept_ : ndarray of shape (1,) or (n_classes,)
     n_iter_ : int
         Steps run (the most over the one-vs-rest problems).
+    validation_losses_ : ndarray of shape (n_iter_,), (n_classes, n_iter_) for multiclass (NaN past a class's stop)
+        With ``early_stopping``, the validation log-loss after each step; else None.
+    best_validation_loss_ : float, ndarray of shape (n_classes,) for multiclass, or None
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Only when X has string feature names.
@@ -252,7 +336,8 @@ class GDClassifier(ClassifierMixin, _GDBase):
 
     def __init__(self, *, learning_rate=0.1, max_iter=1000, tol=1e-4, alpha=1e-4, reduction="mean",
                  optimizer="sgd", optimizer_options=None, fit_intercept=True, batch_size=None,
-                 random_state=None, verbose=0, warm_start=False):
+                 random_state=None, verbose=0, warm_start=False, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=5):
         self._store(locals())
 
     def fit(self, X, y, sample_weight=None):
@@ -272,7 +357,16 @@ class GDClassifier(ClassifierMixin, _GDBase):
                              f"{self.classes_!r}: set warm_start=False")
         binary = len(classes) == 2
         T = (index == 1).astype(X.dtype) if binary else np.eye(len(classes), dtype=X.dtype)[index]
-        result = self._fit(X, T, sample_weight, () if binary else (len(classes),), per_output=not binary)
+        init, seed = self._warm_params(X.shape[1], () if binary else (len(classes),)), _seed(self.random_state)
+        sw, val = _weights(sample_weight, len(X)), None
+        if self.early_stopping:  # held out once, stratified by class (for every one-vs-rest problem)
+            X, T, sw, val = self._held_out(X, T, sw, seed, index)
+        if val is None or binary:
+            result = self._fit(X, T, sw, init, seed, per_output=not binary, validation=val)
+        else:  # gradfit validates one problem at a time: a fit per class, each stopping on its own, as SGDClassifier
+            result = _stack([self._fit(X, T[:, j], sw, None if init is None else Params(init.W[:, j], init.b[j]),
+                                       seed, validation=(val[0], val[1][:, j], val[2])) for j in range(len(classes))])
+        self._set_validation(result)
         self.classes_ = classes
         self.coef_ = np.asarray(result.params.W).reshape(X.shape[1], -1).T.copy()
         self.intercept_ = np.asarray(result.params.b).reshape(-1).copy()
@@ -429,7 +523,7 @@ class GDRegressorCV(_CV, GDRegressor):
 
 
 class GDClassifierCV(_CV, GDClassifier):
-    """Logistic regression with ``C`` chosen by cross-validation, as :class:`~sklearn.linear_model.LogisticRegressionCV`:
+    """Logistic regression with ``C`` chosen by cross-validation as :class:`~sklearn.linear_model.LogisticRegressionCV`:
     for each ``C`` in ``Cs`` and each fold, minimises scikit-learn's objective (binary; ``t_i`` in {0, 1})
 
         C sum_i s_i [t_i softplus(-z_i) + (1 - t_i) softplus(z_i)] + ||w||^2 / 2,   z_i = x_i . w + b
