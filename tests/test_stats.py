@@ -230,3 +230,49 @@ def test_float32_moments_accumulate_accurately():
     np.testing.assert_allclose(blocks["xty"][:, 0], Xc.T @ yc, rtol=2e-5, atol=2e-5 * m)
     coef, *_ = np.linalg.lstsq(np.hstack([X64, np.ones((m, 1))]), y64, rcond=None)
     np.testing.assert_allclose(st.solution[:n], coef[:n], rtol=1e-3)
+
+
+@pytest.mark.parametrize("weights", [False, True])
+@pytest.mark.parametrize("k", [None, 2])
+def test_expansion_about_a_rounded_solution_is_the_rows_objective(x64, k, weights):
+    """Value and gradient from statistics whose v* is off (as a float32 Gram's can be): with the rows' rss and
+    slope g* at that v* (residual_moments), they equal numpy's on the rows at any params, to 1e-9 in float64.
+    Without g* the gradient would be off by 2 A (v* - v_true), here ~1e2 times the tolerance."""
+    rng = np.random.default_rng(4)
+    X, y, w = _problem(rng, k=k, weights=weights)
+    m, n = X.shape
+    w_j = None if w is None else jnp.asarray(w)
+    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y), w_j)
+    off = st._replace(solution=st.solution + 1e-2 * rng.standard_normal(st.solution.shape))
+    Y = y.reshape(m, -1)
+    rss, g = _stats.residual_moments(jnp.asarray(X), jnp.asarray(Y), w_j, off)
+    g = _stats._in_range(g, off)
+    off = off._replace(rss=rss[0] if k is None else rss, gradient=g[:, 0] if k is None else g)
+    assert _stats.exact_rank(off)
+    W = rng.standard_normal((n,) if k is None else (n, k))
+    b = rng.standard_normal(() if k is None else (k,))
+    value, grad = _stats.value_and_grad(Params(jnp.asarray(W), jnp.asarray(b)), off, reduction="sum")
+    ww = np.ones(m) if w is None else w
+    r = (X @ W + b - y).reshape(m, -1) * np.sqrt(ww)[:, None]
+    np.testing.assert_allclose(float(value), np.sum(r * r), rtol=1e-10)
+    g_W = 2 * X.T @ (r * np.sqrt(ww)[:, None])
+    np.testing.assert_allclose(np.asarray(grad.W).reshape(n, -1), g_W, rtol=1e-9, atol=1e-9 * np.abs(g_W).max())
+    without, _ = _stats.value_and_grad(Params(jnp.asarray(W), jnp.asarray(b)), off._replace(gradient=None),
+                                       reduction="sum")
+    assert abs(float(without) - np.sum(r * r)) > 1e-6 * np.sum(r * r)  # g* carries what the rounded v* lost
+
+
+def test_dropped_directions_are_checked_on_the_rows(x64):
+    """A duplicated column: an eigenvalue is dropped, so the statistics do not vouch for the rows' slope
+    (exact_rank False) and a fit on them is checked on the rows; the slope kept has no part along the drop."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 3))
+    X = np.hstack([X, X[:, :1]])
+    y = X @ np.array([1.0, -2.0, 0.5, 1.0]) + 0.1 * rng.standard_normal(300)
+    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y))
+    assert not _stats.exact_rank(st)
+    dropped = np.asarray(st.eigvecs)[:, np.asarray(st.eigvals) == 0]
+    np.testing.assert_allclose(dropped.T @ (np.asarray(st.gradient) / np.asarray(st.diag)), 0, atol=1e-12)
+    result = gradfit.fit(X, y, grad="stats", learning_rate=0.1, tol=1e-8, steps=2000)
+    r = X @ np.asarray(result.params.W) + float(result.params.b) - y
+    np.testing.assert_allclose(result.loss, np.mean(r * r), rtol=1e-12)

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import _engine
-from gradfit._types import Hyper, Level, Program, SolverState
+from gradfit import _engine, _stats
+from gradfit._types import Hyper, Level, Program, SolverState, Validated
 
 Observer = Callable[[SolverState, np.ndarray], None]
 
@@ -71,7 +71,8 @@ class CompiledStepper:
 
     def __init__(self, operand, hyper: Hyper, program: Program, levels: tuple[Level, ...] = (), check=None):
         self.operand, self.hyper, self.program, self.levels = operand, hyper, program, levels
-        self.check = (operand, program, levels) if check is None else check
+        own = check is None or carries_gradient(operand)
+        self.check = (operand, program, levels) if own else check
         self.compile_seconds, self.programs = 0.0, 0
 
     def _compiled(self, fn, roles, args, program=None, levels=None):
@@ -102,6 +103,13 @@ class CompiledStepper:
         if at_loop_point:  # stopped members sit where the loop evaluated
             value, optimality = _where_stopped(state, value, optimality)
         return value, optimality
+
+
+def carries_gradient(operand) -> bool:
+    """Statistics of full rank with the rows' slope at their solution (:func:`gradfit._stats.exact_rank`) give
+    the data's objective and gradient: a run on them is checked on them, with no pass over X."""
+    train = operand.train if isinstance(operand, Validated) else operand
+    return isinstance(train, _stats.Stats) and _stats.exact_rank(train)
 
 
 @jax.jit

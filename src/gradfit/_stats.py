@@ -14,19 +14,21 @@ coordinates ``yhat_i = (x_i - mu) W + bh`` with ``bh = b + mu W - nu``; stack ``
 With ``A = G[:n+1, :n+1]``, ``c = G[:n+1, n+1:]``,
 
     S(W, b) = sum_i w_i ||x_i W + b - y_i||^2 = v^T A v - 2 v^T c + tr(Yc^T D Yc)
-            = (v - v*)^T A (v - v*) + rss,        v* = A^+ c,  rss = S at v*.
+            = (v - v*)^T A (v - v*) + 2 g*^T (v - v*) + rss,    v* = A^+ c,
 
-gradfit evaluates the second form, with ``A = Q diag(lam) Q^T`` factored once:
-``S = sum_j lam_j ||(Q^T (v - v*))_j||^2 + rss``, ``dS/dv = 2 Q diag(lam) Q^T (v - v*)``,
-and by the chain rule through bh: ``dS/dW = dS/dv[:n] + mu^T dS/dv[n]``,
-``dS/db = dS/dv[n]``. The reductions scale S as in :mod:`gradfit.losses` (1/N "mean",
-1/(2N) "half_mean", 1 "sum"). Each step is two (n+1)x(n+1) by (n+1)xk products: O(n^2 k).
+with ``rss`` and ``g* = [X - mu, 1]^T D r*`` the rows' residual sum of squares and half-slope at v* (residuals
+``r*``), both from one more pass over the rows: the expansion of the quadratic S about v* is exact, and g* (0 in
+exact arithmetic) carries whatever rounding v* has, so value and gradient are the data's, not the Gram's
+(the fit needs no pass over X to check its answer). gradfit evaluates the second form, with
+``D^-1 A D^-1 = Q diag(lam) Q^T`` factored once: ``t = Q^T D (v - v*)``, ``S = sum_j lam_j t_j^2 + 2 g*^T (v -
+v*) + rss``, ``dS/dv = 2 D Q diag(lam) t + 2 g*``, and by the chain rule through bh: ``dS/dW = dS/dv[:n] +
+mu^T dS/dv[n]``, ``dS/db = dS/dv[n]``. The reductions scale S as in :mod:`gradfit.losses` (1/N "mean", 1/(2N)
+"half_mean", 1 "sum"). Each step is two (n+1)x(n+1) by (n+1)xk products: O(n^2 k).
 
 Numerics: centring keeps the Gram's condition number free of ``(|mean|/std)^2`` (any shift is
 exact: the ones column stays in G; a sampled mean leaves ~1/64 of a std); blocks are added with Kahan
-compensation; the loss as a sum of non-negative terms plus rss (one more read of X, its residuals as the direct
-plans form them) has no cancellation; eigenvalues below ``p * eps * max(lam)`` are set to 0. The iterates
-equal full-batch gradient descent up to rounding.
+compensation; rss and g* come from the residuals as the direct plans form them; eigenvalues below
+``p * eps * max(lam)`` are set to 0. The iterates equal full-batch gradient descent up to rounding.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import losses
+from gradfit import gradients, losses
 from gradfit._types import Params
 
 _BLOCK_BYTES = 4 << 20  # bytes of augmented rows per Gram block (stays in cache)
@@ -59,6 +61,8 @@ class Stats(NamedTuple):
     solution: jax.Array  # (q,) [or (q, k)] v* = A^+ c: the least-squares [W; bh]
     rss: jax.Array  # () [or (k,)] residual sum of squares at v* (per output), >= 0
     diag: jax.Array  # (q,) the scaling D: the square roots of A's diagonal (1 where it is 0)
+    gradient: jax.Array | None = None  # (q,) [or (q, k)] g* = [X - mu, 1]^T D r* from the rows, r* the residuals
+    # at v* (half dS/dv there: 0 up to v*'s rounding); None: not formed (streamed, cross-validation folds)
 
     @property
     def dtype(self):
@@ -120,6 +124,21 @@ def residual_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, stats: Stats
     return jnp.sum(r * r if w is None else r * r * w[:, None], axis=0)
 
 
+def residual_moments(X: jax.Array, Y: jax.Array, w: jax.Array | None, stats: Stats) -> tuple[jax.Array, jax.Array]:
+    """One block's ``(sum_i w_i r_i^2, [X - mu, 1]^T D r)`` ((k,), (q, k)) for the residuals ``r = X W* + b* - Y`` at
+    ``stats.solution``: :func:`residual_block` and, from the same rows, the data's gradient there
+    (``X^T D r - mu 1^T D r``: no shifted copy of X)."""
+    n = X.shape[1]
+    solution = stats.solution if stats.solution.ndim == 2 else stats.solution[:, None]
+    W_s, bh = solution[:n], solution[n]
+    offset = bh - stats.x_mean @ W_s + jnp.reshape(stats.y_mean, (-1,))
+    r = X @ W_s + offset[None, :] - Y
+    rw = r if w is None else r * w[:, None]
+    r_sum = jnp.sum(rw, axis=0)
+    xr = gradients.xt_dot(X, rw) - stats.x_mean[:, None] * r_sum[None, :]  # X read in place, never transposed
+    return jnp.sum(rw * r, axis=0), jnp.concatenate([xr, r_sum[None, :]], axis=0)
+
+
 def factor(gram: jax.Array, x_shift: jax.Array, y_shift: jax.Array, count: jax.Array, one_output: bool) -> Stats:
     """Eigen-factor ``D^-1 A D^-1 = Q diag(lam) Q^T`` (``A = gram[:q, :q]``, ``D = diag(sqrt(A_jj))``,
     lam below ``p eps max(lam)`` set to 0) and solve ``v* = D^-1 Q diag(lam)^+ Q^T D^-1 c``,
@@ -154,7 +173,7 @@ def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array |
                           block: int | None = None) -> Stats:
     """:class:`Stats` of X (m, n), y (m,) or (m, k), sample_weight (m,) >= 0 or None, in two passes of ``block``
     rows (default :func:`block_rows`): the Gram centred on :func:`sample_shift` (then its factors, O(n^3)), the
-    rss at the solution. Jittable, ``vmap``-able."""
+    rss and the data's gradient at the solution. Jittable, ``vmap``-able."""
     m, n = X.shape
     dtype = y.dtype
     Y = y[:, None] if y.ndim == 1 else y
@@ -169,8 +188,24 @@ def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array |
     stats = factor(gram, x_mean, y_mean, count, y.ndim == 1)
     if m * (n + 1 + k) <= QR_ELEMENTS:  # accurate to eps * cond(X), not its square
         stats = stats._replace(solution=_solution_from_rows(X.astype(dtype), Y, w, stats, y.ndim == 1))
-    rss = block_sums(lambda Xb, Yb, wb: residual_block(Xb, Yb, wb, stats), X, Y, w, block, jnp.zeros(k, dtype))
-    return stats._replace(rss=rss[0] if y.ndim == 1 else rss)
+    moments = lambda Xb, Yb, wb: residual_moments(Xb, Yb, wb, stats)  # noqa: E731
+    rss, g = block_sums(moments, X, Y, w, block, (jnp.zeros(k, dtype), jnp.zeros((n + 1, k), dtype)))
+    g = _in_range(g, stats)
+    return stats._replace(rss=rss[0] if y.ndim == 1 else rss, gradient=g[:, 0] if y.ndim == 1 else g)
+
+
+def _in_range(g: jax.Array, stats: Stats) -> jax.Array:
+    """``g`` (q, k) projected onto A's kept eigenvectors, ``D Q_keep Q_keep^T D^-1 g``: along a dropped one the
+    model has no curvature, where a slope would make it unbounded (those fits are checked on the rows instead:
+    :func:`exact_rank`)."""
+    coeffs = stats.eigvecs.T @ (g / stats.diag[:, None])
+    return (stats.eigvecs @ jnp.where(stats.eigvals[:, None] > 0, coeffs, 0)) * stats.diag[:, None]
+
+
+def exact_rank(stats: Stats) -> bool:
+    """Whether no eigenvalue of any problem's A was dropped (host): then value and gradient from statistics with
+    :attr:`Stats.gradient` are the rows' own; otherwise the rows' slope along a dropped direction is unknown."""
+    return stats.gradient is not None and bool(np.all(np.asarray(stats.eigvals) > 0))
 
 
 def _solution_from_rows(X, Y, w, stats: Stats, one_output: bool) -> jax.Array:
@@ -195,11 +230,18 @@ def _scaled(diff: jax.Array, stats: Stats) -> jax.Array:
     return stats.eigvecs.T @ (diff * (stats.diag if diff.ndim == 1 else stats.diag[:, None]))
 
 
+def _first_order(diff: jax.Array, stats: Stats) -> jax.Array:
+    """``2 g*^T (v - v*)``, summed over outputs: the data's slope at v* (0 without :attr:`Stats.gradient`)."""
+    return 0.0 if stats.gradient is None else 2 * jnp.sum(stats.gradient * diff)
+
+
 def squared_error_sum(params: Params, stats: Stats) -> jax.Array:
-    """``S = sum_i w_i ||x_i W + b - y_i||^2 = sum_j lam_j ||(Q^T D (v - v*))_j||^2 + sum(rss)``."""
-    t = _scaled(_centred(params, stats) - stats.solution, stats)
+    """``S = sum_i w_i ||x_i W + b - y_i||^2 = sum_j lam_j ||(Q^T D d)_j||^2 + 2 g*^T d + sum(rss)``, ``d = v - v*``
+    (exact for the quadratic S: its expansion about v* with the rows' own value and slope there)."""
+    diff = _centred(params, stats) - stats.solution
+    t = _scaled(diff, stats)
     lam = stats.eigvals if t.ndim == 1 else stats.eigvals[:, None]
-    return jnp.sum(lam * t * t) + jnp.sum(stats.rss)
+    return jnp.sum(lam * t * t) + _first_order(diff, stats) + jnp.sum(stats.rss)
 
 
 def loss(params: Params, stats: Stats, *, reduction: str = "mean") -> jax.Array:
@@ -209,26 +251,30 @@ def loss(params: Params, stats: Stats, *, reduction: str = "mean") -> jax.Array:
 
 def value_and_grad(params: Params, stats: Stats, *, reduction: str = "mean") -> tuple[jax.Array, Params]:
     """``(J, dJ/dp)`` of the MSE from the statistics, in closed form (module docstring):
-    ``dS/dv = 2 D Q diag(lam) Q^T D (v - v*)``; ``dJ/dW = c (dS/dv[:n] + mu^T dS/dv[n])``,
-    ``dJ/db = c dS/dv[n]``, c the reduction's scale. dW like W, db like b."""
+    ``dS/dv = 2 D Q diag(lam) Q^T D (v - v*) + 2 g*`` (g* the rows' half-slope at v*, :attr:`Stats.gradient`:
+    the gradient is the data's even where v* carries the Gram's rounding); ``dJ/dW = c (dS/dv[:n] + mu^T
+    dS/dv[n])``, ``dJ/db = c dS/dv[n]``, c the reduction's scale. dW like W, db like b."""
     scale = losses.reduction_scale(reduction, stats.count)
     n = params.W.shape[0]
-    t = _scaled(_centred(params, stats) - stats.solution, stats)
+    diff = _centred(params, stats) - stats.solution
+    t = _scaled(diff, stats)
     lam = stats.eigvals if t.ndim == 1 else stats.eigvals[:, None]
     lt = lam * t
-    value = scale * (jnp.sum(lt * t) + jnp.sum(stats.rss))
-    gv = (2 * scale) * (stats.eigvecs @ lt)
+    value = scale * (jnp.sum(lt * t) + _first_order(diff, stats) + jnp.sum(stats.rss))
+    gv = stats.eigvecs @ lt
     gv = gv * (stats.diag if gv.ndim == 1 else stats.diag[:, None])
+    gv = (2 * scale) * (gv if stats.gradient is None else gv + stats.gradient)
     g_b = gv[n]
     g_W = gv[:n] + (stats.x_mean * g_b if gv.ndim == 1 else stats.x_mean[:, None] * g_b[None, :])
     return value, Params(g_W, g_b)
 
 
 def per_output(stats: Stats) -> tuple[Stats, Stats]:
-    """Split k outputs into k problems for ``vmap``: (stats, in_axes); ``y_mean``, ``solution``
-    (output axis moved first) and ``rss`` mapped along axis 0, the rest shared."""
-    moved = stats._replace(solution=jnp.moveaxis(stats.solution, -1, -2))
-    return moved, Stats(None, 0, None, None, None, None, 0, 0, None)
+    """Split k outputs into k problems for ``vmap``: (stats, in_axes); ``y_mean``, ``solution`` and
+    ``gradient`` (output axis moved first) and ``rss`` mapped along axis 0, the rest shared."""
+    move = lambda a: None if a is None else jnp.moveaxis(a, -1, -2)  # noqa: E731
+    moved = stats._replace(solution=move(stats.solution), gradient=move(stats.gradient))
+    return moved, Stats(None, 0, None, None, None, None, 0, 0, None, None if stats.gradient is None else 0)
 
 
 def gram_blocks(stats: Stats, n: int) -> dict[str, jax.Array]:
@@ -264,7 +310,9 @@ def least_squares(stats: Stats, *, reduction: str = "mean", l2=0.0, fit_intercep
     theta = np.linalg.lstsq(lhs, 2 * c * T.T @ (g - A @ t), rcond=None)[0]
     W, b = theta[:n], (theta[n] if fit_intercept else np.zeros(nu.shape[0]))
     d = T @ theta + t - np.asarray(stats.solution, np.float64).reshape(q, -1)
-    value = c * (float(np.sum(d * (A @ d))) + float(np.asarray(stats.rss, np.float64).sum()))
+    g_star = np.zeros_like(d) if stats.gradient is None else np.asarray(stats.gradient, np.float64).reshape(q, -1)
+    slope = 2 * float(np.sum(g_star * d))
+    value = c * (float(np.sum(d * (A @ d))) + slope + float(np.asarray(stats.rss, np.float64).sum()))
     value += 0.5 * float(l2) * float(np.sum(W * W))
     if np.ndim(stats.y_mean) == 0:
         W, b = W[:, 0], b[0]

@@ -287,7 +287,7 @@ def build(c: _options.Checked, inputs: Inputs, placed: Placed, plan: str, scale:
                              "as scalars, or fit each output column on its own")
         op = Validated(op, operand(validation, plan, False)[0])
     check = None
-    if plan == "stats":  # the returned params are checked on the data themselves, not the statistics
+    if plan == "stats":  # statistics without the rows' slope (cross-validation folds) are checked on the rows
         data, data_levels = _levels(placed.data, inputs, hyper, per_output, lr)
         check = (data, program._replace(plan=_plan.DIRECT), data_levels)
     if placed.mesh is not None:  # parameters, hyperparameters and the PRNG key on every device
