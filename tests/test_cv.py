@@ -8,11 +8,13 @@ import csv
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import gradfit
-from gradfit import _cv, cli, datasets
+from gradfit import _cv, _stats, cli, datasets
+from gradfit._types import Data
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV  # noqa: E402
@@ -107,6 +109,77 @@ def test_numpy_folds_equal_sklearn_splitters(rng):
     splitter = ShuffleSplit(3, test_size=0.25, random_state=0)
     pairs = _cv.split(splitter, np.zeros((40, 2)), np.zeros(40), loss="mse")
     assert [v.tolist() for _, v in pairs] == [w.tolist() for _, w in splitter.split(np.zeros(40))]
+
+
+def _masked_folds(pairs, m: int, w=None) -> _cv.Folds:
+    w = np.ones(m) if w is None else w
+    train, val = np.zeros((len(pairs), m)), np.zeros((len(pairs), m))
+    for f, (t, v) in enumerate(pairs):
+        train[f, t], val[f, v] = w[t], w[v]
+    return _cv.Folds(pairs, train, val)
+
+
+def _splits(m, labels, rng):
+    overlapping = list(ShuffleSplit(4, test_size=0.3, random_state=0).split(np.zeros(m)))  # rows held out twice
+    rows = rng.permutation(m)
+    incomplete = [(rows[: m // 2], rows[m // 2:]),  # the complement: fast
+                  (rows[m // 3:], rows[: m // 4]),  # rows in neither set: masked
+                  (rows[40:], rows[:40])]
+    return {"kfold": (list(KFold(5).split(np.zeros(m))), (True,) * 5, True),
+            "stratified": (list(StratifiedKFold(4, shuffle=True, random_state=1).split(np.zeros(m), labels)),
+                           (True,) * 4, True),
+            "overlapping": (overlapping, (True,) * 4, False),
+            "incomplete": (incomplete, (True, False, True), True)}
+
+
+@pytest.mark.parametrize("split, weighted, k", [("kfold", False, None), ("kfold", True, 2), ("stratified", True, None),
+                                                ("overlapping", False, 2), ("incomplete", True, None)])
+def test_fold_statistics_from_one_pass_equal_masked_statistics(x64, rng, split, weighted, k):
+    """Each fold's statistics from the one pass (total less held-out Grams, one common shift, re-centred) equal the
+    masked product over all rows per fold, the rss equals numpy's least squares on the fold's rows, and the MSE
+    scores from the held-out statistics equal those from the rows."""
+    m, n = 160, 4
+    X = rng.standard_normal((m, n)) * [1.0, 3.0, 0.5, 2.0] + [10.0, -4.0, 0.0, 100.0]  # means far from 0
+    y = X @ rng.standard_normal((n, k or 1)) + 3.0 + rng.standard_normal((m, k or 1))
+    y = y[:, 0] if k is None else y
+    w = rng.uniform(0.0, 2.0, m) if weighted else None
+    if weighted:
+        w[:7] = 0.0  # rows of weight 0 anywhere
+    pairs, fast, partition = _splits(m, (y if k is None else y[:, 0]) > np.median(y), rng)[split]
+    folds = _cv.padded(_masked_folds(pairs, m, w), m + 3)._replace(memo={})  # a sweep's X may have padding rows
+    pad = lambda a: jnp.asarray(np.pad(a, [(0, 3)] + [(0, 0)] * (a.ndim - 1)))  # noqa: E731
+    data = Data(pad(X), pad(y))
+    layout, segments, _, _ = _cv._layout(folds, 64)
+    assert tuple(s >= 0 for s in layout.segment) == fast and layout.partition == partition
+    if split == "kfold":
+        assert segments.rows.size == m  # every row gathered once: one Gram's work, not F
+    stats, _, _ = _cv.fold_statistics(data, folds)
+    masked = jax.jit(jax.vmap(_cv._statistics, in_axes=(Data(None, None, 0),)))(
+        data._replace(sample_weight=jnp.asarray(folds.train)))
+    for name in ("count", "x_mean", "y_mean", "gram", "solution", "rss"):
+        new, old = np.asarray(getattr(stats, name)), np.asarray(getattr(masked, name))
+        assert new.shape == old.shape, name
+        np.testing.assert_allclose(new, old, rtol=1e-10, atol=1e-10 * np.max(np.abs(old)), err_msg=name)
+    lanes = (3, len(pairs))
+    params = gradfit.Params(rng.standard_normal((*lanes, n, *y.shape[1:])), rng.standard_normal((*lanes, *y.shape[1:])))
+    ok = np.zeros(lanes, bool)
+    by_stats = _cv.score(params, data.X, data.y, folds, "mse", ok, 1 << 30)  # from the held-out statistics
+    by_rows = _cv.score(params, data.X, data.y, folds._replace(memo=None), "mse", ok, 1 << 30)
+    for name in ("loss", "train_loss"):
+        np.testing.assert_allclose(by_stats[name], by_rows[name], rtol=1e-10, err_msg=name)
+    for f, (t, _) in enumerate(pairs):
+        root = np.sqrt(folds.train[f, t])[:, None]
+        A = np.hstack([X[t], np.ones((len(t), 1))]) * root
+        rss = np.linalg.lstsq(A, y[t].reshape(len(t), -1) * root, rcond=None)[1]
+        np.testing.assert_allclose(np.reshape(stats.rss[f], -1), rss, rtol=1e-8)
+        # The rows' slope at the fold's solution, [X - mu, 1]^T D r (numpy), ~0 here (float64, full rank).
+        sol = np.asarray(stats.solution[f]).reshape(n + 1, -1)
+        mu, nu = np.asarray(stats.x_mean[f]), np.reshape(np.asarray(stats.y_mean[f]), -1)
+        r = (X[t] - mu) @ sol[:n] + sol[n] - (y[t].reshape(len(t), -1) - nu)
+        slope = np.hstack([X[t] - mu, np.ones((len(t), 1))]).T @ (folds.train[f, t][:, None] * r)
+        np.testing.assert_allclose(np.asarray(stats.gradient[f]).reshape(n + 1, -1), slope,
+                                   atol=1e-9 * np.abs(X).max() * np.abs(r).sum())
+    assert _stats.exact_rank(stats)
 
 
 def test_weighted_folds_diverged_member_and_one_compile(regression, compile_counter):

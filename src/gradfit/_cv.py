@@ -4,7 +4,10 @@ A fold ``f`` is a pair ``(train_idx, val_idx)`` of row indices. Its lanes fit wi
 the 0/1 training mask (F, m), ``w`` the caller's sample_weight or 1) over the one shared X: the folds are a ``vmap``
 level under the grid's members (:func:`with_folds`), so K members x F folds run as K x F lanes of one compiled
 program per group. Each fold has its own :class:`~gradfit._types.Scaling` (it depends on the weights) and, for the
-``"stats"`` plan, its own statistics (:func:`fold_statistics`). After the fit every lane is scored (:func:`score`):
+``"stats"`` plan, its own statistics (:func:`fold_statistics`: every fold's training and held-out Grams from about
+one Gram's work, a training Gram the total less the held-out part, with the rows' rss and slope at each fold's
+solution; the lanes are checked on them, not on the rows, unless a fold's statistics dropped an eigenvalue).
+After the fit every lane is scored (:func:`score`; MSE on the "stats" plan from the held-out statistics):
 
     loss[i, f] = sum_r v_fr w_r l_r(p_if) / sum_r v_fr w_r      (F folds, m rows, v_f the held-out mask)
 
@@ -36,6 +39,7 @@ class Folds(NamedTuple):
     pairs: list[tuple[np.ndarray, np.ndarray]]
     train: np.ndarray  # (F, m) t_f * w
     val: np.ndarray  # (F, m) v_f * w
+    memo: dict | None = None  # filled by fold_statistics: the folds' statistics over X, for score
 
 
 class CVScores(NamedTuple):
@@ -127,15 +131,17 @@ def _check_pair(i: int, pair, m: int) -> tuple[np.ndarray, np.ndarray]:
         if idx.min() < 0 or idx.max() >= m:
             raise ValueError(f"cv fold {i}: {name} index {int(idx.min() if idx.min() < 0 else idx.max())} is out of "
                              f"range for {m} rows (0 to {m - 1})")
-        if len(np.unique(idx)) != idx.size:
+        counts = np.bincount(idx.astype(np.intp), minlength=m)  # O(m), not a sort
+        if counts.max() > 1:
             raise ValueError(f"cv fold {i}: the {name} indices repeat a row; give each row at most once "
                              "(weight rows with sample_weight instead)")
-        out.append(idx)
-    common = np.intersect1d(*out)
+        out.append((idx, counts))
+    (train, in_train), (val, in_val) = out
+    common = np.flatnonzero(in_train & in_val)
     if common.size:
         raise ValueError(f"cv fold {i}: rows {common[:5].tolist()} are both training and validation rows: a fold's "
                          "two index sets must not overlap")
-    return out[0], out[1]
+    return train, val
 
 
 def holdout(m: int, fraction: float, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -168,7 +174,7 @@ def make_folds(pairs, inputs: solver.Inputs, loss_names: set[str]) -> Folds:
                                  "logistic regression needs both classes in every training fold; use fewer folds, "
                                  "stratified folds (an int cv with a 1-d y), or shuffle the rows")
     dtype = np.dtype(inputs.dtype)
-    return Folds([(np.asarray(t), np.asarray(v)) for t, v in pairs], train.astype(dtype), val.astype(dtype))
+    return Folds([(np.asarray(t), np.asarray(v)) for t, v in pairs], train.astype(dtype), val.astype(dtype), {})
 
 
 def padded(folds: Folds, rows: int) -> Folds:
@@ -185,7 +191,8 @@ def fold_scaling(c, inputs: solver.Inputs, members, folds: Folds) -> Scaling:
 
 def _statistics(data: Data) -> _stats.Stats:
     """:func:`gradfit._stats.sufficient_statistics` of one fold's weights, less its SVD refinement of ``v*`` (the
-    solution is ``A^+ c`` from the Gram, accurate to ``eps cond(A)``): weighted means, Gram, factors, rss."""
+    solution is ``A^+ c`` from the Gram, accurate to ``eps cond(A)``): weighted means, Gram, factors, rss, by the
+    masked product over all m rows. :func:`fold_statistics` computes the same for every fold in about one pass."""
     X, w = data.X.astype(data.y.dtype), data.sample_weight
     Y = data.y[:, None] if data.y.ndim == 1 else data.y
     count = jnp.sum(w)
@@ -196,16 +203,189 @@ def _statistics(data: Data) -> _stats.Stats:
     return stats._replace(rss=rss[0] if data.y.ndim == 1 else rss)
 
 
+class _Layout(NamedTuple):
+    """The static plan of :func:`_fold_program` (part of its compile key). S segments of rows are gathered in
+    blocks; ``segment[f]`` is fold f's held-out segment, -1 for a fold on the masked path (``slow``, in order)."""
+
+    segment: tuple[int, ...]  # (F,) the held-out segment of each fold, -1 for a masked fold
+    slow: tuple[int, ...]  # the masked folds, in the order of the masks passed
+    segments: int  # S
+    partition: bool  # the segments split the total: every row of weight > 0 in exactly one
+    block: int  # rows per contiguous block (the means, total and residual passes)
+
+
+class _Segments(NamedTuple):
+    """Row blocks of the segments, host arrays: ``rows`` (NB, B) row numbers, ``weight`` (NB, B) their weights (0 for
+    padding), ``segment`` (NB,) each block's segment."""
+
+    rows: np.ndarray
+    weight: np.ndarray
+    segment: np.ndarray
+
+
+def _layout(folds: Folds, block: int) -> tuple[_Layout, _Segments, np.ndarray, np.ndarray]:
+    """Sort the rows by held-out fold on the host: ``(layout, segments, total weights (m,), masked folds' training
+    and held-out weights (2, F_slow, m))``. The total weight of a row is its weight in any fold (0 where it is in
+    none). A fold is "fast" when its training weights are exactly the total less its held-out ones; its held-out
+    rows of weight > 0 are one segment; when no row is held out by two fast folds, the rows of weight > 0 held out
+    by none are one more segment and the segments split the total."""
+    total = np.maximum(folds.train.max(axis=0), folds.val.max(axis=0))
+    fast = [f for f in range(len(folds.train)) if np.array_equal(folds.train[f] + folds.val[f], total)]
+    rows = [np.flatnonzero(folds.val[f] > 0) for f in fast]
+    held = np.zeros(total.shape[0], int)
+    for r in rows:
+        held[r] += 1
+    partition = bool(fast) and bool(held.max() <= 1)
+    if partition and np.any((held == 0) & (total > 0)):
+        rows.append(np.flatnonzero((held == 0) & (total > 0)))
+    segment = [-1] * len(folds.train)
+    for s, f in enumerate(fast):
+        segment[f] = s
+    slow = tuple(f for f in range(len(folds.train)) if segment[f] < 0)
+    size = _segment_block(block, [len(r) for r in rows])
+    blocks = np.concatenate([np.zeros((0, size), int)] + [  # -1 pads each segment to whole blocks
+        np.pad(r, (0, -len(r) % size), constant_values=-1).reshape(-1, size) for r in rows])
+    ids = np.concatenate([np.zeros(0, int)] + [np.full(-(-len(r) // size), s) for s, r in enumerate(rows)])
+    seg = _Segments(np.maximum(blocks, 0).astype(np.int32), np.where(blocks >= 0, total[blocks], 0).astype(total.dtype),
+                    ids.astype(np.int32))
+    layout = _Layout(tuple(segment), slow, len(rows), partition, block)
+    return layout, seg, total, np.stack([folds.train[list(slow)], folds.val[list(slow)]])
+
+
+def _segment_block(block: int, lengths: list[int]) -> int:
+    """Rows per gathered block: at most ``block``, small enough that padding each segment to whole blocks adds at
+    most ~1/16 of the rows (at least 256 rows, or the longest segment), evened out over the longest segment."""
+    if not lengths:
+        return 1
+    longest = max(lengths)
+    size = max(1, min(block, longest, max(256, -(-sum(lengths) // (16 * len(lengths))))))
+    return -(-longest // -(-longest // size))
+
+
+def _recentre(gram: jax.Array, x_shift: jax.Array, y_shift: jax.Array, n: int):
+    """A Gram of ``[x - s, 1, y - t]`` (p, p) about its own weighted means: ``(G', mu, nu, N)``. With ``N = G[n, n]``,
+    ``d = G[n] / N`` (d_n := 0) the means less the shift, ``mu = s + d[:n]``, ``nu = t + d[n+1:]`` and
+    ``T = I - e_n d^T`` (rows ``z' = z T``, exact because z_n = 1): ``G' = T^T G T``. Of the outputs' k x k block
+    only the diagonal is re-centred (:func:`gradfit._stats.gram_block` forms only the diagonal), the rest kept."""
+    count, q = gram[n, n], n + 1
+    d = (gram[n] / jnp.where(count > 0, count, 1)).at[n].set(0)
+    T = jnp.eye(gram.shape[0], dtype=gram.dtype).at[n].add(-d)
+    out = T.T @ gram @ T
+    diagonal = jnp.eye(gram.shape[0] - q, dtype=bool)
+    out = out.at[q:, q:].set(jnp.where(diagonal, out[q:, q:], gram[q:, q:]))
+    return out, x_shift + d[:n], y_shift + d[q:], count
+
+
+def _fold_residuals(Xb, Yb, wb, stats: _stats.Stats, one_output: bool) -> tuple[jax.Array, jax.Array]:
+    """``rss[f] = sum_i wb[i, f] (x_i W*_f + b*_f - y_i)^2`` (F, k) and the rows' slope there, ``g[f] = [X - mu_f,
+    1]^T D_f r_f`` (F, q, k), over one block (B rows, wb (B, F)): every fold's predictions as one product
+    ``X_b [W*_1 .. W*_F]``, as :func:`gradfit._stats.residual_moments` forms each."""
+    n = Xb.shape[1]
+    sol = stats.solution[..., None] if one_output else stats.solution  # (F, q, k)
+    F, k = sol.shape[0], sol.shape[2]
+    W = sol[:, :n]
+    offset = sol[:, n] - jnp.einsum("fn,fnk->fk", stats.x_mean, W) + jnp.reshape(stats.y_mean, (F, k))
+    r = (Xb @ jnp.moveaxis(W, 0, 1).reshape(n, F * k)).reshape(-1, F, k) + offset[None] - Yb[:, None, :]
+    rw = wb[:, :, None] * r
+    r_sum = jnp.sum(rw, axis=0)  # (F, k)
+    xr = jnp.einsum("bn,bfk->fnk", Xb, rw) - stats.x_mean[:, :, None] * r_sum[:, None, :]
+    return jnp.sum(rw * r, axis=0), jnp.concatenate([xr, r_sum[:, None, :]], axis=1)
+
+
+def _held_out_grams(X, Y, segments: _Segments, shifts, S: int) -> jax.Array:
+    """``H[s] = sum_{i in segment s} w_i z_i^T z_i`` (S, p, p), z about the common ``shifts``: each block's rows
+    gathered by index (``jnp.take``), its Gram added to its segment's with Kahan compensation."""
+    p = X.shape[1] + 1 + Y.shape[1]
+    zero = jnp.zeros((S, p, p), Y.dtype)
+
+    def one(i, carry):
+        rows, s = segments.rows[i], segments.segment[i]
+        Xb, Yb = jnp.take(X, rows, axis=0).astype(Y.dtype), jnp.take(Y, rows, axis=0)
+        acc, comp = _stats.kahan_add((carry[0][s], carry[1][s]), _stats.gram_block(Xb, Yb, segments.weight[i], *shifts))
+        return carry[0].at[s].set(acc), carry[1].at[s].set(comp)
+
+    return jax.lax.fori_loop(0, segments.rows.shape[0], one, (zero, zero))[0]
+
+
+def _fast_grams(X, Y, total, segments: _Segments, layout: _Layout, fast: list[int]):
+    """The fast folds' training and held-out Grams, each about its own weighted means (:func:`_recentre`): the
+    held-out Grams ``H`` of the segments about one common shift (the total's weighted means, so that they add and
+    subtract), a training Gram the total less its held-out part: the sum of the other segments when they split the
+    total, else ``T - H_f`` with the total ``T`` from one more contiguous pass. ``(G, mu, nu, N)``, each (2 F_fast,
+    ...): the training ones first."""
+    dtype, n = Y.dtype, X.shape[1]
+    col_sums = lambda Xb, Yb, wb: (wb @ Xb, wb @ Yb)  # noqa: E731
+    init = (jnp.zeros(n, dtype), jnp.zeros(Y.shape[1], dtype))
+    x_sum, y_sum = _stats.block_sums(col_sums, X, Y, total, layout.block, init)
+    count = jnp.sum(total)
+    shifts = (x_sum / count, y_sum / count)
+    H = _held_out_grams(X, Y, segments, shifts, layout.segments)
+    held = H[np.asarray([layout.segment[f] for f in fast])]
+    if layout.partition:
+        others = np.ones((len(fast), layout.segments)) - np.eye(len(fast), layout.segments)
+        grams = jnp.einsum("fs,spq->fpq", jnp.asarray(others, dtype), H)
+    else:
+        gram_fn = lambda Xb, Yb, wb: _stats.gram_block(Xb, Yb, wb, *shifts)  # noqa: E731
+        zero = jnp.zeros(H.shape[1:], dtype)
+        T = _stats.block_sums(gram_fn, X, Y, total, layout.block, (zero, zero), add=_stats.kahan_add)[0]
+        grams = T[None] - held
+    recentre = jax.vmap(functools.partial(_recentre, n=n), in_axes=(0, None, None))
+    return recentre(jnp.concatenate([grams, held]), *shifts)
+
+
+def _masked_gram(X, Y, w):
+    """``(G, mu, nu, N)`` of the weights ``w`` (m,) over all rows, about their weighted means (:func:`_statistics`)."""
+    count = jnp.sum(w)
+    x_mean, y_mean = ((w @ a) / count for a in (X, Y))
+    return _stats.gram_block(X, Y, w, x_mean, y_mean), x_mean, y_mean, count
+
+
+def _fold_program(X, y, total, segments: _Segments, slow, weights, layout: _Layout) -> tuple[_stats.Stats, ...]:
+    """Every fold's training and held-out statistics in one program (:func:`fold_statistics`), ``(train,
+    held_out)``, each as :func:`_statistics` of its weights with a leading fold axis: the fast folds' Grams from the
+    gathered segments (:func:`_fast_grams`), the masked folds' (``slow`` (2, F_slow, m): training, held-out weights)
+    by masked products over all rows; then all 2F factors, and all 2F rss in one pass over the rows (``weights``
+    (2F, m): the training weights, then the held-out ones)."""
+    dtype, one_output = y.dtype, y.ndim == 1
+    Y, F = (y[:, None] if one_output else y), len(layout.segment)
+    fast = [f for f, s in enumerate(layout.segment) if s >= 0]
+    parts = {}
+    if fast:
+        parts.update(zip(fast + [F + f for f in fast], zip(*_fast_grams(X, Y, total, segments, layout, fast))))
+    for i, f in enumerate(layout.slow):
+        parts[f], parts[F + f] = (_masked_gram(X.astype(dtype), Y, w[i]) for w in slow)
+    gram, x_mean, y_mean, counts = (jnp.stack(v) for v in zip(*(parts[j] for j in range(2 * F))))
+    stats = jax.vmap(_stats.factor, in_axes=(0, 0, 0, 0, None))(gram, x_mean, y_mean, counts, one_output)
+    residuals = lambda Xb, Yb, wb: _fold_residuals(Xb, Yb, wb, stats, one_output)  # noqa: E731
+    zero, zero_g = jnp.zeros((2 * F, Y.shape[1]), dtype), jnp.zeros((2 * F, X.shape[1] + 1, Y.shape[1]), dtype)
+    add = lambda acc, term: (_stats.kahan_add(acc[0], term[0]), acc[1] + term[1])  # noqa: E731 (rss compensated)
+    (rss, _), g = _stats.block_sums(residuals, X, Y, weights.T, layout.block, ((zero, zero), zero_g), add=add)
+    g = jax.vmap(_stats._in_range)(g, stats)
+    stats = stats._replace(rss=rss[:, 0] if one_output else rss, gradient=g[..., 0] if one_output else g)
+    return jax.tree.map(lambda a: a[:F], stats), jax.tree.map(lambda a: a[F:], stats)
+
+
 def fold_statistics(data: Data, folds: Folds) -> tuple[_stats.Stats, float, float]:
-    """``(Stats with a leading fold axis, compile s, run s)``: the statistics of each fold's training weights,
-    :func:`_statistics` ``vmap``-ed over the F masks in one program (F Gram products over the one X, not yet the
-    total less the held-out part)."""
-    data = data._replace(sample_weight=jnp.asarray(folds.train))
-    exe, compile_seconds = _engine.compiled(_statistics, ("data",), None, (Level(Data(None, None, 0), None, None, None),),
-                                            (data,))
+    """``(Stats with a leading fold axis, compile s, run s)``: the statistics of each fold's training weights, as
+    :func:`_statistics` of its mask, from about one Gram's work in one program (:func:`_fold_program`): the rows are
+    sorted by held-out fold once on the host (:func:`_layout`) and each fold's training Gram is the total less its
+    held-out part. A fold whose training rows are not "all rows less the held-out ones" (any splitter's pairs may
+    leave rows out) gets the masked product over all m rows instead. The held-out statistics go to
+    ``folds.memo`` (when it is a dict), for :func:`score`."""
+    dtype = data.y.dtype
+    m, n = data.X.shape
+    F, k = len(folds.pairs), 1 if data.y.ndim == 1 else data.y.shape[1]
+    block = _stats.block_rows(n + 1 + 2 * F * k, np.dtype(dtype).itemsize, m)
+    layout, segments, total, slow = _layout(folds, block)
+    segments = _Segments(*(jnp.asarray(a) for a in segments))
+    weights = jnp.asarray(np.concatenate([folds.train, folds.val]))
+    args = (data.X, data.y, jnp.asarray(total), segments, jnp.asarray(slow), weights)
+    exe, compile_seconds = _engine.compiled(_fold_program, (None,) * len(args), layout, (), args)
     start = time.perf_counter()
-    stats = jax.block_until_ready(exe(data))
-    return stats, compile_seconds, time.perf_counter() - start
+    train, held_out = jax.block_until_ready(exe(*args))
+    if isinstance(folds.memo, dict):
+        folds.memo["statistics"] = (data.X, data.y, train, held_out)
+    return train, compile_seconds, time.perf_counter() - start
 
 
 def with_folds(problem: solver.Problem, folds: Folds, scaling: Scaling) -> solver.Problem:
@@ -214,13 +394,14 @@ def with_folds(problem: solver.Problem, folds: Folds, scaling: Scaling) -> solve
     train = jnp.asarray(folds.train)
     hyper = problem.hyper._replace(scaling=Scaling(*(jnp.asarray(v, problem.hyper.l2.dtype) for v in scaling)))
     level_hyper = solver.hyper_axes(hyper, None, Scaling(0, 0, 0, 0))
-    op = problem.operand
+    op, check = problem.operand, problem.check
     if isinstance(op, _stats.Stats):  # already per fold (fold_statistics)
         level = Level(jax.tree.map(lambda _: 0, op), level_hyper, 0, None)
+        if _stats.exact_rank(op):  # each lane checked on its fold's statistics (rss and slope from the rows),
+            check = None  # not K x F passes over X
     else:
         op, level = op._replace(sample_weight=train), Level(Data(None, None, 0), level_hyper, 0, None)
-    check = problem.check
-    if check is not None:  # the statistics plan's check on the rows, with the same weights
+    if check is not None:  # a check on the rows, with the same weights
         data, program, levels = check
         check = (data._replace(sample_weight=train), program, (Level(Data(None, None, 0), level_hyper, 0, None),
                                                                *levels))
@@ -247,15 +428,38 @@ def _score_program(W, b, X, y, train, val, loss: str, batch: int):
     return jax.lax.map(lambda p: per_fold(*p, X, y, train, val, loss), (W, b), batch_size=batch)
 
 
+@jax.jit
+def _statistics_score_program(W, b, train: _stats.Stats, held_out: _stats.Stats) -> dict[str, jax.Array]:
+    def lane(W, b, tr, ho):
+        p = Params(W, b)
+        return {"loss": _stats.squared_error_sum(p, ho) / ho.count,
+                "train_loss": _stats.squared_error_sum(p, tr) / tr.count}
+
+    return jax.vmap(jax.vmap(lane), in_axes=(0, 0, None, None))(W, b, train, held_out)
+
+
+def _from_statistics(params: Params, X, y, folds: Folds) -> dict[str, jax.Array] | None:
+    """MSE scores from the folds' statistics (:func:`fold_statistics`, of this X and y), no pass over the rows:
+    ``S = sum_j lam_j ||(Q^T D (v - v*))_j||^2 + rss`` (:func:`gradfit._stats.squared_error_sum`) of the held-out
+    and training statistics over their weights; None without them."""
+    memo = folds.memo.get("statistics") if isinstance(folds.memo, dict) else None
+    if memo is None or memo[0] is not X or memo[1] is not y:
+        return None
+    return _statistics_score_program(jnp.asarray(params.W), jnp.asarray(params.b), *memo[2:])
+
+
 def score(params: Params, X, y, folds: Folds, loss: str, diverged: np.ndarray, budget: int) -> dict[str, np.ndarray]:
     """Every lane's scores (module docstring), name -> (K, F); params W (K, F, n[, k]); ``diverged`` (K, F, ...)
-    lanes get NaN. Members run ``budget`` bytes of predictions at a time."""
+    lanes get NaN. Members run ``budget`` bytes of predictions at a time. MSE after :func:`fold_statistics` of the
+    same X and y is scored from the statistics (:func:`_from_statistics`), O(n^2 k) per lane."""
     K, F = np.shape(params.W)[:2]
     itemsize = np.dtype(np.asarray(params.W).dtype).itemsize
     batch = int(max(1, min(K, budget // max(1, 4 * F * int(np.prod(np.shape(y))) * itemsize))))
     dtype = np.asarray(params.W).dtype
-    out = _score_program(jnp.asarray(params.W), jnp.asarray(params.b), X, y, jnp.asarray(folds.train, dtype),
-                         jnp.asarray(folds.val, dtype), loss, batch)
+    out = _from_statistics(params, X, y, folds) if loss == "mse" else None
+    if out is None:
+        out = _score_program(jnp.asarray(params.W), jnp.asarray(params.b), X, y, jnp.asarray(folds.train, dtype),
+                             jnp.asarray(folds.val, dtype), loss, batch)
     bad = np.asarray(diverged).reshape(K, F, -1).any(axis=-1)
     scores = {k: np.where(bad, np.nan, np.asarray(v, np.float64)) for k, v in out.items()}
     if loss == "bce":
