@@ -15,7 +15,8 @@ with ``evals`` the evaluations expected to reach ``tol`` (:func:`expected_evalua
 the health check estimates; else the step budget), and picks ``"stats"`` for a full-batch MSE fit when cheaper.
 Otherwise ``"hand"``, the fastest direct plan measured (whole-array products spread over every core, where
 ``"onepass"``'s block loop uses one; ``docs/benchmarks.md``), or ``"autodiff"`` for problems vmapped over one shared
-X (a sweep group, per-output columns): its ``X^T S`` over the members is one matrix-matrix product."""
+X (a sweep group, per-output columns): its ``X^T S`` over the members is one matrix-matrix product (line-search
+members run one after another, each on ``"hand"``)."""
 
 from __future__ import annotations
 
@@ -126,7 +127,8 @@ def choose(grad: str, *, loss: str, m: int, n: int, k: int, steps: int, batch_si
            sharded: bool = False, members: int = 1, evals: int | None = None) -> str:
     """Resolve ``grad`` ("auto" or a forced plan) to the plan a fit runs; ValueError if invalid. ``sharded``
     (rows over several devices): "auto" is "hand", and the block-walking "stats"/"onepass" are errors.
-    ``members`` > 1 (problems vmapped over one X): "auto"'s direct plan is "autodiff". ``evals``: the
+    ``members`` > 1 (problems vmapped over one X): "auto"'s direct plan is "autodiff", unless a line search runs
+    them one after another (:func:`gradfit._engine.compiled`), each reading X alone. ``evals``: the
     evaluations expected (:func:`expected_evaluations`; default ``steps``, doubled by a line search)."""
     check(grad, loss=loss, batch_size=batch_size, line_search=line_search)
     if sharded:
@@ -139,7 +141,7 @@ def choose(grad: str, *, loss: str, m: int, n: int, k: int, steps: int, batch_si
     evals = steps * (2 if line_search else 1) if evals is None else evals
     if loss == "mse" and batch_size is None and cost_stats(m, n, k, evals) < cost_direct(m, n, k, evals):
         return "stats"
-    return MEMBERS_DIRECT if members > 1 else DIRECT
+    return MEMBERS_DIRECT if members > 1 and not line_search else DIRECT
 
 
 CHUNK_SECONDS = 1.0  # the wall time a compiled chunk of steps should take (an interrupt waits for it)
