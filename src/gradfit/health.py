@@ -85,18 +85,20 @@ def _power_program(iters: int, options: tuple[tuple[str, str], ...], batched: bo
     return jax.jit(fn if batched else lambda X, *rest: fn(X[None], *rest), compiler_options=dict(options) or None)
 
 
-WARM_ITERATIONS = 4  # power steps from the sampled Hessian's top eigenvector (the Rayleigh quotient's error is
-# quadratic in the start's: 4 steps of the full data refine it; scripts/bench_health.py)
+WARM_ITERATIONS = 3  # power steps from the sampled Hessian's top eigenvector, then the Rayleigh quotient (its error
+# is quadratic in the start's: 3 steps of the full data refine it; scripts/bench_health.py)
 
 
-def _sampled_top(X, sample_weight, fit_intercept: bool, shift, scale) -> tuple[float, np.ndarray]:
-    """The top eigenvalue (per unit weight) and eigenvector of ``(A S)^T D (A S)`` on :data:`CONDITION_ROWS` rows."""
+def _sampled_top(X, sample_weight, fit_intercept: bool, shift, scale) -> tuple[float, np.ndarray, float]:
+    """The top eigenvalue (per unit weight) and eigenvector of ``(A S)^T D (A S)`` on :data:`CONDITION_ROWS` rows,
+    and the rows' largest |x|."""
     idx, Xs, w, _, _ = _sample(X, sample_weight, CONDITION_ROWS)
     A = np.concatenate([(Xs - shift) / scale, np.full((len(idx), 1), float(fit_intercept))], axis=1)
     controller = _blas_controller()  # one BLAS thread, as in conditioning()
     with contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas"):
         lam, V = np.linalg.eigh((A * w[:, None]).T @ A / w.sum())
-    return float(lam[-1]), V[:, -1]
+    big = np.abs(Xs[np.isfinite(Xs)])
+    return float(lam[-1]), V[:, -1], float(big.max(initial=0.0))
 
 
 def lipschitz(X, *, loss: str = "mse", reduction: str = "mean", l2=0.0, sample_weight=None, fit_intercept: bool = True,
@@ -114,28 +116,45 @@ def lipschitz(X, *, loss: str = "mse", reduction: str = "mean", l2=0.0, sample_w
     shift, scale = (np.zeros(n), np.ones(n)) if scaling is None else (scaling.shift, scaling.scale)
     shift, scale = (np.broadcast_to(np.asarray(a, np.float64), (shape[0], n)) for a in (shift, scale))
     penalty = float(np.max(np.asarray(l2, np.float64)) * np.max(1.0 / scale**2))
-    # Iterate on A / 2^e, 2^e ~ max |A| (exact), and w / max(w), so A^T D A v cannot overflow; scale back after.
-    top, w_top = max(float(_validation.max_abs(X).astype(dtype)), 1.0 if fit_intercept else 0.0), float(jnp.max(w))
-    if top == 0 or w_top == 0:
+    w_top = float(jnp.max(w))
+    if w_top == 0:
         return penalty
-    e = math.frexp(top)[1]
-    intercept = jnp.asarray((1.0 if fit_intercept else 0.0) * 2.0**-e, dtype)
-    sampled = 0.0
+    sampled, top = 0.0, None
     if batched:
         keys = jax.random.split(jax.random.key(seed), X.shape[0])
         start, iters = jax.vmap(lambda key: jax.random.normal(key, (n + 1,), dtype))(keys), power_iterations(n)
     else:
-        sampled, vector = _sampled_top(X, sample_weight, fit_intercept, shift[0], scale[0])
+        sampled, vector, top = _sampled_top(X, sample_weight, fit_intercept, shift[0], scale[0])
         start, iters = jnp.asarray(vector[None], dtype), WARM_ITERATIONS
     start = start.at[:, n].multiply(float(fit_intercept))
-    options = tuple(sorted(_precision.compiler_options(X).items()))
-    lam = _power_program(iters, options, batched)(X, w / w_top, intercept, jnp.asarray(shift * 2.0**-e, dtype),
-                                         jnp.asarray(1 / scale, dtype), start, jnp.asarray(2.0**-e, dtype))
-    lam = np.asarray(lam, np.float64) * 4.0**e * w_top
     totals = np.asarray(jnp.sum(w, axis=1), np.float64)
+    # Iterate on A / 2^e, 2^e ~ max |A| (exact), and w / max(w), so A^T D A v cannot overflow; scale back after.
+    # One problem: 2^e from the sampled rows (no pass over X); a non-finite result (an unsampled larger value)
+    # repeats the steps with the largest |x| of all rows.
+    for exact in (False, True) if top is not None else (True,):
+        if exact:
+            top = float(_validation.max_abs(X).astype(dtype))
+        elif top == 0:  # the sampled rows are 0: the others may not be
+            continue
+        lam = _power(X, w / w_top, max(top, 1.0 if fit_intercept else 0.0), fit_intercept, shift, scale, start,
+                     iters, batched, dtype) * w_top
+        if np.all(np.isfinite(lam)):
+            break
     lam = np.maximum(lam, sampled * totals)  # the sample's estimate is per unit weight
     c = np.array([_curvature_scale(loss, reduction, t) for t in totals])
     return float(np.max(c * lam) + penalty)
+
+
+def _power(X, w, top: float, fit_intercept: bool, shift, scale, start, iters: int, batched: bool, dtype) -> np.ndarray:
+    """:func:`_top_eigenvalue` of every problem (float64, (B,)) on ``A / 2^e``, ``2^e ~ top``; 0 when ``top`` is."""
+    if top == 0 or not np.isfinite(top):
+        return np.zeros(start.shape[0]) if top == 0 else np.full(start.shape[0], np.inf)
+    e = math.frexp(top)[1]
+    intercept = jnp.asarray((1.0 if fit_intercept else 0.0) * 2.0**-e, dtype)
+    options = tuple(sorted(_precision.compiler_options(X).items()))
+    lam = _power_program(iters, options, batched)(X, w, intercept, jnp.asarray(shift * 2.0**-e, dtype),
+                                                  jnp.asarray(1 / scale, dtype), start, jnp.asarray(2.0**-e, dtype))
+    return np.asarray(lam, np.float64) * 4.0**e
 
 
 def safe_learning_rate(X, **kwargs) -> float:
