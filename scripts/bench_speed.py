@@ -85,8 +85,8 @@ def mse64(W, b, X, Y):
     return tot / len(X)
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import PeakRSS  # noqa: E402  (the same 5 ms sampler as scripts/bench.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for scripts/bench.py's PeakRSS, imported where used:
+# it imports jax and gradfit, which a --child must time itself
 
 
 def gradfit_info(r):
@@ -179,6 +179,8 @@ def child(spec):
         out["new_m_s"], out["new_m"] = timed(*logistic_data(900, 10, 1))
         out["warm_s"] = float(np.median([timed(*logistic_data(1000, 10, 0))[0] for _ in range(5)]))
     else:
+        from bench import PeakRSS  # the same 5 ms sampler as scripts/bench.py
+
         X, y = logistic_data(spec["m"], spec["n"], 0)
         if lib == "gradfit-jax":
             X = jax.block_until_ready(jax.device_put(X))

@@ -189,7 +189,9 @@ def sufficient_statistics(X: jax.Array, y: jax.Array, sample_weight: jax.Array |
     if m * (n + 1 + k) <= QR_ELEMENTS:  # accurate to eps * cond(X), not its square
         stats = stats._replace(solution=_solution_from_rows(X.astype(dtype), Y, w, stats, y.ndim == 1))
     moments = lambda Xb, Yb, wb: residual_moments(Xb, Yb, wb, stats)  # noqa: E731
-    rss, g = block_sums(moments, X, Y, w, block, (jnp.zeros(k, dtype), jnp.zeros((n + 1, k), dtype)))
+    # A 16-bit X is upcast per block, and here the block feeds two products: a quarter of the Gram's rows keeps
+    # that copy at ~1 MiB (tests/test_precision.py bounds the temporaries).
+    rss, g = block_sums(moments, X, Y, w, max(1, block // 4), (jnp.zeros(k, dtype), jnp.zeros((n + 1, k), dtype)))
     g = _in_range(g, stats)
     return stats._replace(rss=rss[0] if y.ndim == 1 else rss, gradient=g[:, 0] if y.ndim == 1 else g)
 
