@@ -162,6 +162,7 @@ def test_defaults_are_sgds_and_params_round_trip(ours, sgd):
     assert (est.early_stopping, est.validation_fraction, est.n_iter_no_change) == (False, 0.25, 9)
 
 
+@pytest.mark.slow  # 9 s; tests/test_sklearn.py already runs the estimators in a Pipeline inside GridSearchCV
 def test_grid_search_over_early_stopping_in_a_pipeline(binary):
     X, y = binary
     pipe = make_pipeline(StandardScaler(), GDClassifier(optimizer="adam", learning_rate=0.3, max_iter=200, tol=None,
