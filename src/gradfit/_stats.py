@@ -113,26 +113,27 @@ def kahan_add(carry: tuple[jax.Array, jax.Array], term: jax.Array) -> tuple[jax.
     return new, (new - total) - t
 
 
-def residual_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, stats: Stats) -> jax.Array:
-    """``sum_i w_i (x_i W* + b* - y_i)^2`` per output (k,) over one block, at ``stats.solution``: the rows'
-    products as the direct plans compute them (``X W* + b*``, no centred copy of X: one read at memory speed)."""
+def _residuals(X: jax.Array, Y: jax.Array, stats: Stats) -> jax.Array:
+    """``r = X W* + b* - Y`` (B, k) at ``stats.solution``, as the direct plans form the rows' products (no shifted
+    copy of X: one read at memory speed)."""
     n = X.shape[1]
     solution = stats.solution if stats.solution.ndim == 2 else stats.solution[:, None]
     W_s, bh = solution[:n], solution[n]
     offset = bh - stats.x_mean @ W_s + jnp.reshape(stats.y_mean, (-1,))  # b* for the raw columns
-    r = X @ W_s + offset[None, :] - Y
+    return X @ W_s + offset[None, :] - Y
+
+
+def residual_block(X: jax.Array, Y: jax.Array, w: jax.Array | None, stats: Stats) -> jax.Array:
+    """``sum_i w_i (x_i W* + b* - y_i)^2`` per output (k,) over one block (:func:`_residuals`)."""
+    r = _residuals(X, Y, stats)
     return jnp.sum(r * r if w is None else r * r * w[:, None], axis=0)
 
 
 def residual_moments(X: jax.Array, Y: jax.Array, w: jax.Array | None, stats: Stats) -> tuple[jax.Array, jax.Array]:
-    """One block's ``(sum_i w_i r_i^2, [X - mu, 1]^T D r)`` ((k,), (q, k)) for the residuals ``r = X W* + b* - Y`` at
-    ``stats.solution``: :func:`residual_block` and, from the same rows, the data's gradient there
-    (``X^T D r - mu 1^T D r``: no shifted copy of X)."""
-    n = X.shape[1]
-    solution = stats.solution if stats.solution.ndim == 2 else stats.solution[:, None]
-    W_s, bh = solution[:n], solution[n]
-    offset = bh - stats.x_mean @ W_s + jnp.reshape(stats.y_mean, (-1,))
-    r = X @ W_s + offset[None, :] - Y
+    """One block's ``(sum_i w_i r_i^2, [X - mu, 1]^T D r)`` ((k,), (q, k)) for the residuals ``r`` at
+    ``stats.solution`` (:func:`_residuals`): :func:`residual_block` and, from the same rows, the data's gradient
+    there (``X^T D r - mu 1^T D r``: no shifted copy of X)."""
+    r = _residuals(X, Y, stats)
     rw = r if w is None else r * w[:, None]
     r_sum = jnp.sum(rw, axis=0)
     xr = gradients.xt_dot(X, rw) - stats.x_mean[:, None] * r_sum[None, :]  # X read in place, never transposed
