@@ -86,3 +86,40 @@ def test_sweep_and_streaming_point_to_their_own_validation(split, tmp_path):
     np.save(tmp_path / "y.npy", y)
     with pytest.raises(ValueError, match="needs the rows in memory"):
         gradfit.fit_streaming(tmp_path / "X.npy", tmp_path / "y.npy", loss="bce", validation_fraction=0.1)
+
+
+def test_a_validated_checkpoint_resumes_with_a_larger_budget(split, tmp_path):
+    # The validation history's length is the step budget: a run resumed with more steps continues it, and equals
+    # the run that was given them from the start (early stopping's record included).
+    X, y, Xv, yv = split
+    path = tmp_path / "fit.ckpt"
+    opts = dict(loss="bce", optimizer="adam", learning_rate=0.05, tol=None, validation=(Xv, yv), early_stopping=True,
+                n_iter_no_change=50)
+    gradfit.fit(X, y, steps=15, checkpoint=path, **opts)
+    resumed = gradfit.resume(path, X, y, steps=30, validation=(Xv, yv))
+    whole = gradfit.fit(X, y, steps=30, **opts)
+    assert resumed.stats["resumed_from_step"] == 15 and resumed.steps == whole.steps == 30
+    np.testing.assert_array_equal(resumed.params.W, whole.params.W)
+    np.testing.assert_array_equal(resumed.validation_losses, whole.validation_losses)
+    np.testing.assert_array_equal(resumed.losses, whole.losses)
+    with pytest.raises(ValueError, match="has run 30 steps with validation, more than this run's steps=10: resume "
+                                         "with steps >= 30"):
+        gradfit.resume(path, X, y, steps=10, validation=(Xv, yv))
+
+
+def test_a_validated_checkpoint_written_before_the_budget_left_its_fingerprint_still_resumes(split, tmp_path,
+                                                                                           monkeypatch):
+    from gradfit import checkpoint
+
+    X, y, Xv, yv = split
+    path = tmp_path / "fit.ckpt"
+    opts = dict(loss="bce", optimizer="adam", learning_rate=0.05, tol=None, validation=(Xv, yv))
+    digest = checkpoint._settings_digest
+    with monkeypatch.context() as m:  # written as before: the settings digest hashed the history's length too
+        m.setattr(checkpoint, "_settings_digest", lambda program, levels, legacy=False: digest(program, levels,
+                                                                                              legacy=True))
+        first = gradfit.fit(X, y, steps=10, checkpoint=path, **opts)
+    again = gradfit.resume(path, X, y, validation=(Xv, yv))
+    assert again.stats["resumed_from_step"] == 10
+    np.testing.assert_array_equal(again.params.W, first.params.W)
+    np.testing.assert_array_equal(again.validation_losses, first.validation_losses)

@@ -62,8 +62,9 @@ def _digest(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(params, operand, hyper: Hyper, key, program: Program, levels: tuple[Level, ...] = ()) -> dict[str, str]:
-    """A short hash per part of a problem (``_COMPONENTS``), without ``hyper.max_steps``; optax transforms by type."""
+def fingerprint(params, operand, hyper: Hyper, key, program: Program, levels: tuple[Level, ...] = ()) -> dict[str, Any]:
+    """A short hash per part of a problem (``_COMPONENTS``), without ``hyper.max_steps``; optax transforms by type.
+    ``"<part> (legacy)"``: digests that earlier versions wrote for the same problem, accepted by :func:`load`."""
     spec = program.optimizer
     if spec.transformation is not None:
         spec = spec._replace(transformation=type(spec.transformation).__qualname__)
@@ -72,13 +73,38 @@ def fingerprint(params, operand, hyper: Hyper, key, program: Program, levels: tu
     key = jax.random.key_data(key) if key is not None and _is_key(key) else key
     return {
         "data": _digest(*data),
-        "settings": _digest(program._replace(optimizer=None, chunk_size=None), levels),
+        "settings": _settings_digest(program, levels),
         "optimizer": _digest(spec),
         "hyperparameters": _digest(hyper.learning_rate, hyper.l2, hyper.tol, hyper.ftol,
                                    *(v for _, v in sorted(hyper.optimizer.items()))),
         "chunk_size": str(program.chunk_size),
         "start": _digest(*jax.tree.leaves(params), key),
+        "settings (legacy)": (_settings_digest(program, levels, legacy=True),),  # accepted on load, never saved
     }
+
+
+def _settings_digest(program: Program, levels: tuple[Level, ...], *, legacy: bool = False) -> str:
+    """The "settings" component: the program less its optimizer and chunk size, and whether it validates (not its
+    validation history's length, which is the step budget: a resumed run may be given more steps). ``legacy``: the
+    digest of checkpoints written before, which hashed that length too."""
+    program = program._replace(optimizer=None, chunk_size=None)
+    return _digest(program if legacy else program._replace(validation=min(program.validation, 1)), levels)
+
+
+def _validation_history(state: SolverState) -> int | None:
+    """The index among ``state``'s leaves of the validation history (its last axis is the step budget), or None."""
+    if state.monitor is None:
+        return None
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    return next(i for i, path in enumerate(paths) if [getattr(k, "name", None) for k in path] == ["monitor", "history"])
+
+
+def _fit_budget(arr: np.ndarray, steps: int) -> np.ndarray:
+    """A validation history (*levels, budget) cut or NaN-padded to ``steps`` entries (the run's new budget)."""
+    out = np.full(arr.shape[:-1] + (steps,), np.nan, arr.dtype)
+    keep = min(steps, arr.shape[-1])
+    out[..., :keep] = arr[..., :keep]
+    return out
 
 
 def save(path: str | Path, state: SolverState, history: np.ndarray, *,
@@ -97,7 +123,8 @@ def save(path: str | Path, state: SolverState, history: np.ndarray, *,
         specs.append(spec)
     header = {
         "format": FORMAT, "version": VERSION, "treedef": str(treedef), "leaves": specs,
-        "fingerprint": fingerprint, "step": int(np.asarray(state.step).max()), "complete": bool(complete),
+        "fingerprint": {name: fingerprint[name] for name in _COMPONENTS}, "step": int(np.asarray(state.step).max()),
+        "complete": bool(complete),
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "backend": jax.default_backend(), **(meta or {}),
     }
@@ -181,7 +208,8 @@ def load(path: str | Path, template: SolverState, fingerprint: dict[str, str] | 
     header = read_header(path)
     fresh = "or start afresh (resume=False, or another checkpoint path)"
     saved = header["fingerprint"]
-    differ = [] if fingerprint is None else [name for name in _COMPONENTS if saved.get(name) != fingerprint.get(name)]
+    differ = [] if fingerprint is None else [name for name in _COMPONENTS if saved.get(name) != fingerprint.get(name)
+                                             and saved.get(name) not in fingerprint.get(f"{name} (legacy)", ())]
     if differ:
         detail = "; ".join(f"{name}: {_COMPONENTS[name]}" for name in differ)
         if "chunk_size" in differ:
@@ -193,20 +221,28 @@ def load(path: str | Path, template: SolverState, fingerprint: dict[str, str] | 
     if header["treedef"] != str(treedef) or len(specs) != len(leaves):
         raise ValueError(f"checkpoint {path} holds a different solver state (another optimizer, loss or output "
                          f"shape): resume with the settings that wrote it, {fresh}")
-    new_leaves = []
+    new_leaves, budget = [], _validation_history(template)
     with np.load(path, allow_pickle=False) as z:
         for i, (leaf, spec) in enumerate(zip(leaves, specs)):
             want = "key" if _is_key(leaf) else str(leaf.dtype)
+            if i == budget and len(spec["shape"]) == leaf.ndim and spec["shape"][:-1] == list(leaf.shape[:-1]):
+                spec = {**spec, "shape": list(leaf.shape)}  # another step budget: the history is cut or padded below
             if spec["dtype"] != want or tuple(spec["shape"]) != tuple(leaf.shape):
                 raise ValueError(f"checkpoint {path} leaf {i} is {spec['dtype']} {tuple(spec['shape'])} but this "
                                  f"problem needs {want} {tuple(leaf.shape)} (another dtype, size or number of "
                                  f"members): resume with the settings that wrote it, {fresh}")
             arr = _read(z, f"leaf_{i:04d}", path)
+            if spec.get("finite") and not np.isfinite(arr).all():
+                raise _damaged(path, f"leaf {i} holds NaN or inf, but was finite when saved")
+            if i == budget and arr.ndim == leaf.ndim:
+                if np.isfinite(arr[..., leaf.shape[-1]:]).any():
+                    raise ValueError(f"checkpoint {path} has run {header['step']} steps with validation, more than "
+                                     f"this run's steps={leaf.shape[-1]}: resume with steps >= {header['step']} "
+                                     f"(its validation history is kept whole), {fresh}")
+                arr = _fit_budget(arr, leaf.shape[-1])
             need = jax.eval_shape(jax.random.key_data, leaf) if want == "key" else leaf
             if arr.shape != need.shape or arr.dtype != need.dtype:
                 raise _damaged(path, f"leaf {i} is {arr.dtype} {arr.shape}, the run needs {need.dtype} {need.shape}")
-            if spec.get("finite") and not np.isfinite(arr).all():
-                raise _damaged(path, f"leaf {i} holds NaN or inf, but was finite when saved")
             value = jax.random.wrap_key_data(arr, impl=spec["impl"]) if want == "key" else arr
             new_leaves.append(jax.device_put(value, leaf.sharding))
         history = _read(z, "history", path)
