@@ -51,6 +51,17 @@ def to_device(a, dtype) -> jax.Array:
     return jax.device_put(a)
 
 
+def to_device_all(arrays, dtypes) -> list:
+    """:func:`to_device` of each array (None stays None), the small host ones moved in one transfer (each
+    ``jnp.asarray`` of a small array costs ~0.1 ms, about what a whole small fit's steps cost)."""
+    out = [None if a is None else to_device(a, dt) if isinstance(a, jax.Array) or np.asarray(a).nbytes >= SMALL
+           else np.asarray(a, dt) for a, dt in zip(arrays, dtypes)]
+    small = [i for i, a in enumerate(out) if isinstance(a, np.ndarray)]
+    for i, moved in zip(small, jax.device_put([out[i] for i in small])):
+        out[i] = moved
+    return out
+
+
 def copy_rows(out: np.ndarray, a: np.ndarray) -> None:
     """``out[...] = a`` (any dtype cast), in row blocks on every core for a large array."""
     workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -18,7 +18,7 @@ from gradfit import _engine, _heldout, _options, _plan, _runner, _stats, _valida
 from gradfit._driver import CompiledStepper, RunResult
 from gradfit._params import predict
 from gradfit._precision import storage_dtype
-from gradfit._transfer import to_device
+from gradfit._transfer import to_device_all
 from gradfit._types import Data, Hyper, Level, Params, Program, Scaling, Validated
 
 
@@ -99,15 +99,17 @@ def _padded(inputs: Inputs, o: _options.FitOptions) -> tuple[Data, int | None]:
     dtype, m = storage_dtype(X, inputs.dtype), inputs.m
     pad = row_bucket(m) - m
     if o.batch_size is not None or pad == 0 or np.prod(np.shape(X)) * np.dtype(dtype).itemsize > BUCKET_BYTES:
-        return Data(to_device(X, dtype), to_device(y, inputs.dtype), sw), None
+        return Data(*to_device_all((X, y), (dtype, inputs.dtype)), sw), None
 
-    def grow(a, dtype):
-        widths = [(0, 0)] * np.ndim(a)
-        widths[lead] = (0, pad)
-        return to_device(np.pad(np.asarray(a, dtype), widths), dtype)
+    def grow(a, dtype):  # small (<= BUCKET_BYTES): a host copy with the weight-0 rows
+        a = np.asarray(a)
+        out = np.zeros(a.shape[:lead] + (a.shape[lead] + pad,) + a.shape[lead + 1 :], dtype)
+        out[(slice(None),) * lead + (slice(0, a.shape[lead]),)] = a
+        return out
 
     w = np.ones(np.shape(y)[: lead + 1], inputs.dtype) if sw is None else sw
-    return Data(grow(X, dtype), grow(y, inputs.dtype), grow(w, inputs.dtype)), m
+    dtypes = (dtype, inputs.dtype, inputs.dtype)
+    return Data(*to_device_all([grow(a, dt) for a, dt in zip((X, y, w), dtypes)], dtypes)), m
 
 
 def place(inputs: Inputs, o: _options.FitOptions) -> Placed:
@@ -148,19 +150,20 @@ def place(inputs: Inputs, o: _options.FitOptions) -> Placed:
 def initial_params(init, seed: int, n: int, out: tuple[int, ...], dtype) -> tuple[Params, jax.Array]:
     """The params before step 0 (``init="normal"``: N(0, 1/n) weights) and the run key, from ``key(seed)``."""
     normal = isinstance(init, str) and init == "normal"  # else "zeros" or given (checked by _options)
-    W, run_key = _draw(seed, (n, *out), np.dtype(dtype), normal)
+    W, b, run_key = _draw(seed, (n, *out), np.dtype(dtype), normal)
     if init is None or isinstance(init, str):
-        return Params(W, jnp.zeros(out, dtype)), run_key
+        return Params(W, b), run_key
     W, b = (jnp.asarray(_validation.as_numeric(a, f"init.{name}"), dtype) for a, name in zip(init, "Wb"))
     return Params(W, b), run_key  # finite and in range: _options.check_step
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _draw(seed, shape: tuple[int, ...], dtype, normal: bool) -> tuple[jax.Array, jax.Array]:
-    """``key(seed)`` split into the init's key and the run's; W zeros, or N(0, 1/n) from the init key: one program."""
+def _draw(seed, shape: tuple[int, ...], dtype, normal: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``key(seed)`` split into the init's key and the run's; W zeros, or N(0, 1/n) from the init key; b zeros: one
+    program."""
     init_key, run_key = jax.random.split(jax.random.key(seed))
     W = jax.random.normal(init_key, shape, dtype) / math.sqrt(shape[0]) if normal else jnp.zeros(shape, dtype)
-    return W, run_key
+    return W, jnp.zeros(shape[1:], dtype), run_key
 
 
 class Problem(NamedTuple):
@@ -187,9 +190,12 @@ def hyper_axes(hyper: Hyper, axis, scaling=None) -> Hyper:
 
 def hyper_arrays(c: _options.Checked, learning_rate, scaling: Scaling, dtype) -> Hyper:
     """Checked host values as the loop's :class:`Hyper` arrays (floats in ``dtype``, steps int32)."""
-    f = lambda v: None if v is None else jnp.asarray(v, dtype)  # noqa: E731
-    return Hyper(f(learning_rate), f(c.l2), f(c.tol), jnp.asarray(c.options.steps, jnp.int32),
+    def f(v):  # host values to numpy, moved below in one transfer (one jnp.asarray each costs ~0.1 ms)
+        return None if v is None else jnp.asarray(v, dtype) if isinstance(v, jax.Array) else np.asarray(v, dtype)
+
+    host = Hyper(f(learning_rate), f(c.l2), f(c.tol), np.asarray(c.options.steps, np.int32),
                  {k: f(v) for k, v in c.traced.items()}, f(c.ftol), Scaling(*(f(v) for v in scaling)))
+    return jax.device_put(host)
 
 
 def scaling(c: _options.Checked, inputs: Inputs, members=()) -> Scaling:
@@ -382,10 +388,13 @@ def fit(X, y, *, sample_weight=None, **options) -> FitResult:
     o = c.options
     problem = build(*prepared[:5], validation=validation)
     stepper = CompiledStepper(problem.operand, problem.hyper, problem.program, problem.levels, problem.check)
-    stored, not_stored = checkpoint.storable_arguments({k: v for k, v in o._asdict().items() if k not in _NOT_STORED})
-    meta = {"fit": stored, "fit_not_stored": not_stored, "every": list(o.checkpoint_every or ())}
-    fingerprint = None if o.checkpoint is None else checkpoint.fingerprint(
-        problem.params, problem.operand, problem.hyper, problem.key, problem.program, problem.levels)
+    meta = fingerprint = None
+    if o.checkpoint is not None:  # what the checkpoint records for gradfit.resume
+        stored, not_stored = checkpoint.storable_arguments({k: v for k, v in o._asdict().items()
+                                                            if k not in _NOT_STORED})
+        meta = {"fit": stored, "fit_not_stored": not_stored, "every": list(o.checkpoint_every or ())}
+        fingerprint = checkpoint.fingerprint(problem.params, problem.operand, problem.hyper, problem.key,
+                                             problem.program, problem.levels)
     members = (inputs.X.shape[0] if inputs.batched else 1) * (inputs.k if problem.per_output else 1)
     run, info = _runner.run(stepper, stepper.init(problem.params, problem.key), problem.hyper,
                             chunk_steps=problem.program.chunk_size, max_steps=o.steps, members=members,
