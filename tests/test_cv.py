@@ -331,3 +331,21 @@ def test_config_refuses_bad_validation(tmp_path):
     config.write_text(CONFIG.format(out=out.as_posix(), validation="cv = 1"))
     assert cli.main(["sweep", "--config", str(config)]) == 2
     assert not out.exists()
+
+
+def test_lbfgs_lanes_are_never_compacted_so_the_grid_compiles_one_step_program(regression):
+    """L-BFGS lanes run one after another, where a finished lane costs nothing: chunks of one step (lanes finishing
+    at different chunks) still run every lane in the one program, in one member chunk, and the grid equals the
+    compacting-free sweep."""
+    X, y = (a.astype(np.float32) for a in regression)
+    opts = dict(optimizer="lbfgs", grad="hand", steps=200, tol=1e-5, chunk_size=1)
+    grid = {"l2": [1e-3, 1e-1, 10.0]}
+    # a memory budget that vmapped members' temporaries over the rows would overflow: lanes hold theirs in turn
+    result = gradfit.sweep(X, y, grid=grid, cv=3, memory_budget=8192, **opts)
+    assert len(set(np.asarray(result.steps).ravel().tolist())) > 1  # lanes finished at different chunks
+    assert result.stats["member_chunks"] == 1 and set(result.stats["batch_sizes"]) == {3}
+    assert result.stats["programs"] <= 3  # init, chunk, final check: once for the grid
+    fixed = gradfit.sweep(X, y, grid=grid, cv=3, compact=False, **opts)
+    np.testing.assert_array_equal(result.params.W, fixed.params.W)
+    # the scoring is chunked by the memory budget: float32 sums in another order
+    np.testing.assert_allclose(result.cv.scores["loss"], fixed.cv.scores["loss"], rtol=1e-6)

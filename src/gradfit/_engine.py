@@ -415,6 +415,13 @@ def _one_by_one(f: Callable, in_axes: tuple) -> Callable:
     return mapped
 
 
+def one_by_one(program: Program | None) -> bool:
+    """Whether :func:`compiled` runs the members of ``program`` one after another (:func:`_one_by_one`): a line
+    search's. A finished member then costs nothing, so compacting them (:class:`gradfit._driver.Compacting`) only
+    compiles the program again for every batch size."""
+    return isinstance(program, Program) and program.optimizer.name in _optim.LINE_SEARCH
+
+
 def compiled(fn: Callable, roles: tuple, program: Program | None, levels: tuple[Level, ...], args: tuple):
     """``fn(*args, program)`` compiled ahead of time, ``vmap``-ed over ``levels`` (each argument
     mapped as its role says), and its compile time (0 from the cache). gradfit's one compile cache, keyed by
@@ -424,10 +431,10 @@ def compiled(fn: Callable, roles: tuple, program: Program | None, levels: tuple[
     if key in _EXECUTABLES:
         return _EXECUTABLES[key], 0.0
     f = fn if program is None else (lambda *a: fn(*a, program))
-    one_by_one = isinstance(program, Program) and program.optimizer.name in _optim.LINE_SEARCH
+    mapped = one_by_one(program)
     for level in reversed(levels):
         axes = tuple(_axis(role, level) for role in roles)
-        f = _one_by_one(f, axes) if one_by_one else jax.vmap(f, in_axes=axes)
+        f = _one_by_one(f, axes) if mapped else jax.vmap(f, in_axes=axes)
     start = time.perf_counter()
     exe = jax.jit(f).lower(*args).compile(compiler_options=_precision.compiler_options(args))
     _EXECUTABLES[key] = exe

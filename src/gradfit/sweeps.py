@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import _cv, _optim, _options, progress as progress_bars, solver
+from gradfit import _cv, _engine, _optim, _options, progress as progress_bars, solver
 from gradfit._driver import CompiledStepper, Compacting, RunResult, active_host, bucket, drive
 from gradfit._types import Level, Params
 
@@ -270,11 +270,13 @@ def _stack(problem: solver.Problem, checked: list[_options.Checked], swept: list
 def _member_bytes(problem: solver.Problem) -> int:
     """One member's working memory in a chunk, roughly ``itemsize * (4 rows k + 12 n k + chunk_size k
     [+ m + batch_size n])`` bytes: temporaries over the rows a step reads, params and optimizer
-    state, the history, with minibatches the permutation and the batch (X is shared)."""
+    state, the history, with minibatches the permutation and the batch (X is shared). Members run one after
+    another (:func:`gradfit._engine.one_by_one`) hold the temporaries one at a time: those are not counted."""
     m, n = problem.placed.data.X.shape[-2:]
     k = int(np.prod(problem.params.b.shape)) or 1
     program = problem.program
     rows = program.batch_size or (n if program.plan == "stats" else m)  # statistics: O(n^2 k) steps
+    rows = 0 if _engine.one_by_one(program) else rows
     words = 4 * rows * k + 12 * n * k + program.chunk_size * k
     if program.batch_size is not None:
         words += m + program.batch_size * n  # the permutation and the gathered batch
@@ -296,6 +298,7 @@ def _run_group(group: Group, checked: list[_options.Checked], problem: solver.Pr
         params, hyper, key, level = _stack(problem, rows, swept, inputs, pad)
         check = None if problem.check is None else (*problem.check[:2], (level, *problem.check[2]))
         stepper = CompiledStepper(problem.operand, hyper, problem.program, (level, *problem.levels), check)
+        compact = compact and not _engine.one_by_one(problem.program)  # one after another: nothing to save
         runner = Compacting(stepper, level.hyper) if compact else stepper
         global_ids = np.asarray(group.members)[ids]
 
@@ -370,7 +373,8 @@ def sweep(X, y, *, grid: dict[str, Any], cv=None, refit: bool = False, compact: 
         masks over the one X, ``vmap``-ed with the members in the group's one program; each lane is then scored on
         its held-out rows (``SweepResult.cv``), and :attr:`SweepResult.best` has the lowest mean validation loss.
       refit: with ``cv``, fit :attr:`SweepResult.best` on all the data (``SweepResult.refit``, one more compile).
-      compact: between chunks, run only the still-active members (power-of-two batches);
+      compact: between chunks, run only the still-active members (power-of-two batches; not for L-BFGS, whose
+        members run one after another, so a finished one costs nothing and another batch size would compile);
         False keeps all K members in every chunk (same results).
       memory_budget: bytes per member chunk (default :func:`default_memory_budget`); a grid that
         needs more (:func:`_member_bytes`) runs in member chunks, one after another.
