@@ -84,3 +84,26 @@ def test_check_finite_passes_values_whose_sum_overflows(kind):
     X[::2] *= -1
     X[1] = 3e38
     _validation.check_finite(jnp.asarray(X) if kind == "jax" else X, "X")  # no error
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_padded_rows_are_zero_weight_and_the_real_rows_numpys(batched):
+    # A full-batch fit pads the rows to their bucket in one aligned host copy (the device aliases it on a CPU).
+    from gradfit import solver
+
+    rng = np.random.default_rng(3)
+    lead = (2,) if batched else ()
+    m, n = 1000, 300  # 1.2 MB of float32: the large-array path
+    X, y = _misaligned(lead + (m, n)), rng.standard_normal(lead + (m,)).astype(np.float32)
+    w = rng.uniform(0.5, 2, lead + (m,)).astype(np.float32)
+    inputs = solver.Inputs(X, y, w, np.dtype(np.float32), m, n, None, batched)
+    data, rows = solver._padded(inputs, solver._options.FitOptions(batched=batched))
+    b = solver.row_bucket(m)
+    assert rows == m and data.X.shape == lead + (b, n)
+    axis = 1 if batched else 0
+    for got, want in ((data.X, X), (data.y, y), (data.sample_weight, w)):
+        got = np.asarray(got)
+        np.testing.assert_array_equal(np.take(got, np.arange(m), axis=axis), want)
+        assert not np.take(got, np.arange(m, b), axis=axis).any()  # the padding: zero rows of weight 0
+    X[...] = 0  # the user's array is not shared
+    assert np.asarray(data.X).any()

@@ -18,7 +18,7 @@ from gradfit import _engine, _heldout, _options, _plan, _runner, _stats, _valida
 from gradfit._driver import CompiledStepper, RunResult
 from gradfit._params import predict
 from gradfit._precision import storage_dtype
-from gradfit._transfer import to_device_all
+from gradfit._transfer import aligned_empty, copy_rows, to_device_all
 from gradfit._types import Data, Hyper, Level, Params, Program, Scaling, Validated
 
 
@@ -101,10 +101,11 @@ def _padded(inputs: Inputs, o: _options.FitOptions) -> tuple[Data, int | None]:
     if o.batch_size is not None or pad == 0 or np.prod(np.shape(X)) * np.dtype(dtype).itemsize > BUCKET_BYTES:
         return Data(*to_device_all((X, y), (dtype, inputs.dtype)), sw), None
 
-    def grow(a, dtype):  # small (<= BUCKET_BYTES): a host copy with the weight-0 rows
+    def grow(a, dtype):  # a host copy with the weight-0 rows, aligned: the device aliases it (no second copy)
         a = np.asarray(a)
-        out = np.zeros(a.shape[:lead] + (a.shape[lead] + pad,) + a.shape[lead + 1 :], dtype)
-        out[(slice(None),) * lead + (slice(0, a.shape[lead]),)] = a
+        out = aligned_empty(a.shape[:lead] + (a.shape[lead] + pad,) + a.shape[lead + 1 :], dtype)
+        copy_rows(out[(slice(None),) * lead + (slice(0, a.shape[lead]),)], a)
+        out[(slice(None),) * lead + (slice(a.shape[lead], None),)] = 0
         return out
 
     w = np.ones(np.shape(y)[: lead + 1], inputs.dtype) if sw is None else sw
