@@ -14,7 +14,7 @@ import pytest
 from test_interrupts import resume_equals_unbroken
 
 import gradfit
-from gradfit import checkpoint, config, data, stream
+from gradfit import _reader, checkpoint, config, data, stream
 
 SRC = str(Path(gradfit.__file__).resolve().parents[1])
 STREAMED = dict(grad="hand", learning_rate=0.1, tol=None, chunk_bytes=10 * 3 * 4)  # 4 chunks of 10 rows a pass
@@ -92,6 +92,43 @@ def test_a_file_changed_between_passes_stops_the_streamed_fit(tmp_path, change):
     changed = yp if change == "rewrite y" else xp
     with pytest.raises(ValueError, match=rf"{changed} changed while the fit was reading it"):
         stream.fit_streaming(xp, yp, **STREAMED, steps=5, chunk_size=1, callback=callback)
+
+
+def test_a_file_cut_short_inside_a_chunk_read_is_an_error_not_a_crash(tmp_path, monkeypatch):
+    """The file shrinks after the check before a chunk and during its read: through a memory map that read would
+    touch vanished pages (SIGBUS, the process killed); read from the file, it is a short read and a ValueError."""
+    xp, yp = _files(tmp_path, m=4000)
+    data = _reader.StreamedData.open(xp, yp, chunk_bytes=1000 * 3 * 4)
+    size = os.path.getsize(xp)
+    checked, calls = _reader.StreamedData.check_unchanged, []
+
+    def cut_after_the_check(self):  # the race: the file changes right after the check that opens a read
+        checked(self)
+        calls.append(1)
+        if len(calls) == 3:  # the check before chunk 2 (rows 2000..3000) passed: rows 2500.. vanish
+            os.truncate(xp, size - 3 * 4 * 1500)
+
+    monkeypatch.setattr(_reader.StreamedData, "check_unchanged", cut_after_the_check)
+    X0, _, _ = data.read(0)
+    np.testing.assert_array_equal(X0, np.load(xp)[:1000])
+    data.read(1)
+    with pytest.raises(ValueError, match=rf"{xp} changed while the fit was reading it \({size} bytes at the start"):
+        data.read(2)
+
+
+def test_chunks_read_from_files_equal_the_memory_map(tmp_path):
+    """Chunks read from the files (native and big-endian, in order and shuffled, the padded last chunk) equal the
+    same rows of the memory-mapped arrays read as arrays."""
+    xp, yp = _files(tmp_path, m=2500, dtype=np.dtype(">f8"))
+    for kwargs in ({}, {"dtype": np.float32}):
+        from_files = _reader.StreamedData.open(xp, yp, chunk_bytes=1000 * 3 * 8, **kwargs)
+        from_maps = _reader.StreamedData.open(np.load(xp, mmap_mode="r"), np.load(yp, mmap_mode="r"),
+                                              chunk_bytes=1000 * 3 * 8, **kwargs)
+        assert from_files.files[0] is not None and from_maps.files == (None, None)
+        for i in range(from_files.n_chunks):
+            for seed in (None, (7, i)):
+                for a, b in zip(from_files.read(i, seed), from_maps.read(i, seed)):
+                    np.testing.assert_array_equal(a, b)
 
 
 def test_streamed_seeds_follow_the_rules_of_fit(tmp_path):

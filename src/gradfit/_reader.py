@@ -1,6 +1,8 @@
-"""Reading ``.npy`` files for :mod:`gradfit.stream` in chunks of ``chunk_rows`` rows through their memory maps,
-``prefetch`` chunks ahead on a thread, dropping the pages read (the host holds about ``prefetch + 3`` chunks); the
-last chunk is zero-padded with weight 0, so every chunk has one shape."""
+"""Reading ``.npy`` files for :mod:`gradfit.stream` in chunks of ``chunk_rows`` rows, ``prefetch`` chunks ahead on a
+thread (the host holds about ``prefetch + 3`` chunks); the last chunk is zero-padded with weight 0, so every chunk has
+one shape. A file given by path is read with ``os.preadv`` into the chunk's buffer: a file cut short while the fit
+reads it is a ValueError, where touching a memory map's vanished pages would kill the process (SIGBUS). Arrays and
+memory maps given as such are read through their memory maps, the pages read dropped from this process."""
 
 from __future__ import annotations
 
@@ -109,6 +111,7 @@ class StreamedData:
     chunk_rows: int
     dtype: np.dtype
     stamps: tuple = ()
+    files: tuple = (None, None)  # the :class:`_File` of X and of y when given as paths (else None: a memory map)
 
     @classmethod
     def open(cls, X, y, *, rows: tuple[int, int] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
@@ -116,7 +119,9 @@ class StreamedData:
         """Open and check X and y, and plan ``chunk_rows = max(1, chunk_bytes // bytes per row of X)``, rounded down
         to a multiple of ``batch_size`` (at least one batch), at most the rows to read."""
         chunk_bytes = _validation.positive_int(chunk_bytes, "chunk_bytes")
+        files = tuple(None if isinstance(a, np.ndarray) else a for a in (X, y))
         X, y = open_array(X, "X"), open_array(y, "y")
+        files = tuple(None if f is None else _File(a) for f, a in zip(files, (X, y)))
         if X.ndim != 2:
             raise ValueError(f"X has shape {X.shape}: expected (m, n), rows of samples")
         if y.ndim not in (1, 2):
@@ -143,7 +148,7 @@ class StreamedData:
         if batch_size is not None:  # whole batches; at most those covering the rows
             chunk_rows = max(batch_size, chunk_rows - chunk_rows % batch_size)
             most = -(-most // batch_size) * batch_size
-        return cls(X, y, start, stop, min(chunk_rows, most), dtype, tuple(map(_stamp, (X, y))))
+        return cls(X, y, start, stop, min(chunk_rows, most), dtype, tuple(map(_stamp, (X, y))), files)
 
     @property
     def m(self) -> int:
@@ -168,7 +173,8 @@ class StreamedData:
         self.check_unchanged()
         a, b = self.bounds(i)
         order = None if seed is None else np.random.default_rng(seed).permutation(b - a)
-        X, y = (_read_rows(arr, a, b, self.chunk_rows, self.dtype, order) for arr in (self.X, self.y))
+        X, y = (_read_rows(arr, a, b, self.chunk_rows, self.dtype, order, file, self.check_unchanged)
+                for arr, file in zip((self.X, self.y), self.files))
         return X, y, b - a
 
     def check_unchanged(self) -> None:
@@ -188,19 +194,60 @@ def _stamp(array) -> tuple | None:
     return (name, "no file", None, None) if st is None else (name, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _read_rows(array: np.ndarray, a: int, b: int, rows: int, dtype, order: np.ndarray | None = None) -> np.ndarray:
-    """Rows [a, b) of ``array`` (in ``order``) in a new zero-padded, 64-byte aligned buffer (device_put aliases it)."""
+class _File:
+    """An open ``.npy`` file of :func:`open_array`'s memory map ``array``: its descriptor (closed with this object)
+    and where its rows start."""
+
+    def __init__(self, array: np.memmap):
+        self.path, self.offset, self.row_bytes = str(array.filename), int(array.offset), int(array.strides[0])
+        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def __del__(self):
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            os.close(self.fd)
+
+    def read_into(self, buffer: np.ndarray, a: int, changed: Callable[[], None]) -> None:
+        """Fill ``buffer`` (C-contiguous) with the bytes of rows ``a, a + 1, ...``; a short read calls ``changed``
+        (which raises for a changed file), else raises ValueError itself."""
+        view, done, start = memoryview(buffer.reshape(-1).view(np.uint8)), 0, self.offset + a * self.row_bytes
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], start + done) if hasattr(os, "preadv") else self._pread(
+                view[done:], start + done)
+            if got == 0:
+                changed()
+                raise ValueError(f"{self.path} ends {len(view) - done} bytes early, at byte {start + done}, while "
+                                 f"the fit reads rows from row {a}: write the data files before the fit starts, "
+                                 "then run it again")
+            done += got
+
+    def _pread(self, view: memoryview, at: int) -> int:
+        data = os.pread(self.fd, len(view), at)
+        view[: len(data)] = data
+        return len(data)
+
+
+def _read_rows(array: np.ndarray, a: int, b: int, rows: int, dtype, order: np.ndarray | None = None,
+               file: _File | None = None, changed: Callable[[], None] = lambda: None) -> np.ndarray:
+    """Rows [a, b) of ``array`` (in ``order``) in a new zero-padded, 64-byte aligned buffer (device_put aliases it):
+    read from ``file`` when given (:class:`_File`), else copied from the array or its memory map."""
     dtype, shape = np.dtype(dtype), (rows, *array.shape[1:])
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + 64, np.uint8)
     offset = (-raw.ctypes.data) % 64
     out = raw[offset : offset + nbytes].view(dtype).reshape(shape)
-    if order is None:
+    if file is not None:
+        direct = order is None and array.dtype == dtype
+        rows_read = out[: b - a] if direct else np.empty((b - a, *array.shape[1:]), array.dtype)
+        file.read_into(rows_read, a, changed)
+        if not direct:
+            out[: b - a] = rows_read if order is None else np.take(rows_read.astype(dtype, copy=False), order, axis=0)
+    elif order is None:
         out[: b - a] = array[a:b]
     else:  # one contiguous read, then the gather in memory
         np.take(np.asarray(array[a:b]).astype(dtype, copy=False), order, axis=0, out=out[: b - a])
     out[b - a :] = 0
-    _drop_pages(array, a, b)
+    if file is None:
+        _drop_pages(array, a, b)
     return out
 
 
