@@ -13,11 +13,13 @@ import gradfit
 from gradfit import datasets, solver
 
 
-def test_row_buckets_round_up_by_at_most_a_quarter():
-    for m in [1, 255, 256, 257, 1000, 1024, 1025, 1100, 99_999, 10**6 + 1]:
-        b = solver.row_bucket(m)
-        assert b >= m and (b <= 256 or b <= 1.25 * m)
+def test_row_buckets_round_up_by_a_share_that_falls_as_x_grows():
+    for nbytes, most in ((0, 1.25), (1 << 20, 1.0625), (16 << 20, 1.0 + 1 / 64)):
+        for m in [1, 255, 256, 257, 1000, 1024, 1025, 1100, 99_999, 131_073, 10**6 + 1]:
+            b = solver.row_bucket(m, nbytes)
+            assert b >= m and (b <= 256 or b <= most * m), (m, nbytes, b)
     assert solver.row_bucket(1000) == solver.row_bucket(900) == 1024
+    assert solver.row_bucket(200_000, 200_000 * 32 * 4) == 200_704  # was 229,376 (+15% rows read every step)
 
 
 def test_a_new_m_in_the_same_bucket_compiles_nothing_and_fits_only_its_rows():

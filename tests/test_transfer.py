@@ -98,7 +98,7 @@ def test_padded_rows_are_zero_weight_and_the_real_rows_numpys(batched):
     w = rng.uniform(0.5, 2, lead + (m,)).astype(np.float32)
     inputs = solver.Inputs(X, y, w, np.dtype(np.float32), m, n, None, batched)
     data, rows = solver._padded(inputs, solver._options.FitOptions(batched=batched))
-    b = solver.row_bucket(m)
+    b = solver.row_bucket(m, X.nbytes)
     assert rows == m and data.X.shape == lead + (b, n)
     axis = 1 if batched else 0
     for got, want in ((data.X, X), (data.y, y), (data.sample_weight, w)):
