@@ -86,6 +86,13 @@ class CompiledStepper:
         args = (params, self.operand, self.hyper, key)
         return self._compiled(_engine.init_state, ("params", "data", "hyper", "key"), args)(*args)
 
+    def warm(self, previous: SolverState, previous_hyper: Hyper, key) -> SolverState:
+        """The state before step 0 at ``previous``'s params, with its L-BFGS curvature pairs corrected for this
+        stepper's penalty (:func:`gradfit._engine.warm_start`)."""
+        fresh = self.init(previous.params, key)
+        args = (previous, fresh, previous_hyper, self.hyper)
+        return self._compiled(_engine.warm_start, ("state", "state", "hyper", "hyper"), args)(*args)
+
     def chunk(self, state: SolverState, limit: int, hyper: Hyper | None = None):
         args = (state, self.operand, self.hyper if hyper is None else hyper, jnp.asarray(limit, jnp.int32))
         state, history = self._compiled(_engine.run_chunk, ("state", "data", "hyper", None), args)(*args)

@@ -344,6 +344,39 @@ def init_state(params: Params, operand, hyper: Hyper, key: jax.Array, program: P
                        jnp.full((), jnp.inf, params.W.dtype), jnp.asarray(int(seeded), jnp.int32), monitor)
 
 
+def warm_start(previous: SolverState, fresh: SolverState, previous_hyper: Hyper, hyper: Hyper,
+               program: Program) -> SolverState:
+    """``fresh`` (:func:`init_state` at ``previous.params``, for ``hyper``'s penalty) with the L-BFGS curvature
+    pairs of ``previous``, a run of the same problem with penalty ``previous_hyper.l2``, carried over (a path of
+    penalties). The penalty's Hessian is constant, so each pair ``(s, y)`` becomes exactly the new objective's:
+    ``y + dl2 P s`` (``P`` the penalty's Hessian in the fit's coordinates: ``diag(1 / sigma^2)`` on W, 0 on b), its
+    weight ``1 / (y^T s)`` again. The last pair is put back as the one the first update forms (optax's ``count``
+    one lower, its last point ``theta_0 - s`` with gradient ``g_0 - y``), so the first step is a quasi-Newton step
+    with its scale ``s^T y / y^T y``. Without L-BFGS state, or with fewer than one pair: ``fresh``."""
+    is_lbfgs = lambda x: isinstance(x, optax.ScaleByLBFGSState)  # noqa: E731
+    old = [x for x in jax.tree.leaves(previous.opt_state, is_leaf=is_lbfgs) if is_lbfgs(x)]
+    if not old or not reuses_line_search(program, fresh.opt_state):
+        return fresh
+    old = old[0]
+    fit, model, gradient = _coordinates(program, hyper)
+    added = lambda s: gradient(gradients.l2_penalty(model(s), hyper.l2 - previous_hyper.l2))  # noqa: E731
+    ys = jax.tree.map(jnp.add, old.diff_updates_memory, jax.vmap(added)(old.diff_params_memory))
+    sy = sum(jnp.sum((a * b).reshape(a.shape[0], -1), axis=1)
+             for a, b in zip(jax.tree.leaves(ys), jax.tree.leaves(old.diff_params_memory)))
+    weights = jnp.where((old.weights_memory != 0) & (sy > 0), 1 / jnp.where(sy > 0, sy, 1), 0).astype(
+        old.weights_memory.dtype)
+    memory = old.weights_memory.shape[0]
+    last = (old.count - 2) % memory
+    s_last, y_last = (jax.tree.map(lambda a: a[last], t) for t in (old.diff_params_memory, ys))
+    theta, g = fit(fresh.params), optax.tree.get(fresh.opt_state, "grad")
+    carried = old._replace(count=old.count - 1, params=jax.tree.map(jnp.subtract, theta, s_last),
+                           updates=jax.tree.map(jnp.subtract, g, y_last), diff_updates_memory=ys,
+                           weights_memory=weights)
+    usable = (old.count >= 2) & (weights[last] > 0) & jnp.isfinite(weights[last])
+    opt_state = jax.tree.map(lambda x: carried if is_lbfgs(x) else x, fresh.opt_state, is_leaf=is_lbfgs)
+    return fresh._replace(opt_state=jax.tree.map(lambda a, b: jnp.where(usable, a, b), opt_state, fresh.opt_state))
+
+
 def run_chunk(state: SolverState, operand, hyper: Hyper, limit: jax.Array, program: Program):
     """Up to ``limit`` (<= ``program.chunk_size``) steps in one ``lax.while_loop``: the state and
     the objective history (chunk_size,), NaN past the steps run."""

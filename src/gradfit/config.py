@@ -46,6 +46,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "sweep": {
         "grid": {},  # e.g. {learning_rate = [0.01, 0.1], l2 = [0.0, 0.1]}
         "compact": True,  # run only still-active members between chunks
+        "warm_start": False,  # members differing only in l2: a path from the largest l2, each from the last's solution
         "memory_budget_mb": 0,  # per member chunk (0: half a GPU's free memory, or 2048); bigger grids: chunks
         "top": 5,  # members printed, best first
         "plot": True,  # loss_curves.png (needs matplotlib: pip install 'gradfit[plot]')

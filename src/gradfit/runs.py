@@ -276,6 +276,9 @@ def sweep_config(cfg: dict[str, Any], *, log: Log = print, progress: bool = Fals
     if cv < 0 or cv == 1 or not 0 <= fraction < 1 or (cv and fraction):
         raise ValueError(f"sweep.cv = {cv}, sweep.validation_fraction = {fraction}: set cv to a number of folds >= 2 "
                          "or validation_fraction in (0, 1) for one held-out part, not both (0: no validation)")
+    if cfg["sweep"]["warm_start"] and "l2" not in grid:
+        raise ValueError("sweep.warm_start = true runs the members as a path of l2 values: put l2 in [sweep] grid "
+                         "(e.g. l2 = [1.0, 0.1, 0.01]), or set warm_start = false")
     out_dir = _io.check_writable(_out_dir(cfg))
     options = sweep_options(cfg["fit"], grid)
     parts = sweeps.split_grid(grid, **options)  # checks the grid before loading data
@@ -325,6 +328,7 @@ def _sweep_group(i, part, parts, grid, ds, cfg, options, out_dir: Path, log: Log
         log(f"group {i + 1}/{len(parts)} {label}: {math.prod(len(v) for v in part.values())} members ...")
         wall = time.perf_counter()
         result = sweeps.sweep(ds.X, ds.y, grid=part, compact=cfg["sweep"]["compact"], progress=progress,
+                              warm_start=cfg["sweep"]["warm_start"],
                               memory_budget=int(cfg["sweep"]["memory_budget_mb"] * 2**20) or None, **options)
         wall, st = time.perf_counter() - wall, result.stats
         log(f"  compile {st['compile_seconds']:.2f} s, run {st['run_seconds']:.2f} s, wall {wall:.2f} s "

@@ -424,7 +424,9 @@ class _CV:
         if self.learning_rate is not None:
             options["learning_rate"] = self.learning_rate
         with jax.enable_x64(True) if X.dtype == np.float64 else contextlib.nullcontext():
-            result = sweeps.sweep(X, T, grid={"l2": [float(v) for v in l2]}, cv=pairs, sample_weight=sw, **options)
+            path = classifier and self.optimizer == "lbfgs"  # as LogisticRegressionCV: each C from the last's solution
+            result = sweeps.sweep(X, T, grid={"l2": [float(v) for v in l2]}, cv=pairs, sample_weight=sw,
+                                  warm_start=path, **options)
             test = self._test_scores(result, X, labels, pairs)
             scores = _cv.CVScores(pairs, {"loss": -test}, np.asarray(l2, np.float64))
             best = _cv.best_index(scores)
@@ -529,7 +531,9 @@ class GDClassifierCV(_CV, GDClassifier):
         C sum_i s_i [t_i softplus(-z_i) + (1 - t_i) softplus(z_i)] + ||w||^2 / 2,   z_i = x_i . w + b
 
     i.e. gradfit's bce with ``reduction="sum"`` and ``l2 = 1 / C``; every (C, fold) pair is one lane of a single
-    compiled program (:func:`gradfit.sweep` with ``cv``). Multiclass is one-vs-rest (as :class:`GDClassifier`), the
+    compiled program (:func:`gradfit.sweep` with ``cv``). With ``optimizer="lbfgs"`` the Cs run as a path from the
+    smallest, each fold's fit starting from the previous C's solution and curvature pairs (``warm_start=True``), as
+    LogisticRegressionCV warm-starts. Multiclass is one-vs-rest (as :class:`GDClassifier`), the
     classes sharing C. ``C_`` has the lowest mean validation log-loss (``scoring=None``; ties to the smaller C),
     refitted on all the data.
 

@@ -283,6 +283,45 @@ def _member_bytes(problem: solver.Problem) -> int:
     return int(words * np.dtype(problem.placed.data.y.dtype).itemsize)
 
 
+def paths(configs: list[dict[str, Any]]) -> list[list[int]]:
+    """Positions of ``configs`` that differ only in ``l2``, each list ordered by decreasing l2 (a warm-started path
+    from the strongest penalty, as scikit-learn's C paths run from the smallest C)."""
+    by_rest: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        by_rest.setdefault(tuple((k, repr(v)) for k, v in config.items() if k != "l2"), []).append(i)
+    return [sorted(ids, key=lambda i: -configs[i]["l2"]) for ids in by_rest.values()]
+
+
+def _run_paths(group: Group, configs: list[dict[str, Any]], checked: list[_options.Checked],
+               problem: solver.Problem, inputs: solver.Inputs, *, swept: list[str], bar, lanes: int = 1
+               ) -> Iterator[tuple[list[int], RunResult, dict]]:
+    """Run one group's members along their l2 paths (:func:`paths`), one member at a time, each starting from the
+    previous member's solution and curvature pairs (:meth:`CompiledStepper.warm`; a diverged or non-finite one
+    passes nothing on). One program of one member serves the whole group; yields each member and its run."""
+    for path in paths(configs):
+        previous = None
+        for i in path:
+            params, hyper, key, level = _stack(problem, [checked[i]], swept, inputs)
+            check = None if problem.check is None else (*problem.check[:2], (level, *problem.check[2]))
+            stepper = CompiledStepper(problem.operand, hyper, problem.program, (level, *problem.levels), check)
+            state = stepper.init(params, key) if previous is None else stepper.warm(*previous, key)
+            global_ids = [group.members[i]]
+
+            def observe(state, history, global_ids=global_ids, hyper=hyper):
+                bar.update(global_ids, _per_member(state.step, np.max)[:1],
+                           _per_member(active_host(state, hyper), np.any)[:1])
+
+            run = drive(stepper, state, hyper, observers=[observe if bar else None],
+                        chunk_steps=problem.program.chunk_size)
+            good = not np.any(run.state.diverged) and all(np.isfinite(np.asarray(a)).all()
+                                                           for a in jax.tree.leaves(run.state.params))
+            previous = (run.state, hyper) if good else None
+            info = {"programs": stepper.programs, "compile_seconds": run.compile_seconds,
+                    "batch_sizes": [1] * run.chunks, "lane_steps": run.chunks * problem.program.chunk_size * lanes,
+                    "per_output": problem.per_output}
+            yield global_ids, run, info
+
+
 def _run_group(group: Group, checked: list[_options.Checked], problem: solver.Problem, inputs: solver.Inputs, *,
                swept: list[str], budget: int, compact: bool, bar, lanes: int = 1
                ) -> Iterator[tuple[list[int], RunResult, dict]]:
@@ -361,8 +400,9 @@ def _plan_groups(configs, groups: list[Group], options, X, y, sample_weight, cv=
 
 
 def sweep(X, y, *, grid: dict[str, Any], cv=None, refit: bool = False, compact: bool = True,
-          memory_budget: int | None = None, callback: Callable[[int, int], None] | None = None,
-          progress: bool = False, sample_weight=None, **options) -> SweepResult:
+          warm_start: bool = False, memory_budget: int | None = None,
+          callback: Callable[[int, int], None] | None = None, progress: bool = False, sample_weight=None,
+          **options) -> SweepResult:
     """Fit every member of ``grid``'s cartesian product, K members per compiled program.
 
     Args:
@@ -376,6 +416,11 @@ def sweep(X, y, *, grid: dict[str, Any], cv=None, refit: bool = False, compact: 
       compact: between chunks, run only the still-active members (power-of-two batches; not for L-BFGS, whose
         members run one after another, so a finished one costs nothing and another batch size would compile);
         False keeps all K members in every chunk (same results).
+      warm_start: run the members that differ only in ``l2`` as a path, from the largest l2 to the smallest, each
+        starting from the previous one's solution (and, with L-BFGS, its curvature pairs, corrected exactly for the
+        new penalty), as scikit-learn's ``warm_start`` loops and ``LogisticRegressionCV`` do: fewer steps along a
+        regularisation path. One member at a time (its folds together); each ends at its own optimum by the same
+        test, not bit for bit the cold-started fit. Needs ``l2`` in the grid.
       memory_budget: bytes per member chunk (default :func:`default_memory_budget`); a grid that
         needs more (:func:`_member_bytes`) runs in member chunks, one after another.
       callback: ``callback(members_done, members_total)`` after each member chunk.
@@ -407,6 +452,11 @@ def sweep(X, y, *, grid: dict[str, Any], cv=None, refit: bool = False, compact: 
     _options.check_callback(callback, "callback(members_done, members_total), called after each member chunk")
     if refit and cv is None:
         raise ValueError("refit=True fits the best cross-validated member on all the data: give cv (e.g. cv=5)")
+    if not isinstance(warm_start, bool):
+        raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
+    if warm_start and "l2" not in grid:
+        raise ValueError("warm_start=True runs the members as a path of l2 values, from the largest to the smallest: "
+                         "put l2 in the grid (e.g. grid={'l2': [1.0, 0.1, 0.01]}), or leave warm_start False")
     configs, groups = expand(grid, **options)
     planned, inputs, placed, folds = _plan_groups(configs, groups, options, X, y, sample_weight, cv)
     lanes = 1 if folds is None else len(folds.pairs)
@@ -426,8 +476,11 @@ def sweep(X, y, *, grid: dict[str, Any], cv=None, refit: bool = False, compact: 
             if auto_l2:
                 checked, swept = _auto_steps(problem, checked), swept + ["learning_rate"]
             plans.append(problem.program.plan)
-            for chunk in _run_group(group, checked, problem, inputs, swept=swept, budget=budget, compact=compact,
-                                    bar=bar, lanes=lanes):
+            runs = (_run_paths(group, [configs[i] for i in group.members], checked, problem, inputs, swept=swept,
+                               bar=bar, lanes=lanes) if warm_start else
+                    _run_group(group, checked, problem, inputs, swept=swept, budget=budget, compact=compact, bar=bar,
+                               lanes=lanes))
+            for chunk in runs:
                 results.append(chunk)
                 if callback is not None:
                     callback(sum(len(ids) for ids, _, _ in results), len(configs))

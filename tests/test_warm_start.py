@@ -1,0 +1,134 @@
+"""Sweeps along an l2 path (gradfit.sweep(warm_start=True)): each member starts from the previous one's solution
+and L-BFGS curvature pairs. Checked against jax.hessian (the carried pairs are the new objective's), cold-started
+sweeps and scikit-learn's LogisticRegression per C (every member at its own optimum)."""
+
+from __future__ import annotations
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradfit
+from gradfit import _engine, datasets, solver, sweeps
+from gradfit._driver import CompiledStepper, drive
+
+CS = [0.01, 0.1, 1.0, 10.0, 100.0]  # LogisticRegression's C: l2 = 1 / C with reduction="sum"
+
+
+@pytest.fixture(scope="module")
+def classification():
+    d = datasets.make_classification(300, 6, seed=3, dtype=np.float64)
+    return d.X, d.y
+
+
+def _flat(tree) -> jax.Array:
+    return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(tree)])
+
+
+def test_carried_curvature_pairs_are_the_new_objectives(x64):
+    """On a quadratic objective every L-BFGS pair satisfies y = H s; carried from l2 = 3 to l2 = 0.2, the pairs
+    must satisfy y' = H' s with H' the new objective's Hessian in the fit's coordinates (jax.hessian)."""
+    d = datasets.make_regression(120, 4, seed=2, dtype=np.float64)
+    X = d.X * np.array([1.0, 10.0, 0.1, 3.0]) + np.array([5.0, -2.0, 0.0, 1.0])  # scaled, shifted columns
+    options = dict(loss="mse", reduction="sum", optimizer="lbfgs", steps=3, tol=0.0)
+    run = {}
+    for l2 in (3.0, 0.2):
+        problem = solver.build(*solver.prepare(X, d.y, l2=l2, **options)[:5])
+        stepper = CompiledStepper(problem.operand, problem.hyper, problem.program)
+        run[l2] = (problem, stepper)
+    problem, stepper = run[3.0]
+    state = drive(stepper, stepper.init(problem.params, problem.key), problem.hyper, chunk_steps=3).state
+    new_problem, new_stepper = run[0.2]
+    warm = new_stepper.warm(state, problem.hyper, new_problem.key)
+    is_lbfgs = lambda x: isinstance(x, optax.ScaleByLBFGSState)  # noqa: E731
+    memory = next(x for x in jax.tree.leaves(warm.opt_state, is_leaf=is_lbfgs) if is_lbfgs(x))
+    scaling = new_problem.hyper.scaling
+    theta0 = _engine.to_fit(warm.params, scaling)
+    unflat = jax.flatten_util.ravel_pytree(theta0)[1]
+    J = lambda v: _engine.objective(_engine.to_model(unflat(v), scaling), new_problem.operand,  # noqa: E731
+                                    new_problem.hyper.l2, new_problem.program)
+    H = jax.hessian(J)(_flat(theta0))
+    used = np.flatnonzero(np.asarray(memory.weights_memory))
+    assert len(used) >= 2
+    for i in used:
+        s = _flat(jax.tree.map(lambda a: a[i], memory.diff_params_memory))
+        y = _flat(jax.tree.map(lambda a: a[i], memory.diff_updates_memory))
+        np.testing.assert_allclose(y, H @ s, rtol=1e-8, atol=1e-8 * float(jnp.max(jnp.abs(H @ s))))
+        np.testing.assert_allclose(memory.weights_memory[i], 1 / float(s @ y), rtol=1e-10)
+    # the last pair comes back as the first update's: its point theta0 - s, its gradient g0 - y
+    last = (int(memory.count) - 1) % len(memory.weights_memory)
+    s = _flat(jax.tree.map(lambda a: a[last], memory.diff_params_memory))
+    np.testing.assert_allclose(_flat(memory.params), _flat(theta0) - s, rtol=1e-12, atol=1e-12)
+
+
+def test_a_warm_path_ends_every_member_at_its_optimum_in_fewer_steps(classification, x64):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = classification
+    grid = {"l2": [1 / C for C in CS]}
+    options = dict(loss="bce", reduction="sum", optimizer="lbfgs", tol=1e-9, steps=500)
+    cold = gradfit.sweep(X, y, grid=grid, **options)
+    warm = gradfit.sweep(X, y, grid=grid, warm_start=True, **options)
+    assert warm.converged.all() and cold.converged.all()
+    assert warm.steps.sum() < cold.steps.sum()
+    for i, C in enumerate(CS):
+        ref = LogisticRegression(C=C, tol=1e-12, max_iter=10_000).fit(X, y)
+        np.testing.assert_allclose(warm.params.W[i], ref.coef_[0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(warm.params.b[i], ref.intercept_[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(warm.final_loss, cold.final_loss, rtol=1e-10)
+    assert [c["l2"] for c in warm.configs] == grid["l2"]  # results in the grid's order, whatever the path's
+
+
+def test_paths_split_by_the_other_keys_and_run_from_the_largest_l2():
+    configs = [{"l2": l2, "tol": tol} for tol in (1e-3, 1e-6) for l2 in (0.1, 10.0, 1.0)]
+    assert sweeps.paths(configs) == [[1, 2, 0], [4, 5, 3]]
+
+
+def test_cross_validated_warm_path_agrees_with_the_cold_sweep(classification, x64):
+    X, y = classification
+    options = dict(grid={"l2": [1 / C for C in CS]}, loss="bce", reduction="sum", optimizer="lbfgs", tol=1e-9,
+                   steps=500, cv=3)
+    cold, warm = gradfit.sweep(X, y, **options), gradfit.sweep(X, y, warm_start=True, **options)
+    assert warm.converged.all() and warm.best == cold.best
+    np.testing.assert_allclose(warm.cv.mean["loss"], cold.cv.mean["loss"], rtol=1e-8)
+    np.testing.assert_allclose(warm.params.W, cold.params.W, rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_descent_paths_carry_the_params(classification, x64):
+    X, y = classification
+    options = dict(grid={"l2": [1.0, 0.1, 0.01]}, loss="bce", reduction="mean", learning_rate="auto", tol=1e-6,
+                   steps=3000)
+    cold, warm = gradfit.sweep(X, y, **options), gradfit.sweep(X, y, warm_start=True, **options)
+    assert warm.converged.all() and warm.steps[1:].sum() < cold.steps[1:].sum()
+    np.testing.assert_allclose(warm.params.W, cold.params.W, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("grid, warm_start, message", [
+    ({"learning_rate": [0.1, 0.2]}, True, r"warm_start=True runs the members as a path of l2 values"),
+    ({"l2": [0.1, 1.0]}, "yes", r"warm_start must be True or False, got 'yes'"),
+])
+def test_bad_warm_start_raises_before_compute(classification, monkeypatch, grid, warm_start, message):
+    monkeypatch.setattr(sweeps, "_run_paths", None)  # nothing may run
+    monkeypatch.setattr(sweeps, "_run_group", None)
+    X, y = classification
+    with pytest.raises(ValueError, match=message):
+        gradfit.sweep(X, y, grid=grid, warm_start=warm_start, loss="bce", optimizer="lbfgs")
+
+
+def test_a_diverged_member_passes_nothing_on(classification, monkeypatch):
+    """A member whose run diverges hands the next one a cold start, never its params."""
+    X, y = classification
+    calls = []
+    original = CompiledStepper.warm
+
+    def spy(self, previous, previous_hyper, key):
+        calls.append(np.asarray(previous.params.W).copy())
+        return original(self, previous, previous_hyper, key)
+
+    monkeypatch.setattr(CompiledStepper, "warm", spy)
+    result = gradfit.sweep(X, y, grid={"l2": [1.0, 0.1]}, warm_start=True, loss="bce", learning_rate=1e6,
+                           optimizer="sgd", steps=20)
+    assert result.diverged[0] and calls == []
