@@ -89,9 +89,8 @@ class CompiledStepper:
     def warm(self, previous: SolverState, previous_hyper: Hyper, key) -> SolverState:
         """The state before step 0 at ``previous``'s params, with its L-BFGS curvature pairs corrected for this
         stepper's penalty (:func:`gradfit._engine.warm_start`)."""
-        fresh = self.init(previous.params, key)
-        args = (previous, fresh, previous_hyper, self.hyper)
-        return self._compiled(_engine.warm_start, ("state", "state", "hyper", "hyper"), args)(*args)
+        args = (previous, previous_hyper, self.operand, self.hyper, key)
+        return self._compiled(_engine.warm_start, ("state", "hyper", "data", "hyper", "key"), args)(*args)
 
     def chunk(self, state: SolverState, limit: int, hyper: Hyper | None = None):
         args = (state, self.operand, self.hyper if hyper is None else hyper, jnp.asarray(limit, jnp.int32))

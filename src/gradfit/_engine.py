@@ -344,15 +344,16 @@ def init_state(params: Params, operand, hyper: Hyper, key: jax.Array, program: P
                        jnp.full((), jnp.inf, params.W.dtype), jnp.asarray(int(seeded), jnp.int32), monitor)
 
 
-def warm_start(previous: SolverState, fresh: SolverState, previous_hyper: Hyper, hyper: Hyper,
+def warm_start(previous: SolverState, previous_hyper: Hyper, operand, hyper: Hyper, key: jax.Array,
                program: Program) -> SolverState:
-    """``fresh`` (:func:`init_state` at ``previous.params``, for ``hyper``'s penalty) with the L-BFGS curvature
-    pairs of ``previous``, a run of the same problem with penalty ``previous_hyper.l2``, carried over (a path of
-    penalties). The penalty's Hessian is constant, so each pair ``(s, y)`` becomes exactly the new objective's:
+    """The state before step 0 at ``previous.params`` for ``hyper``'s penalty (:func:`init_state`) with the L-BFGS
+    curvature pairs of ``previous``, a run of the same problem with penalty ``previous_hyper.l2``, carried over (a
+    path of penalties). The penalty's Hessian is constant, so each pair ``(s, y)`` becomes exactly the new objective's:
     ``y + dl2 P s`` (``P`` the penalty's Hessian in the fit's coordinates: ``diag(1 / sigma^2)`` on W, 0 on b), its
     weight ``1 / (y^T s)`` again. The last pair is put back as the one the first update forms (optax's ``count``
     one lower, its last point ``theta_0 - s`` with gradient ``g_0 - y``), so the first step is a quasi-Newton step
-    with its scale ``s^T y / y^T y``. Without L-BFGS state, or with fewer than one pair: ``fresh``."""
+    with its scale ``s^T y / y^T y``. Without L-BFGS state, or with fewer than one pair: the state as initialised."""
+    fresh = init_state(previous.params, operand, hyper, key, program)
     is_lbfgs = lambda x: isinstance(x, optax.ScaleByLBFGSState)  # noqa: E731
     old = [x for x in jax.tree.leaves(previous.opt_state, is_leaf=is_lbfgs) if is_lbfgs(x)]
     if not old or not reuses_line_search(program, fresh.opt_state):

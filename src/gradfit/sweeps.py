@@ -238,9 +238,9 @@ def _stack(problem: solver.Problem, checked: list[_options.Checked], swept: list
     K = len(checked)
     hyper, axes = problem.hyper, solver.hyper_axes(problem.hyper, None)
 
-    def stack(field: jax.Array, column: list) -> jax.Array:
+    def stack(field: jax.Array, column: list) -> np.ndarray:  # numpy: the programs take it as an argument
         arr = np.asarray(column, np.dtype(field.dtype)).reshape((K,) + (1,) * field.ndim)
-        return jnp.asarray(np.broadcast_to(arr, (K, *field.shape)))
+        return np.ascontiguousarray(np.broadcast_to(arr, (K, *field.shape)))
 
     fields = {_HYPER_FIELD[k]: [c.options.steps if k == "steps" else getattr(c, k) for c in checked]
               for k in swept if k in _HYPER_FIELD}
