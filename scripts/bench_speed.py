@@ -325,9 +325,9 @@ def row_sweep(m, n, args):
     def gap(W, b):  # the worst member
         return max((bce64(w, bb, X, y, C) - j) / abs(j) for w, bb, C, j in zip(W, b, Cs, J))
 
-    def gf(tol):
+    def gf(tol, warm_start=True):
         s = gradfit.sweep(X, y, grid={"l2": [float(1 / C) for C in Cs]}, loss="bce", reduction="sum",
-                          optimizer="lbfgs", tol=tol, steps=STEPS)
+                          optimizer="lbfgs", tol=tol, steps=STEPS, warm_start=warm_start)
         info = {"steps": int(np.sum(s.steps)), "compile_s": s.stats.get("compile_seconds"),
                 "run_s": s.stats.get("run_seconds"), "programs": s.stats.get("programs")}
         return np.asarray(s.params.W), np.asarray(s.params.b), info
@@ -344,7 +344,8 @@ def row_sweep(m, n, args):
                 it += int(e.n_iter_[0])
         return W, b, {"n_iter": it}
 
-    methods = {"gradfit sweep lbfgs": (gf, GF_TOLS, gap),
+    methods = {"gradfit sweep lbfgs, warm_start path": (gf, GF_TOLS, gap),
+               "gradfit sweep lbfgs, cold members": (lambda t: gf(t, False), GF_TOLS, gap),
                "sklearn lbfgs, warm_start loop": (lambda t: sk(t, "lbfgs"), SK_TOLS, gap),
                "sklearn newton-cholesky, warm_start loop": (lambda t: sk(t, "newton-cholesky"), SK_TOLS, gap)}
     return summary(f"16 values of C (1e-3..1e2), logistic, m={m:.0e}, n={n} (worst member's gap)",

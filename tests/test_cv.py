@@ -163,8 +163,8 @@ def test_fold_statistics_from_one_pass_equal_masked_statistics(x64, rng, split, 
     lanes = (3, len(pairs))
     params = gradfit.Params(rng.standard_normal((*lanes, n, *y.shape[1:])), rng.standard_normal((*lanes, *y.shape[1:])))
     ok = np.zeros(lanes, bool)
-    by_stats = _cv.score(params, data.X, data.y, folds, "mse", ok, 1 << 30)  # from the held-out statistics
-    by_rows = _cv.score(params, data.X, data.y, folds._replace(memo=None), "mse", ok, 1 << 30)
+    by_stats = _cv.score(params, data.X, data.y, folds, "mse", ok)  # from the held-out statistics
+    by_rows = _cv.score(params, data.X, data.y, folds._replace(memo=None), "mse", ok)
     for name in ("loss", "train_loss"):
         np.testing.assert_allclose(by_stats[name], by_rows[name], rtol=1e-10, err_msg=name)
     for f, (t, _) in enumerate(pairs):

@@ -490,7 +490,7 @@ def sweep(X, y, *, grid: dict[str, Any], cv=None, refit: bool = False, compact: 
     result = _assemble(configs, results, inputs, placed, plans, operands, len(groups), compact, folds is not None)
     if folds is None:
         return result
-    return _validate(result, planned, placed, folds, options, budget, X, y, sample_weight, refit)
+    return _validate(result, planned, placed, folds, options, X, y, sample_weight, refit)
 
 
 sweep = _options.with_options_signature(sweep, exclude=_FIT_ONLY)
@@ -505,7 +505,7 @@ def _auto_steps(problem: solver.Problem, checked: list[_options.Checked]) -> lis
     return [c._replace(learning_rate=np.asarray(1.0 / (L0 + float(np.max(c.l2)) * per_l2))) for c in checked]
 
 
-def _validate(result: SweepResult, planned, placed, folds, options, budget, X, y, sample_weight, refit) -> SweepResult:
+def _validate(result: SweepResult, planned, placed, folds, options, X, y, sample_weight, refit) -> SweepResult:
     """Score every (member, fold) lane on its held-out rows (:func:`gradfit._cv.score`, one program per group's
     loss and size), then, with ``refit``, fit the best member on all the data."""
     shape = np.shape(result.final_loss)
@@ -513,7 +513,7 @@ def _validate(result: SweepResult, planned, placed, folds, options, budget, X, y
     for group, cs, *_ in planned:
         ids = np.asarray(group.members)
         params = Params(result.params.W[ids], result.params.b[ids])
-        part = _cv.score(params, placed.data.X, placed.data.y, folds, cs[0].options.loss, result.diverged[ids], budget)
+        part = _cv.score(params, placed.data.X, placed.data.y, folds, cs[0].options.loss, result.diverged[ids])
         for name, value in part.items():
             scores.setdefault(name, np.full(shape, np.nan))[ids] = value
     cv = _cv.CVScores(folds.pairs, scores, _cv.penalty(result.configs, options))
