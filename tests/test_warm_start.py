@@ -132,3 +132,45 @@ def test_a_diverged_member_passes_nothing_on(classification, monkeypatch):
     result = gradfit.sweep(X, y, grid={"l2": [1.0, 0.1]}, warm_start=True, loss="bce", learning_rate=1e6,
                            optimizer="sgd", steps=20)
     assert result.diverged[0] and calls == []
+
+
+WARM_CONFIG = """
+[data]
+source = "synthetic_classification"
+n_samples = 300
+n_features = 4
+seed = 3
+
+[fit]
+loss = "bce"
+optimizer = "lbfgs"
+reduction = "sum"
+steps = 300
+tol = 1e-6
+
+[sweep]
+grid = {{ {grid} }}
+warm_start = true
+plot = false
+
+[output]
+dir = "{out}"
+"""
+
+
+def test_the_command_runs_a_warm_path_and_refuses_one_without_l2(tmp_path, capsys):
+    import csv
+
+    from gradfit import cli
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(WARM_CONFIG.format(grid="tol = [1e-6, 1e-7]", out=(tmp_path / "bad").as_posix()))
+    assert cli.main(["sweep", "--config", str(bad)]) == 2
+    assert "sweep.warm_start = true runs the members as a path of l2 values" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    good = tmp_path / "good.toml"
+    good.write_text(WARM_CONFIG.format(grid="l2 = [10.0, 1.0, 0.1]", out=(tmp_path / "good").as_posix()))
+    assert cli.main(["sweep", "--config", str(good)]) == 0
+    with (tmp_path / "good" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["l2"]) for r in rows] == [10.0, 1.0, 0.1] and all(r["converged"] == "True" for r in rows)
