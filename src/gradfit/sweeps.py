@@ -51,7 +51,7 @@ class SweepResult(NamedTuple):
       boundary the member was seen finished.
     stats: ``compile_seconds``, ``run_seconds``, ``groups``, ``programs``, ``member_chunks``,
       ``lane_steps`` (member-steps paid for, padding included), ``batch_sizes`` (members per
-      chunk), ``grad_norm`` (``G`` per member), ``backend``, ``dtype``.
+      chunk), ``grad_norm`` (``G`` per member), ``backend``, ``dtype``, ``warm_start`` (members run as l2 paths).
     cv: with ``cv``, the :class:`gradfit._cv.CVScores` (per-member, per-fold validation scores, their mean and
       std over folds); the fields above then hold one lane per fold after the member axis: W (K, F, n[, k]),
       losses (K, F[, k], T), final_loss (K, F), steps etc. (K, F[, k]). refit: with ``refit=True``, the
@@ -488,6 +488,7 @@ def sweep(X, y, *, grid: dict[str, Any], cv=None, refit: bool = False, compact: 
         if bar is not None:
             bar.close()
     result = _assemble(configs, results, inputs, placed, plans, operands, len(groups), compact, folds is not None)
+    result.stats["warm_start"] = warm_start
     if folds is None:
         return result
     return _validate(result, planned, placed, folds, options, X, y, sample_weight, refit)
