@@ -283,6 +283,33 @@ def _member_bytes(problem: solver.Problem) -> int:
     return int(words * np.dtype(problem.placed.data.y.dtype).itemsize)
 
 
+def _member_stepper(problem: solver.Problem, rows: list[_options.Checked], swept: list[str], inputs: solver.Inputs,
+                    pad: int = 0) -> tuple:
+    """``(params, hyper, key, level, stepper)`` of the members ``rows`` (:func:`_stack`), the stepper over the
+    member level and the problem's own levels, its final check laid out the same way."""
+    params, hyper, key, level = _stack(problem, rows, swept, inputs, pad)
+    check = None if problem.check is None else (*problem.check[:2], (level, *problem.check[2]))
+    return params, hyper, key, level, CompiledStepper(problem.operand, hyper, problem.program,
+                                                      (level, *problem.levels), check)
+
+
+def _observer(bar, global_ids, hyper):
+    """The progress bar's observer of a run over ``global_ids`` (the first members of its level), or None."""
+    if bar is None:
+        return None
+    count = len(global_ids)
+
+    def observe(state, history):
+        bar.update(global_ids, _per_member(state.step, np.max)[:count],
+                   _per_member(active_host(state, hyper), np.any)[:count])
+    return observe
+
+
+def _info(stepper: CompiledStepper, run: RunResult, sizes: list[int], problem: solver.Problem, lanes: int) -> dict:
+    return {"programs": stepper.programs, "compile_seconds": run.compile_seconds, "batch_sizes": sizes,
+            "lane_steps": sum(sizes) * problem.program.chunk_size * lanes, "per_output": problem.per_output}
+
+
 def paths(configs: list[dict[str, Any]]) -> list[list[int]]:
     """Positions of ``configs`` that differ only in ``l2``, each list ordered by decreasing l2 (a warm-started path
     from the strongest penalty, as scikit-learn's C paths run from the smallest C)."""
@@ -301,25 +328,15 @@ def _run_paths(group: Group, configs: list[dict[str, Any]], checked: list[_optio
     for path in paths(configs):
         previous = None
         for i in path:
-            params, hyper, key, level = _stack(problem, [checked[i]], swept, inputs)
-            check = None if problem.check is None else (*problem.check[:2], (level, *problem.check[2]))
-            stepper = CompiledStepper(problem.operand, hyper, problem.program, (level, *problem.levels), check)
+            params, hyper, key, _, stepper = _member_stepper(problem, [checked[i]], swept, inputs)
             state = stepper.init(params, key) if previous is None else stepper.warm(*previous, key)
             global_ids = [group.members[i]]
-
-            def observe(state, history, global_ids=global_ids, hyper=hyper):
-                bar.update(global_ids, _per_member(state.step, np.max)[:1],
-                           _per_member(active_host(state, hyper), np.any)[:1])
-
-            run = drive(stepper, state, hyper, observers=[observe if bar else None],
+            run = drive(stepper, state, hyper, observers=[_observer(bar, global_ids, hyper)],
                         chunk_steps=problem.program.chunk_size)
             good = not np.any(run.state.diverged) and all(np.isfinite(np.asarray(a)).all()
                                                            for a in jax.tree.leaves(run.state.params))
             previous = (run.state, hyper) if good else None
-            info = {"programs": stepper.programs, "compile_seconds": run.compile_seconds,
-                    "batch_sizes": [1] * run.chunks, "lane_steps": run.chunks * problem.program.chunk_size * lanes,
-                    "per_output": problem.per_output}
-            yield global_ids, run, info
+            yield global_ids, run, _info(stepper, run, [1] * run.chunks, problem, lanes)
 
 
 def _run_group(group: Group, checked: list[_options.Checked], problem: solver.Problem, inputs: solver.Inputs, *,
@@ -334,23 +351,13 @@ def _run_group(group: Group, checked: list[_options.Checked], problem: solver.Pr
         width = per_chunk if len(ids) == per_chunk else bucket(len(ids), per_chunk)
         pad = width - len(ids)
         rows = [checked[i] for i in ids] + [checked[ids[0]]] * pad  # padding: copies of the first member
-        params, hyper, key, level = _stack(problem, rows, swept, inputs, pad)
-        check = None if problem.check is None else (*problem.check[:2], (level, *problem.check[2]))
-        stepper = CompiledStepper(problem.operand, hyper, problem.program, (level, *problem.levels), check)
+        params, hyper, key, level, stepper = _member_stepper(problem, rows, swept, inputs, pad)
         compact = compact and not _engine.one_by_one(problem.program)  # one after another: nothing to save
         runner = Compacting(stepper, level.hyper) if compact else stepper
         global_ids = np.asarray(group.members)[ids]
-
-        def observe(state, history, global_ids=global_ids):
-            count = len(global_ids)
-            bar.update(global_ids, _per_member(state.step, np.max)[:count],
-                       _per_member(active_host(state, hyper), np.any)[:count])
-
-        run = drive(runner, stepper.init(params, key), hyper, observers=[observe if bar else None],
+        run = drive(runner, stepper.init(params, key), hyper, observers=[_observer(bar, global_ids, hyper)],
                     chunk_steps=problem.program.chunk_size)
-        sizes = runner.batch_sizes if compact else [width] * run.chunks
-        info = {"programs": stepper.programs, "compile_seconds": run.compile_seconds, "batch_sizes": sizes,
-                "lane_steps": sum(sizes) * problem.program.chunk_size * lanes, "per_output": problem.per_output}
+        info = _info(stepper, run, runner.batch_sizes if compact else [width] * run.chunks, problem, lanes)
         run = run._replace(**{f: jax.tree.map(lambda a: a[: len(ids)], getattr(run, f))  # drop the padding members
                               for f in ("state", "final_loss", "history", "finished_seconds", "diverged_at_end")})
         yield list(global_ids), run, info
