@@ -98,13 +98,15 @@ def _logistic_case(m: int, n: int, K: int, rounds: int) -> list[tuple]:
             accuracy[name] = float(np.max(np.abs(error[kind](out) - reference)))
             chosen[name] = 1 / out.best["l2"] if kind == "gradfit" else float(out.C_[0])
     ours = statistics.median(times[next(iter(tools))])
-    st = result.stats
+    st, mean = result.stats, reference.mean(axis=1)
     case = f"logistic {K} Cs x 5 folds, m={m}, n={n}"
     print(f"{case}: gradfit's first call {first:.2f} s (compile {st['compile_seconds']:.2f} s, {st['programs']} step "
           f"programs, plan {st['plan']}); steps per lane: median {int(np.median(result.steps))}, max "
           f"{int(np.max(result.steps))}; largest error of a validation log-loss against newton-cholesky at tol "
           f"1e-10: " + ", ".join(f"{name} {err:.1e}" for name, err in accuracy.items())
-          + f"; the reference's best C {Cs[np.argmin(reference.mean(axis=1))]:.4g}")
+          + f"; the reference's best C {Cs[np.argmin(mean)]:.4g}; its mean validation loss at each tool's C less "
+          "the least: " + ", ".join(f"{name} {mean[np.argmin(abs(Cs - c))] - mean.min():.1e}"
+                                    for name, c in chosen.items()))
     return [(case, name, statistics.median(t), statistics.median(t) / ours, f"{chosen[name]:.4g}")
             for name, t in times.items()]
 
