@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import gradfit
+from _sample import crossed
 
 
 @pytest.fixture
@@ -16,9 +17,9 @@ def x64():
         yield
 
 
-@pytest.mark.parametrize("shuffle", ["blocks", "rows"])
-@pytest.mark.parametrize("batch_size", [7, 25, 100])  # 100 rows: a padded last batch, exact, one batch
-@pytest.mark.parametrize("weights", [False, True])
+@pytest.mark.parametrize("weights, batch_size, shuffle", crossed(  # 100 rows: a padded last batch, exact, one batch
+    [False, True], [7, 25, 100], ["blocks", "rows"],
+    fast=[(False, 7, "blocks"), (True, 25, "rows"), (True, 100, "blocks")]))
 def test_epoch_counts_every_row_once(x64, shuffle, batch_size, weights):
     """With the params frozen, the epoch's mean minibatch objective is the full objective at
     the initial params: every row (and its weight) enters once, padding enters with weight 0."""
