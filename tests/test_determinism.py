@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import gradfit
+from _sample import thinned
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -35,12 +36,13 @@ def problem(rng):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [
+    thinned([
         dict(learning_rate=0.1, steps=300),
         dict(optimizer="adam", learning_rate=0.05, steps=300, init="normal"),
         dict(batch_size=16, learning_rate=0.05, steps=40),
         dict(batch_size=7, optimizer="sgd", optimizer_options={"momentum": 0.9}, learning_rate=0.01, steps=30),
-    ],
+    ], fast=[dict(optimizer="adam", learning_rate=0.05, steps=300, init="normal"),
+             dict(batch_size=7, optimizer="sgd", optimizer_options={"momentum": 0.9}, learning_rate=0.01, steps=30)]),
     ids=["full-batch", "adam-normal-init", "minibatch", "minibatch-momentum"],
 )
 def test_same_seed_same_bits(problem, kwargs):
