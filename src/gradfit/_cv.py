@@ -408,39 +408,36 @@ def with_folds(problem: solver.Problem, folds: Folds, scaling: Scaling) -> solve
     return problem._replace(params=params, operand=op, hyper=hyper, levels=(level, *problem.levels), check=check)
 
 
-_SCORE_BLOCK_BYTES = 2 << 20  # one row block's predictions for all lanes (B, lanes k): stays in cache
-
-
 def _score_block(Xb, Yb, masks, W, b, loss: str):
-    """One row block's contribution to every lane's masked sums, (3, 2F, L): ``masks^T per`` (the weighted loss
-    sums) and ``masks^T hit`` (bce: the correct-sign counts), ``per``/``hit`` (B, L) from one product
-    ``Xb [W_1 .. W_L]`` (B, L k), summed (loss) or averaged (accuracy) over the k outputs. masks (B, 2F): the
-    folds' training then held-out weights."""
+    """One row block's contribution to every lane's masked sums, (2F, S, L): ``masks^T per`` (the weighted loss
+    sums) and, for bce, ``masks^T hit`` (the correct-sign counts; S = 2, else 1), ``per``/``hit`` (B, L) from one
+    product ``Xb [W_1 .. W_L]`` (B, L k), summed (loss) or averaged (accuracy) over the k outputs. masks (B, 2F):
+    the folds' training then held-out weights."""
     B, (L, k) = Xb.shape[0], b.shape
     Z = (Xb @ W + b.reshape(1, -1)).reshape(B, L, k)
     Yb = Yb[:, None, :]
     per = jnp.sum(losses.bce_terms(Z, Yb)[0] if loss == "bce" else (Yb - Z) ** 2, axis=-1)
+    parts = [per] + ([jnp.mean(((Z > 0) == (Yb > 0.5)).astype(Z.dtype), axis=-1)] if loss == "bce" else [])
     rows = (((0,), (0,)), ((), ()))
-    hit = jnp.mean(((Z > 0) == (Yb > 0.5)).astype(Z.dtype), axis=-1) if loss == "bce" else jnp.zeros_like(per)
-    return jax.lax.dot_general(masks, jnp.stack([per, hit], axis=1).reshape(B, 2 * L), rows).reshape(-1, 2, L)
+    return jax.lax.dot_general(masks, jnp.stack(parts, axis=1).reshape(B, -1), rows).reshape(-1, len(parts), L)
 
 
 @functools.partial(jax.jit, static_argnames=("loss",))
 def _score_program(W, b, X, y, masks, loss: str):
     """The module docstring's scores of every (member, fold) lane, W (K, F, n[, k]): one pass over X in row blocks
-    of ~2 MiB of predictions, each block's predictions of all K F lanes one product and its masked sums products
-    with the block's masks (:func:`_score_block`; ``masks`` (m, 2F): the folds' training then held-out weights, laid
-    out row-major on the host, so nothing of X's length is formed or transposed here). (Vmapping a per-lane
-    score formed (lanes, m) temporaries and row reductions: 0.75 s for 80 lanes at m = 2e5, n = 32; one lane after
-    another, 0.35 to 0.45 s; this, 0.15 to 0.19 s.)"""
+    of ~4 MiB of predictions (:func:`gradfit._stats.block_rows`), each block's predictions of all K F lanes one
+    product and its masked sums products with the block's masks (:func:`_score_block`; ``masks`` (m, 2F): the
+    folds' training then held-out weights, laid out row-major on the host), so nothing of X's length is formed per
+    lane or transposed. (Vmapping a per-lane score formed (lanes, m) temporaries and row reductions: 0.75 s for 80
+    lanes at m = 2e5, n = 32; one lane after another, 0.35 to 0.47 s; this, 0.16 to 0.28 s.)"""
     K, F, n = W.shape[:3]
     L, dtype = K * F, W.dtype
     k = 1 if W.ndim == 3 else W.shape[3]
     W_all = jnp.moveaxis(W.reshape(L, n, k), 0, 1).reshape(n, L * k)  # column l k + j: lane l's output j
     b_all = b.reshape(L, k)
     Y = jnp.asarray(y, dtype).reshape(X.shape[0], -1)
-    rows = int(min(X.shape[0], max(256, _SCORE_BLOCK_BYTES // (L * k * dtype.itemsize))))
-    init = jnp.zeros((2 * F, 2, L), dtype)
+    rows = _stats.block_rows(L * k, dtype.itemsize, X.shape[0])
+    init = jnp.zeros((2 * F, 2 if loss == "bce" else 1, L), dtype)
     sums = _stats.block_sums(lambda Xb, Yb, wb: _score_block(Xb, Yb, wb, W_all, b_all, loss), X, Y, masks, rows,
                              init, add=jnp.add)
     lane_fold = jnp.tile(jnp.arange(F), K)  # lane l = k F + f is fold f's
