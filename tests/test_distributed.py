@@ -206,6 +206,7 @@ def two_processes(tmp_path_factory):
     return reg, cls, [json.loads((tmp / f"res.{pid}.json").read_text()) for pid in (0, 1)]
 
 
+@pytest.mark.xdist_group("two_processes")
 def test_two_processes_see_four_devices_and_load_their_own_rows(two_processes):
     _, _, (r0, r1) = two_processes
     for r in (r0, r1):
@@ -215,6 +216,7 @@ def test_two_processes_see_four_devices_and_load_their_own_rows(two_processes):
     assert r1["rows"] == [[502, 753], [753, 1004]]
 
 
+@pytest.mark.xdist_group("two_processes")
 @pytest.mark.parametrize("name", ["mse", "mse_minibatch", "bce"])
 def test_two_processes_give_the_fit_of_one(two_processes, name):
     reg, cls, (r0, r1) = two_processes

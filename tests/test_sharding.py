@@ -213,9 +213,12 @@ def run_forced_devices(script: str, count: int = 4, timeout: float = 300) -> dic
 
 @pytest.fixture(scope="module")
 def four_devices() -> dict:
+    """One subprocess with four host devices (~40 s of compiles): its tests share the xdist group "four_devices",
+    so ``-n 2`` runs it on one worker, once (pyproject.toml: ``--dist loadgroup``)."""
     return run_forced_devices(FOUR_DEVICES)
 
 
+@pytest.mark.xdist_group("four_devices")
 def test_four_forced_devices_are_used(four_devices):
     assert four_devices["devices"] == 4
     for name in ("mse", "mse_hand", "bce", "mse_minibatch", "bce_minibatch"):
@@ -223,6 +226,7 @@ def test_four_forced_devices_are_used(four_devices):
         assert four_devices[name]["W_sharding"] == "P()"  # parameters replicated
 
 
+@pytest.mark.xdist_group("four_devices")
 @pytest.mark.parametrize("name", ["mse", "mse_hand", "bce"])
 def test_full_batch_fit_is_the_same_on_four_devices(four_devices, name):
     r = four_devices[name]
@@ -234,6 +238,7 @@ def test_full_batch_fit_is_the_same_on_four_devices(four_devices, name):
     assert r["W_ref_diff"] < 1e-4 and r["b_ref_diff"] < 1e-4
 
 
+@pytest.mark.xdist_group("four_devices")
 @pytest.mark.parametrize("name", ["mse_minibatch", "bce_minibatch"])
 def test_minibatch_fit_draws_the_same_batches_on_four_devices(four_devices, name):
     # Padding rows are never drawn, so the permutations and the batches are those of one device.
@@ -242,20 +247,24 @@ def test_minibatch_fit_draws_the_same_batches_on_four_devices(four_devices, name
     assert r["losses_diff"] < 1e-5
 
 
+@pytest.mark.xdist_group("four_devices")
 def test_per_output_hyperparameters_on_four_devices(four_devices):
     assert four_devices["per_output"]["devices"] == 4
     assert four_devices["per_output"]["W_diff"] < 1e-5
 
 
+@pytest.mark.xdist_group("four_devices")
 def test_batched_problems_on_four_devices(four_devices):
     assert four_devices["batched"]["devices"] == 4
     assert four_devices["batched"]["W_diff"] < 1e-5
 
 
+@pytest.mark.xdist_group("four_devices")
 def test_presharded_data_with_n_rows_gives_the_minibatch_fit_of_one_device(four_devices):
     assert four_devices["presharded_minibatch_W_diff"] < 1e-5
 
 
+@pytest.mark.xdist_group("four_devices")
 def test_shard_rows_pads_with_zero_weight_rows(four_devices):
     layout = four_devices["layout"]
     assert layout["shape"] == [1004, 6]
@@ -265,6 +274,7 @@ def test_shard_rows_pads_with_zero_weight_rows(four_devices):
     assert layout["pad_X_zero"] and layout["real_rows_equal"]
 
 
+@pytest.mark.xdist_group("four_devices")
 def test_the_row_sum_becomes_an_all_reduce(four_devices):
     # The one-device program has no collective; the sharded one all-reduces the gradient and
     # never gathers X.
@@ -272,10 +282,12 @@ def test_the_row_sum_becomes_an_all_reduce(four_devices):
     assert four_devices["hlo"]["sharded"] == ["all-reduce"]
 
 
+@pytest.mark.xdist_group("four_devices")
 def test_new_hyperparameters_do_not_recompile_when_sharded(four_devices):
     assert four_devices["recompile_seconds"] == 0.0
 
 
+@pytest.mark.xdist_group("four_devices")
 def test_blocked_gradient_keeps_whole_blocks_on_each_device(four_devices):
     # One device would take 5 blocks of 4000 rows; four take 4 blocks of 5000, one each, so the
     # reshape into blocks never moves rows between devices: the only collective is the all-reduce.
@@ -285,6 +297,7 @@ def test_blocked_gradient_keeps_whole_blocks_on_each_device(four_devices):
     assert blocked["ops"] and all(ops == ["all-reduce"] for ops in blocked["ops"])
 
 
+@pytest.mark.xdist_group("four_devices")
 def test_bfloat16_X_on_four_devices(four_devices):
     r = four_devices["bfloat16"]
     assert r["devices"] == 4 and r["W_dtype"] == "float32"
