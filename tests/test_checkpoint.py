@@ -113,10 +113,11 @@ def test_checkpoints_fall_on_chunk_boundaries_even_when_timed(tmp_path, reg):
         if path.exists():
             steps_seen.append(checkpoint.read_header(path)["step"])
 
-    gradfit.fit(reg.X, reg.y, learning_rate=0.01, steps=100, chunk_size=12, checkpoint=path,
+    # chunks of 10 (the other tests' program on reg), 95 steps: a short last chunk, as chunks of 12 in 100 steps
+    gradfit.fit(reg.X, reg.y, learning_rate=0.01, steps=95, chunk_size=10, checkpoint=path,
                 checkpoint_every=datetime.timedelta(microseconds=1), callback=record)
-    assert sorted(set(steps_seen)) == [12 * i for i in range(1, 9)]  # every boundary but the last (100)
-    assert checkpoint.read_header(path)["step"] == 100
+    assert sorted(set(steps_seen)) == [10 * i for i in range(1, 10)]  # every boundary but the last (95)
+    assert checkpoint.read_header(path)["step"] == 95
 
 
 def test_checkpoint_every_steps_counts_steps_between_saves(tmp_path, reg):
@@ -147,7 +148,7 @@ def test_a_different_chunk_size_is_refused_because_boundaries_must_match(tmp_pat
         (dict(seed=1, init="normal"), "start"),
         (dict(fit_intercept=False), "settings"),
         (dict(y_shift=1.0), "data"),
-        (dict(X_cols=4), "data"),
+        (dict(X_cols=3), "data"),  # the column count of test_load_checks_the_treedef_and_leaf_shapes' other fit
     ],
 )
 def test_a_checkpoint_of_another_problem_or_config_is_refused(tmp_path, reg, change, match):
@@ -206,7 +207,7 @@ def test_the_saved_state_is_the_state_itself(tmp_path, reg):
 
 
 def test_a_finished_checkpoint_can_be_continued_with_more_steps(tmp_path, reg):
-    kw = dict(optimizer="adam", learning_rate=0.01, chunk_size=25)
+    kw = dict(optimizer="adam", learning_rate=0.01, chunk_size=10)  # the program of the other adam fits on reg
     reference = gradfit.fit(reg.X, reg.y, steps=150, **kw)
     path = tmp_path / "c.npz"
     gradfit.fit(reg.X, reg.y, steps=100, checkpoint=path, **kw)
@@ -329,12 +330,14 @@ def test_sigkill_then_resume_in_a_new_process_gives_the_same_bits(tmp_path):
 
 
 # --------------------------------------------------------------------------- the command
-def _cli(out_dir, *extra) -> int:
+def _cli(out_dir, *extra, progress=("--no-progress",)) -> int:
+    """The command on data of reg's shape with the in-process adam fits' settings: their compiled programs serve it,
+    and every command test here shares one set (``progress=()``: no progress flag, the default)."""
     from gradfit import cli
 
     return cli.main(["fit", "--set", f"output.dir={out_dir}", "--set", "data.n_samples=300",
-                     "--set", "data.n_features=4", "--set", "fit.optimizer=adam", "--set", "fit.learning_rate=0.01",
-                     "--set", "fit.chunk_size=10", "--set", "checkpoint.every_steps=10", "--no-progress", *extra])
+                     "--set", "data.n_features=5", "--set", "fit.optimizer=adam", "--set", "fit.learning_rate=0.01",
+                     "--set", "fit.chunk_size=10", "--set", "checkpoint.every_steps=10", *progress, *extra])
 
 
 def test_cli_resume_continues_a_checkpoint_to_the_same_bits(tmp_path, capsys):
@@ -370,13 +373,9 @@ def test_cli_resume_without_a_checkpoint_starts_afresh(tmp_path, capsys):
 
 
 def test_cli_progress_flag(tmp_path, capsys):
-    from gradfit import cli
-
-    assert cli.main(["fit", "--set", f"output.dir={tmp_path}", "--set", "data.n_samples=100", "--set",
-                     "fit.steps=20", "--set", "fit.chunk_size=10", "--progress"]) == 0
+    assert _cli(tmp_path / "bar", "--set", "fit.steps=20", progress=("--progress",)) == 0
     assert "20/20" in capsys.readouterr().err
-    assert cli.main(["fit", "--set", f"output.dir={tmp_path}", "--set", "data.n_samples=100", "--set",
-                     "fit.steps=20"]) == 0
+    assert _cli(tmp_path / "plain", "--set", "fit.steps=20", progress=()) == 0
     assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar by default
 
 

@@ -204,7 +204,7 @@ def test_constant_target_bce_is_separable(data):
 
 
 def test_separable_classes_without_penalty_are_not_converged_and_never_nan(rng):
-    X = rng.standard_normal((60, 2)).astype(np.float32)
+    X = rng.standard_normal((60, 3)).astype(np.float32)  # 3 columns: the bce fits above compiled its programs
     y = (X[:, 0] + X[:, 1] > 0).astype(np.float32)
     with pytest.warns(health.SeparableWarning, match=r"linearly separable .* l2=1e-3"):
         r = gradfit.fit(X, y, loss="bce", learning_rate=50.0, steps=5000, tol=1e-7)
@@ -456,8 +456,13 @@ def test_cli_process_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+# The two commands below fit float64 data of the shape of the constant-column test's (3 columns, under 256 rows), with
+# the same plan: its compiled programs serve them.
+CLI_DATA = ["--set", "data.n_samples=50", "--set", "data.n_features=3", "--set", "data.dtype=float64"]
+
+
 def test_cli_warning_is_one_line(capsys, restore_x64, tmp_path):
-    rc = cli.main(["fit", "--set", "data.n_samples=50", "--set", "fit.learning_rate=5", "--set", "fit.steps=40",
+    rc = cli.main(["fit", *CLI_DATA, "--set", "fit.learning_rate=5", "--set", "fit.steps=40",
                    "--set", f"output.dir={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1  # diverged
@@ -468,8 +473,7 @@ def test_cli_warning_is_one_line(capsys, restore_x64, tmp_path):
 
 
 def test_cli_float64_data_are_fitted_in_float64(capsys, restore_x64, tmp_path):
-    rc = cli.main(["fit", "--set", "data.n_samples=50", "--set", "data.dtype=float64", "--set", "fit.steps=5",
-                   "--set", f"output.dir={tmp_path}"])
+    rc = cli.main(["fit", *CLI_DATA, "--set", "fit.steps=40", "--set", f"output.dir={tmp_path}"])
     assert rc == 0
     with np.load(tmp_path / "params.npz") as z:
         assert z["W"].dtype == np.float64

@@ -41,7 +41,7 @@ def test_qa_seed_loop_reproduced_iterate_for_iterate(x64, rng, grad):
 
 
 def test_notes_seed_half_mean_and_logistic_loops(x64, rng):
-    n, m, lr, steps = 3, 50, 0.3, 25
+    n, m, lr, steps = 4, 60, 0.3, 25  # the shape of _regression's problems: the statistics' program is shared
     Xn = rng.standard_normal((n, m))  # samples in columns, as in the notes
     y = rng.standard_normal((1, m))
     w, b = np.zeros((n, 1)), 0.0
@@ -65,7 +65,7 @@ def test_notes_seed_half_mean_and_logistic_loops(x64, rng):
 
 def test_blog_seed_multi_output_sum_loop(x64, rng):
     """y = M x + b per sample, L = sum ||g - y||^2, M' = M + lr 2 (g - y) x^T summed over samples."""
-    k, n, m, lr, steps = 2, 3, 40, 0.002, 30
+    k, n, m, lr, steps = 3, 4, 60, 0.002, 30  # _regression(rng, k=3)'s shape: the statistics' program is shared
     X = rng.standard_normal((m, n))
     G = X @ rng.standard_normal((n, k)) + 1.0
     M, b = np.zeros((k, n)), np.zeros(k)
@@ -80,7 +80,7 @@ def test_blog_seed_multi_output_sum_loop(x64, rng):
 
 # ----------------------------------------------------------------- optima
 def test_converges_to_lstsq(x64, rng):
-    X, y = _regression(rng, m=200, n=5, k=3)
+    X, y = _regression(rng, k=3)
     A = np.hstack([X, np.ones((len(X), 1))])
     coef = np.linalg.lstsq(A, y, rcond=None)[0]
     # tol is the scaled gradient norm G (G^2 ~ relative gap): 1e-12 is within float64's reach
@@ -106,6 +106,9 @@ def test_diabetes_reaches_ridge_optimum(x64):
     assert rel < 1e-3
 
 
+@pytest.mark.slow  # the same fit (standardised breast cancer, l2 = 1/(C m), L-BFGS, float64) against LogisticRegression:
+# tests/test_sklearn.py::test_binary_classifier_matches_logistic_regression[lbfgs]; fit's L-BFGS against it to
+# rtol 1e-6: tests/test_lbfgs.py::test_logistic_regression_matches_sklearn
 def test_breast_cancer_reaches_logistic_regression_optimum(x64):
     sklearn = pytest.importorskip("sklearn.linear_model")
     ds = datasets.load_breast_cancer(dtype=np.float64)
@@ -275,11 +278,11 @@ def test_short_last_batch_is_used_not_dropped(x64, rng):
 
 
 def test_minibatch_is_reproducible_and_converges(rng):
-    X, y = _regression(rng, m=300)
-    a = gradfit.fit(X, y, learning_rate=0.02, steps=30, batch_size=32, seed=3)
-    b = gradfit.fit(X, y, learning_rate=0.02, steps=30, batch_size=32, seed=3)
+    X, y = _regression(rng, m=100)  # the program of the test below (batches of 30, a short last one of 10)
+    a = gradfit.fit(X, y, learning_rate=0.02, steps=60, batch_size=30, seed=3)  # 240 updates (was 30 epochs of 10)
+    b = gradfit.fit(X, y, learning_rate=0.02, steps=60, batch_size=30, seed=3)
     np.testing.assert_array_equal(a.params.W, b.params.W)
-    coef = np.linalg.lstsq(np.hstack([X, np.ones((300, 1))]), y, rcond=None)[0]
+    coef = np.linalg.lstsq(np.hstack([X, np.ones((100, 1))]), y, rcond=None)[0]
     assert np.linalg.norm(np.asarray(a.params.W) - coef[:-1]) / np.linalg.norm(coef[:-1]) < 0.05
 
 

@@ -66,14 +66,20 @@ def _numpy_gd(X, y, *, lr, l2, steps, loss, reduction="mean", momentum=None):
     return W, b, np.array(history)
 
 
-@pytest.mark.parametrize("loss, reduction, k", thinned(
-    [("mse", "mean", None), ("mse", "half_mean", 3), ("mse", "sum", None), ("bce", "mean", None), ("bce", "mean", 2)],
-    fast=[("mse", "half_mean", 3), ("mse", "sum", None), ("bce", "mean", 2)]))
+def _compiled_solve(X, y, **options):
+    """``gradfit.solve(None, X, y, **options)`` under ``jax.jit``: one program, where an eager call compiles each of
+    its ~80 operations on its own. The float32 tests below call solve eagerly (and compare it with jit)."""
+    return jax.jit(lambda X, y: gradfit.solve(None, X, y, **options))(X, y)
+
+
+@pytest.mark.parametrize("loss, reduction, k", thinned(  # one k for the multi-output cases: their eager ops are shared
+    [("mse", "mean", None), ("mse", "half_mean", 2), ("mse", "sum", None), ("bce", "mean", None), ("bce", "mean", 2)],
+    fast=[("mse", "half_mean", 2), ("mse", "sum", None), ("bce", "mean", 2)]))
 def test_solve_matches_numpy_gradient_descent(x64, loss, reduction, k):
     X, y = _problem(k=k, classification=loss == "bce")
     lr = 0.002 if reduction == "sum" else 0.1
     W, b, history = _numpy_gd(X, y, lr=lr, l2=0.05, steps=40, loss=loss, reduction=reduction)
-    sol = gradfit.solve(None, X, y, learning_rate=lr, l2=0.05, steps=40, loss=loss, reduction=reduction)
+    sol = _compiled_solve(X, y, learning_rate=lr, l2=0.05, steps=40, loss=loss, reduction=reduction)
     np.testing.assert_allclose(sol.params.W, W, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(sol.params.b, b, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(sol.losses, history, rtol=1e-10)
@@ -84,16 +90,17 @@ def test_solve_matches_numpy_gradient_descent(x64, loss, reduction, k):
 def test_solve_with_momentum_matches_numpy(x64):
     X, y = _problem()
     W, b, _ = _numpy_gd(X, y, lr=0.05, l2=0.0, steps=30, loss="mse", momentum=0.9)
-    sol = gradfit.solve(None, X, y, learning_rate=0.05, steps=30, optimizer_options={"momentum": 0.9})
+    sol = _compiled_solve(X, y, learning_rate=0.05, steps=30, optimizer_options={"momentum": 0.9})
     np.testing.assert_allclose(sol.params.W, W, rtol=1e-10)
     np.testing.assert_allclose(sol.params.b, b, rtol=1e-10)
 
 
 def test_solve_computes_in_the_input_dtype():
     X, y = _problem(dtype=np.float32)
-    sol = gradfit.solve(None, X, y, learning_rate=0.1, steps=5)
+    # the eager call of test_inside_user_jit_without_retracing_for_new_values: the same programs
+    sol = gradfit.solve(None, X, y, l2=0.1, learning_rate=0.05, steps=20)
     chex.assert_trees_all_equal_dtypes(sol.params, Params(jnp.zeros(1, jnp.float32), jnp.zeros((), jnp.float32)))
-    assert sol.losses.dtype == jnp.float32 and sol.losses.shape == (5,)
+    assert sol.losses.dtype == jnp.float32 and sol.losses.shape == (20,)
 
 
 def _split(X, y, m_train=45):
@@ -110,15 +117,17 @@ def test_gradient_of_validation_loss_matches_finite_differences(x64, loss):
     Xt, yt, Xv, yv = _split(X, y)
     loss_fn = gradfit.losses.LOSSES[loss]
 
-    @jax.jit  # one compile for the gradient and one for all finite-difference evaluations
     def val_loss(l2, lr):
         sol = gradfit.solve(None, Xt, yt, l2=l2, learning_rate=lr, steps=60, loss=loss)
         return loss_fn(sol.params, Xv, yv)
 
+    # one compile: the reverse-mode gradient, and the values the finite differences are taken of
+    value_and_grad = jax.jit(jax.value_and_grad(val_loss, argnums=(0, 1)))
+    val = lambda l2, lr: value_and_grad(l2, lr)[0]  # noqa: E731
     l2, lr = 0.3, 0.02  # far from converged, so both derivatives are sizeable
-    g_l2, g_lr = jax.grad(val_loss, argnums=(0, 1))(l2, lr)
-    fd_l2 = _central_difference(lambda t: val_loss(t, lr), l2, 1e-5)
-    fd_lr = _central_difference(lambda t: val_loss(l2, t), lr, 1e-6)
+    _, (g_l2, g_lr) = value_and_grad(l2, lr)
+    fd_l2 = _central_difference(lambda t: val(t, lr), l2, 1e-5)
+    fd_lr = _central_difference(lambda t: val(l2, t), lr, 1e-6)
     assert abs(float(fd_l2)) > 1e-4 and abs(float(fd_lr)) > 1e-4  # the check is not vacuous
     np.testing.assert_allclose(g_l2, fd_l2, rtol=1e-6)
     np.testing.assert_allclose(g_lr, fd_lr, rtol=1e-6)
@@ -128,13 +137,14 @@ def test_gradient_through_a_traced_optimizer_option_and_the_data(x64):
     X, y = _problem(seed=2)
     Xt, yt, Xv, yv = _split(X, y)
 
-    @jax.jit
-    def val_loss(momentum, Xt):
+    def loss_of(momentum, Xt):
         sol = gradfit.solve(None, Xt, yt, learning_rate=0.05, steps=30, optimizer_options={"momentum": momentum})
         return gradfit.losses.mse(sol.params, Xv, yv)
 
-    g_mu, g_X = jax.grad(val_loss, argnums=(0, 1))(jnp.asarray(0.5), Xt)
-    np.testing.assert_allclose(g_mu, _central_difference(lambda t: val_loss(t, Xt), 0.5, 1e-6), rtol=1e-6)
+    value_and_grad = jax.jit(jax.value_and_grad(loss_of, argnums=(0, 1)))  # one compile, values for the differences
+    val_loss = lambda momentum, Xt: value_and_grad(momentum, Xt)[0]  # noqa: E731
+    _, (g_mu, g_X) = value_and_grad(jnp.asarray(0.5), Xt)
+    np.testing.assert_allclose(g_mu, _central_difference(lambda t: val_loss(t, Xt), jnp.asarray(0.5), 1e-6), rtol=1e-6)
     E = np.zeros_like(Xt)
     E[3, 1] = 1.0
     fd_X = _central_difference(lambda t: val_loss(jnp.asarray(0.5), Xt + t * E), 0.0, 1e-6)
@@ -145,13 +155,15 @@ def test_forward_mode_through_lbfgs(x64):
     X, y = _problem(seed=3)
     Xt, yt, Xv, yv = _split(X, y)
 
-    @jax.jit
     def val_loss(l2):
         sol = gradfit.solve(None, Xt, yt, l2=l2, optimizer="lbfgs", steps=8)
         return gradfit.losses.mse(sol.params, Xv, yv)
 
-    _, tangent = jax.jvp(val_loss, (jnp.asarray(0.2),), (jnp.asarray(1.0),))
-    np.testing.assert_allclose(tangent, _central_difference(val_loss, 0.2, 1e-5), rtol=1e-5)
+    # one compile: the tangent, and the values the finite difference is taken of
+    primal_and_tangent = jax.jit(lambda l2: jax.jvp(val_loss, (l2,), (jnp.ones_like(l2),)))
+    _, tangent = primal_and_tangent(jnp.asarray(0.2))
+    fd = _central_difference(lambda t: primal_and_tangent(t)[0], jnp.asarray(0.2), 1e-5)
+    np.testing.assert_allclose(tangent, fd, rtol=1e-5)
 
 
 def test_inside_user_jit_without_retracing_for_new_values():
@@ -172,7 +184,8 @@ def test_vmap_over_hyperparameters_and_problems(x64):
     X, y = _problem()
     l2s = jnp.array([0.0, 0.1, 1.0])
     lrs = jnp.array([0.05, 0.1, 0.2])
-    batched = jax.vmap(lambda l2, lr: gradfit.solve(None, X, y, l2=l2, learning_rate=lr, steps=25))(l2s, lrs)
+    # jit(vmap): one program (a vmap run op by op compiles each of its ~150 batched operations on its own)
+    batched = jax.jit(jax.vmap(lambda l2, lr: gradfit.solve(None, X, y, l2=l2, learning_rate=lr, steps=25)))(l2s, lrs)
     chex.assert_shape(batched.params.W, (3, X.shape[1]))
     chex.assert_shape(batched.losses, (3, 25))
     for i in range(3):
@@ -182,7 +195,7 @@ def test_vmap_over_hyperparameters_and_problems(x64):
 
     Xs = np.stack([X, 2 * X])
     ys = np.stack([y, y - 1])
-    per_problem = jax.vmap(lambda X, y: gradfit.solve(None, X, y, learning_rate=0.05, steps=25).params)(Xs, ys)
+    per_problem = jax.jit(jax.vmap(lambda X, y: gradfit.solve(None, X, y, learning_rate=0.05, steps=25).params))(Xs, ys)
     for i in range(2):
         W, b, _ = _numpy_gd(Xs[i], ys[i], lr=0.05, l2=0.0, steps=25, loss="mse")
         np.testing.assert_allclose(per_problem.W[i], W, rtol=1e-10)
@@ -191,7 +204,7 @@ def test_vmap_over_hyperparameters_and_problems(x64):
 
 def test_tol_freezes_the_state_and_pads_losses_with_nan(x64):
     X, y = _problem()
-    sol = gradfit.solve(None, X, y, learning_rate=0.1, steps=500, tol=1e-6)
+    sol = _compiled_solve(X, y, learning_rate=0.1, steps=500, tol=1e-6)
     n = int(sol.steps)
     assert bool(sol.converged) and 1 < n < 500
     assert np.isfinite(sol.losses[:n]).all() and np.isnan(sol.losses[n:]).all()
@@ -202,7 +215,7 @@ def test_tol_freezes_the_state_and_pads_losses_with_nan(x64):
 
 def test_divergence_is_status_not_nan(x64):
     X, y = _problem()
-    sol = gradfit.solve(None, X, y, learning_rate=50.0, steps=100)
+    sol = _compiled_solve(X, y, learning_rate=50.0, steps=100)
     assert bool(sol.diverged) and int(sol.steps) < 100
     chex.assert_tree_all_finite(sol.params)
 

@@ -60,14 +60,14 @@ def test_power_iterations_grow_with_log_n():
 
 def test_auto_learning_rate_is_one_over_L_and_descends(x64, rng):
     """learning_rate='auto' steps with 1/L: the loss never goes up and the fit reaches lstsq."""
-    X = rng.standard_normal((80, 4)) * np.array([1.0, 3.0, 0.3, 2.0]) + 0.5
-    y = X @ rng.standard_normal(4) + 0.1 * rng.standard_normal(80)
+    X = rng.standard_normal((40, 3)) * np.array([1.0, 3.0, 0.3]) + 0.5  # the shape of the tests below: one program
+    y = X @ rng.standard_normal(3) + 0.1 * rng.standard_normal(40)
     L = np.linalg.eigvalsh(_hessian(X))[-1]
     # L is the raw Hessian's: gradient descent on raw (W, b), every step (as before the optimality test)
     r = gradfit.fit(X, y, learning_rate="auto", steps=20_000, standardize=False, tol=None)
     np.testing.assert_allclose(r.stats["learning_rate"], 1 / L, rtol=1e-3)
     assert np.all(np.diff(r.losses) <= 1e-12)
-    ref = np.linalg.lstsq(np.c_[X, np.ones(80)], y, rcond=None)[0]
+    ref = np.linalg.lstsq(np.c_[X, np.ones(40)], y, rcond=None)[0]
     np.testing.assert_allclose(np.r_[r.params.W, r.params.b], ref, rtol=1e-6, atol=1e-8)
 
 
@@ -220,8 +220,8 @@ def test_standardised_or_float64_data_do_not_warn(rng):
 
 
 def test_correlated_columns_warn_with_l2(rng):
-    x = rng.standard_normal(500)
-    X = np.c_[x, x + 1e-3 * rng.standard_normal(500), rng.standard_normal(500)].astype(np.float32)
+    x = rng.standard_normal(250)  # up to 256 rows: the padded shape of the float32 fits above, their programs
+    X = np.c_[x, x + 1e-3 * rng.standard_normal(250), rng.standard_normal(250)].astype(np.float32)
     with pytest.warns(health.IllConditionedWarning, match="strongly correlated columns. Remedy: add an l2 penalty"):
         gradfit.fit(X, X[:, 2], steps=2)
     with warnings.catch_warnings():  # a penalty bounds the smallest eigenvalue away from 0

@@ -68,7 +68,9 @@ def test_lbfgs_iterates_equal_optax_reference_loop_at_one_evaluation_per_step(x6
         updates, state = opt.update(g, state, p, value=value, grad=g, value_fn=J)
         return optax.apply_updates(p, updates), state
 
-    state = opt.init(p)
+    # optax's initial state holds weak-typed scalars its updates return strongly typed: made strong here, every
+    # step runs the one compiled program (else the second step compiles the step again)
+    state = jax.tree.map(lambda a: jnp.asarray(a, a.dtype), opt.init(p))
     for _ in range(6):
         p, state = step(p, state)
     r = gradfit.fit(d.X, d.y, loss="bce", optimizer="lbfgs", l2=l2, steps=6, tol=None, standardize=False)

@@ -39,9 +39,13 @@ def test_matches_autodiff(x64, loss, k, block, weights):
     y = jnp.asarray(rng.random((m, *out)) if loss == "bce" else rng.standard_normal((m, *out)))
     w = jnp.asarray(rng.uniform(0, 2, m)) if weights else None
     params = Params(jnp.asarray(rng.standard_normal((n, *out))), jnp.asarray(rng.standard_normal(out)))
-    for reduction in losses.REDUCTIONS[loss]:
-        value, g = _onepass.value_and_grad(params, X, y, loss=loss, reduction=reduction, sample_weight=w, block=block)
-        ref_value, ref_g = jax.value_and_grad(losses.LOSSES[loss])(params, X, y, reduction=reduction, sample_weight=w)
+    reductions = losses.REDUCTIONS[loss]
+    # every reduction in one compiled program each (one-pass, and jax.value_and_grad of the loss): not op by op
+    onepass = jax.jit(lambda p, X, y, w: [_onepass.value_and_grad(p, X, y, loss=loss, reduction=r, sample_weight=w,
+                                                                  block=block) for r in reductions])
+    autodiff = jax.jit(lambda p, X, y, w: [jax.value_and_grad(losses.LOSSES[loss])(p, X, y, reduction=r,
+                                                                                  sample_weight=w) for r in reductions])
+    for (value, g), (ref_value, ref_g) in zip(onepass(params, X, y, w), autodiff(params, X, y, w), strict=True):
         np.testing.assert_allclose(value, ref_value, rtol=1e-12)
         chex.assert_trees_all_close(g, ref_g, rtol=1e-11, atol=1e-13)
 
@@ -51,7 +55,8 @@ def test_bce_value_against_numpy_and_finite_differences(x64):
     X = rng.standard_normal((40, 3))
     y = (rng.random(40) < 0.5).astype(float)
     W, b = rng.standard_normal(3), 0.3
-    value, g = _onepass.value_and_grad(Params(jnp.asarray(W), jnp.asarray(b)), jnp.asarray(X), jnp.asarray(y), loss="bce", reduction="sum", block=16)
+    onepass = jax.jit(lambda p, X, y: _onepass.value_and_grad(p, X, y, loss="bce", reduction="sum", block=16))
+    value, g = onepass(Params(jnp.asarray(W), jnp.asarray(b)), jnp.asarray(X), jnp.asarray(y))
     np.testing.assert_allclose(value, _numpy_bce(W, b, X, y), rtol=1e-12)
     h = 1e-6
     for j in range(3):
@@ -110,11 +115,15 @@ def test_plans_need_no_rank_promotion():
     y = jnp.asarray(rng.standard_normal((30, 2)), jnp.float32)
     w = jnp.asarray(rng.random(30), jnp.float32)
     p = Params(jnp.ones((3, 2), jnp.float32), jnp.ones(2, jnp.float32))
-    with jax.numpy_rank_promotion("raise"):
+
+    def plans(p, X, y, w):
         _onepass.value_and_grad(p, X, y, loss="mse", sample_weight=w, block=8)
         _onepass.value_and_grad(p, X, jnp.abs(y) / 4, loss="bce", sample_weight=w, block=8)
         st = _stats.sufficient_statistics(X, y, w, block=8)
-        _stats.value_and_grad(p, st)
+        return _stats.value_and_grad(p, st)
+
+    with jax.numpy_rank_promotion("raise"):  # checked as the code is traced (nothing to compile or run for it)
+        jax.eval_shape(plans, p, X, y, w)
 
 
 @pytest.mark.parametrize("grad", ["hand", "onepass"])

@@ -21,6 +21,23 @@ def x64():
         yield
 
 
+# Compiled, as gradfit runs them (the statistics in solver._statistics_pass, the objective inside the fit's step):
+# one program per shape, where an eager call compiles each of its operations on its own (~80 for the statistics;
+# tests/test_onepass.py calls sufficient_statistics eagerly).
+_statistics = jax.jit(_stats.sufficient_statistics, static_argnames="block")
+_value_and_grad = jax.jit(_stats.value_and_grad, static_argnames="reduction")
+_loss = jax.jit(_stats.loss, static_argnames="reduction")
+_mse_grad = jax.jit(jax.grad(losses.mse), static_argnames="reduction")  # autodiff of the direct loss: the reference
+
+
+@jax.jit
+def _rows_rss_and_slope(X, Y, w, stats):
+    """The rows' rss and slope g* at ``stats.solution``, formed as sufficient_statistics forms them."""
+    rss, g = _stats.residual_moments(X, Y, w, stats)
+    g = _stats._in_range(g, stats)
+    return (rss[0], g[:, 0]) if stats.solution.ndim == 1 else (rss, g)
+
+
 def _problem(rng, m=301, n=4, k=None, offset=5.0, weights=False):
     out = () if k is None else (k,)
     X = rng.standard_normal((m, n)) * rng.uniform(0.5, 3, n) + offset
@@ -44,7 +61,7 @@ def _numpy_mse(W, b, X, y, w, reduction):
 def test_moments_match_numpy(x64, weights, block):
     rng = np.random.default_rng(1)
     X, y, w = _problem(rng, k=2, weights=weights)
-    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y), None if w is None else jnp.asarray(w), block=block)
+    st = _statistics(jnp.asarray(X), jnp.asarray(y), None if w is None else jnp.asarray(w), block=block)
     ww = np.ones(len(X)) if w is None else w
     # The shift: the weighted means of 4096 evenly spaced rows (here every row: m = 301), i.e. the means.
     mu, nu = np.asarray(st.x_mean), np.asarray(st.y_mean)
@@ -67,19 +84,19 @@ def test_moments_match_numpy(x64, weights, block):
     np.testing.assert_allclose(st.rss, rss, rtol=1e-8)
 
 
-@pytest.mark.parametrize("weights, k, reduction", crossed(
-    [False, True], [None, 3], ["mean", "half_mean", "sum"],
-    fast=[(False, None, "mean"), (True, 3, "half_mean"), (True, None, "sum"), (False, 3, "sum")]))
+@pytest.mark.parametrize("weights, k, reduction", crossed(  # k=2 as elsewhere in this file: shapes shared
+    [False, True], [None, 2], ["mean", "half_mean", "sum"],
+    fast=[(False, None, "mean"), (True, 2, "half_mean"), (True, None, "sum"), (False, 2, "sum")]))
 def test_value_and_grad_match_numpy_and_autodiff(x64, reduction, k, weights):
     rng = np.random.default_rng(2)
     X, y, w = _problem(rng, k=k, weights=weights)
     out = () if k is None else (k,)
     params = Params(jnp.asarray(rng.standard_normal((X.shape[1], *out))), jnp.asarray(rng.standard_normal(out)))
-    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y), None if w is None else jnp.asarray(w))
-    value, g = _stats.value_and_grad(params, st, reduction=reduction)
+    st = _statistics(jnp.asarray(X), jnp.asarray(y), None if w is None else jnp.asarray(w))
+    value, g = _value_and_grad(params, st, reduction=reduction)
     np.testing.assert_allclose(value, _numpy_mse(np.asarray(params.W), np.asarray(params.b), X, y, w, reduction), rtol=1e-10)
-    np.testing.assert_allclose(_stats.loss(params, st, reduction=reduction), value, rtol=1e-12)
-    direct = jax.grad(losses.mse)(
+    np.testing.assert_allclose(_loss(params, st, reduction=reduction), value, rtol=1e-12)
+    direct = _mse_grad(
         params, jnp.asarray(X), jnp.asarray(y), reduction=reduction, sample_weight=None if w is None else jnp.asarray(w)
     )
     chex.assert_trees_all_close(g, direct, rtol=1e-9, atol=1e-9)
@@ -89,14 +106,14 @@ def test_value_and_grad_match_numpy_and_autodiff(x64, reduction, k, weights):
 def test_rank_deficient_columns(x64):
     """A constant and a duplicated column: gradient still equals X^T r, loss still exact."""
     rng = np.random.default_rng(3)
-    X, y, _ = _problem(rng, n=3)
-    X = np.hstack([X, np.full((len(X), 1), 2.0), X[:, :1]])
-    params = Params(jnp.asarray(rng.standard_normal(5)), jnp.asarray(0.7))
-    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y))
+    X, y, _ = _problem(rng, n=2)
+    X = np.hstack([X, np.full((len(X), 1), 2.0), X[:, :1]])  # (301, 4), the shape of the other problems here
+    params = Params(jnp.asarray(rng.standard_normal(4)), jnp.asarray(0.7))
+    st = _statistics(jnp.asarray(X), jnp.asarray(y))
     assert int(jnp.sum(st.eigvals == 0)) == 2
-    value, g = _stats.value_and_grad(params, st)
+    value, g = _value_and_grad(params, st)
     np.testing.assert_allclose(value, _numpy_mse(np.asarray(params.W), 0.7, X, y, None, "mean"), rtol=1e-10)
-    chex.assert_trees_all_close(g, jax.grad(losses.mse)(params, jnp.asarray(X), jnp.asarray(y)), rtol=1e-9, atol=1e-9)
+    chex.assert_trees_all_close(g, _mse_grad(params, jnp.asarray(X), jnp.asarray(y)), rtol=1e-9, atol=1e-9)
 
 
 def test_float32_loss_decrease_has_no_cancellation():
@@ -108,7 +125,7 @@ def test_float32_loss_decrease_has_no_cancellation():
     W = rng.standard_normal(n) * 10
     y = X @ W + 100 + 1e-2 * rng.standard_normal(m)
     Xf, yf = jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)
-    st = _stats.sufficient_statistics(Xf, yf)
+    st = _statistics(Xf, yf)
     W_ls, *_ = np.linalg.lstsq(np.hstack([X, np.ones((m, 1))]), y, rcond=None)
     near = W_ls + 1e-3 * rng.standard_normal(n + 1)
     p_near = Params(jnp.asarray(near[:-1], jnp.float32), jnp.asarray(near[-1], jnp.float32))
@@ -116,11 +133,11 @@ def test_float32_loss_decrease_has_no_cancellation():
     # The excess over the optimum, the quantity tol tests and line searches compare.
     Xr = np.hstack([X, np.ones((m, 1))])
     true_excess = np.mean((Xr @ near - y) ** 2) - np.mean((Xr @ W_ls - y) ** 2)
-    got_excess = float(_stats.loss(p_near, st) - _stats.loss(p_opt, st))
+    got_excess = float(_loss(p_near, st) - _loss(p_opt, st))
     assert abs(got_excess - true_excess) <= 1e-2 * true_excess
     # The reported value: rss comes from the residuals, not from y'y - c'A^+c (which would be
     # off by ~eps * var(y) * m, here > 100% of the loss).
-    np.testing.assert_allclose(float(_stats.loss(p_near, st)), np.mean((Xr @ near - y) ** 2), rtol=2e-2)
+    np.testing.assert_allclose(float(_loss(p_near, st)), np.mean((Xr @ near - y) ** 2), rtol=2e-2)
     np.testing.assert_allclose(float(st.rss) / m, np.mean((Xr @ W_ls - y) ** 2), rtol=2e-2)
 
 
@@ -193,13 +210,13 @@ def test_plans_vmap_over_hyperparameters(x64, plan):
     from gradfit._types import Data, Hyper, Level, Program, Scaling
 
     rng = np.random.default_rng(8)
-    X, y, _ = _problem(rng, m=120, offset=0.5)
+    X, y, _ = _problem(rng, offset=0.5)
     lrs, l2s = np.array([0.01, 0.02, 0.005]), np.array([0.0, 0.1, 1.0])
     spec, _ = _optim.resolve("sgd", None, 0.01)
     program = Program("mse", "mean", plan, spec, True, True, None, 64)
     data = Data(jnp.asarray(X), jnp.asarray(y))
     if plan == "stats":
-        data = _stats.sufficient_statistics(data.X, data.y)
+        data = _statistics(data.X, data.y)
     # the problem's scaling (standardized coordinates, fit's default), shared by the members; no
     # tol/ftol test (-1): every member runs its 30 steps
     scaling = Scaling(*map(jnp.asarray, health.scaling(X, y, loss="mse", reduction="mean", fit_intercept=True,
@@ -221,7 +238,7 @@ def test_float32_moments_accumulate_accurately():
     m, n = 200_000, 6
     X = (rng.standard_normal((m, n)) * rng.uniform(0.1, 2, n) + 100).astype(np.float32)
     y = (X @ rng.standard_normal(n) + rng.standard_normal(m)).astype(np.float32)
-    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y))
+    st = _statistics(jnp.asarray(X), jnp.asarray(y))
     X64, y64 = X.astype(np.float64), y.astype(np.float64)
     # The shift (sampled means) is within a small fraction of a std of the means; the Gram is exact about it.
     assert np.all(np.abs(np.asarray(st.x_mean, np.float64) - X64.mean(0)) < 0.1 * X64.std(0))
@@ -243,23 +260,21 @@ def test_expansion_about_a_rounded_solution_is_the_rows_objective(x64, k, weight
     X, y, w = _problem(rng, k=k, weights=weights)
     m, n = X.shape
     w_j = None if w is None else jnp.asarray(w)
-    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y), w_j)
+    st = _statistics(jnp.asarray(X), jnp.asarray(y), w_j)
     off = st._replace(solution=st.solution + 1e-2 * rng.standard_normal(st.solution.shape))
     Y = y.reshape(m, -1)
-    rss, g = _stats.residual_moments(jnp.asarray(X), jnp.asarray(Y), w_j, off)
-    g = _stats._in_range(g, off)
-    off = off._replace(rss=rss[0] if k is None else rss, gradient=g[:, 0] if k is None else g)
+    rss, g = _rows_rss_and_slope(jnp.asarray(X), jnp.asarray(Y), w_j, off)
+    off = off._replace(rss=rss, gradient=g)
     assert _stats.exact_rank(off)
     W = rng.standard_normal((n,) if k is None else (n, k))
     b = rng.standard_normal(() if k is None else (k,))
-    value, grad = _stats.value_and_grad(Params(jnp.asarray(W), jnp.asarray(b)), off, reduction="sum")
+    value, grad = _value_and_grad(Params(jnp.asarray(W), jnp.asarray(b)), off, reduction="sum")
     ww = np.ones(m) if w is None else w
     r = (X @ W + b - y).reshape(m, -1) * np.sqrt(ww)[:, None]
     np.testing.assert_allclose(float(value), np.sum(r * r), rtol=1e-10)
     g_W = 2 * X.T @ (r * np.sqrt(ww)[:, None])
     np.testing.assert_allclose(np.asarray(grad.W).reshape(n, -1), g_W, rtol=1e-9, atol=1e-9 * np.abs(g_W).max())
-    without, _ = _stats.value_and_grad(Params(jnp.asarray(W), jnp.asarray(b)), off._replace(gradient=None),
-                                       reduction="sum")
+    without, _ = _value_and_grad(Params(jnp.asarray(W), jnp.asarray(b)), off._replace(gradient=None), reduction="sum")
     assert abs(float(without) - np.sum(r * r)) > 1e-6 * np.sum(r * r)  # g* carries what the rounded v* lost
 
 
@@ -267,10 +282,10 @@ def test_dropped_directions_are_checked_on_the_rows(x64):
     """A duplicated column: an eigenvalue is dropped, so the statistics do not vouch for the rows' slope
     (exact_rank False) and a fit on them is checked on the rows; the slope kept has no part along the drop."""
     rng = np.random.default_rng(5)
-    X = rng.standard_normal((300, 3))
+    X = rng.standard_normal((301, 3))  # (301, 4) with the duplicate, the shape of the other problems here
     X = np.hstack([X, X[:, :1]])
-    y = X @ np.array([1.0, -2.0, 0.5, 1.0]) + 0.1 * rng.standard_normal(300)
-    st = _stats.sufficient_statistics(jnp.asarray(X), jnp.asarray(y))
+    y = X @ np.array([1.0, -2.0, 0.5, 1.0]) + 0.1 * rng.standard_normal(301)
+    st = _statistics(jnp.asarray(X), jnp.asarray(y))
     assert not _stats.exact_rank(st)
     dropped = np.asarray(st.eigvecs)[:, np.asarray(st.eigvals) == 0]
     np.testing.assert_allclose(dropped.T @ (np.asarray(st.gradient) / np.asarray(st.diag)), 0, atol=1e-12)

@@ -67,11 +67,13 @@ def test_members_match_numpy_reference(problem, x64):
 
 def test_each_member_equals_a_separate_fit_with_early_stopping(problem, x64):
     X, y = (np.asarray(a, np.float64) for a in problem)
-    grid = {"learning_rate": [0.003, 0.03, 0.3], "tol": [1e-6, 1e-10]}
+    # 4 members: learning rate 0.003 runs to the budget under both tols, 0.3 stops at each tol (after 20 and 32
+    # steps), so the later chunks run the 2 still active
+    grid = {"learning_rate": [0.003, 0.3], "tol": [1e-6, 1e-10]}
     opts = dict(steps=700, chunk_size=32)
     result = gradfit.sweep(X, y, grid=grid, **opts)
     assert len(set(result.steps.tolist())) > 2  # members stop at different steps: compaction ran
-    assert result.stats["batch_sizes"][0] == 6 and min(result.stats["batch_sizes"]) < 6
+    assert result.stats["batch_sizes"][0] == 4 and min(result.stats["batch_sizes"]) < 4
     for i, config in enumerate(result.configs):
         _assert_member_equals_fit(result, i, _fit(X, y, **opts, **config), rtol=1e-9, atol=1e-12)
 
@@ -116,8 +118,9 @@ def test_diverged_member_never_spoils_the_others(problem):
     grid = {"learning_rate": [0.05, 1e6, 0.2]}
     # tol is the optimality test G <= tol: float32 reaches G ~ 5e-6 on this problem, so tol=1e-4 is
     # met by a clear margin (1e-7, an objective-change tolerance before, is below float32's reach:
-    # every member stalled, at a step set by rounding)
-    result = gradfit.sweep(X, y, grid=grid, steps=300, tol=1e-4)
+    # every member stalled, at a step set by rounding). Chunks of 16, 3 members: the compiled programs of
+    # test_compaction_and_member_chunks_give_the_same_members serve.
+    result = gradfit.sweep(X, y, grid=grid, steps=300, tol=1e-4, chunk_size=16)
     np.testing.assert_array_equal(result.diverged, [False, True, False])
     np.testing.assert_array_equal(result.status, ["converged", "diverged", "converged"])
     for i in (0, 2):
@@ -157,20 +160,20 @@ def test_second_sweep_of_same_size_compiles_nothing(problem):
 
 def test_compaction_and_member_chunks_give_the_same_members(problem):
     X, y = problem
-    grid = {"learning_rate": [0.002, 0.05, 0.1, 0.2, 0.3]}
+    grid = {"learning_rate": [0.002, 0.1, 0.3]}  # 3 members: the compacted batches (2, 1) are the chunked sweep's
     # tol=1e-4: the optimality test met well above float32's floor on this problem (G ~ 5e-6), so
     # members stop at a step set by their iterates, not by rounding
     opts = dict(steps=400, tol=1e-4, chunk_size=16)
     full = gradfit.sweep(X, y, grid=grid, compact=False, **opts)
     compact = gradfit.sweep(X, y, grid=grid, **opts)
     assert compact.stats["lane_steps"] < full.stats["lane_steps"]
-    assert set(full.stats["batch_sizes"]) == {5}
-    # a budget of two members: chunks of 2, 2, 1
+    assert set(full.stats["batch_sizes"]) == {3}
+    # a budget of two members: chunks of 2, 1
     progress = []
     chunked = gradfit.sweep(X, y, grid=grid, memory_budget=2 * sweep_module._member_bytes(
         gradfit.solver.build(*gradfit.solver.prepare(X, y, learning_rate=0.1, **opts)[:5])), callback=lambda *a: progress.append(a), **opts)
-    assert chunked.stats["member_chunks"] == 3
-    assert progress == [(2, 5), (4, 5), (5, 5)]
+    assert chunked.stats["member_chunks"] == 2
+    assert progress == [(2, 3), (3, 3)]
     for other in (compact, chunked):
         np.testing.assert_array_equal(other.steps, full.steps)
         np.testing.assert_array_equal(other.status, full.status)
@@ -198,18 +201,24 @@ def test_logistic_sweep_on_breast_cancer():
     pytest.importorskip("sklearn")
     d = datasets.load_breast_cancer()
     result = gradfit.sweep(d.X, d.y, grid={"learning_rate": [0.1, 1.0], "l2": [0.0, 0.01]}, loss="bce", steps=100)
+    # "auto" gives a group of bce members vmapped over one X the autodiff plan (X^T S one matrix-matrix product),
+    # each member's own fit "hand" (as test_bce_members_share_X_through_one_matrix_product, in the slow suite)
+    assert result.stats["plan"] == ["autodiff"]
     for i, c in enumerate(result.configs):
-        _assert_member_equals_fit(result, i, _fit(d.X, d.y, loss="bce", steps=100, **c))
+        one = _fit(d.X, d.y, loss="bce", steps=100, **c)
+        assert one.stats["plan"] == "hand"
+        _assert_member_equals_fit(result, i, one)
 
 
 def test_rows_table_and_best(problem):
     X, y = problem
-    result = gradfit.sweep(X, y, grid={"learning_rate": [0.001, 0.1]}, steps=20)
+    # the settings of test_program_keys_split_into_groups' sgd group: its compiled programs serve
+    result = gradfit.sweep(X, y, grid={"learning_rate": [0.001, 0.1]}, steps=40, grad="hand")
     rows = result.rows()
     assert [r["learning_rate"] for r in rows] == [0.001, 0.1]
     assert set(rows[0]) == {"learning_rate", "final_loss", "steps", "converged", "diverged", "status", "seconds"}
     assert [r["status"] for r in rows] == list(result.status)
-    assert result.best == {"learning_rate": 0.1}  # the larger step gets further in 20 steps
+    assert result.best == {"learning_rate": 0.1}  # the larger step gets further in 40 steps
     assert result.table().splitlines()[1].split()[0] == "0.1"  # best first
 
 
@@ -317,6 +326,7 @@ def test_sweep_over_rows_split_across_four_devices():
     assert min(out["batch_sizes"]) < 8  # finished members were dropped
 
 
+@pytest.mark.slow  # the same plans asserted on breast cancer by test_logistic_sweep_on_breast_cancer
 def test_bce_members_share_X_through_one_matrix_product():
     # "auto" gives a group of members vmapped over one X the autodiff plan (X^T S is then one
     # matrix-matrix product); each member still equals its own fit, whose plan is "hand".

@@ -34,9 +34,10 @@ def test_validation_losses_are_the_held_out_loss_after_each_step(split):
 def test_early_stopping_returns_the_best_params_after_n_iter_no_change(split):
     X, y, Xv, yv = split
     opts = dict(loss="bce", optimizer="adam", learning_rate=0.3, tol=None)  # overshoots: the held-out loss turns up
-    r = gradfit.fit(X, y, steps=400, validation=(Xv, yv), early_stopping=True, n_iter_no_change=7, **opts)
+    # the budget and patience of the checkpoint test below (a validated program is compiled per budget and patience)
+    r = gradfit.fit(X, y, steps=30, validation=(Xv, yv), early_stopping=True, n_iter_no_change=15, **opts)
     best = r.stats["best_step"]
-    assert r.status == "early_stopped" and not r.converged and r.steps == best + 7
+    assert r.status == "early_stopped" and not r.converged and r.steps == best + 15
     ref = gradfit.fit(X, y, steps=best, **opts)  # the run that stopped at the best step
     np.testing.assert_allclose(r.params.W, ref.params.W, rtol=1e-5, atol=1e-6)
     assert r.stats["validation_loss"] == pytest.approx(_log_loss(r.params, Xv, yv), rel=1e-5)
@@ -94,7 +95,7 @@ def test_a_validated_checkpoint_resumes_with_a_larger_budget(split, tmp_path):
     X, y, Xv, yv = split
     path = tmp_path / "fit.ckpt"
     opts = dict(loss="bce", optimizer="adam", learning_rate=0.05, tol=None, validation=(Xv, yv), early_stopping=True,
-                n_iter_no_change=50)
+                n_iter_no_change=15)  # the best step is 20: no early stop within 30 steps
     gradfit.fit(X, y, steps=15, checkpoint=path, **opts)
     resumed = gradfit.resume(path, X, y, steps=30, validation=(Xv, yv))
     whole = gradfit.fit(X, y, steps=30, **opts)
@@ -118,8 +119,8 @@ def test_a_validated_checkpoint_written_before_the_budget_left_its_fingerprint_s
     with monkeypatch.context() as m:  # written as before: the settings digest hashed the history's length too
         m.setattr(checkpoint, "_settings_digest", lambda program, levels, legacy=False: digest(program, levels,
                                                                                               legacy=True))
-        first = gradfit.fit(X, y, steps=10, checkpoint=path, **opts)
+        first = gradfit.fit(X, y, steps=12, checkpoint=path, **opts)  # the first test's program: 12 steps
     again = gradfit.resume(path, X, y, validation=(Xv, yv))
-    assert again.stats["resumed_from_step"] == 10
+    assert again.stats["resumed_from_step"] == 12
     np.testing.assert_array_equal(again.params.W, first.params.W)
     np.testing.assert_array_equal(again.validation_losses, first.validation_losses)

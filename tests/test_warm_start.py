@@ -28,6 +28,10 @@ def _flat(tree) -> jax.Array:
     return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(tree)])
 
 
+def _np_flat(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
+
+
 def test_carried_curvature_pairs_are_the_new_objectives(x64):
     """On a quadratic objective every L-BFGS pair satisfies y = H s; carried from l2 = 3 to l2 = 0.2, the pairs
     must satisfy y' = H' s with H' the new objective's Hessian in the fit's coordinates (jax.hessian)."""
@@ -50,18 +54,19 @@ def test_carried_curvature_pairs_are_the_new_objectives(x64):
     unflat = jax.flatten_util.ravel_pytree(theta0)[1]
     J = lambda v: _engine.objective(_engine.to_model(unflat(v), scaling), new_problem.operand,  # noqa: E731
                                     new_problem.hyper.l2, new_problem.program)
-    H = jax.hessian(J)(_flat(theta0))
-    used = np.flatnonzero(np.asarray(memory.weights_memory))
+    H = np.asarray(jax.jit(jax.hessian(J))(_flat(theta0)))  # jax.hessian, compiled once (not op by op)
+    memory = jax.tree.map(np.asarray, memory)  # the pairs indexed in numpy, not by one small program each
+    used = np.flatnonzero(memory.weights_memory)
     assert len(used) >= 2
     for i in used:
-        s = _flat(jax.tree.map(lambda a: a[i], memory.diff_params_memory))
-        y = _flat(jax.tree.map(lambda a: a[i], memory.diff_updates_memory))
-        np.testing.assert_allclose(y, H @ s, rtol=1e-8, atol=1e-8 * float(jnp.max(jnp.abs(H @ s))))
+        s = _np_flat(jax.tree.map(lambda a: a[i], memory.diff_params_memory))
+        y = _np_flat(jax.tree.map(lambda a: a[i], memory.diff_updates_memory))
+        np.testing.assert_allclose(y, H @ s, rtol=1e-8, atol=1e-8 * float(np.max(np.abs(H @ s))))
         np.testing.assert_allclose(memory.weights_memory[i], 1 / float(s @ y), rtol=1e-10)
     # the last pair comes back as the first update's: its point theta0 - s, its gradient g0 - y
     last = (int(memory.count) - 1) % len(memory.weights_memory)
-    s = _flat(jax.tree.map(lambda a: a[last], memory.diff_params_memory))
-    np.testing.assert_allclose(_flat(memory.params), _flat(theta0) - s, rtol=1e-12, atol=1e-12)
+    s = _np_flat(jax.tree.map(lambda a: a[last], memory.diff_params_memory))
+    np.testing.assert_allclose(_np_flat(memory.params), np.asarray(_flat(theta0)) - s, rtol=1e-12, atol=1e-12)
 
 
 def test_a_warm_path_ends_every_member_at_its_optimum_in_fewer_steps(classification, x64):
@@ -82,6 +87,17 @@ def test_a_warm_path_ends_every_member_at_its_optimum_in_fewer_steps(classificat
     assert [c["l2"] for c in warm.configs] == grid["l2"]  # results in the grid's order, whatever the path's
 
 
+def _cold_paths(X, y, grid, options) -> list[sweeps.SweepResult]:
+    """Each of ``grid``'s l2 values swept alone with ``options`` (warm_start=True): a path of one member, started
+    cold, on the compiled programs of the warm path over the whole grid. The cold sweep of the whole grid, vmapped
+    over its members, gives the same numbers (the first test above compares a warm path with it)."""
+    return [gradfit.sweep(X, y, grid={"l2": [l2]}, **options) for l2 in grid["l2"]]
+
+
+def _stacked(runs, get) -> np.ndarray:
+    return np.concatenate([np.asarray(get(r)) for r in runs])
+
+
 def test_paths_split_by_the_other_keys_and_run_from_the_largest_l2():
     configs = [{"l2": l2, "tol": tol} for tol in (1e-3, 1e-6) for l2 in (0.1, 10.0, 1.0)]
     assert sweeps.paths(configs) == [[1, 2, 0], [4, 5, 3]]
@@ -89,21 +105,24 @@ def test_paths_split_by_the_other_keys_and_run_from_the_largest_l2():
 
 def test_cross_validated_warm_path_agrees_with_the_cold_sweep(classification, x64):
     X, y = classification
-    options = dict(grid={"l2": [1 / C for C in CS]}, loss="bce", reduction="sum", optimizer="lbfgs", tol=1e-9,
-                   steps=500, cv=3)
-    cold, warm = gradfit.sweep(X, y, **options), gradfit.sweep(X, y, warm_start=True, **options)
-    assert warm.converged.all() and warm.best == cold.best
-    np.testing.assert_allclose(warm.cv.mean["loss"], cold.cv.mean["loss"], rtol=1e-8)
-    np.testing.assert_allclose(warm.params.W, cold.params.W, rtol=1e-5, atol=1e-7)
+    grid = {"l2": [1 / C for C in CS]}
+    options = dict(loss="bce", reduction="sum", optimizer="lbfgs", tol=1e-9, steps=500, cv=3, warm_start=True)
+    warm, cold = gradfit.sweep(X, y, grid=grid, **options), _cold_paths(X, y, grid, options)
+    cold_loss = _stacked(cold, lambda r: r.cv.mean["loss"])
+    assert warm.converged.all() and warm.best_index == int(np.argmin(cold_loss))
+    np.testing.assert_allclose(warm.cv.mean["loss"], cold_loss, rtol=1e-8)
+    np.testing.assert_allclose(warm.params.W, _stacked(cold, lambda r: r.params.W), rtol=1e-5, atol=1e-7)
 
 
 def test_gradient_descent_paths_carry_the_params(classification, x64):
     X, y = classification
-    options = dict(grid={"l2": [1.0, 0.1, 0.01]}, loss="bce", reduction="mean", learning_rate="auto", tol=1e-6,
-                   steps=3000)
-    cold, warm = gradfit.sweep(X, y, **options), gradfit.sweep(X, y, warm_start=True, **options)
-    assert warm.converged.all() and warm.steps[1:].sum() < cold.steps[1:].sum()
-    np.testing.assert_allclose(warm.params.W, cold.params.W, rtol=1e-3, atol=1e-4)
+    grid = {"l2": [1.0, 0.1, 0.01]}
+    # grad: "auto"'s plan for members over one X (a single member's would be "hand", other programs)
+    options = dict(loss="bce", reduction="mean", learning_rate="auto", tol=1e-6, steps=3000, warm_start=True,
+                   grad="autodiff")
+    warm, cold = gradfit.sweep(X, y, grid=grid, **options), _cold_paths(X, y, grid, options)
+    assert warm.converged.all() and warm.steps[1:].sum() < _stacked(cold, lambda r: r.steps)[1:].sum()
+    np.testing.assert_allclose(warm.params.W, _stacked(cold, lambda r: r.params.W), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("grid, warm_start, message", [
@@ -118,8 +137,9 @@ def test_bad_warm_start_raises_before_compute(classification, monkeypatch, grid,
         gradfit.sweep(X, y, grid=grid, warm_start=warm_start, loss="bce", optimizer="lbfgs")
 
 
-def test_a_diverged_member_passes_nothing_on(classification, monkeypatch):
-    """A member whose run diverges hands the next one a cold start, never its params."""
+def test_a_diverged_member_passes_nothing_on(classification, monkeypatch, x64):
+    """A member whose run diverges hands the next one a cold start, never its params. (float64 and a learning rate
+    per member, as in the gradient descent path above: its programs serve this run too.)"""
     X, y = classification
     calls = []
     original = CompiledStepper.warm
@@ -129,7 +149,7 @@ def test_a_diverged_member_passes_nothing_on(classification, monkeypatch):
         return original(self, previous, previous_hyper, key)
 
     monkeypatch.setattr(CompiledStepper, "warm", spy)
-    result = gradfit.sweep(X, y, grid={"l2": [1.0, 0.1]}, warm_start=True, loss="bce", learning_rate=1e6,
+    result = gradfit.sweep(X, y, grid={"l2": [1.0, 0.1], "learning_rate": [1e6]}, warm_start=True, loss="bce",
                            optimizer="sgd", steps=20)
     assert result.diverged[0] and calls == []
 
@@ -138,8 +158,9 @@ WARM_CONFIG = """
 [data]
 source = "synthetic_classification"
 n_samples = 300
-n_features = 4
+n_features = 6
 seed = 3
+dtype = "float64"
 
 [fit]
 loss = "bce"
