@@ -118,7 +118,8 @@ def solve(params0: Params | None, X: jax.Array, y: jax.Array, *, steps: int,
     w = jnp.ones(m, dtype) if data.sample_weight is None else data.sample_weight
     finfo = jnp.finfo(dtype)
     scaling = health.scaling_of(jnp, data.X, data.y.reshape(m, -1), w, jnp.sum(w), loss=loss, reduction=reduction,
-                                fit_intercept=fit_intercept, per_output=False, eps=float(finfo.eps), tiny=float(finfo.tiny))
+                                fit_intercept=fit_intercept, per_output=False, eps=float(finfo.eps),
+                                tiny=float(finfo.tiny))
     optional = lambda v, name: jnp.asarray(-1.0, dtype) if v is None else _scalar(v, name, dtype)  # noqa: E731
     hyper = Hyper(None if learning_rate is None else _scalar(learning_rate, "learning_rate", dtype),
                   _scalar(l2, "l2", dtype), optional(tol, "tol"), jnp.asarray(steps, jnp.int32),

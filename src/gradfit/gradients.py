@@ -163,7 +163,8 @@ def check_gradients(*, shapes: tuple[tuple[int, int, int | None], ...] = ((7, 3,
         X = jnp.asarray(rng.standard_normal((m, n)), dtype)
         y = rng.standard_normal((m, *out))
         y = jnp.asarray(rng.random((m, *out)) if loss_name == "bce" else y, dtype)
-        params = Params(jnp.asarray(rng.standard_normal((n, *out)), dtype), jnp.asarray(rng.standard_normal(out), dtype))
+        params = Params(jnp.asarray(rng.standard_normal((n, *out)), dtype),
+                        jnp.asarray(rng.standard_normal(out), dtype))
         for reduction in reductions:
             auto = jax.grad(losses.LOSSES[loss_name])(params, X, y, reduction=reduction)
             hand = GRADIENTS[loss_name](params, X, y, reduction=reduction)
@@ -176,7 +177,8 @@ def check_gradients(*, shapes: tuple[tuple[int, int, int | None], ...] = ((7, 3,
 
 def format_table(rows: list[GradientCheck]) -> str:
     """Render :func:`check_gradients` rows as a fixed-width text table."""
-    head = f"{'loss':<5} {'reduction':<10} {'dtype':<8} {'m':>4} {'n':>3} {'k':>4} {'max abs err':>12} {'max rel err':>12} {'tol':>8}  ok"
+    head = (f"{'loss':<5} {'reduction':<10} {'dtype':<8} {'m':>4} {'n':>3} {'k':>4} "
+            f"{'max abs err':>12} {'max rel err':>12} {'tol':>8}  ok")
     return "\n".join([head, "-" * len(head)] + [
         f"{r.loss:<5} {r.reduction:<10} {r.dtype:<8} {r.m:>4} {r.n:>3} {'-' if r.k is None else r.k:>4} "
         f"{r.max_abs_error:>12.3e} {r.max_rel_error:>12.3e} {r.tolerance:>8.0e}  {'yes' if r.ok else 'NO'}"

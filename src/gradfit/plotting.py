@@ -149,7 +149,8 @@ def plot_sweep(run_dir) -> list[Path]:
 def _validation_curve(configs, keys, h, run_dir: Path) -> Path | None:
     """Training and validation loss (mean over folds, a +-1 std band) against each swept numeric key, the other
     keys at the best member's values; the best marked. None when no numeric key takes several values."""
-    val, train, best = np.asarray(h["val_loss"], np.float64), np.asarray(h["val_train_loss"], np.float64), int(h["best"])
+    val, train = np.asarray(h["val_loss"], np.float64), np.asarray(h["val_train_loss"], np.float64)
+    best = int(h["best"])
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     swept = [k for k in keys if len({c[k] for c in configs}) > 1 and all(number(c[k]) for c in configs)]
     if not swept:
