@@ -78,3 +78,20 @@ def test_lbfgs_iterates_equal_optax_reference_loop_at_one_evaluation_per_step(x6
     np.testing.assert_allclose(r.params.W, p[0], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(r.params.b, p[1], rtol=1e-9, atol=1e-12)
     assert r.stats["evaluations"] <= 6 + 1 + 3  # the seed, one per accepted step, a few extra trial points
+
+
+def test_a_step_that_already_converged_makes_no_line_search(x64):
+    # Started at scikit-learn's answer, the seed's J and dJ pass the test at step 0: no update, so no trial point
+    # (its line search would be discarded); the run's evaluations are the seed's alone.
+    from sklearn.linear_model import LogisticRegression
+
+    d = datasets.make_classification(600, 5, seed=3, dtype=np.float64)
+    C = 0.5
+    ref = LogisticRegression(C=C, tol=1e-12, max_iter=10_000).fit(d.X, d.y)
+    init = gradfit.Params(W=ref.coef_[0], b=np.asarray(ref.intercept_[0]))
+    r = gradfit.fit(d.X, d.y, loss="bce", optimizer="lbfgs", l2=1 / (C * len(d.X)), steps=100, tol=1e-6, init=init)
+    assert r.converged and r.steps == 1
+    assert r.stats["evaluations"] == 1
+    np.testing.assert_array_equal(r.params.W, ref.coef_[0])
+    cold = gradfit.fit(d.X, d.y, loss="bce", optimizer="lbfgs", l2=1 / (C * len(d.X)), steps=100, tol=1e-6)
+    assert cold.converged and cold.stats["evaluations"] >= cold.steps  # each step that moved: its line search

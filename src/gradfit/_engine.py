@@ -3,8 +3,8 @@
 Every entry point (``fit``, ``sweep``, ``solve``, streamed fits, a resumed checkpoint) runs these:
 
 - :func:`update`, the step: ``J(p) = loss(p) + (l2/2) ||W||^2`` and its gradient at ``p_t`` by
-  the plan (:mod:`gradfit._plan`), one optax update, then :func:`advance`. With ``batch_size``
-  a step is one epoch of :func:`minibatch_step` updates, its objective the epoch's mean.
+  the plan (:mod:`gradfit._plan`), one optax update (none when they already end the run), then :func:`advance`.
+  With ``batch_size`` a step is one epoch of :func:`minibatch_step` updates, its objective the epoch's mean.
 - :func:`advance`, the stopping rule (``G`` = :func:`optimality` at ``p_t``): **converged** when
   ``G <= tol``; **stalled** when ``G > tol`` and the step left the params unchanged or
   ``|J_{t-1} - J_t| <= ftol * max(|J_{t-1}|, |J_t|, floor)``; **diverged** when ``J_t`` is not
@@ -136,27 +136,31 @@ def _seed_line_search(params: Params, opt_state, operand, hyper: Hyper, program:
     return optax.tree.set(opt_state, value=value, grad=_coordinates(program, hyper)[2](g))
 
 
-def propose(params: Params, opt_state, operand, hyper: Hyper, program: Program):
-    """J and dJ at ``params``, then one optimizer update in the fit's coordinates: ``(J, dJ/dp, new
-    params, new optimizer state, evaluations of J made)``. A line search evaluates J and dJ at trial
-    points through the plan (:func:`line_objective`) and, full-batch, leaves them for the next step."""
-    fit, model, gradient = _coordinates(program, hyper)
-    reuse = reuses_line_search(program, opt_state)
-    if reuse:
+def current(params: Params, opt_state, operand, hyper: Hyper, program: Program):
+    """``(J, dJ/dp, dJ/dtheta)`` at ``params`` (model and fit coordinates): from the optimizer state where a
+    line search left them (:func:`reuses_line_search`), else one evaluation by the plan."""
+    gradient = _coordinates(program, hyper)[2]
+    if reuses_line_search(program, opt_state):
         value, g_fit = optax.tree.get(opt_state, "value"), optax.tree.get(opt_state, "grad")
-        g = out_of_fit(g_fit, hyper.scaling) if program.standardize else g_fit
-    else:
-        value, g = value_and_grad(params, operand, hyper.l2, program)
-        g_fit = gradient(g)
+        return value, (out_of_fit(g_fit, hyper.scaling) if program.standardize else g_fit), g_fit
+    value, g = value_and_grad(params, operand, hyper.l2, program)
+    return value, g, gradient(g)
+
+
+def move(params: Params, opt_state, value, g_fit: Params, operand, hyper: Hyper, program: Program):
+    """One optimizer update from ``params`` given J and dJ/dtheta there: ``(new params, new optimizer state,
+    evaluations of J made)``. A line search evaluates J and dJ at trial points through the plan
+    (:func:`line_objective`) and, full-batch, leaves them for the next step."""
+    fit, model, _ = _coordinates(program, hyper)
     value_fn = None if _plan.PLANS[program.plan].value is None else line_objective(operand, hyper, program)
     theta = fit(params)
     updates, opt_state = optimizer(program, hyper).update(g_fit, opt_state, theta, value=value, grad=g_fit,
                                                           value_fn=value_fn)
     searched = optax.tree.get(opt_state, "num_linesearch_steps", None)
-    evaluations = (0 if reuse else 1) + (0 if searched is None else searched.astype(jnp.int32))
+    evaluations = jnp.zeros((), jnp.int32) if searched is None else searched.astype(jnp.int32)
     still = jnp.all(jnp.stack([jnp.all(u == 0) for u in jax.tree.leaves(updates)]))
     new = model(optax.apply_updates(theta, updates))  # not exactly params when still: round-off
-    return value, g, jax.tree.map(lambda p, q: jnp.where(still, p, q), params, new), opt_state, evaluations
+    return jax.tree.map(lambda p, q: jnp.where(still, p, q), params, new), opt_state, evaluations
 
 
 def minibatch_step(carry, batch: Data, hyper: Hyper, program: Program):
@@ -164,7 +168,8 @@ def minibatch_step(carry, batch: Data, hyper: Hyper, program: Program):
     batch weights, sum of dJ_batch * batch weight)`` (plain sums for "sum"). An all-zero-weight
     batch (padding only) changes nothing."""
     params, opt_state, value_sum, count_sum, grad_sum = carry
-    value, g, new_params, new_state, _ = propose(params, opt_state, batch, hyper, program)
+    value, g, g_fit = current(params, opt_state, batch, hyper, program)
+    new_params, new_state, _ = move(params, opt_state, value, g_fit, batch, hyper, program)
     count = jnp.sum(batch.sample_weight)
     keep = count > 0
     params, opt_state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), (new_params, new_state), (params, opt_state))
@@ -230,10 +235,17 @@ def end_epoch(state: SolverState, carry, key, hyper: Hyper, program: Program) ->
 
 def update(state: SolverState, operand, hyper: Hyper, program: Program) -> tuple[SolverState, jax.Array]:
     """The step (one epoch with minibatches): the new state (unchanged once finished) and the
-    objective recorded for the step."""
+    objective recorded for the step. A full-batch step whose J and dJ at ``p_t`` already end the run
+    (converged or diverged, :func:`verdict`) makes no update: a line search there would be discarded."""
     if program.batch_size is None:
-        value, g, candidate, opt_state, evals = propose(state.params, state.opt_state, operand, hyper, program)
-        return advance(state, hyper, value, g, candidate, opt_state, state.prev_params, state.key, evals), value
+        value, g, g_fit = current(state.params, state.opt_state, operand, hyper, program)
+        evaluations = jnp.asarray(0 if reuses_line_search(program, state.opt_state) else 1, jnp.int32)
+        _, bad, _, converged = verdict(state, hyper, value, g)
+        candidate, opt_state, searched = jax.lax.cond(
+            bad | converged, lambda: (state.params, state.opt_state, jnp.zeros((), jnp.int32)),
+            lambda: move(state.params, state.opt_state, value, g_fit, operand, hyper, program))
+        return advance(state, hyper, value, g, candidate, opt_state, state.prev_params, state.key,
+                       evaluations + searched), value
     key, sub = jax.random.split(state.key)
     fetch, xs = _batches(operand, sub, program)
     carry, _ = jax.lax.scan(lambda c, x: (minibatch_step(c, fetch(x), hyper, program), None), epoch_start(state), xs)
@@ -245,16 +257,21 @@ def _is_bad(value: jax.Array, initial: jax.Array) -> jax.Array:
     return ~jnp.isfinite(value) | (value > DIVERGENCE_FACTOR * jnp.maximum(initial, eps))
 
 
+def verdict(state: SolverState, hyper: Hyper, value, g: Params):
+    """The stopping rule's tests of J_t and dJ/dp at ``state.params``: ``(J_0, bad, G, converged)``."""
+    initial = jnp.where(state.step == 0, value, state.initial_loss)
+    bad = _is_bad(value, initial)
+    G = optimality(value, g, hyper)
+    return initial, bad, G, ~bad & (G <= hyper.tol)
+
+
 def advance(state: SolverState, hyper: Hyper, value, g: Params, candidate: Params, opt_state, fallback: Params,
             key, evaluations) -> SolverState:
     """The stopping rule (module docstring) for one evaluated step: ``value``, ``g`` are J_t and
     dJ/dp at ``state.params`` (or the epoch's means), ``candidate`` p_{t+1}, ``fallback`` the params
     kept if J_t is bad, ``evaluations`` those the step made. A finished state is returned unchanged."""
     first = state.step == 0
-    initial = jnp.where(first, value, state.initial_loss)
-    bad = _is_bad(value, initial)
-    G = optimality(value, g, hyper)
-    converged = ~bad & (G <= hyper.tol)
+    initial, bad, G, converged = verdict(state, hyper, value, g)
     changes = [jnp.any(new != old) for new, old in zip(jax.tree.leaves(candidate), jax.tree.leaves(state.params))]
     moved = jnp.any(jnp.stack(changes))
     scale = jnp.maximum(jnp.maximum(jnp.abs(state.loss), jnp.abs(value)), hyper.scaling.floor)
