@@ -22,8 +22,7 @@ def x64():
 
 
 # Compiled, as gradfit runs them (the statistics in solver._statistics_pass, the objective inside the fit's step):
-# one program per shape, where an eager call compiles each of its operations on its own (~80 for the statistics;
-# tests/test_onepass.py calls sufficient_statistics eagerly).
+# one program per shape, where an eager call compiles each of its operations on its own (~80 for the statistics).
 _statistics = jax.jit(_stats.sufficient_statistics, static_argnames="block")
 _value_and_grad = jax.jit(_stats.value_and_grad, static_argnames="reduction")
 _loss = jax.jit(_stats.loss, static_argnames="reduction")
