@@ -130,10 +130,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="m = 20,000 instead of 200,000")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cases", default="ridge,logistic", help="comma-separated subset of ridge,logistic")
     args = parser.parse_args(argv)
+    cases = set(args.cases.split(","))
     m = 20_000 if args.quick else 200_000
     with jax.enable_x64(True):
-        rows = _ridge_case(m, 64, 64, args.rounds) + _logistic_case(m, 32, 16, args.rounds)
+        rows = ((_ridge_case(m, 64, 64, args.rounds) if "ridge" in cases else [])
+                + (_logistic_case(m, 32, 16, args.rounds) if "logistic" in cases else []))
     print(f"\njax {jax.__version__} on {jax.default_backend()}, median of {args.rounds} rounds\n")
     print("| case | tool | seconds | time / gradfit | chosen alpha or C |")
     print("|---|---|---:|---:|---:|")

@@ -69,6 +69,33 @@ def test_carried_curvature_pairs_are_the_new_objectives(x64):
     np.testing.assert_allclose(_np_flat(memory.params), np.asarray(_flat(theta0)) - s, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("converged", [True, False])
+def test_the_warm_start_objective_and_gradient_are_the_new_penalties(classification, x64, converged):
+    """J and dJ at a warm start's params for the new l2 equal numpy's formulas; a converged previous member hands
+    them on with the penalty's change in closed form (no evaluation), an unconverged one is evaluated again."""
+    X, y = classification
+    options = dict(loss="bce", reduction="sum", optimizer="lbfgs", steps=50 if converged else 2,
+                   tol=1e-8 if converged else 0.0)
+    run = {}
+    for l2 in (3.0, 0.2):
+        problem = solver.build(*solver.prepare(X, y, l2=l2, **options)[:5])
+        run[l2] = (problem, CompiledStepper(problem.operand, problem.hyper, problem.program))
+    problem, stepper = run[3.0]
+    state = drive(stepper, stepper.init(problem.params, problem.key), problem.hyper, chunk_steps=50).state
+    assert bool(state.converged) == converged
+    new_problem, new_stepper = run[0.2]
+    warm = new_stepper.warm(state, problem.hyper, new_problem.key)
+    assert int(warm.evaluations) == (0 if converged else 1)
+    W, b = np.asarray(warm.params.W), float(warm.params.b)
+    z = X @ W + b
+    a = 1 / (1 + np.exp(-z))
+    value = np.sum(np.logaddexp(0, z) - y * z) + 0.1 * W @ W
+    np.testing.assert_allclose(float(optax.tree.get(warm.opt_state, "value")), value, rtol=1e-10)
+    g = _engine.out_of_fit(optax.tree.get(warm.opt_state, "grad"), new_problem.hyper.scaling)
+    np.testing.assert_allclose(np.asarray(g.W), X.T @ (a - y) + 0.2 * W, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(float(g.b), np.sum(a - y), rtol=1e-7, atol=1e-9)
+
+
 def test_a_warm_path_ends_every_member_at_its_optimum_in_fewer_steps(classification, x64):
     from sklearn.linear_model import LogisticRegression
 

@@ -131,9 +131,10 @@ def line_objective(operand, hyper: Hyper, program: Program) -> Callable[[Params]
 
 
 def _seed_line_search(params: Params, opt_state, operand, hyper: Hyper, program: Program):
-    """A line search's state holding J and dJ at ``params`` (one evaluation), for :func:`reuses_line_search`."""
+    """A line search's state holding J and dJ at ``params`` (one evaluation), for :func:`reuses_line_search`,
+    and the evaluations made (1)."""
     value, g = value_and_grad(params, operand, hyper.l2, program)
-    return optax.tree.set(opt_state, value=value, grad=_coordinates(program, hyper)[2](g))
+    return optax.tree.set(opt_state, value=value, grad=_coordinates(program, hyper)[2](g)), jnp.ones((), jnp.int32)
 
 
 def current(params: Params, opt_state, operand, hyper: Hyper, program: Program):
@@ -343,22 +344,23 @@ def finalize(state: SolverState, final_value: jax.Array, final_g: jax.Array, hyp
     return state, end
 
 
-def init_state(params: Params, operand, hyper: Hyper, key: jax.Array, program: Program) -> SolverState:
+def init_state(params: Params, operand, hyper: Hyper, key: jax.Array, program: Program, seed=_seed_line_search
+               ) -> SolverState:
     """The state before step 0, without weakly typed leaves (every chunk reuses one program); a line search
-    that hands J and dJ on (:func:`reuses_line_search`) starts with them at ``params`` (one evaluation)."""
+    that hands J and dJ on (:func:`reuses_line_search`) starts with them at ``params`` (``seed``: one evaluation)."""
     opt_state = optimizer(program, hyper).init(_coordinates(program, hyper)[0](params))
     opt_state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), opt_state)
-    seeded = reuses_line_search(program, opt_state)
     train, val = _split(operand)
-    if seeded:
-        opt_state = _seed_line_search(params, opt_state, train, hyper, program)
+    evaluations = jnp.zeros((), jnp.int32)
+    if reuses_line_search(program, opt_state):
+        opt_state, evaluations = seed(params, opt_state, train, hyper, program)
     zero = jnp.zeros((), params.W.dtype)
     false = jnp.zeros((), bool)
     monitor = None if val is None else Monitor(
         jnp.full((program.validation,), jnp.nan, zero.dtype), jnp.full((), jnp.inf, zero.dtype), params,
         jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.asarray(program.patience, jnp.int32))
     return SolverState(params, params, opt_state, jnp.zeros((), jnp.int32), zero, zero, false, false, key, false,
-                       jnp.full((), jnp.inf, params.W.dtype), jnp.asarray(int(seeded), jnp.int32), monitor)
+                       jnp.full((), jnp.inf, params.W.dtype), evaluations, monitor)
 
 
 def warm_start(previous: SolverState, previous_hyper: Hyper, operand, hyper: Hyper, key: jax.Array,
@@ -369,8 +371,25 @@ def warm_start(previous: SolverState, previous_hyper: Hyper, operand, hyper: Hyp
     ``y + dl2 P s`` (``P`` the penalty's Hessian in the fit's coordinates: ``diag(1 / sigma^2)`` on W, 0 on b), its
     weight ``1 / (y^T s)`` again. The last pair is put back as the one the first update forms (optax's ``count``
     one lower, its last point ``theta_0 - s`` with gradient ``g_0 - y``), so the first step is a quasi-Newton step
-    with its scale ``s^T y / y^T y``. Without L-BFGS state, or with fewer than one pair: the state as initialised."""
-    fresh = init_state(previous.params, operand, hyper, key, program)
+    with its scale ``s^T y / y^T y``. Without L-BFGS state, or with fewer than one pair: the state as initialised.
+    J and dJ at the start need no pass over X when ``previous`` converged: its line search left them at its params
+    (:func:`update` makes no update once converged), and the penalty's change adds ``(dl2/2) ||W||^2`` and
+    ``dl2 W`` exactly."""
+    def seed(params, opt_state, train, hyper, program):
+        if optax.tree.get(previous.opt_state, "value", None) is None:
+            return _seed_line_search(params, opt_state, train, hyper, program)
+        dl2 = hyper.l2 - previous_hyper.l2
+
+        def carried():
+            value = optax.tree.get(previous.opt_state, "value") + losses.l2_penalty(params, dl2)
+            g = jax.tree.map(jnp.add, optax.tree.get(previous.opt_state, "grad"),
+                             _coordinates(program, hyper)[2](gradients.l2_penalty(params, dl2)))
+            return optax.tree.set(opt_state, value=value, grad=g), jnp.zeros((), jnp.int32)
+
+        return jax.lax.cond(previous.converged, carried,
+                            lambda: _seed_line_search(params, opt_state, train, hyper, program))
+
+    fresh = init_state(previous.params, operand, hyper, key, program, seed)
     is_lbfgs = lambda x: isinstance(x, optax.ScaleByLBFGSState)  # noqa: E731
     old = [x for x in jax.tree.leaves(previous.opt_state, is_leaf=is_lbfgs) if is_lbfgs(x)]
     if not old or not reuses_line_search(program, fresh.opt_state):

@@ -10,7 +10,7 @@ the rows are cut into blocks of about 2 MiB, which stay in cache between the two
 
     mse: loss_i = ||z_i - y_i||^2,                 dloss/dz = 2 (z_i - y_i)
     bce: loss_i = y softplus(-z) + (1-y) softplus(z), dloss/dz = sigmoid(z_i) - y_i
-         (both from one exp: gradfit.losses.bce_terms)
+         (both by gradfit.losses.bce_terms)
 
 and the reduction's scale c (1/N "mean", 1/(2N) "half_mean", 1 "sum", N = sum of weights or m) multiplies J, dW and
 db at the end. A ``lax.fori_loop`` over full blocks plus one static tail: any m, no padding. On XLA:CPU the loop runs

