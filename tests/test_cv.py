@@ -87,6 +87,8 @@ def test_logistic_folds_equal_sklearn_per_fold(classification):
             np.testing.assert_allclose(result.cv.scores["log_loss"][i, f],
                                        log_loss(y[val], ref.predict_proba(X[val])[:, 1]), rtol=1e-6)
             np.testing.assert_allclose(result.cv.scores["accuracy"][i, f], ref.score(X[val], y[val]))
+            np.testing.assert_allclose(result.cv.scores["train_loss"][i, f],  # from the lane's objective
+                                       log_loss(y[train], ref.predict_proba(X[train])[:, 1]), rtol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn 1.8's notices about its future defaults
         ref = LogisticRegressionCV(Cs=CS, cv=folds, scoring="neg_log_loss", tol=1e-12, max_iter=10_000).fit(X, y)
@@ -211,6 +213,9 @@ def test_weighted_folds_diverged_member_and_one_compile(regression, compile_coun
         np.testing.assert_allclose(result.params.W[0, f], fit.params.W, rtol=1e-4, atol=1e-5)
         r = y[val] - X[val] @ np.asarray(fit.params.W, np.float64) - float(fit.params.b)
         np.testing.assert_allclose(result.cv.scores["loss"][0, f], np.sum(w[val] * r**2) / np.sum(w[val]), rtol=1e-4)
+        r = y[train] - X[train] @ np.asarray(fit.params.W, np.float64) - float(fit.params.b)
+        np.testing.assert_allclose(result.cv.scores["train_loss"][0, f],
+                                   np.sum(w[train] * r**2) / np.sum(w[train]), rtol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -451,6 +451,60 @@ def _score_program(W, b, X, y, masks, loss: str):
     return out
 
 
+def _held_out_block(Xb, Yb, rows, W, b, loss: str, F: int):
+    """One row block's held-out sums for folds that partition the rows, (F, S, K): each row's predictions for the K
+    members of its own fold only (``rows`` (B, 2): held-out weight, fold), so the per-row loss is formed for K lanes,
+    not K F; a fold's sums are the ``segment_sum`` of its rows' weighted terms (a diverged lane's NaN stays in its
+    own fold)."""
+    B, (L, k) = Xb.shape[0], b.shape
+    weight, fold = rows[:, 0], rows[:, 1].astype(jnp.int32)
+    Z = (Xb @ W + b.reshape(1, -1)).reshape(B, L // F, F, k)
+    Z = jnp.take_along_axis(Z, fold[:, None, None, None], axis=2)[:, :, 0]  # (B, K, k): the row's fold's members
+    Yb = Yb[:, None, :]
+    parts = [jnp.sum(losses.bce_terms(Z, Yb)[0] if loss == "bce" else (Yb - Z) ** 2, axis=-1)]
+    if loss == "bce":
+        parts.append(jnp.mean(((Z > 0) == (Yb > 0.5)).astype(Z.dtype), axis=-1))
+    terms = jnp.where(weight[:, None, None] > 0, weight[:, None, None] * jnp.stack(parts, axis=1), 0)
+    return jax.ops.segment_sum(terms, fold, num_segments=F)
+
+
+@functools.partial(jax.jit, static_argnames=("loss",))
+def _held_out_program(W, b, X, y, rows, loss: str):
+    """Held-out loss (and accuracy) of every (member, fold) lane when each row is held out by at most one fold:
+    :func:`_score_program`'s pass with the loss formed only for the row's own fold's members (1/F of the lanes;
+    ``rows`` (m, 2): each row's held-out weight and fold)."""
+    K, F, n = W.shape[:3]
+    L, dtype = K * F, W.dtype
+    k = 1 if W.ndim == 3 else W.shape[3]
+    W_all = jnp.moveaxis(W.reshape(L, n, k), 0, 1).reshape(n, L * k)  # column l k + j: lane l's output j
+    Y = jnp.asarray(y, dtype).reshape(X.shape[0], -1)
+    block = _stats.block_rows(L * k, dtype.itemsize, X.shape[0])
+    init = jnp.zeros((F, 2 if loss == "bce" else 1, K), dtype)
+    sums = _stats.block_sums(lambda Xb, Yb, wb: _held_out_block(Xb, Yb, wb, W_all, b.reshape(L, k), loss, F),
+                             X, Y, rows, block, init, add=jnp.add)
+    weight = jax.ops.segment_sum(rows[:, 0], rows[:, 1].astype(jnp.int32), num_segments=F)[:, None]  # (F, 1)
+    out = {"loss": (sums[:, 0] / weight).T}
+    if loss == "bce":
+        out["accuracy"] = (sums[:, 1] / weight).T
+    return out
+
+
+def training_losses(params: Params, final_loss: np.ndarray, l2: np.ndarray, reduction: str, folds: Folds
+                    ) -> np.ndarray | None:
+    """Each lane's weighted mean training loss from its final objective ``J = loss + (l2/2) ||W||^2`` (the
+    objective is the loss over the fold's training rows): ``(J - (l2/2) ||W||^2) c``, ``c`` 1 ("mean"), 2
+    ("half_mean") or ``1 / sum of the fold's training weights`` ("sum"); (K, F). None unless every member has one
+    l2 and the objective one value per lane."""
+    W = np.asarray(params.W, np.float64)
+    K, F = W.shape[:2]
+    if np.shape(final_loss) != (K, F) or np.shape(l2) != (K,) or not np.all(np.isfinite(l2)):
+        return None
+    penalty = 0.5 * l2[:, None] * np.sum((W * W).reshape(K, F, -1), axis=-1)
+    scale = {"mean": 1.0, "half_mean": 2.0}.get(reduction)
+    scale = 1.0 / np.sum(folds.train, axis=1)[None, :] if scale is None else scale
+    return (np.asarray(final_loss, np.float64) - penalty) * scale
+
+
 @jax.jit
 def _statistics_score_program(W, b, train: _stats.Stats, held_out: _stats.Stats) -> dict[str, jax.Array]:
     def lane(W, b, tr, ho):
@@ -471,13 +525,21 @@ def _from_statistics(params: Params, X, y, folds: Folds) -> dict[str, jax.Array]
     return _statistics_score_program(jnp.asarray(params.W), jnp.asarray(params.b), *memo[2:])
 
 
-def score(params: Params, X, y, folds: Folds, loss: str, diverged: np.ndarray) -> dict[str, np.ndarray]:
+def score(params: Params, X, y, folds: Folds, loss: str, diverged: np.ndarray, train_loss: np.ndarray | None = None
+          ) -> dict[str, np.ndarray]:
     """Every lane's scores (module docstring), name -> (K, F); params W (K, F, n[, k]); ``diverged`` (K, F, ...)
     lanes get NaN. Lanes are scored in one pass over X (:func:`_score_program`); MSE after :func:`fold_statistics`
-    of the same X and y is scored from the statistics (:func:`_from_statistics`), O(n^2 k) per lane."""
+    of the same X and y is scored from the statistics (:func:`_from_statistics`), O(n^2 k) per lane. Given the
+    lanes' ``train_loss`` (:func:`training_losses`) and folds whose held-out rows do not overlap (k-fold splits),
+    the pass forms the held-out rows' losses only (:func:`_held_out_program`: 1/F of the work)."""
     K, F = np.shape(params.W)[:2]
     dtype = np.asarray(params.W).dtype
     out = _from_statistics(params, X, y, folds) if loss == "mse" else None
+    held = folds.val > 0
+    if out is None and train_loss is not None and held.sum(axis=0).max(initial=0) <= 1:
+        rows = np.ascontiguousarray(np.stack([folds.val.sum(axis=0), held.argmax(axis=0)], axis=1), dtype)
+        out = {**_held_out_program(jnp.asarray(params.W), jnp.asarray(params.b), X, y, rows, loss),
+               "train_loss": train_loss}
     if out is None:
         masks = np.ascontiguousarray(np.concatenate([folds.train, folds.val]).T, dtype)  # (m, 2F)
         out = _score_program(jnp.asarray(params.W), jnp.asarray(params.b), X, y, masks, loss)

@@ -513,6 +513,15 @@ def _auto_steps(problem: solver.Problem, checked: list[_options.Checked]) -> lis
     return [c._replace(learning_rate=np.asarray(1.0 / (L0 + float(np.max(c.l2)) * per_l2))) for c in checked]
 
 
+def _refit_data(placed: solver.Placed, X, y, sample_weight) -> tuple:
+    """``(X, y, sample_weight)`` for the refit: the sweep's rows already on the device (padding rows with weight 0,
+    which change no sum) when they hold X's own values, so the refit copies nothing; else the caller's arrays."""
+    data = placed.data
+    if placed.mesh is not None or data.X.dtype != np.result_type(X):
+        return X, y, sample_weight
+    return data.X, data.y, sample_weight if placed.rows is None else data.sample_weight
+
+
 def _validate(result: SweepResult, planned, placed, folds, options, X, y, sample_weight, refit) -> SweepResult:
     """Score every (member, fold) lane on its held-out rows (:func:`gradfit._cv.score`, one program per group's
     loss and size), then, with ``refit``, fit the best member on all the data."""
@@ -521,13 +530,19 @@ def _validate(result: SweepResult, planned, placed, folds, options, X, y, sample
     for group, cs, *_ in planned:
         ids = np.asarray(group.members)
         params = Params(result.params.W[ids], result.params.b[ids])
-        part = _cv.score(params, placed.data.X, placed.data.y, folds, cs[0].options.loss, result.diverged[ids])
+        reductions = {c.options.reduction for c in cs}
+        trained = None if len(reductions) > 1 else _cv.training_losses(
+            params, result.final_loss[ids], np.asarray([float(np.max(c.l2)) if np.size(c.l2) == 1 else np.nan
+                                                        for c in cs]), reductions.pop(), folds)
+        part = _cv.score(params, placed.data.X, placed.data.y, folds, cs[0].options.loss, result.diverged[ids],
+                         trained)
         for name, value in part.items():
             scores.setdefault(name, np.full(shape, np.nan))[ids] = value
     cv = _cv.CVScores(folds.pairs, scores, _cv.penalty(result.configs, options))
     result = result._replace(cv=cv)
     if refit and result.best is not None:
         best = member_options(result.best, options)
+        X, y, sample_weight = _refit_data(placed, X, y, sample_weight)
         result = result._replace(refit=solver.fit(X, y, sample_weight=sample_weight, **best))
     return result
 
