@@ -408,6 +408,16 @@ def with_folds(problem: solver.Problem, folds: Folds, scaling: Scaling) -> solve
     return problem._replace(params=params, operand=op, hyper=hyper, levels=(level, *problem.levels), check=check)
 
 
+def _lanes(W, b, X, y):
+    """Every (member, fold) lane's coefficients side by side for one product per row block: ``(W_all (n, L k), b_all
+    (L, k), Y (m, k), rows per block)``, column ``l k + j`` lane l's output j, W (K, F, n[, k])."""
+    K, F, n = W.shape[:3]
+    L, k = K * F, 1 if W.ndim == 3 else W.shape[3]
+    W_all = jnp.moveaxis(W.reshape(L, n, k), 0, 1).reshape(n, L * k)
+    Y = jnp.asarray(y, W.dtype).reshape(X.shape[0], -1)
+    return W_all, b.reshape(L, k), Y, _stats.block_rows(L * k, W.dtype.itemsize, X.shape[0])
+
+
 def _score_block(Xb, Yb, masks, W, b, loss: str):
     """One row block's contribution to every lane's masked sums, (2F, S, L): ``masks^T per`` (the weighted loss
     sums) and, for bce, ``masks^T hit`` (the correct-sign counts; S = 2, else 1), ``per``/``hit`` (B, L) from one
@@ -430,14 +440,9 @@ def _score_program(W, b, X, y, masks, loss: str):
     folds' training then held-out weights, laid out row-major on the host), so nothing of X's length is formed per
     lane or transposed. (Vmapping a per-lane score formed (lanes, m) temporaries and row reductions: 0.75 s for 80
     lanes at m = 2e5, n = 32; one lane after another, 0.35 to 0.47 s; this, 0.16 to 0.28 s.)"""
-    K, F, n = W.shape[:3]
-    L, dtype = K * F, W.dtype
-    k = 1 if W.ndim == 3 else W.shape[3]
-    W_all = jnp.moveaxis(W.reshape(L, n, k), 0, 1).reshape(n, L * k)  # column l k + j: lane l's output j
-    b_all = b.reshape(L, k)
-    Y = jnp.asarray(y, dtype).reshape(X.shape[0], -1)
-    rows = _stats.block_rows(L * k, dtype.itemsize, X.shape[0])
-    init = jnp.zeros((2 * F, 2 if loss == "bce" else 1, L), dtype)
+    K, F = W.shape[:2]
+    W_all, b_all, Y, rows = _lanes(W, b, X, y)
+    init = jnp.zeros((2 * F, 2 if loss == "bce" else 1, K * F), W.dtype)
     sums = _stats.block_sums(lambda Xb, Yb, wb: _score_block(Xb, Yb, wb, W_all, b_all, loss), X, Y, masks, rows,
                              init, add=jnp.add)
     lane_fold = jnp.tile(jnp.arange(F), K)  # lane l = k F + f is fold f's
@@ -473,14 +478,10 @@ def _held_out_program(W, b, X, y, rows, loss: str):
     """Held-out loss (and accuracy) of every (member, fold) lane when each row is held out by at most one fold:
     :func:`_score_program`'s pass with the loss formed only for the row's own fold's members (1/F of the lanes;
     ``rows`` (m, 2): each row's held-out weight and fold)."""
-    K, F, n = W.shape[:3]
-    L, dtype = K * F, W.dtype
-    k = 1 if W.ndim == 3 else W.shape[3]
-    W_all = jnp.moveaxis(W.reshape(L, n, k), 0, 1).reshape(n, L * k)  # column l k + j: lane l's output j
-    Y = jnp.asarray(y, dtype).reshape(X.shape[0], -1)
-    block = _stats.block_rows(L * k, dtype.itemsize, X.shape[0])
-    init = jnp.zeros((F, 2 if loss == "bce" else 1, K), dtype)
-    sums = _stats.block_sums(lambda Xb, Yb, wb: _held_out_block(Xb, Yb, wb, W_all, b.reshape(L, k), loss, F),
+    K, F = W.shape[:2]
+    W_all, b_all, Y, block = _lanes(W, b, X, y)
+    init = jnp.zeros((F, 2 if loss == "bce" else 1, K), W.dtype)
+    sums = _stats.block_sums(lambda Xb, Yb, wb: _held_out_block(Xb, Yb, wb, W_all, b_all, loss, F),
                              X, Y, rows, block, init, add=jnp.add)
     weight = jax.ops.segment_sum(rows[:, 0], rows[:, 1].astype(jnp.int32), num_segments=F)[:, None]  # (F, 1)
     out = {"loss": (sums[:, 0] / weight).T}
@@ -489,16 +490,17 @@ def _held_out_program(W, b, X, y, rows, loss: str):
     return out
 
 
-def training_losses(params: Params, final_loss: np.ndarray, l2: np.ndarray, reduction: str, folds: Folds
+def training_losses(params: Params, final_loss: np.ndarray, l2s: list, reduction: str, folds: Folds
                     ) -> np.ndarray | None:
     """Each lane's weighted mean training loss from its final objective ``J = loss + (l2/2) ||W||^2`` (the
     objective is the loss over the fold's training rows): ``(J - (l2/2) ||W||^2) c``, ``c`` 1 ("mean"), 2
     ("half_mean") or ``1 / sum of the fold's training weights`` ("sum"); (K, F). None unless every member has one
-    l2 and the objective one value per lane."""
+    l2 (``l2s``, one per member) and the objective one value per lane."""
     W = np.asarray(params.W, np.float64)
     K, F = W.shape[:2]
-    if np.shape(final_loss) != (K, F) or np.shape(l2) != (K,) or not np.all(np.isfinite(l2)):
+    if np.shape(final_loss) != (K, F) or any(np.size(v) != 1 for v in l2s):
         return None
+    l2 = np.asarray([float(np.ravel(v)[0]) for v in l2s])
     penalty = 0.5 * l2[:, None] * np.sum((W * W).reshape(K, F, -1), axis=-1)
     scale = {"mean": 1.0, "half_mean": 2.0}.get(reduction)
     scale = 1.0 / np.sum(folds.train, axis=1)[None, :] if scale is None else scale

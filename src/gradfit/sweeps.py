@@ -530,11 +530,9 @@ def _validate(result: SweepResult, planned, placed, folds, options, X, y, sample
     for group, cs, *_ in planned:
         ids = np.asarray(group.members)
         params = Params(result.params.W[ids], result.params.b[ids])
-        reductions = {c.options.reduction for c in cs}
-        trained = None if len(reductions) > 1 else _cv.training_losses(
-            params, result.final_loss[ids], np.asarray([float(np.max(c.l2)) if np.size(c.l2) == 1 else np.nan
-                                                        for c in cs]), reductions.pop(), folds)
-        part = _cv.score(params, placed.data.X, placed.data.y, folds, cs[0].options.loss, result.diverged[ids],
+        o = cs[0].options  # one program per group: one loss and reduction
+        trained = _cv.training_losses(params, result.final_loss[ids], [c.l2 for c in cs], o.reduction, folds)
+        part = _cv.score(params, placed.data.X, placed.data.y, folds, o.loss, result.diverged[ids],
                          trained)
         for name, value in part.items():
             scores.setdefault(name, np.full(shape, np.nan))[ids] = value
