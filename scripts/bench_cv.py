@@ -133,6 +133,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", default="ridge,logistic", help="comma-separated subset of ridge,logistic")
     args = parser.parse_args(argv)
     cases = set(args.cases.split(","))
+    if not cases <= {"ridge", "logistic"}:
+        parser.error(f"--cases {args.cases!r}: use a comma-separated subset of ridge,logistic")
     m = 20_000 if args.quick else 200_000
     with jax.enable_x64(True):
         rows = ((_ridge_case(m, 64, 64, args.rounds) if "ridge" in cases else [])
