@@ -96,6 +96,24 @@ def test_the_warm_start_objective_and_gradient_are_the_new_penalties(classificat
     np.testing.assert_allclose(float(g.b), np.sum(a - y), rtol=1e-7, atol=1e-9)
 
 
+def test_the_end_of_run_rule_keeps_a_state_converged_where_the_loop_evaluated(classification, x64):
+    """drive() skips the end-of-run rule (one program) when every member converged where the loop evaluated:
+    that rule must then return the state unchanged, which this checks on a real converged run."""
+    X, y = classification
+    problem = solver.build(*solver.prepare(X, y, l2=3.0, loss="bce", reduction="sum", optimizer="lbfgs", steps=50,
+                                           tol=1e-8)[:5])
+    stepper = CompiledStepper(problem.operand, problem.hyper, problem.program)
+    state = drive(stepper, stepper.init(problem.params, problem.key), problem.hyper, chunk_steps=50).state
+    assert bool(state.converged) and not bool(state.diverged)
+    final, optimality = stepper.evaluate(state)
+    assert final is state.loss  # what drive() tests before it skips the rule
+    after, end = jax.jit(_engine.finalize)(state, final, optimality, problem.hyper)
+    assert not bool(end)
+    data = lambda a: jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a  # noqa: E731
+    for before_leaf, after_leaf in zip(jax.tree.leaves(state), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(np.asarray(data(after_leaf)), np.asarray(data(before_leaf)))
+
+
 def test_a_warm_path_ends_every_member_at_its_optimum_in_fewer_steps(classification, x64):
     from sklearn.linear_model import LogisticRegression
 

@@ -253,8 +253,13 @@ def drive(stepper, state: SolverState, hyper: Hyper, *, observers: Sequence[Obse
             if took > 2 * CHUNK_SECONDS:  # steps slower than the chunk size promised: shorter chunks
                 limit = max(1, int(limit * CHUNK_SECONDS / took))
     final, optimality = stepper.evaluate(state)
-    state, end = _finalize(state, final, optimality, hyper)
-    end = np.asarray(end)
+    if final is state.loss and np.all(np.asarray(state.converged)):
+        # every member converged where the loop evaluated, which is where it stands: the end-of-run rule would
+        # return the state as it is (the same value, the same G, already tested against tol): no program to run
+        end = np.zeros(np.shape(state.step), bool)
+    else:
+        state, end = _finalize(state, final, optimality, hyper)
+        end = np.asarray(end)
     if end.any():  # the fallen-back members' objective at their params
         final, optimality = stepper.evaluate(state)
         state = state._replace(optimality=optimality)
