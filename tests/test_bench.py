@@ -49,3 +49,16 @@ def test_bench_runs_and_writes_outputs(tmp_path):
     assert stats_row["rel_gap"] < 1e-5  # the timed answer is right
     assert any(r["method"].startswith("gradfit lbfgs") and r["rel_gap"] is not None and r["rel_gap"] <= 1e-6
                for r in res["lbfgs"])
+
+
+@pytest.mark.slow
+def test_bench_floor_smoke_times_every_part(tmp_path):
+    """scripts/bench_floor.py (where issue 14's small-data and k=32 time goes) on tiny problems."""
+    out_json, out_md = tmp_path / "f.json", tmp_path / "f.md"
+    assert _load("bench_floor").main(["--smoke", "--json", str(out_json), "--md", str(out_md)]) == 0
+    res = json.loads(out_json.read_text())
+    assert [s["title"].split(":")[0] for s in res["sections"]] == ["small data", "multi-output least squares"]
+    for section in res["sections"]:
+        assert section["ms"] and all(ms > 0 for ms in section["ms"].values())
+    assert res["sections"][0]["facts"]["steps"] >= 1
+    assert "| part | median ms |" in out_md.read_text()
