@@ -32,7 +32,9 @@ CS = [0.01, 0.1, 1.0, 10.0]  # LogisticRegression's C: l2 = 1 / C with reduction
 SOLVE = dict(reduction="sum", learning_rate="auto", steps=3000, tol=1e-9)
 
 
-@pytest.fixture(scope="module")
+# session: --dist loadgroup sends this file's tests to a worker one by one, and a module fixture would end
+# (and be built again) whenever the next test there is another file's
+@pytest.fixture(scope="session")
 def regression():
     d = datasets.make_regression(200, 5, seed=4, dtype=np.float64)
     return d.X, d.y
@@ -44,7 +46,9 @@ def classification():
     return d.X, d.y
 
 
-@pytest.fixture(scope="module")
+# session: --dist loadgroup sends this file's tests to a worker one by one, and a module fixture would end
+# (and be built again) whenever the next test there is another file's
+@pytest.fixture(scope="session")
 def ridge_sweep(regression):
     with jax.enable_x64(True):
         return gradfit.sweep(*regression, grid={"l2": [2 * a for a in ALPHAS]}, cv=5, refit=True, **SOLVE)

@@ -124,7 +124,9 @@ def _sweep_config(tmp_path: Path, name: str = "run") -> tuple[Path, Path, Path]:
     return config, out, data
 
 
-@pytest.fixture(scope="module")
+# session: --dist loadgroup sends this file's tests to a worker one by one, and a module fixture would end
+# (and be built again) whenever the next test there is another file's
+@pytest.fixture(scope="session")
 def swept(tmp_path_factory) -> Path:
     """A finished sweep folder (copied by each test that damages it)."""
     tmp = tmp_path_factory.mktemp("swept")
@@ -168,7 +170,9 @@ def test_a_damaged_sweep_folder_names_the_file_and_the_fix(tmp_path, swept, caps
     assert not (out / ".lock").exists()
 
 
-@pytest.fixture(scope="module")
+# session: --dist loadgroup sends this file's tests to a worker one by one, and a module fixture would end
+# (and be built again) whenever the next test there is another file's
+@pytest.fixture(scope="session")
 def fitted(tmp_path_factory) -> Path:
     """A fit of a 4-column .npy table (features 0, 1, 2; target 3)."""
     tmp = tmp_path_factory.mktemp("fitted")
@@ -223,7 +227,9 @@ def _signal_sweep(tmp_path: Path, name: str) -> tuple[list[str], Path]:
     return _command("sweep", "--no-progress", "--config", str(config)), out
 
 
-@pytest.fixture(scope="module")
+# session: --dist loadgroup sends this file's tests to a worker one by one, and a module fixture would end
+# (and be built again) whenever the next test there is another file's
+@pytest.fixture(scope="session")
 def whole_sweep(tmp_path_factory) -> Path:
     """The sweep of :data:`SIGNAL_SWEEP`, never stopped."""
     command, out = _signal_sweep(tmp_path_factory.mktemp("whole"), "whole")
