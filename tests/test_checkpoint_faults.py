@@ -38,8 +38,7 @@ def reg():
     return datasets.make_regression(40, 3, seed=0)
 
 
-# session: --dist loadgroup sends this file's tests to a worker one by one, and a module fixture would end
-# (and be built again) whenever the next test there is another file's
+# session: as the fixture above
 @pytest.fixture(scope="session")
 def unfinished(reg, tmp_path_factory):
     """The bytes of a real checkpoint of a fit stopped at step 10 of 20."""

@@ -46,8 +46,7 @@ def classification():
     return d.X, d.y
 
 
-# session: --dist loadgroup sends this file's tests to a worker one by one, and a module fixture would end
-# (and be built again) whenever the next test there is another file's
+# session: as the fixture above
 @pytest.fixture(scope="session")
 def ridge_sweep(regression):
     with jax.enable_x64(True):

@@ -170,8 +170,7 @@ def test_a_damaged_sweep_folder_names_the_file_and_the_fix(tmp_path, swept, caps
     assert not (out / ".lock").exists()
 
 
-# session: --dist loadgroup sends this file's tests to a worker one by one, and a module fixture would end
-# (and be built again) whenever the next test there is another file's
+# session: as the fixture above
 @pytest.fixture(scope="session")
 def fitted(tmp_path_factory) -> Path:
     """A fit of a 4-column .npy table (features 0, 1, 2; target 3)."""
@@ -227,8 +226,7 @@ def _signal_sweep(tmp_path: Path, name: str) -> tuple[list[str], Path]:
     return _command("sweep", "--no-progress", "--config", str(config)), out
 
 
-# session: --dist loadgroup sends this file's tests to a worker one by one, and a module fixture would end
-# (and be built again) whenever the next test there is another file's
+# session: as the fixture above
 @pytest.fixture(scope="session")
 def whole_sweep(tmp_path_factory) -> Path:
     """The sweep of :data:`SIGNAL_SWEEP`, never stopped."""
